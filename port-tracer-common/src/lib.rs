@@ -1,0 +1,212 @@
+//! Types shared by the kernel programs (`port-tracer-ebpf`) and userspace (`port-tracer`).
+//!
+//! Every type here is `#[repr(C)]` with explicit padding and integer fields only, so the
+//! byte layout is the same on both sides; each has a compile-time size assertion.
+#![no_std]
+
+/// What happened to a local port. Stored in [`PortEvent::kind`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A socket got a local port (or, with [`flags::REMOTE_UPDATE`], learnt its peer).
+    Assign = 1,
+    /// The port was given back to the kernel.
+    Release = 2,
+    /// The port moved to a TIME_WAIT socket: the hold continues.
+    TimeWait = 3,
+    /// bind/connect/autobind could not get a port.
+    AllocFailure = 4,
+}
+
+impl EventKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Assign,
+            2 => Self::Release,
+            3 => Self::TimeWait,
+            4 => Self::AllocFailure,
+            _ => return None,
+        })
+    }
+}
+
+/// How a socket obtained its port. Stored in [`PortEvent::origin`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Origin {
+    Unknown = 0,
+    /// bind() with an explicit port.
+    Bind = 1,
+    /// bind() to port 0: the kernel picked.
+    BindEphemeral = 2,
+    /// TCP connect() picked the port.
+    Connect = 3,
+    /// listen() without bind, or UDP send/connect on an unbound socket.
+    Autobind = 4,
+    /// Accepted socket sharing its listener's port: not an allocation.
+    Inherited = 5,
+}
+
+impl Origin {
+    pub fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Bind,
+            2 => Self::BindEphemeral,
+            3 => Self::Connect,
+            4 => Self::Autobind,
+            5 => Self::Inherited,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// Bits of [`PortEvent::flags`].
+pub mod flags {
+    /// `sock_id` is an `inet_timewait_sock`, not a full socket.
+    pub const TIME_WAIT_SOCK: u8 = 1 << 0;
+    /// Release of a TIME_WAIT socket whose timer was cancelled. The kernel also cancels the
+    /// timer when it re-arms it, in which case a TimeWait event for the same socket follows.
+    pub const TW_CANCEL: u8 = 1 << 1;
+    /// Assign of a socket that already had its port: carries the remote endpoint only.
+    pub const REMOTE_UPDATE: u8 = 1 << 2;
+}
+
+/// Indices of the per-CPU `LOST` counter array: one per place that can drop an event.
+pub mod lost {
+    /// The ring buffer had no room.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// A map that carries state between two hooks was full.
+    pub const MAP_FULL: u32 = 1;
+    /// A kernel read failed, so the event could not be built.
+    pub const READ_ERROR: u32 = 2;
+    pub const COUNT: u32 = 3;
+    pub const NAMES: [&str; COUNT as usize] = ["ringbuf_full", "map_full", "read_error"];
+}
+
+/// `AF_INET` and `AF_INET6` as the kernel numbers them.
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const COMM_LEN: usize = 16;
+
+/// One event, as written to the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PortEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, nanoseconds.
+    pub ts_ns: u64,
+    /// Kernel address of the socket (`struct sock` or `inet_timewait_sock`). Unique while the
+    /// socket lives; userspace pairs it with the assignment to tell reuses apart.
+    pub sock_id: u64,
+    pub cgroup_id: u64,
+    /// Network namespace inode number.
+    pub netns: u32,
+    /// Process (tgid) and thread of the task that triggered the event; 0 when not known.
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    /// Local and remote address: IPv4 in the first 4 bytes, network order.
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+    /// Ports in host order.
+    pub lport: u16,
+    pub rport: u16,
+    pub kind: u8,
+    pub origin: u8,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u8,
+    /// Positive errno of an allocation failure.
+    pub errno: i32,
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    pub comm: [u8; COMM_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<PortEvent>() == 104);
+
+impl PortEvent {
+    pub const fn zeroed() -> Self {
+        Self {
+            ts_ns: 0,
+            sock_id: 0,
+            cgroup_id: 0,
+            netns: 0,
+            pid: 0,
+            tid: 0,
+            uid: 0,
+            laddr: [0; 16],
+            raddr: [0; 16],
+            lport: 0,
+            rport: 0,
+            kind: 0,
+            origin: 0,
+            proto: 0,
+            family: 0,
+            errno: 0,
+            flags: 0,
+            _pad: [0; 3],
+            comm: [0; COMM_LEN],
+        }
+    }
+}
+
+/// Field offsets of the running kernel, resolved from its BTF by userspace at start-up and
+/// handed to the programs as a global: nothing depends on a compiled-in kernel layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelOffsets {
+    // struct sock_common (also the head of inet_timewait_sock)
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_family: u32,
+    pub skc_net: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    // struct sock
+    pub sk_protocol: u32,
+    pub sk_type: u32,
+    // struct inet_sock
+    pub inet_sport: u32,
+    // struct inet_connection_sock
+    pub icsk_bind_hash: u32,
+    // struct net: ns.inum
+    pub net_inum: u32,
+    // task_struct -> files_struct -> fdtable -> file -> socket -> sock
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    // struct timer_list and inet_timewait_sock.tw_timer
+    pub timer_function: u32,
+    pub tw_timer: u32,
+    pub _pad: u32,
+    /// Address of `tw_timer_handler`, the TIME_WAIT timer's callback.
+    pub tw_timer_handler: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
+
+/// Settings of the kernel programs, set by userspace before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProgramConfig {
+    /// Wake the reader only once this many bytes wait in the ring buffer (batched wakeups);
+    /// userspace also drains on a short timer, so nothing waits longer than that.
+    pub wakeup_bytes: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 8);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, every bit pattern is valid.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::ProgramConfig {}
+}

@@ -1,0 +1,102 @@
+//! Reading kernel structures at offsets resolved from BTF by userspace.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+    bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    generated::bpf_get_current_task,
+};
+use port_tracer_common::{PortEvent, AF_INET, AF_INET6};
+
+/// Reads the offset field `$f` of the global `OFFSETS`.
+macro_rules! off {
+    ($f:ident) => {
+        unsafe { core::ptr::read_volatile(&crate::OFFSETS.$f) } as usize
+    };
+}
+pub(crate) use off;
+
+/// Reads a `T` at `base + offset` in kernel memory.
+#[inline(always)]
+pub fn read<T>(base: u64, offset: usize) -> Result<T, i32> {
+    unsafe { bpf_probe_read_kernel((base as usize + offset) as *const T) }
+}
+
+/// Timestamp and the current task's identity.
+#[inline(always)]
+pub fn fill_task(ev: &mut PortEvent) {
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ev.pid = (pid_tgid >> 32) as u32;
+    ev.tid = pid_tgid as u32;
+    ev.uid = bpf_get_current_uid_gid() as u32;
+    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if let Ok(comm) = bpf_get_current_comm() {
+        ev.comm = comm;
+    }
+}
+
+/// Family of the socket at `sk`.
+#[inline(always)]
+pub fn sock_family(sk: u64) -> Result<u8, i32> {
+    read::<u16>(sk, off!(skc_family)).map(|f| f as u8)
+}
+
+/// Local port (host order) the socket holds now; 0 when none.
+#[inline(always)]
+pub fn sock_num(sk: u64) -> Result<u16, i32> {
+    read::<u16>(sk, off!(skc_num))
+}
+
+/// Protocol of a full socket (`sk_protocol`).
+#[inline(always)]
+pub fn sock_protocol(sk: u64) -> Result<u8, i32> {
+    read::<u16>(sk, off!(sk_protocol)).map(|p| p as u8)
+}
+
+/// Fills family, addresses, ports and netns from the `sock_common` at `sk`.
+/// The local port is `skc_num`, the one the socket holds now.
+#[inline(always)]
+pub fn fill_sock(ev: &mut PortEvent, sk: u64) -> Result<(), i32> {
+    let family = sock_family(sk)?;
+    ev.family = family;
+    ev.sock_id = sk;
+    ev.lport = sock_num(sk)?;
+    ev.rport = u16::from_be(read::<u16>(sk, off!(skc_dport))?);
+    if family == AF_INET {
+        let l: [u8; 4] = read(sk, off!(skc_rcv_saddr))?;
+        let r: [u8; 4] = read(sk, off!(skc_daddr))?;
+        ev.laddr[..4].copy_from_slice(&l);
+        ev.raddr[..4].copy_from_slice(&r);
+    } else if family == AF_INET6 {
+        ev.laddr = read(sk, off!(skc_v6_rcv_saddr))?;
+        ev.raddr = read(sk, off!(skc_v6_daddr))?;
+    }
+    let net: u64 = read(sk, off!(skc_net))?;
+    ev.netns = read(net, off!(net_inum))?;
+    Ok(())
+}
+
+/// The `struct sock` behind file descriptor `fd` of the current task, or 0.
+#[inline(always)]
+pub fn sock_of_fd(fd: u64) -> Result<u64, i32> {
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, off!(task_files))?;
+    let fdt: u64 = read(files, off!(files_fdt))?;
+    let max_fds: u32 = read(fdt, off!(fdt_max_fds))?;
+    if fd >= max_fds as u64 {
+        return Err(-1);
+    }
+    let fd_array: u64 = read(fdt, off!(fdt_fd))?;
+    let file: u64 = read(fd_array, fd as usize * 8)?;
+    if file == 0 {
+        return Err(-1);
+    }
+    let socket: u64 = read(file, off!(file_private_data))?;
+    read(socket, off!(socket_sk))
+}
+
+/// Whether `family` is one this tool traces.
+#[inline(always)]
+pub fn is_inet(family: u8) -> bool {
+    family == AF_INET || family == AF_INET6
+}

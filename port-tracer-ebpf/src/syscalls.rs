@@ -1,0 +1,285 @@
+//! Socket syscalls (classic tracepoints `syscalls:sys_{enter,exit}_*`): bind, listen, UDP
+//! connect and send autobinds, and the allocation failures they return.
+//!
+//! On entry the socket behind the fd is looked up and remembered by thread; on exit the
+//! result says what the kernel did. TCP connect's port is reported by `tcp_state`, which sees
+//! it even when connect fails after the port was chosen.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use port_tracer_common::{
+    flags, lost, EventKind, Origin, PortEvent, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
+};
+
+use crate::{
+    emit::{count_lost, submit},
+    kernel::{fill_sock, fill_task, is_inet, sock_family, sock_num, sock_of_fd, sock_protocol},
+    tcp_state, SYSCALLS,
+};
+
+const EAGAIN: i64 = 11;
+const EADDRINUSE: i64 = 98;
+const EADDRNOTAVAIL: i64 = 99;
+const AF_UNSPEC: u8 = 0;
+
+/// Offsets in the classic syscall tracepoint records: args start at 16, ret is at 16.
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const RET: usize = 16;
+
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Bind = 1,
+    Listen = 2,
+    Connect = 3,
+    Send = 4,
+}
+
+/// A socket syscall between entry and exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    pub sk: u64,
+    /// The sockaddr's address (bind: local, connect: remote).
+    pub addr: [u8; 16],
+    /// The sockaddr's port, host order.
+    pub port: u16,
+    /// The port the socket held at entry.
+    pub num_before: u16,
+    pub call: Call,
+    pub proto: u8,
+    pub family: u8,
+    pub addr_family: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<Pending>() == 32);
+
+fn tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+/// Looks up the TCP or UDP socket behind `fd` and remembers the call; `want_unbound` skips
+/// sockets that already hold a port (no allocation can follow).
+fn enter(ctx: &TracePointContext, call: Call, uaddr: u64, want_unbound: bool) -> Result<(), i32> {
+    let fd: u64 = unsafe { ctx.read_at(ARG0)? };
+    let sk = sock_of_fd(fd)?;
+    let family = sock_family(sk)?;
+    if !is_inet(family) {
+        return Ok(());
+    }
+    let proto = sock_protocol(sk)?;
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return Ok(());
+    }
+    if call == Call::Send && proto != IPPROTO_UDP {
+        return Ok(());
+    }
+    let num_before = sock_num(sk)?;
+    if want_unbound && num_before != 0 {
+        return Ok(());
+    }
+    let mut p = Pending {
+        sk,
+        addr: [0; 16],
+        port: 0,
+        num_before,
+        call,
+        proto,
+        family,
+        addr_family: 0,
+    };
+    if uaddr != 0 {
+        let sa_family: u16 = unsafe { bpf_probe_read_user(uaddr as *const u16)? };
+        let port: u16 = unsafe { bpf_probe_read_user((uaddr + 2) as *const u16)? };
+        p.addr_family = sa_family as u8;
+        p.port = u16::from_be(port);
+        if p.addr_family == AF_INET {
+            let a: [u8; 4] = unsafe { bpf_probe_read_user((uaddr + 4) as *const [u8; 4])? };
+            p.addr[..4].copy_from_slice(&a);
+        } else if p.addr_family == AF_INET6 {
+            p.addr = unsafe { bpf_probe_read_user((uaddr + 8) as *const [u8; 16])? };
+        }
+    }
+    if SYSCALLS.insert(tid(), p, 0).is_err() {
+        count_lost(lost::MAP_FULL);
+    }
+    Ok(())
+}
+
+/// Takes the call remembered at entry, if any, with the syscall's return value.
+fn exit(ctx: &TracePointContext, call: Call) -> Option<(Pending, i64)> {
+    let tid = tid();
+    let p = *unsafe { SYSCALLS.get(tid) }?;
+    let _ = SYSCALLS.remove(tid);
+    if p.call != call {
+        return None;
+    }
+    let ret: i64 = unsafe { ctx.read_at(RET) }.ok()?;
+    Some((p, ret))
+}
+
+/// An event about `p.sk` from the current task.
+fn event(p: &Pending, kind: EventKind, origin: Origin) -> Result<PortEvent, i32> {
+    let mut ev = PortEvent::zeroed();
+    fill_task(&mut ev);
+    fill_sock(&mut ev, p.sk)?;
+    ev.kind = kind as u8;
+    ev.origin = origin as u8;
+    ev.proto = p.proto;
+    Ok(ev)
+}
+
+fn send_or_count(ev: Result<PortEvent, i32>) {
+    match ev {
+        Ok(ev) => submit(&ev),
+        Err(_) => count_lost(lost::READ_ERROR),
+    }
+}
+
+/// An allocation failure: the port (if any) and address the caller asked for.
+fn failure(p: &Pending, origin: Origin, errno: i64, requested_local: bool) {
+    let ev = event(p, EventKind::AllocFailure, origin).map(|mut ev| {
+        ev.errno = errno as i32;
+        if requested_local {
+            ev.lport = p.port;
+            ev.laddr = p.addr;
+        } else {
+            ev.rport = p.port;
+            ev.raddr = p.addr;
+        }
+        ev
+    });
+    send_or_count(ev);
+}
+
+#[tracepoint]
+pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
+    let uaddr: u64 = unsafe { ctx.read_at(ARG1) }.unwrap_or(0);
+    let _ = enter(&ctx, Call::Bind, uaddr, false);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
+    let Some((p, ret)) = exit(&ctx, Call::Bind) else { return 0 };
+    let origin = if p.port == 0 { Origin::BindEphemeral } else { Origin::Bind };
+    if ret == 0 {
+        send_or_count(event(&p, EventKind::Assign, origin));
+    } else if ret == -EADDRINUSE {
+        failure(&p, origin, EADDRINUSE, true);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
+    let _ = enter(&ctx, Call::Listen, 0, true);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
+    let Some((p, ret)) = exit(&ctx, Call::Listen) else { return 0 };
+    if ret == 0 {
+        send_or_count(event(&p, EventKind::Assign, Origin::Autobind));
+    } else if ret == -EADDRINUSE {
+        failure(&p, Origin::Autobind, EADDRINUSE, true);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let uaddr: u64 = unsafe { ctx.read_at(ARG1) }.unwrap_or(0);
+    let _ = enter(&ctx, Call::Connect, uaddr, false);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let Some((p, ret)) = exit(&ctx, Call::Connect) else { return 0 };
+    if p.proto == IPPROTO_TCP {
+        if ret == -EADDRNOTAVAIL {
+            failure(&p, Origin::Connect, EADDRNOTAVAIL, false);
+        } else {
+            // Non-blocking connect returns before the handshake: report the port now.
+            tcp_state::finish_connect(p.sk);
+        }
+        return 0;
+    }
+    // UDP
+    if p.num_before == 0 {
+        if ret == 0 {
+            send_or_count(event(&p, EventKind::Assign, Origin::Autobind));
+        } else if ret == -EAGAIN {
+            failure(&p, Origin::Autobind, EAGAIN, false);
+        }
+    } else if ret == 0 {
+        if p.addr_family == AF_UNSPEC {
+            // Disconnect: unless bound explicitly, the socket gives its port back.
+            if sock_num(p.sk) == Ok(0) {
+                let ev = event(&p, EventKind::Release, Origin::Unknown).map(|mut ev| {
+                    ev.lport = p.num_before;
+                    ev
+                });
+                send_or_count(ev);
+            }
+        } else {
+            let ev = event(&p, EventKind::Assign, Origin::Unknown).map(|mut ev| {
+                ev.flags = flags::REMOTE_UPDATE;
+                ev
+            });
+            send_or_count(ev);
+        }
+    }
+    0
+}
+
+fn enter_send(ctx: &TracePointContext) -> u32 {
+    let _ = enter(ctx, Call::Send, 0, true);
+    0
+}
+
+fn exit_send(ctx: &TracePointContext) -> u32 {
+    let Some((p, ret)) = exit(ctx, Call::Send) else { return 0 };
+    if sock_num(p.sk).unwrap_or(0) != 0 {
+        send_or_count(event(&p, EventKind::Assign, Origin::Autobind));
+    } else if ret == -EAGAIN {
+        failure(&p, Origin::Autobind, EAGAIN, false);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
+    enter_send(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_exit_sendto(ctx: TracePointContext) -> u32 {
+    exit_send(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    enter_send(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
+    exit_send(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
+    enter_send(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_exit_sendmmsg(ctx: TracePointContext) -> u32 {
+    exit_send(&ctx)
+}

@@ -1,0 +1,171 @@
+//! TCP state changes (raw tracepoints `inet_sock_set_state`, `tcp_destroy_sock`): connect's
+//! port choice, accepted sockets, and release of the port.
+//!
+//! The port is given back either when the socket reaches CLOSE (ports the kernel chose) or
+//! when it is destroyed (ports bound explicitly): whichever finds the bind bucket gone, or
+//! about to go.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_ktime_get_ns,
+    },
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use port_tracer_common::{flags, lost, EventKind, Origin, PortEvent, IPPROTO_TCP};
+
+use crate::{
+    emit::{count_lost, submit},
+    kernel::{fill_sock, fill_task, off, read, sock_num, sock_protocol},
+    CONNECTING,
+};
+
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+
+/// Who started a connect, kept until its port is known.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Connecting {
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    /// The socket was bound before connect: no new port, only the remote endpoint.
+    pub had_port: u16,
+    pub _pad: u16,
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<Connecting>() == 48);
+
+/// The local port in `inet_sport` (host order): still set after the port was put back.
+fn inet_sport(sk: u64) -> Result<u16, i32> {
+    read::<u16>(sk, off!(inet_sport)).map(u16::from_be)
+}
+
+/// Reports the port connect gave `sk`, once, from whichever hook sees it first.
+pub fn finish_connect(sk: u64) {
+    let Some(c) = (unsafe { CONNECTING.get(sk) }).copied() else { return };
+    if CONNECTING.remove(sk).is_err() {
+        return; // another CPU reported it
+    }
+    let Ok(port) = inet_sport(sk) else {
+        count_lost(lost::READ_ERROR);
+        return;
+    };
+    if port == 0 {
+        return; // connect failed before a port was chosen
+    }
+    let mut ev = PortEvent::zeroed();
+    if fill_sock(&mut ev, sk).is_err() {
+        count_lost(lost::READ_ERROR);
+        return;
+    }
+    ev.ts_ns = c.ts_ns;
+    ev.cgroup_id = c.cgroup_id;
+    ev.pid = c.pid;
+    ev.tid = c.tid;
+    ev.uid = c.uid;
+    ev.comm = c.comm;
+    ev.lport = port;
+    ev.kind = EventKind::Assign as u8;
+    ev.origin = Origin::Connect as u8;
+    ev.proto = IPPROTO_TCP;
+    if c.had_port != 0 {
+        ev.flags = flags::REMOTE_UPDATE;
+    }
+    submit(&ev);
+}
+
+fn start_connect(sk: u64) -> Result<(), i32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let c = Connecting {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        had_port: (sock_num(sk)? != 0) as u16,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    if CONNECTING.insert(sk, c, 0).is_err() {
+        count_lost(lost::MAP_FULL);
+    }
+    Ok(())
+}
+
+fn sock_event(sk: u64, kind: EventKind, origin: Origin) -> Result<PortEvent, i32> {
+    let mut ev = PortEvent::zeroed();
+    fill_task(&mut ev);
+    fill_sock(&mut ev, sk)?;
+    ev.kind = kind as u8;
+    ev.origin = origin as u8;
+    ev.proto = IPPROTO_TCP;
+    Ok(ev)
+}
+
+fn on_set_state(sk: u64, old: i32, new: i32) -> Result<(), i32> {
+    if sock_protocol(sk)? != IPPROTO_TCP {
+        return Ok(());
+    }
+    if new == TCP_SYN_SENT {
+        return start_connect(sk);
+    }
+    if old == TCP_SYN_SENT {
+        finish_connect(sk);
+    }
+    if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
+        // An accepted socket, now with both addresses set. This runs in softirq: the task is
+        // not the owner, so userspace takes the owner from the listener.
+        let mut ev = sock_event(sk, EventKind::Assign, Origin::Inherited)?;
+        ev.pid = 0;
+        ev.tid = 0;
+        ev.uid = 0;
+        ev.cgroup_id = 0;
+        ev.comm = [0; 16];
+        submit(&ev);
+    } else if new == TCP_CLOSE && old != TCP_CLOSE {
+        let bind_hash: u64 = read(sk, off!(icsk_bind_hash))?;
+        let port = inet_sport(sk)?;
+        if bind_hash == 0 && port != 0 {
+            let mut ev = sock_event(sk, EventKind::Release, Origin::Unknown)?;
+            ev.lport = port;
+            submit(&ev);
+        }
+    }
+    Ok(())
+}
+
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let old: u64 = ctx.arg(1);
+    let new: u64 = ctx.arg(2);
+    if on_set_state(sk, old as i32, new as i32).is_err() {
+        count_lost(lost::READ_ERROR);
+    }
+    0
+}
+
+fn on_destroy(sk: u64) -> Result<(), i32> {
+    // Fires just before tcp_v4_destroy_sock puts a port that CLOSE did not (bound ports).
+    let bind_hash: u64 = read(sk, off!(icsk_bind_hash))?;
+    if bind_hash != 0 {
+        submit(&sock_event(sk, EventKind::Release, Origin::Unknown)?);
+    }
+    Ok(())
+}
+
+#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
+    if on_destroy(ctx.arg(0)).is_err() {
+        count_lost(lost::READ_ERROR);
+    }
+    0
+}

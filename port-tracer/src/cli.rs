@@ -1,0 +1,153 @@
+//! Command line.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+use crate::{event::Proto, kernel::TierChoice, output::Format};
+
+/// Trace every local port the kernel hands out and takes back (TCP and UDP, IPv4 and IPv6,
+/// every network namespace) and rebuild each port's lifetime: who held it, how it was
+/// obtained, from when to when, including TIME_WAIT.
+///
+/// Runs until Ctrl-C, SIGTERM or --duration; then prints the lifetimes still open and a
+/// summary (events, lifetimes, lost events by reason, top processes, lifetime histogram).
+/// Needs root.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "port-tracer", version, verbatim_doc_comment)]
+pub struct Args {
+    /// Output format: `text` (aligned columns) or `jsonl` (JSON Lines, schema in README).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Write to FILE instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Stop after this long: seconds (`20`) or with a unit (`500ms`, `10s`, `2m`, `1h`).
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Show only sockets owned by this process id.
+    #[arg(long)]
+    pub pid: Option<u32>,
+
+    /// Show only sockets owned by a task of this name (exact, as in /proc/PID/comm).
+    #[arg(long)]
+    pub comm: Option<String>,
+
+    /// Show only this local port or range of ports (`8080`, `32768-60999`).
+    #[arg(long, value_name = "PORT|LO-HI", value_parser = parse_port_range)]
+    pub port: Option<(u16, u16)>,
+
+    /// Show only this protocol.
+    #[arg(long, value_enum)]
+    pub proto: Option<ProtoArg>,
+
+    /// Show only this network namespace (its inode number, as in `ls -l /proc/PID/ns/net`).
+    #[arg(long, value_name = "INODE")]
+    pub netns: Option<u32>,
+
+    /// How to hook the kernel: `auto` picks the best tier that loads and attaches.
+    #[arg(long, value_enum, default_value_t = TierChoice::Auto)]
+    pub attach: TierChoice,
+
+    /// Ring buffer size in bytes (power of two).
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
+    pub ring_size: u32,
+
+    /// Wake the reader once this many bytes wait in the ring buffer (it also drains every
+    /// --drain-ms regardless).
+    #[arg(long, default_value_t = 256 << 10, value_name = "BYTES")]
+    pub wakeup_bytes: u64,
+
+    /// Drain the ring buffer at least this often, in milliseconds.
+    #[arg(long, default_value_t = 20, value_name = "MS")]
+    pub drain_ms: u64,
+
+    /// Hold events this long (ms) to put events from different CPUs back in order.
+    #[arg(long, default_value_t = 50, value_name = "MS")]
+    pub reorder_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProtoArg {
+    Tcp,
+    Udp,
+}
+
+impl From<ProtoArg> for Proto {
+    fn from(p: ProtoArg) -> Proto {
+        match p {
+            ProtoArg::Tcp => Proto::Tcp,
+            ProtoArg::Udp => Proto::Udp,
+        }
+    }
+}
+
+/// "20" (seconds), "500ms", "10s", "2m", "1h".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration `{s}`: expected e.g. 20, 10s, 2m"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit `{unit}`: use ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!("invalid duration `{s}`: must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// "8080" or "32768-60999".
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let port = |p: &str| p.trim().parse::<u16>().map_err(|_| format!("invalid port `{p}`: expected 0-65535"));
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (port(a)?, port(b)?),
+        None => {
+            let p = port(s)?;
+            (p, p)
+        }
+    };
+    if lo > hi {
+        return Err(format!("invalid port range `{s}`: {lo} > {hi}"));
+    }
+    Ok((lo, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("20").unwrap(), Duration::from_secs(20));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("10x").unwrap_err().contains("unit"));
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("0").is_err());
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("8080").unwrap(), (8080, 8080));
+        assert_eq!(parse_port_range("1-2").unwrap(), (1, 2));
+        assert!(parse_port_range("2-1").is_err());
+        assert!(parse_port_range("70000").is_err());
+    }
+
+    #[test]
+    fn unknown_flag_values_are_refused() {
+        let e = Args::try_parse_from(["port-tracer", "--format", "xml"]).unwrap_err();
+        assert!(e.to_string().contains("xml"));
+        let e = Args::try_parse_from(["port-tracer", "--attach", "magic"]).unwrap_err();
+        assert!(e.to_string().contains("magic"));
+    }
+}

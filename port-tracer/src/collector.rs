@@ -1,0 +1,213 @@
+//! The live collector: drains the ring buffer in batches, puts events back in order, feeds
+//! the tracker and writes what it produces.
+
+use std::{
+    io::{self, BufWriter, Write},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
+use port_tracer_common::lost;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+
+use crate::{
+    cli::Args,
+    clock::monotonic_ns,
+    event::Event,
+    kernel::{self, held, Kernel, LoadOptions},
+    lifetime::Tracker,
+    output::{Filter, Sink, WallClock},
+    reorder::Reorderer,
+    summary::{Lost, Summary},
+};
+
+/// Why writing stopped.
+enum WriteEnd {
+    /// The reader went away (`| head`): stop quietly.
+    ClosedPipe,
+    Failed(io::Error),
+}
+
+fn classify(e: io::Error) -> WriteEnd {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        WriteEnd::ClosedPipe
+    } else {
+        WriteEnd::Failed(e)
+    }
+}
+
+/// Everything between the ring buffer and the output.
+struct Pipeline<W: Write> {
+    reorder: Reorderer,
+    tracker: Tracker,
+    sink: Sink<W>,
+    undecodable: u64,
+    lost_seen: u64,
+    write_error: Option<io::Error>,
+}
+
+impl<W: Write> Pipeline<W> {
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            match Event::decode(&item) {
+                Ok(ev) => self.reorder.push(ev),
+                Err(_) => self.undecodable += 1,
+            }
+        }
+    }
+
+    fn emit_ready(&mut self, now_ns: Option<u64>) {
+        let Pipeline { reorder, tracker, sink, write_error, .. } = self;
+        let mut emit = |o: crate::lifetime::Output| {
+            if write_error.is_none() {
+                if let Err(e) = sink.write(&o) {
+                    *write_error = Some(e);
+                }
+            }
+        };
+        match now_ns {
+            Some(now) => {
+                reorder.release(now, |ev| tracker.process(ev, &mut emit));
+                tracker.advance(now.saturating_sub(crate::lifetime::TW_REARM_GRACE_NS * 10), &mut emit);
+            }
+            None => reorder.release_all(|ev| tracker.process(ev, &mut emit)),
+        }
+    }
+
+    /// Marks open lifetimes when the kernel reports new losses.
+    fn check_lost(&mut self, counts: &[u64]) {
+        let total: u64 = counts.iter().sum();
+        if total > self.lost_seen {
+            self.lost_seen = total;
+            self.tracker.mark_lossy();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.write_error.is_none() {
+            if let Err(e) = self.sink.flush() {
+                self.write_error = Some(e);
+            }
+        }
+    }
+}
+
+fn open_output(args: &Args) -> Result<Box<dyn Write + Send>> {
+    Ok(match &args.output {
+        Some(path) => Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create output file {}", path.display()))?,
+        ),
+        None => Box::new(io::stdout()),
+    })
+}
+
+/// Runs the live tracer until a signal or the deadline.
+pub async fn run(args: Args) -> Result<()> {
+    let out = open_output(&args)?;
+    let mut kernel = Kernel::load(&LoadOptions {
+        tier: args.attach,
+        ring_bytes: args.ring_size,
+        wakeup_bytes: args.wakeup_bytes,
+    })?;
+    let ring = kernel.take_events()?;
+    let lost_counters = kernel.take_lost()?;
+    #[allow(deprecated)] // AsyncFd owns the ring buffer, and so its fd, for as long as it lives.
+    let mut ring = AsyncFd::new(ring).context("polling the ring buffer")?;
+
+    let mut tracker = Tracker::new();
+    // After attaching: a socket in this snapshot that goes away later was held before start.
+    tracker.set_held_at_start(held::own_netns()?, held::snapshot()?);
+
+    let filter = Filter {
+        pid: args.pid,
+        comm: args.comm.clone(),
+        ports: args.port,
+        proto: args.proto.map(Into::into),
+        netns: args.netns,
+    };
+    let mut p = Pipeline {
+        reorder: Reorderer::new(args.reorder_ms * 1_000_000),
+        tracker,
+        sink: Sink::new(BufWriter::with_capacity(1 << 16, out), args.format, filter, WallClock::now()),
+        undecodable: 0,
+        lost_seen: 0,
+        write_error: None,
+    };
+
+    let tw_note = if kernel.time_wait_traced { "" } else { " (TIME_WAIT not traced: tw_timer_handler not in /proc/kallsyms)" };
+    eprintln!(
+        "port-tracer: tracing with the {} tier on Linux {}{tw_note}; Ctrl-C to stop",
+        kernel.tier,
+        kernel::kernel_release()
+    );
+
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(Duration::from_millis(args.drain_ms.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("polling the ring buffer")?;
+                p.drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                p.drain(ring.get_mut());
+                p.check_lost(&lost_counters.read()?);
+                p.emit_ready(Some(monotonic_ns()));
+                p.flush();
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = &mut deadline => break,
+        }
+        if p.write_error.is_some() {
+            break;
+        }
+    }
+
+    // Programs still run until `kernel` drops: take what they wrote so far.
+    p.drain(ring.get_mut());
+    let lost_counts = lost_counters.read()?;
+    p.check_lost(&lost_counts);
+    p.emit_ready(None);
+    let open_before = p.tracker.open_lifetimes() as u64;
+    {
+        let Pipeline { tracker, sink, write_error, .. } = &mut p;
+        tracker.finish(&mut |o| {
+            if write_error.is_none() {
+                if let Err(e) = sink.write(&o) {
+                    *write_error = Some(e);
+                }
+            }
+        });
+    }
+    let lost = Lost {
+        by_reason: lost::NAMES.iter().copied().zip(lost_counts).collect(),
+        undecodable: p.undecodable,
+    };
+    let summary = Summary::new(&p.tracker, open_before, lost, 10);
+    if p.write_error.is_none() {
+        if let Err(e) = p.sink.summary(&summary) {
+            p.write_error = Some(e);
+        }
+    }
+    p.flush();
+    drop(kernel);
+    match p.write_error.map(classify) {
+        None | Some(WriteEnd::ClosedPipe) => Ok(()),
+        Some(WriteEnd::Failed(e)) => Err(anyhow::Error::new(e).context(match &args.output {
+            Some(path) => format!("writing to {}", path.display()),
+            None => "writing to standard output".to_string(),
+        })),
+    }
+}

@@ -1,0 +1,184 @@
+//! The kernel edge: checks, loading and attaching the programs, reading their maps.
+
+pub mod held;
+pub mod offsets;
+mod tracepoint;
+
+use std::{fmt, path::Path};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    Ebpf, EbpfLoader,
+};
+use port_tracer_common::{lost, ProgramConfig};
+
+/// The compiled kernel programs, embedded in the binary.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/port-tracer"));
+
+/// A way of hooking the kernel. Each produces the same events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tier {
+    /// Tracepoints, raw tracepoints and a cgroup socket hook: works where fentry and
+    /// kprobes do not (e.g. kernels without CONFIG_KPROBES or with fentry locked down).
+    Tracepoint,
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Tier::Tracepoint => "tracepoint",
+        })
+    }
+}
+
+/// Which tier to use: the best one that loads and attaches, or one forced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TierChoice {
+    Auto,
+    Tracepoint,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub tier: TierChoice,
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    pub ring_bytes: u32,
+    /// Wake the reader once this many bytes wait.
+    pub wakeup_bytes: u64,
+}
+
+/// Loaded and attached programs.
+pub struct Kernel {
+    ebpf: Ebpf,
+    pub tier: Tier,
+    /// TIME_WAIT is traced (needs the `tw_timer_handler` symbol).
+    pub time_wait_traced: bool,
+}
+
+/// Fails with a one-line explanation unless the process may load BPF programs.
+pub fn check_privileges() -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "not root: port-tracer loads eBPF programs and needs root (or CAP_BPF, CAP_PERFMON \
+             and CAP_NET_ADMIN); run it with sudo"
+        );
+    }
+    Ok(())
+}
+
+/// Kernel release, e.g. "6.1.0-26-amd64".
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+impl Kernel {
+    /// Loads the programs and attaches the chosen tier.
+    pub fn load(opts: &LoadOptions) -> Result<Kernel> {
+        check_privileges()?;
+        let btf = offsets::load_vmlinux_btf()?;
+        let offs = offsets::resolve(&btf).context(
+            "unsupported kernel: a structure port-tracer reads is missing from its BTF",
+        )?;
+        let config = ProgramConfig { wakeup_bytes: opts.wakeup_bytes };
+        if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < 4096 {
+            bail!("--ring-size must be a power of two of at least 4096 bytes");
+        }
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &offs, true)
+            .override_global("CONFIG", &config, true)
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .load(PROGRAMS)
+            .map_err(|e| explain_load_error(e.into()))?;
+        let tier = match opts.tier {
+            TierChoice::Auto | TierChoice::Tracepoint => {
+                tracepoint::attach(&mut ebpf)?;
+                Tier::Tracepoint
+            }
+        };
+        Ok(Kernel { ebpf, tier, time_wait_traced: offs.tw_timer_handler != 0 })
+    }
+
+    /// The ring buffer the programs write to. Can be taken once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").context("EVENTS map already taken")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// The per-CPU dropped-event counters. Can be taken once.
+    pub fn take_lost(&mut self) -> Result<LostCounters> {
+        let map = self.ebpf.take_map("LOST").context("LOST map already taken")?;
+        Ok(LostCounters(PerCpuArray::try_from(map)?))
+    }
+}
+
+/// Per-CPU counts of events the programs could not deliver.
+pub struct LostCounters(PerCpuArray<MapData, u64>);
+
+impl LostCounters {
+    /// Totals over all CPUs, indexed by `port_tracer_common::lost`.
+    pub fn read(&self) -> Result<[u64; lost::COUNT as usize]> {
+        let mut out = [0u64; lost::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = self.0.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+fn explain_load_error(e: anyhow::Error) -> anyhow::Error {
+    let text = format!("{e:#}");
+    if text.contains("Operation not permitted") {
+        return e.context(
+            "the kernel refused to create BPF maps or programs (missing CAP_BPF/CAP_SYS_ADMIN, \
+             or locked down)",
+        );
+    }
+    if text.contains("RINGBUF") || text.contains("Invalid argument") {
+        return e.context(
+            "unsupported kernel: loading the BPF maps failed; port-tracer needs BPF ring \
+             buffers (Linux 5.8 or later)",
+        );
+    }
+    e.context("loading the BPF programs failed")
+}
+
+/// Makes sure tracefs is mounted, mounting it where the kernel expects it if not.
+pub fn ensure_tracefs() -> Result<()> {
+    for p in ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"] {
+        if Path::new(p).is_dir() {
+            return Ok(());
+        }
+    }
+    let target = c"/sys/kernel/tracing";
+    let rc = unsafe {
+        libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        bail!(
+            "tracefs is not mounted and mounting it failed ({err}); mount it with \
+             `mount -t tracefs nodev /sys/kernel/tracing` and try again"
+        );
+    }
+    Ok(())
+}
+
+/// The mount point of the cgroup v2 hierarchy.
+pub fn cgroup2_root() -> Result<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_ascii_whitespace();
+            let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| std::path::PathBuf::from(dir))
+        })
+        .min_by_key(|p| p.as_os_str().len())
+        .context(
+            "no cgroup v2 mount: port-tracer sees UDP sockets close through a cgroup v2 hook; \
+             mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified`",
+        )
+}

@@ -1,0 +1,16 @@
+//! port-tracer: trace the kernel's local port assignments and releases and rebuild each
+//! port's lifetime.
+//!
+//! The core is pure: [`event`] decodes kernel records, [`reorder`] restores timestamp order,
+//! [`lifetime`] turns events into lifetimes, [`summary`] counts. Around it sit the edges:
+//! [`kernel`] (load, attach, maps), [`output`] (text, JSONL) and [`collector`] (the live loop).
+
+pub mod cli;
+pub mod clock;
+pub mod collector;
+pub mod event;
+pub mod kernel;
+pub mod lifetime;
+pub mod output;
+pub mod reorder;
+pub mod summary;

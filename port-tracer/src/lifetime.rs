@@ -1,0 +1,453 @@
+//! Lifetime reconstruction: the pure core. Decoded events in (in timestamp order, see
+//! [`crate::reorder`]), lifetimes out. No I/O.
+//!
+//! A lifetime is one socket's hold on one local port, from assignment to release. A TCP
+//! socket that enters TIME_WAIT hands its port to a TIME_WAIT socket: the lifetime goes on
+//! until that one dies, and the time in TIME_WAIT is measured on its own.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use serde::Serialize;
+
+use crate::event::{Endpoints, Event, Kind, Origin, Proto, Task};
+
+/// How long a cancelled TIME_WAIT timer may wait for its re-arm before the cancel counts as
+/// the end of TIME_WAIT. The kernel cancels and re-arms in one call, microseconds apart.
+pub const TW_REARM_GRACE_NS: u64 = 1_000_000;
+
+/// One socket's hold on one local port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lifetime {
+    pub ends: Endpoints,
+    /// Who obtained the port (for accepted sockets: the listener's owner).
+    pub owner: Task,
+    pub origin: Origin,
+    pub sock_id: u64,
+    /// None when the port was held before tracing started.
+    pub assigned_ns: Option<u64>,
+    /// None while the port is still held.
+    pub released_ns: Option<u64>,
+    /// When the port moved to a TIME_WAIT socket.
+    pub time_wait_ns_start: Option<u64>,
+    /// Events were lost while this lifetime was open: it may be incomplete.
+    pub lossy: bool,
+}
+
+impl Lifetime {
+    pub fn duration_ns(&self) -> Option<u64> {
+        Some(self.released_ns?.saturating_sub(self.assigned_ns?))
+    }
+
+    /// Time spent in TIME_WAIT, once it ended.
+    pub fn time_wait_ns(&self) -> Option<u64> {
+        Some(self.released_ns?.saturating_sub(self.time_wait_ns_start?))
+    }
+}
+
+/// What the tracker produces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// An event, attributed to the owner of its lifetime where one is known.
+    Event(Event),
+    /// A lifetime that ended (or, from [`Tracker::finish`], one still open).
+    Lifetime(Lifetime),
+}
+
+/// Counts of what the tracker saw, for the summary.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub events: u64,
+    pub assign: u64,
+    pub remote_update: u64,
+    pub release: u64,
+    pub time_wait: u64,
+    pub alloc_failure: u64,
+    pub lifetimes: u64,
+    /// Allocations (every origin but inherited and preexisting).
+    pub allocations: u64,
+    /// Assignments of a port a socket already held (e.g. listen re-validating its bind).
+    pub duplicate_assign: u64,
+    /// Releases, TIME_WAITs and updates of sockets never seen assigned nor held at start.
+    pub unmatched: u64,
+    /// Lifetimes ended without their release: the socket got another port.
+    pub release_missing: u64,
+    pub time_wait_rearm: u64,
+}
+
+/// Identity of an open lifetime in the table.
+type Id = usize;
+
+/// Endpoints of a socket held when tracing started, without the namespace-local details
+/// the snapshot cannot give (its netns is the tracer's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HeldAtStart {
+    pub proto: Proto,
+    pub laddr: std::net::IpAddr,
+    pub lport: u16,
+    pub raddr: std::net::IpAddr,
+    pub rport: u16,
+}
+
+impl HeldAtStart {
+    pub fn of(e: &Endpoints) -> Self {
+        HeldAtStart {
+            proto: e.proto,
+            laddr: e.laddr,
+            lport: e.lport,
+            raddr: e.raddr,
+            rport: e.rport,
+        }
+    }
+}
+
+/// Reconstructs lifetimes from events.
+#[derive(Default)]
+pub struct Tracker {
+    slots: Vec<Option<Lifetime>>,
+    free: Vec<Id>,
+    open: usize,
+    by_sock: HashMap<u64, Id>,
+    by_tw: HashMap<u64, Id>,
+    /// Open TCP lifetimes with a remote endpoint and not yet in TIME_WAIT, by endpoints.
+    by_tuple: HashMap<Endpoints, Id>,
+    /// Open TCP lifetimes without a remote endpoint (bound, listening), by (netns, port).
+    bound_tcp: HashMap<(u32, u16), Id>,
+    /// Cancelled TIME_WAIT timers, waiting to see whether they are re-armed.
+    pending_cancel: HashMap<u64, Event>,
+    cancel_queue: VecDeque<(u64, u64)>,
+    held_at_start: HashSet<HeldAtStart>,
+    /// The netns whose sockets `held_at_start` lists.
+    start_netns: u32,
+    pub counters: Counters,
+    /// Allocations by (pid, comm).
+    pub allocations_by_task: HashMap<(u32, crate::event::Comm), u64>,
+    /// Ended lifetimes by their duration.
+    pub durations: Log2Histogram,
+    /// Ended TIME_WAIT periods by their length.
+    pub time_waits: Log2Histogram,
+}
+
+/// Counts by power-of-two buckets: bucket i holds values in [2^(i-1), 2^i).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Log2Histogram(pub [u64; 64]);
+
+impl Default for Log2Histogram {
+    fn default() -> Self {
+        Log2Histogram([0; 64])
+    }
+}
+
+impl Log2Histogram {
+    pub fn add(&mut self, ns: u64) {
+        self.0[(64 - ns.leading_zeros() as usize).min(63)] += 1;
+    }
+}
+
+impl Tracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sockets that held ports when tracing started (from the tracer's own netns): their
+    /// later release produces a lifetime with origin `preexisting`.
+    pub fn set_held_at_start(&mut self, netns: u32, held: impl IntoIterator<Item = HeldAtStart>) {
+        self.start_netns = netns;
+        self.held_at_start = held.into_iter().collect();
+    }
+
+    /// Number of lifetimes open now.
+    pub fn open_lifetimes(&self) -> usize {
+        self.open
+    }
+
+    /// Events were lost: every lifetime open now may be incomplete.
+    pub fn mark_lossy(&mut self) {
+        for lt in self.slots.iter_mut().flatten() {
+            lt.lossy = true;
+        }
+    }
+
+    fn insert(&mut self, lt: Lifetime) -> Id {
+        self.open += 1;
+        match self.free.pop() {
+            Some(id) => {
+                self.slots[id] = Some(lt);
+                id
+            }
+            None => {
+                self.slots.push(Some(lt));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn get(&mut self, id: Id) -> &mut Lifetime {
+        self.slots[id].as_mut().expect("index points at an open lifetime")
+    }
+
+    /// Adds `id` to the endpoint indexes its lifetime belongs in.
+    fn index(&mut self, id: Id) {
+        let lt = self.get(id);
+        if lt.ends.proto != Proto::Tcp || lt.time_wait_ns_start.is_some() {
+            return;
+        }
+        let ends = lt.ends;
+        if ends.rport != 0 {
+            self.by_tuple.insert(ends, id);
+        } else {
+            self.bound_tcp.insert((ends.netns, ends.lport), id);
+        }
+    }
+
+    /// Removes `id` from the endpoint indexes.
+    fn unindex(&mut self, id: Id) {
+        let ends = self.get(id).ends;
+        if self.by_tuple.get(&ends) == Some(&id) {
+            self.by_tuple.remove(&ends);
+        }
+        let key = (ends.netns, ends.lport);
+        if self.bound_tcp.get(&key) == Some(&id) {
+            self.bound_tcp.remove(&key);
+        }
+    }
+
+    /// Ends lifetime `id` at `ts` and emits it.
+    fn close(&mut self, id: Id, ts: u64, emit: &mut impl FnMut(Output)) {
+        self.unindex(id);
+        let mut lt = self.slots[id].take().expect("open lifetime");
+        self.free.push(id);
+        self.open -= 1;
+        if self.by_sock.get(&lt.sock_id) == Some(&id) {
+            self.by_sock.remove(&lt.sock_id);
+        }
+        lt.released_ns = Some(ts);
+        if let Some(d) = lt.duration_ns() {
+            self.durations.add(d);
+        }
+        if let Some(tw) = lt.time_wait_ns() {
+            self.time_waits.add(tw);
+        }
+        self.counters.lifetimes += 1;
+        emit(Output::Lifetime(lt));
+    }
+
+    /// `ev` attributed to the owner and origin of lifetime `id`.
+    fn attributed(&mut self, id: Id, ev: &Event) -> Event {
+        let lt = self.get(id);
+        Event { task: lt.owner, origin: lt.origin, ..*ev }
+    }
+
+    fn was_held_at_start(&self, ends: &Endpoints) -> bool {
+        ends.netns == self.start_netns && self.held_at_start.contains(&HeldAtStart::of(ends))
+    }
+
+    /// A lifetime for a socket seen only at its end.
+    fn unseen(&mut self, ev: &Event) -> Lifetime {
+        let origin = if self.was_held_at_start(&ev.ends) {
+            Origin::Preexisting
+        } else {
+            self.counters.unmatched += 1;
+            Origin::Unknown
+        };
+        Lifetime {
+            ends: ev.ends,
+            owner: Task::default(),
+            origin,
+            sock_id: ev.sock_id,
+            assigned_ns: None,
+            released_ns: None,
+            time_wait_ns_start: None,
+            lossy: false,
+        }
+    }
+
+    fn finalize_cancels(&mut self, before_ns: u64, emit: &mut impl FnMut(Output)) {
+        while let Some(&(ts, tw)) = self.cancel_queue.front() {
+            if ts.saturating_add(TW_REARM_GRACE_NS) > before_ns {
+                break;
+            }
+            self.cancel_queue.pop_front();
+            if self.pending_cancel.get(&tw).map(|ev| ev.ts_ns) == Some(ts) {
+                let ev = self.pending_cancel.remove(&tw).expect("checked above");
+                if let Some(id) = self.by_tw.remove(&tw) {
+                    self.end_time_wait(id, &ev, emit);
+                }
+            }
+        }
+    }
+
+    /// Feeds one event; ended lifetimes and attributed events go to `emit`.
+    pub fn process(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
+        self.counters.events += 1;
+        if !self.cancel_queue.is_empty() {
+            self.finalize_cancels(ev.ts_ns, emit);
+        }
+        match ev.kind {
+            Kind::Assign => self.assign(ev, emit),
+            Kind::RemoteUpdate => self.remote_update(ev, emit),
+            Kind::Release if ev.time_wait_sock => self.release_time_wait(ev, emit),
+            Kind::Release => self.release(ev, emit),
+            Kind::TimeWait => self.time_wait(ev, emit),
+            Kind::AllocFailure => {
+                self.counters.alloc_failure += 1;
+                emit(Output::Event(*ev));
+            }
+        }
+    }
+
+    fn assign(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
+        self.counters.assign += 1;
+        if let Some(&id) = self.by_sock.get(&ev.sock_id) {
+            let lt = self.get(id);
+            if lt.time_wait_ns_start.is_some() {
+                // The old hold lives on in its TIME_WAIT socket; this address is reused.
+                self.by_sock.remove(&ev.sock_id);
+            } else if lt.ends.lport == ev.ends.lport && lt.ends.proto == ev.ends.proto {
+                self.counters.duplicate_assign += 1;
+                return;
+            } else {
+                self.counters.release_missing += 1;
+                self.get(id).lossy = true;
+                self.close(id, ev.ts_ns, emit);
+            }
+        }
+        let mut owner = ev.task;
+        if ev.origin == Origin::Inherited && !owner.is_known() {
+            if let Some(&lid) = self.bound_tcp.get(&(ev.ends.netns, ev.ends.lport)) {
+                owner = self.get(lid).owner;
+            }
+        }
+        if ev.origin.is_allocation() {
+            self.counters.allocations += 1;
+            *self.allocations_by_task.entry((owner.pid, owner.comm)).or_default() += 1;
+        }
+        let id = self.insert(Lifetime {
+            ends: ev.ends,
+            owner,
+            origin: ev.origin,
+            sock_id: ev.sock_id,
+            assigned_ns: Some(ev.ts_ns),
+            released_ns: None,
+            time_wait_ns_start: None,
+            lossy: false,
+        });
+        self.by_sock.insert(ev.sock_id, id);
+        self.index(id);
+        emit(Output::Event(Event { task: owner, ..*ev }));
+    }
+
+    fn remote_update(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
+        self.counters.remote_update += 1;
+        let Some(&id) = self.by_sock.get(&ev.sock_id) else {
+            self.counters.unmatched += 1;
+            return;
+        };
+        self.unindex(id);
+        let lt = self.get(id);
+        lt.ends.raddr = ev.ends.raddr;
+        lt.ends.rport = ev.ends.rport;
+        if lt.ends.laddr.is_unspecified() {
+            lt.ends.laddr = ev.ends.laddr;
+        }
+        self.index(id);
+        let ev = self.attributed(id, ev);
+        emit(Output::Event(ev));
+    }
+
+    fn release(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
+        self.counters.release += 1;
+        match self.by_sock.remove(&ev.sock_id) {
+            Some(id) => {
+                let lt = self.get(id);
+                if lt.time_wait_ns_start.is_some() {
+                    return; // the TIME_WAIT socket holds the port now
+                }
+                if lt.ends.rport == 0 && ev.ends.rport != 0 {
+                    // Learnt the peer only now (e.g. bound before connect): keep it.
+                    lt.ends.raddr = ev.ends.raddr;
+                    lt.ends.rport = ev.ends.rport;
+                }
+                let ev = self.attributed(id, ev);
+                self.close(id, ev.ts_ns, emit);
+                emit(Output::Event(ev));
+            }
+            None => {
+                let lt = self.unseen(ev);
+                let id = self.insert(lt);
+                self.close(id, ev.ts_ns, emit);
+                emit(Output::Event(*ev));
+            }
+        }
+    }
+
+    fn time_wait(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
+        let tw = ev.sock_id;
+        if self.pending_cancel.remove(&tw).is_some() || self.by_tw.contains_key(&tw) {
+            self.counters.time_wait_rearm += 1;
+            return;
+        }
+        self.counters.time_wait += 1;
+        let id = match self.by_tuple.get(&ev.ends).copied() {
+            Some(id) => {
+                self.unindex(id);
+                id
+            }
+            None => {
+                let lt = self.unseen(ev);
+                self.insert(lt)
+            }
+        };
+        self.get(id).time_wait_ns_start = Some(ev.ts_ns);
+        self.by_tw.insert(tw, id);
+        let ev = self.attributed(id, ev);
+        emit(Output::Event(ev));
+    }
+
+    fn release_time_wait(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
+        let tw = ev.sock_id;
+        if !self.by_tw.contains_key(&tw) {
+            self.counters.unmatched += 1;
+            return;
+        }
+        if ev.tw_cancel {
+            self.pending_cancel.insert(tw, *ev);
+            self.cancel_queue.push_back((ev.ts_ns, tw));
+            return;
+        }
+        self.pending_cancel.remove(&tw);
+        let id = self.by_tw.remove(&tw).expect("checked above");
+        self.end_time_wait(id, ev, emit);
+    }
+
+    fn end_time_wait(&mut self, id: Id, ev: &Event, emit: &mut impl FnMut(Output)) {
+        self.counters.release += 1;
+        let ev = self.attributed(id, ev);
+        self.close(id, ev.ts_ns, emit);
+        emit(Output::Event(ev));
+    }
+
+    /// Settles what is pending (cancelled TIME_WAIT timers) as of `now_ns`.
+    pub fn advance(&mut self, now_ns: u64, emit: &mut impl FnMut(Output)) {
+        self.finalize_cancels(now_ns, emit);
+    }
+
+    /// Ends tracing: settles everything pending, then emits every lifetime still open
+    /// (with `released_ns` None), oldest first.
+    pub fn finish(&mut self, emit: &mut impl FnMut(Output)) {
+        self.finalize_cancels(u64::MAX, emit);
+        let mut open: Vec<Lifetime> = self.slots.drain(..).flatten().collect();
+        open.sort_by_key(|lt| (lt.assigned_ns, lt.ends.lport));
+        self.free.clear();
+        self.open = 0;
+        self.by_sock.clear();
+        self.by_tw.clear();
+        self.by_tuple.clear();
+        self.bound_tcp.clear();
+        for lt in open {
+            emit(Output::Lifetime(lt));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,356 @@
+//! The reconstruction rules, one test each, on synthetic events.
+
+use std::net::IpAddr;
+
+use super::*;
+use crate::{
+    event::{Comm, Family, Kind},
+    reorder::Reorderer,
+};
+
+const NS: u32 = 4026531840;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn task(pid: u32, comm: &str) -> Task {
+    Task { pid, tid: pid, uid: 0, cgroup_id: 1, comm: Comm::new(comm) }
+}
+
+/// Builds events tersely.
+#[derive(Clone, Copy)]
+struct E(Event);
+
+impl E {
+    fn new(kind: Kind, ts: u64, sock: u64, proto: Proto, lport: u16) -> E {
+        E(Event {
+            ts_ns: ts,
+            kind,
+            sock_id: sock,
+            time_wait_sock: false,
+            tw_cancel: false,
+            ends: Endpoints {
+                proto,
+                family: Family::Ipv4,
+                netns: NS,
+                laddr: ip("127.0.0.1"),
+                lport,
+                raddr: ip("0.0.0.0"),
+                rport: 0,
+            },
+            origin: Origin::Unknown,
+            errno: 0,
+            task: task(100, "app"),
+        })
+    }
+    fn assign(ts: u64, sock: u64, lport: u16, origin: Origin) -> E {
+        let mut e = E::new(Kind::Assign, ts, sock, Proto::Tcp, lport);
+        e.0.origin = origin;
+        e
+    }
+    fn release(ts: u64, sock: u64, lport: u16) -> E {
+        E::new(Kind::Release, ts, sock, Proto::Tcp, lport)
+    }
+    fn tw(ts: u64, tw: u64, lport: u16, rport: u16) -> E {
+        let mut e = E::new(Kind::TimeWait, ts, tw, Proto::Tcp, lport).remote(rport);
+        e.0.time_wait_sock = true;
+        e.0.task = Task::default();
+        e
+    }
+    fn tw_end(ts: u64, tw: u64, lport: u16, rport: u16, cancel: bool) -> E {
+        let mut e = E::new(Kind::Release, ts, tw, Proto::Tcp, lport).remote(rport);
+        e.0.time_wait_sock = true;
+        e.0.tw_cancel = cancel;
+        e
+    }
+    fn remote(mut self, rport: u16) -> E {
+        self.0.ends.raddr = ip("127.0.0.1");
+        self.0.ends.rport = rport;
+        self
+    }
+    fn udp(mut self) -> E {
+        self.0.ends.proto = Proto::Udp;
+        self
+    }
+    fn by(mut self, t: Task) -> E {
+        self.0.task = t;
+        self
+    }
+}
+
+fn run(tracker: &mut Tracker, events: &[E]) -> (Vec<Event>, Vec<Lifetime>) {
+    let (mut evs, mut lts) = (Vec::new(), Vec::new());
+    let mut emit = |o: Output| match o {
+        Output::Event(e) => evs.push(e),
+        Output::Lifetime(l) => lts.push(l),
+    };
+    for e in events {
+        tracker.process(&e.0, &mut emit);
+    }
+    tracker.finish(&mut emit);
+    (evs, lts)
+}
+
+fn lifetimes(events: &[E]) -> Vec<Lifetime> {
+    run(&mut Tracker::new(), events).1
+}
+
+#[test]
+fn bind_zero_then_listen_is_one_lifetime() {
+    let lts = lifetimes(&[
+        E::assign(10, 0xa, 40000, Origin::BindEphemeral),
+        E::assign(20, 0xa, 40000, Origin::Autobind), // listen re-validates the port
+        E::release(90, 0xa, 40000),
+    ]);
+    assert_eq!(lts.len(), 1);
+    assert_eq!(lts[0].origin, Origin::BindEphemeral);
+    assert_eq!((lts[0].assigned_ns, lts[0].released_ns), (Some(10), Some(90)));
+    assert_eq!(lts[0].duration_ns(), Some(80));
+}
+
+#[test]
+fn bind_then_connect_is_one_lifetime_with_the_peer() {
+    let mut update = E::assign(20, 0xa, 5000, Origin::Connect).remote(80);
+    update.0.kind = Kind::RemoteUpdate;
+    let lts = lifetimes(&[E::assign(10, 0xa, 5000, Origin::Bind), update, E::release(30, 0xa, 5000)]);
+    assert_eq!(lts.len(), 1);
+    assert_eq!(lts[0].origin, Origin::Bind);
+    assert_eq!(lts[0].ends.rport, 80);
+}
+
+#[test]
+fn accepted_sockets_share_the_port_each_with_its_own_lifetime() {
+    let server = task(7, "server");
+    let mut t = Tracker::new();
+    let child = |ts, sock, rport| {
+        let mut e = E::assign(ts, sock, 8080, Origin::Inherited).remote(rport);
+        e.0.task = Task::default(); // softirq: unknown task
+        e
+    };
+    let (_, lts) = run(
+        &mut t,
+        &[
+            E::assign(1, 0x1, 8080, Origin::Bind).by(server),
+            child(2, 0x2, 50001),
+            child(3, 0x3, 50002),
+            E::release(4, 0x2, 8080).remote(50001),
+            E::release(5, 0x3, 8080).remote(50002),
+            E::release(6, 0x1, 8080),
+        ],
+    );
+    assert_eq!(lts.len(), 3);
+    assert!(lts.iter().all(|l| l.owner.pid == 7), "children belong to the listener's owner");
+    assert_eq!(lts.iter().filter(|l| l.origin == Origin::Inherited).count(), 2);
+    assert_eq!(t.counters.allocations, 1, "inherited ports are not allocations");
+}
+
+#[test]
+fn same_ephemeral_port_towards_two_destinations_is_two_lifetimes() {
+    let lts = lifetimes(&[
+        E::assign(1, 0x1, 40000, Origin::Connect).remote(80),
+        E::assign(2, 0x2, 40000, Origin::Connect).remote(443),
+        E::release(3, 0x1, 40000).remote(80),
+        E::release(4, 0x2, 40000).remote(443),
+    ]);
+    assert_eq!(lts.len(), 2);
+    assert_eq!(lts[0].ends.rport, 80);
+    assert_eq!(lts[1].ends.rport, 443);
+}
+
+#[test]
+fn time_wait_extends_the_lifetime_and_is_measured_apart() {
+    let lts = lifetimes(&[
+        E::assign(100, 0xa, 40000, Origin::Connect).remote(80),
+        E::tw(200, 0xb, 40000, 80),
+        E::release(201, 0xa, 40000).remote(80), // the full socket goes; the tw holds the port
+        E::tw_end(60_200, 0xb, 40000, 80, false),
+    ]);
+    assert_eq!(lts.len(), 1);
+    let lt = &lts[0];
+    assert_eq!(lt.released_ns, Some(60_200));
+    assert_eq!(lt.duration_ns(), Some(60_100));
+    assert_eq!(lt.time_wait_ns(), Some(60_000));
+    assert_eq!(lt.owner.pid, 100);
+}
+
+#[test]
+fn time_wait_timer_rearm_is_not_a_release() {
+    let ms = 1_000_000;
+    let lts = lifetimes(&[
+        E::assign(ms, 0xa, 40000, Origin::Connect).remote(80),
+        E::tw(2 * ms, 0xb, 40000, 80),
+        E::release(2 * ms + 1, 0xa, 40000).remote(80),
+        E::tw_end(3 * ms, 0xb, 40000, 80, true), // cancel ...
+        E::tw(3 * ms + 5, 0xb, 40000, 80),        // ... and re-arm
+        E::assign(50 * ms, 0xc, 1, Origin::Bind),
+        E::tw_end(60 * ms, 0xb, 40000, 80, false),
+    ]);
+    let lt = lts.iter().find(|l| l.ends.lport == 40000).unwrap();
+    assert_eq!(lt.released_ns, Some(60 * ms));
+}
+
+#[test]
+fn time_wait_killed_early_ends_at_the_cancel() {
+    let ms = 1_000_000;
+    let lts = lifetimes(&[
+        E::assign(ms, 0xa, 40000, Origin::Connect).remote(80),
+        E::tw(2 * ms, 0xb, 40000, 80),
+        E::tw_end(3 * ms, 0xb, 40000, 80, true),
+        E::assign(50 * ms, 0xc, 40000, Origin::Connect).remote(80), // port reused
+    ]);
+    let first = lts.iter().find(|l| l.sock_id == 0xa).unwrap();
+    assert_eq!(first.released_ns, Some(3 * ms));
+    assert_eq!(first.time_wait_ns(), Some(ms));
+    let second = lts.iter().find(|l| l.sock_id == 0xc).unwrap();
+    assert_eq!(second.released_ns, None);
+}
+
+#[test]
+fn socket_address_reused_while_old_hold_is_in_time_wait() {
+    let lts = lifetimes(&[
+        E::assign(1, 0xa, 40000, Origin::Connect).remote(80),
+        E::tw(2, 0xb, 40000, 80),
+        // The full socket's release was not seen; its address comes back for a new socket.
+        E::assign(3, 0xa, 40001, Origin::Connect).remote(80),
+        E::release(4, 0xa, 40001).remote(80),
+        E::tw_end(9, 0xb, 40000, 80, false),
+    ]);
+    assert_eq!(lts.len(), 2);
+    let first = lts.iter().find(|l| l.ends.lport == 40000).unwrap();
+    assert_eq!((first.released_ns, first.lossy), (Some(9), false));
+}
+
+#[test]
+fn udp_autobind_and_release() {
+    let mut t = Tracker::new();
+    let (evs, lts) = run(
+        &mut t,
+        &[E::assign(1, 0x1, 33000, Origin::Autobind).udp(), E::release(5, 0x1, 33000).udp()],
+    );
+    assert_eq!(lts.len(), 1);
+    assert_eq!(lts[0].ends.proto, Proto::Udp);
+    assert_eq!(evs.len(), 2);
+    assert_eq!(t.counters.allocations, 1);
+}
+
+#[test]
+fn release_of_a_socket_held_at_start_is_preexisting() {
+    let mut t = Tracker::new();
+    let held = E::release(5, 0x1, 22);
+    t.set_held_at_start(NS, [HeldAtStart::of(&held.0.ends)]);
+    let (_, lts) = run(&mut t, &[held, E::release(6, 0x2, 23)]);
+    assert_eq!(lts[0].origin, Origin::Preexisting);
+    assert_eq!(lts[0].assigned_ns, None);
+    assert_eq!(lts[0].released_ns, Some(5));
+    assert_eq!(lts[1].origin, Origin::Unknown);
+    assert_eq!(t.counters.unmatched, 1, "a release never seen assigned is counted");
+}
+
+#[test]
+fn new_port_on_a_socket_without_release_flags_the_old_lifetime() {
+    let mut t = Tracker::new();
+    let (_, lts) = run(
+        &mut t,
+        &[E::assign(1, 0x1, 1000, Origin::Autobind).udp(), E::assign(2, 0x1, 2000, Origin::Autobind).udp()],
+    );
+    assert_eq!(lts.len(), 2);
+    assert!(lts[0].lossy);
+    assert_eq!(lts[0].released_ns, Some(2));
+    assert_eq!(t.counters.release_missing, 1);
+}
+
+#[test]
+fn lost_events_flag_open_lifetimes_only() {
+    let mut t = Tracker::new();
+    let mut sink = |_o: Output| {};
+    t.process(&E::assign(1, 0x1, 1000, Origin::Bind).0, &mut sink);
+    t.mark_lossy();
+    t.process(&E::assign(2, 0x2, 1001, Origin::Bind).0, &mut sink);
+    let (_, lts) = run(&mut t, &[]);
+    assert!(lts.iter().find(|l| l.ends.lport == 1000).unwrap().lossy);
+    assert!(!lts.iter().find(|l| l.ends.lport == 1001).unwrap().lossy);
+}
+
+#[test]
+fn finish_emits_open_lifetimes_unreleased() {
+    let lts = lifetimes(&[E::assign(1, 0x1, 1000, Origin::Bind), E::assign(2, 0x2, 1001, Origin::Connect).remote(9)]);
+    assert_eq!(lts.len(), 2);
+    assert!(lts.iter().all(|l| l.released_ns.is_none() && l.duration_ns().is_none()));
+}
+
+#[test]
+fn alloc_failures_are_counted_and_passed_on() {
+    let mut t = Tracker::new();
+    let mut fail = E::new(Kind::AllocFailure, 1, 0x1, Proto::Tcp, 0).remote(80);
+    fail.0.errno = 99;
+    let (evs, lts) = run(&mut t, &[fail]);
+    assert!(lts.is_empty());
+    assert_eq!(evs[0].errno, 99);
+    assert_eq!(t.counters.alloc_failure, 1);
+}
+
+/// A deterministic shuffle (xorshift) of events within a window, as CPUs interleave them.
+fn shuffle_within(events: &mut [E], window: usize, mut seed: u64) {
+    for chunk in events.chunks_mut(window) {
+        for i in (1..chunk.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            chunk.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+    }
+}
+
+#[test]
+fn events_shuffled_across_cpus_give_the_same_lifetimes() {
+    // 300 connections, each: connect, (for some) TIME_WAIT, release, tw expiry.
+    let mut events = Vec::new();
+    for i in 0..300u64 {
+        let ts = 1_000 + i * 100;
+        let (sk, tw, port) = (0x1000 + i, 0x9000 + i, 40000 + i as u16);
+        events.push(E::assign(ts, sk, port, Origin::Connect).remote(80));
+        if i % 3 == 0 {
+            events.push(E::tw(ts + 10, tw, port, 80));
+            events.push(E::release(ts + 11, sk, port).remote(80));
+            events.push(E::tw_end(ts + 90_000, tw, port, 80, false));
+        } else {
+            events.push(E::release(ts + 50, sk, port).remote(80));
+        }
+    }
+    let expected = {
+        let mut sorted = events.clone();
+        sorted.sort_by_key(|e| e.0.ts_ns);
+        let mut l = lifetimes(&sorted);
+        l.sort_by_key(|l| l.sock_id);
+        l
+    };
+    for seed in [1u64, 7, 12345] {
+        let mut shuffled = events.clone();
+        shuffled.sort_by_key(|e| e.0.ts_ns);
+        shuffle_within(&mut shuffled, 16, seed);
+        let mut reorder = Reorderer::new(10_000);
+        let mut t = Tracker::new();
+        let mut got = Vec::new();
+        let mut emit = |o: Output| {
+            if let Output::Lifetime(l) = o {
+                got.push(l)
+            }
+        };
+        for (n, e) in shuffled.iter().enumerate() {
+            reorder.push(e.0);
+            if n % 16 == 15 {
+                // "now" is the newest timestamp seen: events older than the window are safe.
+                let now = shuffled[..=n].iter().map(|e| e.0.ts_ns).max().unwrap();
+                reorder.release(now, |ev| t.process(ev, &mut emit));
+            }
+        }
+        reorder.release_all(|ev| t.process(ev, &mut emit));
+        t.finish(&mut emit);
+        got.sort_by_key(|l| l.sock_id);
+        assert_eq!(got, expected, "seed {seed}");
+        assert_eq!(t.counters.unmatched, 0);
+    }
+    assert_eq!(expected.len(), 300);
+    assert_eq!(expected.iter().filter(|l| l.time_wait_ns() == Some(89_990)).count(), 100);
+}

@@ -1,0 +1,424 @@
+//! Output edge: text for people, JSON Lines for machines. The JSONL schema is documented in
+//! the README; field names here are that schema.
+
+use std::{
+    fmt::Write as _,
+    io::{self, Write},
+    net::IpAddr,
+};
+
+use crate::{
+    event::{Endpoints, Event, Kind, Proto, Task},
+    lifetime::{Lifetime, Output},
+    summary::Summary,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns, one line per event, a lifetime line per release.
+    Text,
+    /// JSON Lines: event, lifetime and summary records.
+    Jsonl,
+}
+
+/// Which sockets to show. Every field left `None` matches everything.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub ports: Option<(u16, u16)>,
+    pub proto: Option<Proto>,
+    pub netns: Option<u32>,
+}
+
+impl Filter {
+    pub fn matches(&self, ends: &Endpoints, task: &Task) -> bool {
+        self.pid.is_none_or(|p| p == task.pid)
+            && self.comm.as_deref().is_none_or(|c| c == task.comm.as_str())
+            && self.ports.is_none_or(|(lo, hi)| (lo..=hi).contains(&ends.lport))
+            && self.proto.is_none_or(|p| p == ends.proto)
+            && self.netns.is_none_or(|n| n == ends.netns)
+    }
+}
+
+/// Converts kernel monotonic timestamps to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    /// realtime - monotonic, in ns.
+    pub offset_ns: i128,
+}
+
+impl WallClock {
+    pub fn now() -> Self {
+        let mono = crate::clock::monotonic_ns() as i128;
+        let real = crate::clock::realtime_ns() as i128;
+        WallClock { offset_ns: real - mono }
+    }
+
+    pub fn wall_ns(&self, mono_ns: u64) -> i128 {
+        mono_ns as i128 + self.offset_ns
+    }
+
+    /// Local time of day, "HH:MM:SS.mmm".
+    pub fn time_of_day(&self, mono_ns: u64) -> String {
+        let wall = self.wall_ns(mono_ns);
+        let secs = wall.div_euclid(1_000_000_000) as libc::time_t;
+        let ms = (wall.rem_euclid(1_000_000_000) / 1_000_000) as u32;
+        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        unsafe { libc::localtime_r(&secs, &mut tm) };
+        format!("{:02}:{:02}:{:02}.{ms:03}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+    }
+}
+
+/// Human-readable duration: "850ns", "12.3us", "4.56ms", "1.20s", "2m03s".
+pub fn human_duration(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns}ns"),
+        1_000..1_000_000 => format!("{:.1}us", ns as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.2}ms", ns as f64 / 1e6),
+        1_000_000_000..120_000_000_000 => format!("{:.2}s", ns as f64 / 1e9),
+        _ => format!("{}m{:02}s", ns / 60_000_000_000, (ns / 1_000_000_000) % 60),
+    }
+}
+
+fn endpoint(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialize")
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "null".to_string(), |v| v.to_string())
+}
+
+/// Writes outputs in one format, filtered.
+pub struct Sink<W: Write> {
+    out: W,
+    format: Format,
+    filter: Filter,
+    clock: WallClock,
+    header_done: bool,
+    line: String,
+}
+
+impl<W: Write> Sink<W> {
+    pub fn new(out: W, format: Format, filter: Filter, clock: WallClock) -> Self {
+        Sink { out, format, filter, clock, header_done: false, line: String::with_capacity(512) }
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    fn header(&mut self) -> io::Result<()> {
+        if !self.header_done && self.format == Format::Text {
+            self.header_done = true;
+            writeln!(
+                self.out,
+                "{:<12} {:<13} {:<5} {:<28} {:<28} {:>7} {:<16} {:<14} HELD",
+                "TIME", "EVENT", "PROTO", "LOCAL", "REMOTE", "PID", "COMM", "ORIGIN"
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn write(&mut self, o: &Output) -> io::Result<()> {
+        match o {
+            Output::Event(ev) => self.event(ev),
+            Output::Lifetime(lt) => self.lifetime(lt),
+        }
+    }
+
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        if !self.filter.matches(&ev.ends, &ev.task) {
+            return Ok(());
+        }
+        let e = &ev.ends;
+        match self.format {
+            Format::Text => {
+                // A release is shown by its lifetime line.
+                if ev.kind == Kind::Release {
+                    return Ok(());
+                }
+                self.header()?;
+                let what = if ev.kind == Kind::AllocFailure {
+                    errno_name(ev.errno).to_string()
+                } else {
+                    String::new()
+                };
+                writeln!(
+                    self.out,
+                    "{:<12} {:<13} {:<5} {:<28} {:<28} {:>7} {:<16} {:<14} {what}",
+                    self.clock.time_of_day(ev.ts_ns),
+                    ev.kind.as_str(),
+                    e.proto.as_str(),
+                    endpoint(e.laddr, e.lport),
+                    endpoint(e.raddr, e.rport),
+                    ev.task.pid,
+                    ev.task.comm.as_str(),
+                    ev.origin.as_str(),
+                )
+            }
+            Format::Jsonl => {
+                self.line.clear();
+                let l = &mut self.line;
+                let _ = write!(
+                    l,
+                    "{{\"type\":\"{}\",\"ts_ns\":{},\"proto\":\"{}\",\"family\":\"{}\",\"laddr\":\"{}\",\"lport\":{},\"raddr\":\"{}\",\"rport\":{},\"netns\":{},\"pid\":{},\"tid\":{},\"uid\":{},\"comm\":{},\"cgroup_id\":{},\"origin\":\"{}\",\"sock_id\":\"{:#x}\"",
+                    ev.kind.as_str(),
+                    ev.ts_ns,
+                    e.proto.as_str(),
+                    e.family.as_str(),
+                    e.laddr,
+                    e.lport,
+                    e.raddr,
+                    e.rport,
+                    e.netns,
+                    ev.task.pid,
+                    ev.task.tid,
+                    ev.task.uid,
+                    json_str(&ev.task.comm.as_str()),
+                    ev.task.cgroup_id,
+                    ev.origin.as_str(),
+                    ev.sock_id,
+                );
+                if ev.kind == Kind::AllocFailure {
+                    let _ = write!(l, ",\"errno\":{},\"error\":\"{}\"", ev.errno, errno_name(ev.errno));
+                }
+                if ev.time_wait_sock {
+                    let _ = write!(l, ",\"time_wait_sock\":true");
+                }
+                l.push_str("}\n");
+                self.out.write_all(self.line.as_bytes())
+            }
+        }
+    }
+
+    fn lifetime(&mut self, lt: &Lifetime) -> io::Result<()> {
+        if !self.filter.matches(&lt.ends, &lt.owner) {
+            return Ok(());
+        }
+        let e = &lt.ends;
+        match self.format {
+            Format::Text => {
+                self.header()?;
+                let (event, ts) = match lt.released_ns {
+                    Some(ts) => ("release", ts),
+                    None => ("still-held", lt.assigned_ns.unwrap_or(0)),
+                };
+                let mut held = match (lt.duration_ns(), lt.released_ns) {
+                    (Some(d), _) => human_duration(d),
+                    (None, Some(_)) => "since before start".to_string(),
+                    (None, None) => "open".to_string(),
+                };
+                if let Some(tw) = lt.time_wait_ns() {
+                    let _ = write!(held, " (time-wait {})", human_duration(tw));
+                }
+                if lt.lossy {
+                    held.push_str(" [events lost]");
+                }
+                writeln!(
+                    self.out,
+                    "{:<12} {:<13} {:<5} {:<28} {:<28} {:>7} {:<16} {:<14} {held}",
+                    self.clock.time_of_day(ts),
+                    event,
+                    e.proto.as_str(),
+                    endpoint(e.laddr, e.lport),
+                    endpoint(e.raddr, e.rport),
+                    lt.owner.pid,
+                    lt.owner.comm.as_str(),
+                    lt.origin.as_str(),
+                )
+            }
+            Format::Jsonl => {
+                self.line.clear();
+                let _ = writeln!(
+                    self.line,
+                    "{{\"type\":\"lifetime\",\"proto\":\"{}\",\"family\":\"{}\",\"laddr\":\"{}\",\"lport\":{},\"raddr\":\"{}\",\"rport\":{},\"netns\":{},\"pid\":{},\"tid\":{},\"uid\":{},\"comm\":{},\"cgroup_id\":{},\"origin\":\"{}\",\"assigned_ns\":{},\"released_ns\":{},\"duration_ns\":{},\"time_wait_start_ns\":{},\"time_wait_ns\":{},\"lossy\":{},\"sock_id\":\"{:#x}\"}}",
+                    e.proto.as_str(),
+                    e.family.as_str(),
+                    e.laddr,
+                    e.lport,
+                    e.raddr,
+                    e.rport,
+                    e.netns,
+                    lt.owner.pid,
+                    lt.owner.tid,
+                    lt.owner.uid,
+                    json_str(&lt.owner.comm.as_str()),
+                    lt.owner.cgroup_id,
+                    lt.origin.as_str(),
+                    opt(lt.assigned_ns),
+                    opt(lt.released_ns),
+                    opt(lt.duration_ns()),
+                    opt(lt.time_wait_ns_start),
+                    opt(lt.time_wait_ns()),
+                    lt.lossy,
+                    lt.sock_id,
+                );
+                self.out.write_all(self.line.as_bytes())
+            }
+        }
+    }
+
+    pub fn summary(&mut self, s: &Summary) -> io::Result<()> {
+        match self.format {
+            Format::Jsonl => {
+                let mut v = serde_json::to_value(s).expect("summary serializes");
+                let obj = v.as_object_mut().expect("summary is an object");
+                obj.insert("type".into(), "summary".into());
+                let mut lost = serde_json::Map::new();
+                for (k, n) in &s.lost.by_reason {
+                    lost.insert((*k).into(), (*n).into());
+                }
+                lost.insert("undecodable".into(), s.lost.undecodable.into());
+                lost.insert("total".into(), s.lost.total().into());
+                obj.insert("lost".into(), lost.into());
+                writeln!(self.out, "{v}")
+            }
+            Format::Text => {
+                let c = &s.counters;
+                writeln!(self.out, "\nSummary")?;
+                writeln!(
+                    self.out,
+                    "  events: {} (assign {}, release {}, time-wait {}, alloc-failure {})",
+                    c.events, c.assign, c.release, c.time_wait, c.alloc_failure
+                )?;
+                writeln!(
+                    self.out,
+                    "  lifetimes: {} ended, {} still held; {} allocations",
+                    c.lifetimes, s.open_lifetimes, c.allocations
+                )?;
+                let reasons: Vec<String> =
+                    s.lost.by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                writeln!(
+                    self.out,
+                    "  lost events: {} ({}, undecodable {})",
+                    s.lost.total(),
+                    reasons.join(", "),
+                    s.lost.undecodable
+                )?;
+                if c.unmatched > 0 {
+                    writeln!(self.out, "  events for sockets never seen assigned: {}", c.unmatched)?;
+                }
+                if !s.top_processes.is_empty() {
+                    writeln!(self.out, "  top processes by allocations:")?;
+                    for t in &s.top_processes {
+                        writeln!(self.out, "    {:>8} {:>7} {}", t.allocations, t.pid, t.comm)?;
+                    }
+                }
+                if !s.lifetime_histogram.is_empty() {
+                    writeln!(self.out, "  lifetime distribution:")?;
+                    for b in &s.lifetime_histogram {
+                        writeln!(self.out, "    < {:>10} {:>8}", human_duration(b.lt_ns), b.count)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Name of an allocation-failure errno.
+pub fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::EAGAIN => "EAGAIN",
+        _ => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Comm, Family, Origin};
+
+    fn ends(lport: u16) -> Endpoints {
+        Endpoints {
+            proto: Proto::Tcp,
+            family: Family::Ipv4,
+            netns: 7,
+            laddr: "127.0.0.1".parse().unwrap(),
+            lport,
+            raddr: "127.0.0.1".parse().unwrap(),
+            rport: 80,
+        }
+    }
+
+    #[test]
+    fn filters_match_what_they_name() {
+        let task = Task { pid: 5, comm: Comm::new("curl"), ..Default::default() };
+        let f = Filter { ports: Some((100, 200)), ..Default::default() };
+        assert!(f.matches(&ends(150), &task));
+        assert!(!f.matches(&ends(201), &task));
+        let f = Filter { pid: Some(6), ..Default::default() };
+        assert!(!f.matches(&ends(1), &task));
+        let f = Filter { comm: Some("curl".into()), proto: Some(Proto::Tcp), netns: Some(7), ..Default::default() };
+        assert!(f.matches(&ends(1), &task));
+        let f = Filter { proto: Some(Proto::Udp), ..Default::default() };
+        assert!(!f.matches(&ends(1), &task));
+    }
+
+    #[test]
+    fn jsonl_lifetime_has_the_schema_fields() {
+        let lt = Lifetime {
+            ends: ends(40000),
+            owner: Task { pid: 9, comm: Comm::new("a\"b"), ..Default::default() },
+            origin: Origin::Connect,
+            sock_id: 0x10,
+            assigned_ns: Some(100),
+            released_ns: Some(350),
+            time_wait_ns_start: Some(300),
+            lossy: false,
+        };
+        let mut sink = Sink::new(Vec::new(), Format::Jsonl, Filter::default(), WallClock { offset_ns: 0 });
+        sink.write(&Output::Lifetime(lt)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&sink.into_inner()).unwrap();
+        assert_eq!(v["type"], "lifetime");
+        assert_eq!(v["proto"], "tcp");
+        assert_eq!(v["family"], "ipv4");
+        assert_eq!(v["lport"], 40000);
+        assert_eq!(v["comm"], "a\"b");
+        assert_eq!(v["origin"], "connect");
+        assert_eq!(v["duration_ns"], 250);
+        assert_eq!(v["time_wait_ns"], 50);
+    }
+
+    #[test]
+    fn open_lifetime_has_null_release() {
+        let lt = Lifetime {
+            ends: ends(1),
+            owner: Task::default(),
+            origin: Origin::Bind,
+            sock_id: 1,
+            assigned_ns: Some(1),
+            released_ns: None,
+            time_wait_ns_start: None,
+            lossy: true,
+        };
+        let mut sink = Sink::new(Vec::new(), Format::Jsonl, Filter::default(), WallClock { offset_ns: 0 });
+        sink.write(&Output::Lifetime(lt)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&sink.into_inner()).unwrap();
+        assert!(v["released_ns"].is_null());
+        assert!(v["duration_ns"].is_null());
+        assert_eq!(v["lossy"], true);
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human_duration(999), "999ns");
+        assert_eq!(human_duration(1_500), "1.5us");
+        assert_eq!(human_duration(60_000_000_000), "60.00s");
+        assert_eq!(human_duration(125_000_000_000), "2m05s");
+    }
+}

@@ -1,0 +1,182 @@
+//! Developer workflow: `cargo xtask setup | build | run | test`.
+//!
+//! `setup` installs what building the kernel programs needs on a fresh Debian machine and is
+//! fast when everything is present; every other command runs it first.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "port-tracer developer workflow")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the toolchain pieces the eBPF build needs (idempotent).
+    Setup,
+    /// Set up, then build the release binary (target/release/port-tracer).
+    Build,
+    /// Set up, build, then run the tracer as root with ARGS.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every test: unit tests, and the root integration tests against
+    /// this machine's kernel.
+    Test {
+        /// Extra arguments for the test harness (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Debian packages bpf-linker builds against.
+const APT_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+/// The nightly toolchain builds the eBPF crate (it needs `-Z build-std=core`).
+const NIGHTLY: &str = "nightly";
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    env::set_current_dir(&root)?;
+    match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::Build => {
+            setup()?;
+            build()
+        }
+        Cmd::Run { args } => {
+            setup()?;
+            build()?;
+            let bin = root.join("target/release/port-tracer");
+            let status = as_root(&bin, &args).status().context("running port-tracer")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Test { args } => {
+            setup()?;
+            test(&args)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").into()
+}
+
+fn is_root() -> bool {
+    // `id -u` keeps this crate free of libc.
+    Command::new("id").arg("-u").output().map(|o| o.stdout.trim_ascii() == b"0").unwrap_or(false)
+}
+
+fn as_root(program: &Path, args: &[String]) -> Command {
+    if is_root() {
+        let mut c = Command::new(program);
+        c.args(args);
+        c
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("--preserve-env=PATH").arg(program).args(args);
+        c
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn cargo_bin() -> PathBuf {
+    let home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    home.join("bin")
+}
+
+/// Installs, only where missing: the Debian LLVM packages, the nightly toolchain with
+/// rust-src, and bpf-linker.
+fn setup() -> Result<()> {
+    // rustup's proxies and cargo-installed tools live here; a bare CI shell may lack it.
+    let path = env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = env::split_paths(&path).collect();
+    if !dirs.contains(&cargo_bin()) {
+        dirs.insert(0, cargo_bin());
+        // SAFETY: single-threaded at this point.
+        unsafe { env::set_var("PATH", env::join_paths(&dirs)?) };
+    }
+
+    if !succeeds(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--version"])) {
+        run(Command::new("rustup").args(["toolchain", "install", NIGHTLY, "--profile", "minimal"]))?;
+    }
+    let components = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", NIGHTLY])
+        .output()
+        .context("running rustup")?;
+    if !String::from_utf8_lossy(&components.stdout).lines().any(|l| l.starts_with("rust-src")) {
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
+    }
+
+    if succeeds(Command::new("bpf-linker").arg("--version")) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !succeeds(Command::new("dpkg-query").args(["-W", "-f=${Status}", p])))
+        .collect();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!("installing {missing:?} needs root: run `sudo cargo xtask setup`");
+        }
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let path = format!("{LLVM_BIN}:{}", env::var("PATH").unwrap_or_default());
+    run(Command::new("cargo")
+        .args(["install", "bpf-linker", "--version", "0.13.0"])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .env("PATH", path))?;
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    run(Command::new("cargo").args(["build", "--release", "-p", "port-tracer"]))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    // One harness run: unit tests and the integration tests that drive the real programs.
+    // The integration tests each start a tracer, so they run one at a time.
+    if !is_root() {
+        eprintln!("xtask: not root: the kernel integration tests will be skipped (run as root)");
+    }
+    let mut cmd = Command::new("cargo");
+    cmd.args(["test", "--release", "-p", "port-tracer", "-p", "port-tracer-common", "--"])
+        .arg("--test-threads=1")
+        .args(args);
+    run(&mut cmd)
+}
