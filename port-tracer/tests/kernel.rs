@@ -1,0 +1,380 @@
+//! Root integration tests: the real programs on this machine's kernel, real sockets, and
+//! what the kernel did (ports from getsockname, pids, origins, order).
+
+mod support;
+
+use std::{
+    io::ErrorKind,
+    net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use support::*;
+
+fn my_pid() -> u32 {
+    std::process::id()
+}
+
+#[test]
+fn tcp_explicit_bind() {
+    require_root!();
+    let port = free_tcp_port();
+    let tracer = Tracer::start();
+    let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    drop(l);
+    let t = tracer.stop();
+    let lt = t.lifetime("tcp", port);
+    assert_eq!(lt["origin"], "bind");
+    assert_eq!(lt["laddr"], "127.0.0.1");
+    assert_eq!(lt["family"], "ipv4");
+    assert_owned_by_me(lt);
+    assert!(lt["released_ns"].as_u64().unwrap() > lt["assigned_ns"].as_u64().unwrap());
+    assert_eq!(t.summary()["lost"]["total"], 0);
+}
+
+#[test]
+fn tcp_bind_zero_then_listen_is_one_lifetime() {
+    require_root!();
+    let tracer = Tracer::start();
+    // std binds to port 0 and listens: get_port runs twice for one socket.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    let t = tracer.stop();
+    let lt = t.lifetime("tcp", port);
+    assert_eq!(lt["origin"], "bind_ephemeral");
+    assert_owned_by_me(lt);
+    assert_eq!(t.events("assign", "tcp", port).len(), 1);
+}
+
+#[test]
+fn tcp_listen_without_bind_autobinds() {
+    require_root!();
+    let tracer = Tracer::start();
+    let port = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert_eq!(libc::listen(fd, 8), 0);
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        assert_eq!(libc::getsockname(fd, (&mut sa as *mut libc::sockaddr_in).cast(), &mut len), 0);
+        libc::close(fd);
+        u16::from_be(sa.sin_port)
+    };
+    let t = tracer.stop();
+    let lt = t.lifetime("tcp", port);
+    assert_eq!(lt["origin"], "autobind");
+    assert_owned_by_me(lt);
+}
+
+#[test]
+fn tcp_connect_accept_and_passive_close() {
+    require_root!();
+    let tracer = Tracer::start();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_port = l.local_addr().unwrap().port();
+    let c = TcpStream::connect(("127.0.0.1", server_port)).unwrap();
+    let client_port = c.local_addr().unwrap().port();
+    let (a, peer) = l.accept().unwrap();
+    assert_eq!(peer.port(), client_port);
+    // The server closes first: the server side goes to TIME_WAIT, the client does not.
+    drop(a);
+    std::thread::sleep(Duration::from_millis(50));
+    drop(c);
+    drop(l);
+    let t = tracer.stop();
+
+    let client = t.lifetime("tcp", client_port);
+    assert_eq!(client["origin"], "connect");
+    assert_eq!(client["raddr"], "127.0.0.1");
+    assert_eq!(client["rport"], server_port);
+    assert!(client["time_wait_ns"].is_null());
+    assert!(!client["released_ns"].is_null(), "the client's port is released at close");
+    assert_owned_by_me(client);
+
+    let server = t.lifetimes("tcp", server_port);
+    let child = server.iter().find(|l| l["origin"] == "inherited").expect("accepted socket");
+    assert_eq!(child["rport"], client_port);
+    assert_eq!(child["pid"], my_pid(), "the listener's owner owns its accepted sockets");
+    assert!(!child["time_wait_start_ns"].is_null(), "active close puts the child in TIME_WAIT");
+    let listener = server.iter().find(|l| l["origin"] == "bind_ephemeral").expect("listener");
+    assert!(!listener["released_ns"].is_null());
+    // Ordering: the listener exists before the connection, which exists before its close.
+    assert!(listener["assigned_ns"].as_u64() < client["assigned_ns"].as_u64());
+    assert!(client["assigned_ns"].as_u64() <= child["assigned_ns"].as_u64());
+    assert_eq!(t.summary()["counters"]["allocations"], 2, "accepted sockets are not allocations");
+}
+
+#[test]
+fn tcp_active_close_holds_the_port_in_time_wait_until_it_dies() {
+    require_root!();
+    // In a namespace of its own, so that deleting the namespace kills the TIME_WAIT socket.
+    let tracer = Tracer::start();
+    let (netns, client_port, server_port) = std::thread::spawn(|| {
+        let netns = enter_new_netns();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server_port = l.local_addr().unwrap().port();
+        let c = TcpStream::connect(("127.0.0.1", server_port)).unwrap();
+        let client_port = c.local_addr().unwrap().port();
+        let (a, _) = l.accept().unwrap();
+        drop(c); // client closes first: client side enters TIME_WAIT
+        std::thread::sleep(Duration::from_millis(50));
+        drop(a);
+        drop(l);
+        (netns, client_port, server_port)
+    })
+    .join()
+    .unwrap();
+    // The thread is gone and with it the last reference to its netns: the kernel tears it
+    // down and kills its TIME_WAIT sockets.
+    std::thread::sleep(Duration::from_millis(1500));
+    let t = tracer.stop();
+    let client = t.lifetime("tcp", client_port);
+    assert_eq!(client["netns"], netns);
+    assert_eq!(client["origin"], "connect");
+    assert_eq!(client["rport"], server_port);
+    let tw_start = client["time_wait_start_ns"].as_u64().expect("entered TIME_WAIT");
+    let assigned = client["assigned_ns"].as_u64().unwrap();
+    let released = client["released_ns"].as_u64().expect("TIME_WAIT ended with the netns");
+    assert!(assigned < tw_start && tw_start < released);
+    assert_eq!(client["time_wait_ns"].as_u64(), Some(released - tw_start));
+    assert_eq!(t.events("time_wait", "tcp", client_port).len(), 1);
+    assert_eq!(client["pid"], my_pid());
+}
+
+#[test]
+fn tcp_reset_close_has_no_time_wait() {
+    require_root!();
+    let tracer = Tracer::start();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let client_port = c.local_addr().unwrap().port();
+    let (a, _) = l.accept().unwrap();
+    reset_close(c);
+    drop(a);
+    let t = tracer.stop();
+    let client = t.lifetime("tcp", client_port);
+    assert!(!client["released_ns"].is_null());
+    assert!(client["time_wait_start_ns"].is_null());
+    assert!(t.events("time_wait", "tcp", client_port).is_empty());
+}
+
+#[test]
+fn udp_explicit_bind() {
+    require_root!();
+    let port = free_udp_port();
+    let tracer = Tracer::start();
+    let s = UdpSocket::bind(("127.0.0.1", port)).unwrap();
+    drop(s);
+    let t = tracer.stop();
+    let lt = t.lifetime("udp", port);
+    assert_eq!(lt["origin"], "bind");
+    assert!(!lt["released_ns"].is_null());
+    assert_owned_by_me(lt);
+}
+
+fn unbound_udp() -> i32 {
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    assert!(fd >= 0);
+    fd
+}
+
+fn local_port(fd: i32) -> u16 {
+    unsafe {
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        assert_eq!(libc::getsockname(fd, (&mut sa as *mut libc::sockaddr_in).cast(), &mut len), 0);
+        u16::from_be(sa.sin_port)
+    }
+}
+
+fn loopback(port: u16) -> libc::sockaddr_in {
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sa.sin_family = libc::AF_INET as u16;
+    sa.sin_port = port.to_be();
+    sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+    sa
+}
+
+#[test]
+fn udp_autobind_by_sendto() {
+    require_root!();
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let tracer = Tracer::start();
+    let fd = unbound_udp();
+    let sa = loopback(sink.local_addr().unwrap().port());
+    let n = unsafe {
+        libc::sendto(fd, b"x".as_ptr().cast(), 1, 0, (&sa as *const libc::sockaddr_in).cast(), 16)
+    };
+    assert_eq!(n, 1);
+    let port = local_port(fd);
+    unsafe { libc::close(fd) };
+    let t = tracer.stop();
+    let lt = t.lifetime("udp", port);
+    assert_eq!(lt["origin"], "autobind");
+    assert!(!lt["released_ns"].is_null());
+    assert_owned_by_me(lt);
+}
+
+#[test]
+fn udp_autobind_by_connect() {
+    require_root!();
+    let tracer = Tracer::start();
+    let fd = unbound_udp();
+    let sa = loopback(53);
+    let rc = unsafe { libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), 16) };
+    assert_eq!(rc, 0);
+    let port = local_port(fd);
+    unsafe { libc::close(fd) };
+    let t = tracer.stop();
+    let lt = t.lifetime("udp", port);
+    assert_eq!(lt["origin"], "autobind");
+    assert_eq!(lt["rport"], 53);
+    assert_eq!(lt["raddr"], "127.0.0.1");
+    assert_owned_by_me(lt);
+}
+
+#[test]
+fn ipv6_tcp_and_udp() {
+    require_root!();
+    let tracer = Tracer::start();
+    let l = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let client_port = c.local_addr().unwrap().port();
+    let (a, _) = l.accept().unwrap();
+    reset_close(c);
+    drop(a);
+    let u = UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).unwrap();
+    let udp_port = u.local_addr().unwrap().port();
+    drop(u);
+    let t = tracer.stop();
+    let lt = t.lifetime("tcp", client_port);
+    assert_eq!(lt["family"], "ipv6");
+    assert_eq!(lt["laddr"], "::1");
+    assert_eq!(lt["raddr"], "::1");
+    assert_eq!(lt["origin"], "connect");
+    let lt = t.lifetime("udp", udp_port);
+    assert_eq!(lt["family"], "ipv6");
+    assert_eq!(lt["origin"], "bind_ephemeral");
+}
+
+#[test]
+fn process_in_a_second_network_namespace() {
+    require_root!();
+    let tracer = Tracer::start();
+    let my_netns = netns_of("/proc/self/ns/net");
+    let (netns, port, comm) = std::thread::spawn(|| {
+        let netns = enter_new_netns();
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        drop(u);
+        (netns, port, thread_comm())
+    })
+    .join()
+    .unwrap();
+    let t = tracer.stop();
+    assert_ne!(netns, my_netns);
+    let lt = t
+        .lifetimes("udp", port)
+        .into_iter()
+        .find(|l| l["netns"] == netns)
+        .unwrap_or_else(|| panic!("no lifetime of udp port {port} in netns {netns}"));
+    assert_eq!(lt["pid"], my_pid());
+    assert_eq!(lt["comm"], comm);
+}
+
+#[test]
+fn eaddrinuse_is_an_allocation_failure() {
+    require_root!();
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let tracer = Tracer::start();
+    let err = TcpListener::bind(("127.0.0.1", port)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AddrInUse);
+    let t = tracer.stop();
+    let f = t.events("alloc_failure", "tcp", port);
+    assert_eq!(f.len(), 1, "{:#?}", t.records);
+    assert_eq!(f[0]["errno"], libc::EADDRINUSE);
+    assert_eq!(f[0]["error"], "EADDRINUSE");
+    assert_eq!(f[0]["origin"], "bind");
+    assert_eq!(f[0]["pid"], my_pid());
+}
+
+#[test]
+fn eaddrnotavail_when_the_ephemeral_range_is_exhausted() {
+    require_root!();
+    let tracer = Tracer::start();
+    let (netns, server_port, ports, failed) = std::thread::spawn(|| {
+        let netns = enter_new_netns();
+        // Only in this namespace: a range of two ports.
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40001").unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server_port = l.local_addr().unwrap().port();
+        let mut held = Vec::new();
+        let mut failed = false;
+        for _ in 0..10 {
+            match TcpStream::connect(("127.0.0.1", server_port)) {
+                Ok(c) => held.push(c),
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        let ports: Vec<u16> = held.iter().map(|c| c.local_addr().unwrap().port()).collect();
+        for c in held {
+            reset_close(c);
+        }
+        (netns, server_port, ports, failed)
+    })
+    .join()
+    .unwrap();
+    assert!(failed, "the range should have run out");
+    let t = tracer.stop();
+    let failures: Vec<_> = t
+        .of_type("alloc_failure")
+        .filter(|f| f["netns"] == netns && f["rport"] == server_port)
+        .collect();
+    assert_eq!(failures.len(), 1, "{failures:#?}");
+    assert_eq!(failures[0]["errno"], libc::EADDRNOTAVAIL);
+    assert_eq!(failures[0]["origin"], "connect");
+    assert_eq!(failures[0]["pid"], my_pid());
+    for p in ports {
+        assert!((40000..=40001).contains(&p));
+        assert_eq!(t.lifetime("tcp", p)["origin"], "connect");
+    }
+}
+
+#[test]
+fn burst_of_10000_connections_loses_nothing() {
+    require_root!();
+    let tracer = Tracer::start();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr: SocketAddr = l.local_addr().unwrap();
+    let mut client_ports = Vec::with_capacity(10_000);
+    for _ in 0..10_000 {
+        let c = TcpStream::connect(addr).unwrap();
+        client_ports.push(c.local_addr().unwrap().port());
+        let (a, _) = l.accept().unwrap();
+        reset_close(c);
+        drop(a);
+    }
+    drop(l);
+    let t = tracer.stop();
+    let summary = t.summary();
+    assert_eq!(summary["lost"]["total"], 0, "{summary}");
+    assert_eq!(summary["counters"]["unmatched"], 0, "{summary}");
+    let mut connect_lifetimes = std::collections::HashMap::new();
+    for lt in t.of_type("lifetime").filter(|l| l["origin"] == "connect") {
+        *connect_lifetimes.entry(lt["lport"].as_u64().unwrap() as u16).or_insert(0u32) += 1;
+        assert!(!lt["released_ns"].is_null(), "{lt}");
+        assert!(lt["duration_ns"].as_u64().is_some());
+    }
+    let mut expected = std::collections::HashMap::new();
+    for p in &client_ports {
+        *expected.entry(*p).or_insert(0u32) += 1;
+    }
+    assert_eq!(connect_lifetimes, expected, "every client port, as often as the kernel gave it");
+    let inherited = t.of_type("lifetime").filter(|l| l["origin"] == "inherited").count();
+    assert_eq!(inherited, 10_000);
+}

@@ -1,0 +1,195 @@
+//! Running the real tracer against real sockets, and reading what it wrote.
+
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Skips the calling test, saying so, unless running as root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !support::is_root() {
+            eprintln!("skipped: not root (these tests load eBPF programs)");
+            return;
+        }
+    };
+}
+
+/// A running `port-tracer --format jsonl` writing to a temporary file.
+pub struct Tracer {
+    child: Child,
+    out: PathBuf,
+}
+
+/// Records written by a tracer run.
+pub struct Trace {
+    pub records: Vec<Value>,
+}
+
+impl Tracer {
+    /// Starts the tracer showing only this process, and waits until it traces.
+    pub fn start() -> Tracer {
+        Self::start_with(&["--pid", &std::process::id().to_string()])
+    }
+
+    pub fn start_with(args: &[&str]) -> Tracer {
+        let out = std::env::temp_dir().join(format!(
+            "port-tracer-test-{}-{}.jsonl",
+            std::process::id(),
+            std::thread::current().name().unwrap_or("t").replace("::", "-")
+        ));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_port-tracer"))
+            .args(["--format", "jsonl", "--output"])
+            .arg(&out)
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start port-tracer");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let first = lines.next().expect("tracer said something").expect("read stderr");
+        assert!(first.contains("tracing with"), "tracer failed to start: {first}");
+        // Keep draining stderr so the tracer never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Tracer { child, out }
+    }
+
+    /// Stops the tracer (SIGINT) and reads its output.
+    pub fn stop(mut self) -> Trace {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().expect("wait for tracer");
+        assert!(status.success(), "tracer exited with {status}");
+        let text = std::fs::read_to_string(&self.out).expect("read trace");
+        let _ = std::fs::remove_file(&self.out);
+        let records = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
+            .collect();
+        Trace { records }
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = std::fs::remove_file(&self.out);
+    }
+}
+
+impl Trace {
+    pub fn of_type<'a>(&'a self, ty: &str) -> impl Iterator<Item = &'a Value> + 'a {
+        let ty = ty.to_string();
+        self.records.iter().filter(move |r| r["type"] == ty.as_str())
+    }
+
+    /// Lifetimes of local port `port` and protocol `proto`.
+    pub fn lifetimes(&self, proto: &str, port: u16) -> Vec<&Value> {
+        self.of_type("lifetime").filter(|r| r["proto"] == proto && r["lport"] == port).collect()
+    }
+
+    /// The one lifetime of `port`, failing with the trace when there is not exactly one.
+    pub fn lifetime(&self, proto: &str, port: u16) -> &Value {
+        let l = self.lifetimes(proto, port);
+        assert_eq!(l.len(), 1, "expected one {proto} lifetime of port {port}, got {l:#?}");
+        l[0]
+    }
+
+    pub fn events(&self, ty: &str, proto: &str, port: u16) -> Vec<&Value> {
+        self.of_type(ty).filter(|r| r["proto"] == proto && r["lport"] == port).collect()
+    }
+
+    pub fn summary(&self) -> &Value {
+        let last = self.records.last().expect("trace has records");
+        assert_eq!(last["type"], "summary", "the last record is the summary");
+        last
+    }
+}
+
+/// This thread's task name, as the kernel reports it.
+pub fn thread_comm() -> String {
+    std::fs::read_to_string("/proc/thread-self/comm").unwrap().trim_end().to_string()
+}
+
+pub fn netns_of(path: &str) -> u64 {
+    let link = std::fs::read_link(path).unwrap();
+    let s = link.to_string_lossy();
+    s.trim_start_matches("net:[").trim_end_matches(']').parse().unwrap()
+}
+
+/// Asserts the lifetime belongs to this process and thread.
+pub fn assert_owned_by_me(lt: &Value) {
+    assert_eq!(lt["pid"], std::process::id(), "pid of {lt}");
+    assert_eq!(lt["comm"], thread_comm(), "comm of {lt}");
+}
+
+pub fn port_of(addr: SocketAddr) -> u16 {
+    addr.port()
+}
+
+/// A free TCP port on 127.0.0.1 (bound then closed, so nothing holds it).
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Closes with an RST instead of a FIN (SO_LINGER 0): no TIME_WAIT.
+pub fn reset_close(s: TcpStream) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(s);
+}
+
+/// Moves the calling thread into a new network namespace with loopback up; returns its inode.
+pub fn enter_new_netns() -> u64 {
+    assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET)");
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        assert!(fd >= 0);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req), 0);
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut req), 0, "bring lo up");
+        libc::close(fd);
+    }
+    netns_of("/proc/thread-self/ns/net")
+}
+
+/// Waits until `f` holds, up to `limit`.
+pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
