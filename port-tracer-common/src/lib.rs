@@ -186,7 +186,8 @@ pub struct KernelOffsets {
     // struct timer_list and inet_timewait_sock.tw_timer
     pub timer_function: u32,
     pub tw_timer: u32,
-    pub _pad: u32,
+    /// sock_common.skc_state (a byte).
+    pub skc_state: u32,
     /// Address of `tw_timer_handler`, the TIME_WAIT timer's callback.
     pub tw_timer_handler: u64,
 }

@@ -1,4 +1,5 @@
-//! Kernel programs of port-tracer: the tracepoint tier.
+//! Kernel programs of port-tracer: three tiers (fentry, kprobe, tracepoint) emitting the
+//! same events.
 //!
 //! Each module is one hook and one concern; they only observe and report, userspace does the
 //! thinking (pairing, ordering, lifetimes).
@@ -6,7 +7,10 @@
 #![no_main]
 
 mod emit;
+mod fentry;
+mod hooks;
 mod kernel;
+mod kprobe;
 mod syscalls;
 mod tcp_state;
 mod time_wait;
@@ -41,6 +45,14 @@ static SYSCALLS: HashMap<u32, syscalls::Pending> = HashMap::with_max_entries(163
 /// TCP sockets in SYN_SENT whose port is being chosen by connect, by socket address.
 #[map]
 static CONNECTING: HashMap<u64, tcp_state::Connecting> = HashMap::with_max_entries(65536, 0);
+
+/// Threads inside bind() (fentry and kprobe tiers), to tell bind(0) from autobind.
+#[map]
+static BINDING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Arguments of kprobed calls, by function and thread, for their kretprobes.
+#[map]
+static PROBE_ARGS: HashMap<u64, kprobe::ProbeArgs> = HashMap::with_max_entries(16384, 0);
 
 #[cfg(not(test))]
 #[panic_handler]

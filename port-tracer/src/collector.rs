@@ -140,6 +140,9 @@ pub async fn run(args: Args) -> Result<()> {
     };
 
     let tw_note = if kernel.time_wait_traced { "" } else { " (TIME_WAIT not traced: tw_timer_handler not in /proc/kallsyms)" };
+    for (tier, why) in &kernel.passed_over {
+        eprintln!("port-tracer: the {tier} tier does not work here: {why}");
+    }
     eprintln!(
         "port-tracer: tracing with the {} tier on Linux {}{tw_note}; Ctrl-C to stop",
         kernel.tier,

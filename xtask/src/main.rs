@@ -175,8 +175,38 @@ fn test(args: &[String]) -> Result<()> {
         eprintln!("xtask: not root: the kernel integration tests will be skipped (run as root)");
     }
     let mut cmd = Command::new("cargo");
-    cmd.args(["test", "--release", "-p", "port-tracer", "-p", "port-tracer-common", "--"])
+    cmd.args(["test", "--release", "-p", "port-tracer", "--lib", "--tests", "--"])
         .arg("--test-threads=1")
-        .args(args);
-    run(&mut cmd)
+        .args(args)
+        .stdout(std::process::Stdio::piped());
+    eprintln!("xtask: running {cmd:?}");
+    let mut child = cmd.spawn().context("starting cargo test")?;
+    let stdout = child.stdout.take().expect("piped");
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        if let Some((p, f)) = parse_test_result(&line) {
+            passed += p;
+            failed += f;
+        }
+    }
+    let status = child.wait()?;
+    // One closing line over every harness that ran.
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() || failed > 0 {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+/// Reads "test result: ok. 28 passed; 0 failed; ..." lines.
+fn parse_test_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let count = |word: &str| -> Option<u64> {
+        rest.split(';')
+            .find_map(|part| part.trim().trim_start_matches(|c: char| !c.is_ascii_digit()).strip_suffix(word))
+            .and_then(|n| n.trim().parse().ok())
+    };
+    Some((count(" passed")?, count(" failed")?))
 }

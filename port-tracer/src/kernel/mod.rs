@@ -1,6 +1,9 @@
 //! The kernel edge: checks, loading and attaching the programs, reading their maps.
 
+mod attach_fentry;
+mod attach_kprobe;
 pub mod held;
+pub mod hooks;
 pub mod offsets;
 mod tracepoint;
 
@@ -17,16 +20,27 @@ use port_tracer_common::{lost, ProgramConfig};
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/port-tracer"));
 
 /// A way of hooking the kernel. Each produces the same events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
+    /// fentry/fexit on the port allocators themselves: exact, cheapest.
+    Fentry,
+    /// kprobes/kretprobes on the same functions.
+    Kprobe,
     /// Tracepoints, raw tracepoints and a cgroup socket hook: works where fentry and
     /// kprobes do not (e.g. kernels without CONFIG_KPROBES or with fentry locked down).
     Tracepoint,
 }
 
+impl Tier {
+    /// Best first.
+    pub const ALL: [Tier; 3] = [Tier::Fentry, Tier::Kprobe, Tier::Tracepoint];
+}
+
 impl fmt::Display for Tier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Tier::Fentry => "fentry",
+            Tier::Kprobe => "kprobe",
             Tier::Tracepoint => "tracepoint",
         })
     }
@@ -35,7 +49,10 @@ impl fmt::Display for Tier {
 /// Which tier to use: the best one that loads and attaches, or one forced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum TierChoice {
+    /// The best tier that loads and attaches: fentry, then kprobe, then tracepoint.
     Auto,
+    Fentry,
+    Kprobe,
     Tracepoint,
 }
 
@@ -52,8 +69,10 @@ pub struct LoadOptions {
 pub struct Kernel {
     ebpf: Ebpf,
     pub tier: Tier,
-    /// TIME_WAIT is traced (needs the `tw_timer_handler` symbol).
+    /// TIME_WAIT is traced (the tracepoint tier needs the `tw_timer_handler` symbol).
     pub time_wait_traced: bool,
+    /// Better tiers that did not work here, and why.
+    pub passed_over: Vec<(Tier, String)>,
 }
 
 /// Fails with a one-line explanation unless the process may load BPF programs.
@@ -86,19 +105,44 @@ impl Kernel {
         if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < 4096 {
             bail!("--ring-size must be a power of two of at least 4096 bytes");
         }
-        let mut ebpf = EbpfLoader::new()
-            .override_global("OFFSETS", &offs, true)
-            .override_global("CONFIG", &config, true)
-            .map_max_entries("EVENTS", opts.ring_bytes)
-            .load(PROGRAMS)
-            .map_err(|e| explain_load_error(e.into()))?;
-        let tier = match opts.tier {
-            TierChoice::Auto | TierChoice::Tracepoint => {
-                tracepoint::attach(&mut ebpf)?;
-                Tier::Tracepoint
+        let load = || -> Result<Ebpf> {
+            EbpfLoader::new()
+                .override_global("OFFSETS", &offs, true)
+                .override_global("CONFIG", &config, true)
+                .map_max_entries("EVENTS", opts.ring_bytes)
+                .load(PROGRAMS)
+                .map_err(|e| explain_load_error(e.into()))
+        };
+        let attach = |tier: Tier, ebpf: &mut Ebpf| -> Result<()> {
+            match tier {
+                Tier::Fentry => attach_fentry::attach(ebpf, &btf),
+                Tier::Kprobe => attach_kprobe::attach(ebpf, &btf),
+                Tier::Tracepoint => tracepoint::attach(ebpf),
             }
         };
-        Ok(Kernel { ebpf, tier, time_wait_traced: offs.tw_timer_handler != 0 })
+        let candidates: &[Tier] = match opts.tier {
+            TierChoice::Auto => &Tier::ALL,
+            TierChoice::Fentry => &[Tier::Fentry],
+            TierChoice::Kprobe => &[Tier::Kprobe],
+            TierChoice::Tracepoint => &[Tier::Tracepoint],
+        };
+        let mut passed_over = Vec::new();
+        for &tier in candidates {
+            // A fresh object per try: a tier that failed halfway leaves nothing attached.
+            let mut ebpf = load()?;
+            match attach(tier, &mut ebpf) {
+                Ok(()) => {
+                    let time_wait_traced = tier != Tier::Tracepoint || offs.tw_timer_handler != 0;
+                    return Ok(Kernel { ebpf, tier, time_wait_traced, passed_over });
+                }
+                Err(e) => passed_over.push((tier, format!("{e:#}"))),
+            }
+        }
+        let why: Vec<String> = passed_over.iter().map(|(t, e)| format!("{t}: {e}")).collect();
+        if opts.tier == TierChoice::Auto {
+            bail!("no attach tier works on this kernel ({})", why.join("; "));
+        }
+        bail!("the {} tier cannot run on this kernel: {}", candidates[0], passed_over[0].1)
     }
 
     /// The ring buffer the programs write to. Can be taken once.

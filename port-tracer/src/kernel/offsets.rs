@@ -122,7 +122,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         socket_sk: member_offset(btf, "socket", "sk")?,
         timer_function: member_offset(btf, "timer_list", "function")?,
         tw_timer: member_offset(btf, "inet_timewait_sock", "tw_timer")?,
-        _pad: 0,
+        skc_state: sc("skc_state")?,
         tw_timer_handler,
     })
 }

@@ -1,0 +1,163 @@
+//! The kernel functions the fentry and kprobe tiers hook, shared by both, with the
+//! parameter counts the programs assume (checked against BTF before attaching).
+
+use anyhow::{bail, Result};
+use btf_rs::{Btf, Type};
+
+/// One hooked kernel function.
+pub struct Hook {
+    /// Names it has had, newest first: the first that exists is used.
+    pub names: &'static [&'static str],
+    /// Parameters the programs read (the fexit return value comes after them).
+    pub params: usize,
+    /// Program run at entry (fentry / kprobe), if any.
+    pub entry: Option<Progs>,
+    /// Program run at return (fexit / kretprobe), if any.
+    pub exit: Option<Progs>,
+    /// A kernel without it (e.g. no IPv6) just loses what it reports.
+    pub optional: bool,
+}
+
+/// Program names per tier.
+#[derive(Clone, Copy)]
+pub struct Progs {
+    pub fentry: &'static str,
+    pub kprobe: &'static str,
+}
+
+const fn progs(fentry: &'static str, kprobe: &'static str) -> Option<Progs> {
+    Some(Progs { fentry, kprobe })
+}
+
+pub const HOOKS: &[Hook] = &[
+    Hook {
+        names: &["inet_bind"],
+        params: 3,
+        entry: progs("fentry_inet_bind", "kprobe_inet_bind"),
+        exit: progs("fexit_inet_bind", "kretprobe_inet_bind"),
+        optional: false,
+    },
+    Hook {
+        names: &["inet6_bind"],
+        params: 3,
+        entry: progs("fentry_inet6_bind", "kprobe_inet_bind"),
+        exit: progs("fexit_inet6_bind", "kretprobe_inet_bind"),
+        optional: true,
+    },
+    Hook {
+        names: &["inet_csk_get_port"],
+        params: 2,
+        entry: progs("", "kprobe_inet_csk_get_port"),
+        exit: progs("fexit_inet_csk_get_port", "kretprobe_inet_csk_get_port"),
+        optional: false,
+    },
+    Hook {
+        names: &["udp_lib_get_port"],
+        params: 3,
+        entry: progs("", "kprobe_udp_lib_get_port"),
+        exit: progs("fexit_udp_lib_get_port", "kretprobe_udp_lib_get_port"),
+        optional: false,
+    },
+    Hook {
+        names: &["inet_hash_connect"],
+        params: 2,
+        entry: progs("fentry_inet_hash_connect", "kprobe_hash_connect"),
+        exit: progs("fexit_inet_hash_connect", "kretprobe_hash_connect"),
+        optional: false,
+    },
+    Hook {
+        names: &["inet6_hash_connect"],
+        params: 2,
+        entry: progs("fentry_inet6_hash_connect", "kprobe_hash_connect"),
+        exit: progs("fexit_inet6_hash_connect", "kretprobe_hash_connect"),
+        optional: true,
+    },
+    Hook {
+        names: &["__inet_inherit_port"],
+        params: 2,
+        entry: progs("", "kprobe_inet_inherit_port"),
+        exit: progs("fexit_inet_inherit_port", "kretprobe_inet_inherit_port"),
+        optional: false,
+    },
+    Hook {
+        names: &["inet_put_port"],
+        params: 1,
+        entry: progs("fentry_inet_put_port", "kprobe_inet_put_port"),
+        exit: None,
+        optional: false,
+    },
+    Hook {
+        names: &["udp_lib_unhash"],
+        params: 1,
+        entry: progs("fentry_udp_lib_unhash", "kprobe_udp_lib_unhash"),
+        exit: None,
+        optional: false,
+    },
+    Hook {
+        // Renamed in 6.11.
+        names: &["inet_twsk_hashdance_schedule", "inet_twsk_hashdance"],
+        params: 1,
+        entry: progs("fentry_inet_twsk_hashdance", "kprobe_inet_twsk_hashdance"),
+        exit: None,
+        optional: false,
+    },
+    Hook {
+        names: &["inet_twsk_kill"],
+        params: 1,
+        entry: progs("fentry_inet_twsk_kill", "kprobe_inet_twsk_kill"),
+        exit: None,
+        optional: false,
+    },
+];
+
+/// Number of parameters of kernel function `name`, or None if BTF does not have it.
+pub fn param_count(btf: &Btf, name: &str) -> Result<Option<usize>> {
+    let Ok(types) = btf.resolve_types_by_name(name) else { return Ok(None) };
+    for t in types {
+        if let Type::Func(f) = t {
+            if let Type::FuncProto(p) = btf.resolve_chained_type(&f)? {
+                return Ok(Some(p.parameters.len()));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The name `hook` has on this kernel, checked: it exists and takes the parameters the
+/// programs read. None for an optional hook the kernel lacks.
+pub fn resolve(btf: &Btf, hook: &Hook) -> Result<Option<&'static str>> {
+    for &name in hook.names {
+        match param_count(btf, name)? {
+            Some(n) if n >= hook.params => return Ok(Some(name)),
+            Some(n) => bail!(
+                "unsupported kernel: {name}() takes {n} parameters, port-tracer expects {}",
+                hook.params
+            ),
+            None => {}
+        }
+    }
+    if hook.optional {
+        return Ok(None);
+    }
+    bail!("unsupported kernel: none of {:?} is in the kernel's BTF", hook.names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::offsets::{load_vmlinux_btf, VMLINUX_BTF};
+
+    #[test]
+    fn every_hook_exists_with_its_parameters_on_this_kernel() {
+        if !std::path::Path::new(VMLINUX_BTF).exists() {
+            eprintln!("skipped: no {VMLINUX_BTF}");
+            return;
+        }
+        let btf = load_vmlinux_btf().unwrap();
+        for h in HOOKS {
+            let name = resolve(&btf, h).unwrap();
+            assert!(name.is_some() || h.optional, "{:?}", h.names);
+        }
+        assert_eq!(param_count(&btf, "no_such_function_here").unwrap(), None);
+    }
+}
