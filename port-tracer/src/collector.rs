@@ -121,7 +121,7 @@ pub async fn run(args: Args) -> Result<()> {
 
     let mut tracker = Tracker::new();
     // After attaching: a socket in this snapshot that goes away later was held before start.
-    tracker.set_held_at_start(held::own_netns()?, held::snapshot()?);
+    tracker.set_held_at_start(held::snapshot()?);
 
     let filter = Filter {
         pid: args.pid,

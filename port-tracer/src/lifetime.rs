@@ -77,10 +77,10 @@ pub struct Counters {
 /// Identity of an open lifetime in the table.
 type Id = usize;
 
-/// Endpoints of a socket held when tracing started, without the namespace-local details
-/// the snapshot cannot give (its netns is the tracer's).
+/// Endpoints of a socket that held its port when tracing started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HeldAtStart {
+    pub netns: u32,
     pub proto: Proto,
     pub laddr: std::net::IpAddr,
     pub lport: u16,
@@ -91,6 +91,7 @@ pub struct HeldAtStart {
 impl HeldAtStart {
     pub fn of(e: &Endpoints) -> Self {
         HeldAtStart {
+            netns: e.netns,
             proto: e.proto,
             laddr: e.laddr,
             lport: e.lport,
@@ -116,8 +117,6 @@ pub struct Tracker {
     pending_cancel: HashMap<u64, Event>,
     cancel_queue: VecDeque<(u64, u64)>,
     held_at_start: HashSet<HeldAtStart>,
-    /// The netns whose sockets `held_at_start` lists.
-    start_netns: u32,
     pub counters: Counters,
     /// Allocations by (pid, comm).
     pub allocations_by_task: HashMap<(u32, crate::event::Comm), u64>,
@@ -148,10 +147,9 @@ impl Tracker {
         Self::default()
     }
 
-    /// Sockets that held ports when tracing started (from the tracer's own netns): their
-    /// later release produces a lifetime with origin `preexisting`.
-    pub fn set_held_at_start(&mut self, netns: u32, held: impl IntoIterator<Item = HeldAtStart>) {
-        self.start_netns = netns;
+    /// Sockets that held ports when tracing started: their later release produces a
+    /// lifetime with origin `preexisting`.
+    pub fn set_held_at_start(&mut self, held: impl IntoIterator<Item = HeldAtStart>) {
         self.held_at_start = held.into_iter().collect();
     }
 
@@ -238,7 +236,7 @@ impl Tracker {
     }
 
     fn was_held_at_start(&self, ends: &Endpoints) -> bool {
-        ends.netns == self.start_netns && self.held_at_start.contains(&HeldAtStart::of(ends))
+        self.held_at_start.contains(&HeldAtStart::of(ends))
     }
 
     /// A lifetime for a socket seen only at its end.

@@ -378,3 +378,36 @@ fn burst_of_10000_connections_loses_nothing() {
     let inherited = t.of_type("lifetime").filter(|l| l["origin"] == "inherited").count();
     assert_eq!(inherited, 10_000);
 }
+
+#[test]
+fn sockets_held_before_start_are_preexisting_when_released() {
+    require_root!();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_port = l.local_addr().unwrap().port();
+    // And one in another network namespace, held by a thread that waits for the tracer.
+    let (to_thread, from_main) = std::sync::mpsc::channel::<()>();
+    let (to_main, from_thread) = std::sync::mpsc::channel::<(u64, u16)>();
+    let worker = std::thread::spawn(move || {
+        let netns = enter_new_netns();
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        to_main.send((netns, u.local_addr().unwrap().port())).unwrap();
+        from_main.recv().unwrap();
+        drop(u);
+    });
+    let (netns, udp_port) = from_thread.recv().unwrap();
+    let tracer = Tracer::start_with(&[]);
+    drop(l);
+    to_thread.send(()).unwrap();
+    worker.join().unwrap();
+    let t = tracer.stop();
+    let lt = t.lifetime("tcp", tcp_port);
+    assert_eq!(lt["origin"], "preexisting");
+    assert!(lt["assigned_ns"].is_null());
+    assert!(!lt["released_ns"].is_null());
+    let lt = t
+        .lifetimes("udp", udp_port)
+        .into_iter()
+        .find(|l| l["netns"] == netns)
+        .expect("udp lifetime in the second namespace");
+    assert_eq!(lt["origin"], "preexisting");
+}

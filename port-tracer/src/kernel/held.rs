@@ -1,8 +1,17 @@
-//! Sockets that hold ports when tracing starts, read from the kernel's socket tables
-//! (`/proc/net/{tcp,tcp6,udp,udp6}`) of the tracer's network namespace, after the programs
-//! are attached: a socket released later is known to have been held before, not missed.
+//! Sockets that hold ports when tracing starts, read from the kernel with sock_diag netlink
+//! in every network namespace, after the programs are attached: a socket released later
+//! is then known to have been held before, not missed.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::BTreeMap,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
+    path::PathBuf,
+};
 
 use anyhow::{Context, Result};
 
@@ -10,63 +19,170 @@ use crate::{event::Proto, lifetime::HeldAtStart};
 
 /// The inode number of the tracer's network namespace.
 pub fn own_netns() -> Result<u32> {
-    let link = std::fs::read_link("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
-    parse_ns_link(&link.to_string_lossy()).context("unexpected /proc/self/ns/net link")
+    Ok(std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?.ino() as u32)
 }
 
-fn parse_ns_link(s: &str) -> Option<u32> {
-    s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+/// Every network namespace in use: those of running threads and those named in
+/// /run/netns. Inode number -> a path that opens it.
+pub fn namespaces() -> BTreeMap<u32, PathBuf> {
+    let mut out = BTreeMap::new();
+    let dir = |p: PathBuf| std::fs::read_dir(p).into_iter().flatten().flatten();
+    let is_id = |e: &std::fs::DirEntry| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit());
+    // A thread can be in a namespace of its own (unshare/setns affect one thread).
+    let threads = dir("/proc".into())
+        .filter(is_id)
+        .flat_map(move |p| dir(p.path().join("task")).filter(is_id))
+        .map(|t| t.path().join("ns/net"));
+    let paths = threads.chain(dir("/run/netns".into()).map(|e| e.path()));
+    for path in paths {
+        // Processes come and go while we look: skip what vanished.
+        if let Ok(meta) = std::fs::metadata(&path) {
+            out.entry(meta.ino() as u32).or_insert(path);
+        }
+    }
+    out
 }
 
-/// Every TCP and UDP socket with a local port in the tracer's netns.
+/// Sockets holding ports in every network namespace. Namespaces that vanish while being
+/// read are skipped.
 pub fn snapshot() -> Result<Vec<HeldAtStart>> {
+    let own = own_netns()?;
+    let mut held = dump_all(own)?;
+    for (netns, path) in namespaces() {
+        if netns == own {
+            continue;
+        }
+        // setns() changes only the calling thread: do it in a thread of its own.
+        let result = std::thread::spawn(move || -> io::Result<Vec<HeldAtStart>> {
+            let file = std::fs::File::open(&path)?;
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            dump_all(netns).map_err(io::Error::other)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("sock_diag thread panicked"))?;
+        if let Ok(more) = result {
+            held.extend(more);
+        }
+    }
+    Ok(held)
+}
+
+/// TCP and UDP, IPv4 and IPv6, in the calling thread's namespace `netns`.
+fn dump_all(netns: u32) -> Result<Vec<HeldAtStart>> {
+    let sock = netlink_socket().context("opening a sock_diag netlink socket")?;
     let mut out = Vec::new();
-    for (file, proto) in [
-        ("/proc/net/tcp", Proto::Tcp),
-        ("/proc/net/tcp6", Proto::Tcp),
-        ("/proc/net/udp", Proto::Udp),
-        ("/proc/net/udp6", Proto::Udp),
-    ] {
-        // A kernel without IPv6 has no tcp6/udp6.
-        let Ok(text) = std::fs::read_to_string(file) else { continue };
-        out.extend(parse_table(&text, proto));
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        for proto in [Proto::Tcp, Proto::Udp] {
+            out.extend(dump(&sock, family, proto, netns).with_context(|| {
+                format!("sock_diag dump of {} sockets", proto.as_str())
+            })?);
+        }
     }
     Ok(out)
 }
 
-/// Parses one /proc/net table.
-pub fn parse_table(text: &str, proto: Proto) -> Vec<HeldAtStart> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut f = line.split_ascii_whitespace();
-            let (_sl, local, remote) = (f.next()?, f.next()?, f.next()?);
-            let (laddr, lport) = parse_endpoint(local)?;
-            let (raddr, rport) = parse_endpoint(remote)?;
-            (lport != 0).then_some(HeldAtStart { proto, laddr, lport, raddr, rport })
-        })
-        .collect()
+fn netlink_socket() -> io::Result<OwnedFd> {
+    let fd = unsafe {
+        libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG)
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// "0100007F:1F90": the address as the kernel's 32-bit words in host order, then the port.
-fn parse_endpoint(s: &str) -> Option<(IpAddr, u16)> {
-    let (addr, port) = s.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let word = |i: usize| -> Option<[u8; 4]> {
-        Some(u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok()?.to_ne_bytes())
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_HDR: usize = 16;
+/// struct inet_diag_req_v2: family, protocol, ext, pad, states, then a 48-byte sockid.
+const REQ_LEN: usize = 56;
+/// struct inet_diag_msg up to and including its sockid.
+const MSG_MIN: usize = 52;
+/// TCP_NEW_SYN_RECV: request sockets share their listener's port, they hold none.
+const TCP_NEW_SYN_RECV: u8 = 12;
+
+fn dump(sock: &OwnedFd, family: u8, proto: Proto, netns: u32) -> io::Result<Vec<HeldAtStart>> {
+    let mut req = [0u8; NLMSG_HDR + REQ_LEN];
+    req[0..4].copy_from_slice(&((NLMSG_HDR + REQ_LEN) as u32).to_ne_bytes());
+    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    req[6..8].copy_from_slice(&flags.to_ne_bytes());
+    req[NLMSG_HDR] = family;
+    req[NLMSG_HDR + 1] = match proto {
+        Proto::Tcp => libc::IPPROTO_TCP as u8,
+        Proto::Udp => libc::IPPROTO_UDP as u8,
     };
-    let ip = match addr.len() {
-        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
-        32 => {
-            let mut b = [0u8; 16];
-            for i in 0..4 {
-                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
-            }
-            IpAddr::V6(Ipv6Addr::from(b))
+    req[NLMSG_HDR + 4..NLMSG_HDR + 8].copy_from_slice(&u32::MAX.to_ne_bytes()); // all states
+    let n = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
         }
-        _ => return None,
+        let mut msgs = &buf[..n as usize];
+        while msgs.len() >= NLMSG_HDR {
+            let len = u32::from_ne_bytes(msgs[0..4].try_into().unwrap()) as usize;
+            let ty = u16::from_ne_bytes(msgs[4..6].try_into().unwrap());
+            if len < NLMSG_HDR || len > msgs.len() {
+                return Err(io::Error::other("truncated sock_diag message"));
+            }
+            match ty {
+                NLMSG_DONE => return Ok(out),
+                NLMSG_ERROR => {
+                    let errno = i32::from_ne_bytes(msgs[16..20].try_into().unwrap_or([0; 4]));
+                    // No IPv6 (or no UDP diag module): nothing to report for this pair.
+                    if -errno == libc::ENOENT || -errno == libc::EAFNOSUPPORT {
+                        return Ok(out);
+                    }
+                    return Err(io::Error::from_raw_os_error(-errno));
+                }
+                SOCK_DIAG_BY_FAMILY => {
+                    if let Some(h) = parse_diag_msg(&msgs[NLMSG_HDR..len], proto, netns) {
+                        out.push(h);
+                    }
+                }
+                _ => {}
+            }
+            msgs = &msgs[(len + 3) & !3..];
+        }
+    }
+}
+
+/// One struct inet_diag_msg.
+fn parse_diag_msg(m: &[u8], proto: Proto, netns: u32) -> Option<HeldAtStart> {
+    if m.len() < MSG_MIN {
+        return None;
+    }
+    let (family, state) = (m[0], m[1]);
+    if proto == Proto::Tcp && state == TCP_NEW_SYN_RECV {
+        return None;
+    }
+    let id = &m[4..52];
+    let lport = u16::from_be_bytes([id[0], id[1]]);
+    let rport = u16::from_be_bytes([id[2], id[3]]);
+    let addr = |b: &[u8]| -> IpAddr {
+        if family == libc::AF_INET as u8 {
+            IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&b[..16]).unwrap()))
+        }
     };
-    Some((ip, port))
+    (lport != 0).then(|| HeldAtStart {
+        netns,
+        proto,
+        laddr: addr(&id[4..20]),
+        lport,
+        raddr: addr(&id[20..36]),
+        rport,
+    })
 }
 
 #[cfg(test)]
@@ -74,21 +190,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_proc_net_tables() {
-        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1234 1 0 100 0 0 10 0\n   1: 00000000:0000 00000000:0000 07 0:0 00:0 0 0 0 1\n";
-        let held = parse_table(v4, Proto::Tcp);
-        assert_eq!(held.len(), 1, "port 0 rows are not holds");
-        assert_eq!(held[0].laddr, "127.0.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(held[0].lport, 8080);
-        let v6 = "hdr\n 0: 00000000000000000000000001000000:0035 00000000000000000000000000000000:0000 07 0 0 0\n";
-        let held = parse_table(v6, Proto::Udp);
-        assert_eq!(held[0].laddr, "::1".parse::<IpAddr>().unwrap());
-        assert_eq!(held[0].lport, 53);
+    fn parses_a_diag_message() {
+        let mut m = [0u8; 72];
+        m[0] = libc::AF_INET as u8;
+        m[1] = 10; // LISTEN
+        m[4..6].copy_from_slice(&8080u16.to_be_bytes());
+        m[8..12].copy_from_slice(&[127, 0, 0, 1]);
+        let h = parse_diag_msg(&m, Proto::Tcp, 5).unwrap();
+        assert_eq!(h.lport, 8080);
+        assert_eq!(h.laddr, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(h.netns, 5);
+        m[1] = TCP_NEW_SYN_RECV;
+        assert!(parse_diag_msg(&m, Proto::Tcp, 5).is_none());
+        assert!(parse_diag_msg(&m[..20], Proto::Udp, 5).is_none());
     }
 
     #[test]
-    fn parses_ns_links() {
-        assert_eq!(parse_ns_link("net:[4026531840]"), Some(4026531840));
-        assert_eq!(parse_ns_link("mnt:[1]"), None);
+    fn snapshot_sees_a_listening_socket_of_this_process() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let netns = own_netns().unwrap();
+        let held = dump_all(netns).unwrap();
+        assert!(
+            held.iter().any(|h| h.lport == port && h.proto == Proto::Tcp && h.netns == netns),
+            "port {port} not in {held:?}"
+        );
     }
 }

@@ -14,7 +14,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     Ebpf, EbpfLoader,
 };
-use port_tracer_common::{lost, ProgramConfig};
+use port_tracer_common::{lost, KernelOffsets, ProgramConfig};
 
 /// The compiled kernel programs, embedded in the binary.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/port-tracer"));
@@ -105,14 +105,7 @@ impl Kernel {
         if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < 4096 {
             bail!("--ring-size must be a power of two of at least 4096 bytes");
         }
-        let load = || -> Result<Ebpf> {
-            EbpfLoader::new()
-                .override_global("OFFSETS", &offs, true)
-                .override_global("CONFIG", &config, true)
-                .map_max_entries("EVENTS", opts.ring_bytes)
-                .load(PROGRAMS)
-                .map_err(|e| explain_load_error(e.into()))
-        };
+        let load = || load_object(&offs, &config, opts.ring_bytes);
         let attach = |tier: Tier, ebpf: &mut Ebpf| -> Result<()> {
             match tier {
                 Tier::Fentry => attach_fentry::attach(ebpf, &btf),
@@ -156,6 +149,17 @@ impl Kernel {
         let map = self.ebpf.take_map("LOST").context("LOST map already taken")?;
         Ok(LostCounters(PerCpuArray::try_from(map)?))
     }
+}
+
+/// Creates the maps of the embedded object, with offsets and settings filled in; loads no
+/// program yet.
+fn load_object(offs: &KernelOffsets, config: &ProgramConfig, ring_bytes: u32) -> Result<Ebpf> {
+    EbpfLoader::new()
+        .override_global("OFFSETS", offs, true)
+        .override_global("CONFIG", config, true)
+        .map_max_entries("EVENTS", ring_bytes)
+        .load(PROGRAMS)
+        .map_err(|e| explain_load_error(e.into()))
 }
 
 /// Per-CPU counts of events the programs could not deliver.
@@ -225,4 +229,34 @@ pub fn cgroup2_root() -> Result<std::path::PathBuf> {
             "no cgroup v2 mount: port-tracer sees UDP sockets close through a cgroup v2 hook; \
              mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified`",
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kprobe programs cannot attach on a kernel without CONFIG_KPROBES, but the
+    /// verifier checks them all the same: every one of them must load.
+    #[test]
+    fn kprobe_programs_pass_this_kernels_verifier() {
+        if check_privileges().is_err() {
+            eprintln!("skipped: not root");
+            return;
+        }
+        let btf = offsets::load_vmlinux_btf().unwrap();
+        let offs = offsets::resolve(&btf).unwrap();
+        let mut ebpf = load_object(&offs, &ProgramConfig::default(), 1 << 16).unwrap();
+        let mut loaded = 0;
+        for hook in hooks::HOOKS {
+            for p in [hook.entry, hook.exit].into_iter().flatten() {
+                let prog: &mut aya::programs::KProbe =
+                    ebpf.program_mut(p.kprobe).unwrap().try_into().unwrap();
+                if prog.fd().is_err() {
+                    prog.load().unwrap_or_else(|e| panic!("{}: {e:#}", p.kprobe));
+                    loaded += 1;
+                }
+            }
+        }
+        assert!(loaded >= 10, "{loaded}");
+    }
 }

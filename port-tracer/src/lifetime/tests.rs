@@ -238,7 +238,7 @@ fn udp_autobind_and_release() {
 fn release_of_a_socket_held_at_start_is_preexisting() {
     let mut t = Tracker::new();
     let held = E::release(5, 0x1, 22);
-    t.set_held_at_start(NS, [HeldAtStart::of(&held.0.ends)]);
+    t.set_held_at_start([HeldAtStart::of(&held.0.ends)]);
     let (_, lts) = run(&mut t, &[held, E::release(6, 0x2, 23)]);
     assert_eq!(lts[0].origin, Origin::Preexisting);
     assert_eq!(lts[0].assigned_ns, None);

@@ -45,26 +45,23 @@ impl Tracer {
         Self::start_with(&["--pid", &std::process::id().to_string()])
     }
 
+    /// Starts the tracer with `args`. The tier is the default (auto) unless the
+    /// environment sets PORT_TRACER_TEST_ATTACH (how the VM matrix drives each tier).
     pub fn start_with(args: &[&str]) -> Tracer {
         let out = std::env::temp_dir().join(format!(
             "port-tracer-test-{}-{}.jsonl",
             std::process::id(),
             std::thread::current().name().unwrap_or("t").replace("::", "-")
         ));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_port-tracer"))
-            .args(["--format", "jsonl", "--output"])
-            .arg(&out)
-            .args(args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start port-tracer");
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let first = lines.next().expect("tracer said something").expect("read stderr");
-        assert!(first.contains("tracing with"), "tracer failed to start: {first}");
-        // Keep draining stderr so the tracer never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
-        Tracer { child, out }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_port-tracer"));
+        cmd.args(["--format", "jsonl", "--output"]).arg(&out).args(args);
+        if let Ok(tier) = std::env::var("PORT_TRACER_TEST_ATTACH") {
+            cmd.args(["--attach", &tier]);
+        }
+        let child = cmd.stderr(Stdio::piped()).spawn().expect("start port-tracer");
+        let mut tracer = Tracer { child, out };
+        wait_until_tracing(&mut tracer.child);
+        tracer
     }
 
     /// Stops the tracer (SIGINT) and reads its output.
@@ -80,6 +77,27 @@ impl Tracer {
             .collect();
         Trace { records }
     }
+}
+
+/// Reads the tracer's stderr until it says it traces; keeps draining it afterwards.
+pub fn wait_until_tracing(child: &mut Child) -> Vec<String> {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                let done = line.contains("tracing with");
+                seen.push(line);
+                if done {
+                    break;
+                }
+            }
+            _ => panic!("tracer failed to start: {}", seen.join("\n")),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    seen
 }
 
 impl Drop for Tracer {

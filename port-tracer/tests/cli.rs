@@ -1,0 +1,97 @@
+//! The command line as a user meets it: bad input gives one clear line and a non-zero
+//! exit, never a panic.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
+
+fn tracer() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_port-tracer"))
+}
+
+fn assert_clean_error(out: &std::process::Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn help_explains_the_tool() {
+    let out = tracer().arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for word in ["--format", "--duration", "--port", "--attach", "TIME_WAIT", "jsonl"] {
+        assert!(text.contains(word), "--help lacks {word}");
+    }
+}
+
+#[test]
+fn unknown_flag_values_are_refused() {
+    let out = tracer().args(["--proto", "sctp"]).output().unwrap();
+    assert_clean_error(&out, 2, "sctp");
+    let out = tracer().args(["--duration", "soon"]).output().unwrap();
+    assert_clean_error(&out, 2, "invalid duration");
+    let out = tracer().args(["--port", "9-1"]).output().unwrap();
+    assert_clean_error(&out, 2, "invalid port range");
+}
+
+#[test]
+fn not_root_is_refused_with_a_clear_message() {
+    let mut cmd = if support::is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+            .arg(env!("CARGO_BIN_EXE_port-tracer"));
+        c
+    } else {
+        tracer()
+    };
+    let out = cmd.args(["--duration", "1"]).output().unwrap();
+    assert_clean_error(&out, 1, "not root");
+}
+
+#[test]
+fn unwritable_output_file_is_refused() {
+    let out = tracer().args(["--output", "/nonexistent-dir/trace.jsonl"]).output().unwrap();
+    assert_clean_error(&out, 1, "cannot create output file /nonexistent-dir/trace.jsonl");
+}
+
+#[test]
+fn full_disk_is_reported() {
+    require_root!();
+    let out = tracer()
+        .args(["--format", "jsonl", "--duration", "1", "--output", "/dev/full"])
+        .output()
+        .unwrap();
+    assert_clean_error(&out, 1, "No space left on device");
+}
+
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    require_root!();
+    let mut child = tracer()
+        .args(["--format", "jsonl", "--duration", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    support::wait_until_tracing(&mut child);
+    // Read one record, then hang up, as `| head -1` does.
+    let out = child.stdout.take().unwrap();
+    let mut out = BufReader::new(out);
+    let mut first = String::new();
+    for _ in 0..50 {
+        let _ = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    }
+    out.read_line(&mut first).unwrap();
+    assert!(first.starts_with('{'), "{first}");
+    drop(out);
+    for _ in 0..50 {
+        let _ = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit {status}");
+}
