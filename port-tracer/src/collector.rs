@@ -20,9 +20,11 @@ use crate::{
     event::Event,
     kernel::{self, held, Kernel, LoadOptions},
     lifetime::Tracker,
-    output::{Filter, Sink, WallClock},
+    filter::Filter,
+    lifetime::Output,
+    output::{Sink, WallClock},
     reorder::Reorderer,
-    summary::{Lost, Summary},
+    summary::{Lost, Stats, Summary},
 };
 
 /// Why writing stopped.
@@ -40,14 +42,44 @@ fn classify(e: io::Error) -> WriteEnd {
     }
 }
 
+/// The user's side of the pipeline: filter, count, write.
+struct Shown<W: Write> {
+    filter: Filter,
+    stats: Stats,
+    sink: Sink<W>,
+    /// The first write error; nothing more is written after it.
+    write_error: Option<io::Error>,
+}
+
+impl<W: Write> Shown<W> {
+    fn take(&mut self, o: Output) {
+        if !self.filter.matches_output(&o) {
+            return;
+        }
+        self.stats.observe(&o);
+        if self.write_error.is_none() {
+            if let Err(e) = self.sink.write(&o) {
+                self.write_error = Some(e);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.write_error.is_none() {
+            if let Err(e) = self.sink.flush() {
+                self.write_error = Some(e);
+            }
+        }
+    }
+}
+
 /// Everything between the ring buffer and the output.
 struct Pipeline<W: Write> {
     reorder: Reorderer,
     tracker: Tracker,
-    sink: Sink<W>,
+    shown: Shown<W>,
     undecodable: u64,
     lost_seen: u64,
-    write_error: Option<io::Error>,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -60,21 +92,19 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
-    fn emit_ready(&mut self, now_ns: Option<u64>) {
-        let Pipeline { reorder, tracker, sink, write_error, .. } = self;
-        let mut emit = |o: crate::lifetime::Output| {
-            if write_error.is_none() {
-                if let Err(e) = sink.write(&o) {
-                    *write_error = Some(e);
-                }
-            }
-        };
+    /// Processes what is old enough to be in order (`None`: everything, at the end).
+    fn process(&mut self, now_ns: Option<u64>) {
+        let Pipeline { reorder, tracker, shown, .. } = self;
+        let mut emit = |o: Output| shown.take(o);
         match now_ns {
             Some(now) => {
                 reorder.release(now, |ev| tracker.process(ev, &mut emit));
-                tracker.advance(now.saturating_sub(crate::lifetime::TW_REARM_GRACE_NS * 10), &mut emit);
+                tracker.advance(now.saturating_sub(reorder.delay_ns()), &mut emit);
             }
-            None => reorder.release_all(|ev| tracker.process(ev, &mut emit)),
+            None => {
+                reorder.release_all(|ev| tracker.process(ev, &mut emit));
+                tracker.finish(&mut emit);
+            }
         }
     }
 
@@ -84,14 +114,6 @@ impl<W: Write> Pipeline<W> {
         if total > self.lost_seen {
             self.lost_seen = total;
             self.tracker.mark_lossy();
-        }
-    }
-
-    fn flush(&mut self) {
-        if self.write_error.is_none() {
-            if let Err(e) = self.sink.flush() {
-                self.write_error = Some(e);
-            }
         }
     }
 }
@@ -133,12 +155,19 @@ pub async fn run(args: Args) -> Result<()> {
     let mut p = Pipeline {
         reorder: Reorderer::new(args.reorder_ms * 1_000_000),
         tracker,
-        sink: Sink::new(BufWriter::with_capacity(1 << 16, out), args.format, filter, WallClock::now()),
+        shown: Shown {
+            filter,
+            stats: Stats::default(),
+            sink: Sink::new(BufWriter::with_capacity(1 << 16, out), args.format, WallClock::now()),
+            write_error: None,
+        },
         undecodable: 0,
         lost_seen: 0,
-        write_error: None,
     };
 
+    // Before saying we trace: a signal from then on must end the run cleanly.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let tw_note = if kernel.time_wait_traced { "" } else { " (TIME_WAIT not traced: tw_timer_handler not in /proc/kallsyms)" };
     for (tier, why) in &kernel.passed_over {
         eprintln!("port-tracer: the {tier} tier does not work here: {why}");
@@ -149,8 +178,6 @@ pub async fn run(args: Args) -> Result<()> {
         kernel::kernel_release()
     );
 
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(deadline);
     let mut tick = tokio::time::interval(Duration::from_millis(args.drain_ms.max(1)));
@@ -166,14 +193,14 @@ pub async fn run(args: Args) -> Result<()> {
             _ = tick.tick() => {
                 p.drain(ring.get_mut());
                 p.check_lost(&lost_counters.read()?);
-                p.emit_ready(Some(monotonic_ns()));
-                p.flush();
+                p.process(Some(monotonic_ns()));
+                p.shown.flush();
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = &mut deadline => break,
         }
-        if p.write_error.is_some() {
+        if p.shown.write_error.is_some() {
             break;
         }
     }
@@ -182,31 +209,20 @@ pub async fn run(args: Args) -> Result<()> {
     p.drain(ring.get_mut());
     let lost_counts = lost_counters.read()?;
     p.check_lost(&lost_counts);
-    p.emit_ready(None);
-    let open_before = p.tracker.open_lifetimes() as u64;
-    {
-        let Pipeline { tracker, sink, write_error, .. } = &mut p;
-        tracker.finish(&mut |o| {
-            if write_error.is_none() {
-                if let Err(e) = sink.write(&o) {
-                    *write_error = Some(e);
-                }
-            }
-        });
-    }
+    p.process(None);
     let lost = Lost {
         by_reason: lost::NAMES.iter().copied().zip(lost_counts).collect(),
         undecodable: p.undecodable,
     };
-    let summary = Summary::new(&p.tracker, open_before, lost, 10);
-    if p.write_error.is_none() {
-        if let Err(e) = p.sink.summary(&summary) {
-            p.write_error = Some(e);
+    let summary = Summary::new(&p.shown.stats, &p.tracker.counters, lost, 10);
+    if p.shown.write_error.is_none() {
+        if let Err(e) = p.shown.sink.summary(&summary) {
+            p.shown.write_error = Some(e);
         }
     }
-    p.flush();
+    p.shown.flush();
     drop(kernel);
-    match p.write_error.map(classify) {
+    match p.shown.write_error.map(classify) {
         None | Some(WriteEnd::ClosedPipe) => Ok(()),
         Some(WriteEnd::Failed(e)) => Err(anyhow::Error::new(e).context(match &args.output {
             Some(path) => format!("writing to {}", path.display()),

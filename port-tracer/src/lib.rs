@@ -2,13 +2,14 @@
 //! port's lifetime.
 //!
 //! The core is pure: [`event`] decodes kernel records, [`reorder`] restores timestamp order,
-//! [`lifetime`] turns events into lifetimes, [`summary`] counts. Around it sit the edges:
+//! [`lifetime`] turns events into lifetimes, [`filter`] selects, [`summary`] counts. Around it sit the edges:
 //! [`kernel`] (load, attach, maps), [`output`] (text, JSONL) and [`collector`] (the live loop).
 
 pub mod cli;
 pub mod clock;
 pub mod collector;
 pub mod event;
+pub mod filter;
 pub mod kernel;
 pub mod lifetime;
 pub mod output;

@@ -53,18 +53,11 @@ pub enum Output {
     Lifetime(Lifetime),
 }
 
-/// Counts of what the tracker saw, for the summary.
+/// What the tracker had to work around: signs of events it never saw.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Counters {
+    /// Events processed.
     pub events: u64,
-    pub assign: u64,
-    pub remote_update: u64,
-    pub release: u64,
-    pub time_wait: u64,
-    pub alloc_failure: u64,
-    pub lifetimes: u64,
-    /// Allocations (every origin but inherited and preexisting).
-    pub allocations: u64,
     /// Assignments of a port a socket already held (e.g. listen re-validating its bind).
     pub duplicate_assign: u64,
     /// Releases, TIME_WAITs and updates of sockets never seen assigned nor held at start.
@@ -118,28 +111,6 @@ pub struct Tracker {
     cancel_queue: VecDeque<(u64, u64)>,
     held_at_start: HashSet<HeldAtStart>,
     pub counters: Counters,
-    /// Allocations by (pid, comm).
-    pub allocations_by_task: HashMap<(u32, crate::event::Comm), u64>,
-    /// Ended lifetimes by their duration.
-    pub durations: Log2Histogram,
-    /// Ended TIME_WAIT periods by their length.
-    pub time_waits: Log2Histogram,
-}
-
-/// Counts by power-of-two buckets: bucket i holds values in [2^(i-1), 2^i).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Log2Histogram(pub [u64; 64]);
-
-impl Default for Log2Histogram {
-    fn default() -> Self {
-        Log2Histogram([0; 64])
-    }
-}
-
-impl Log2Histogram {
-    pub fn add(&mut self, ns: u64) {
-        self.0[(64 - ns.leading_zeros() as usize).min(63)] += 1;
-    }
 }
 
 impl Tracker {
@@ -219,13 +190,6 @@ impl Tracker {
             self.by_sock.remove(&lt.sock_id);
         }
         lt.released_ns = Some(ts);
-        if let Some(d) = lt.duration_ns() {
-            self.durations.add(d);
-        }
-        if let Some(tw) = lt.time_wait_ns() {
-            self.time_waits.add(tw);
-        }
-        self.counters.lifetimes += 1;
         emit(Output::Lifetime(lt));
     }
 
@@ -286,15 +250,11 @@ impl Tracker {
             Kind::Release if ev.time_wait_sock => self.release_time_wait(ev, emit),
             Kind::Release => self.release(ev, emit),
             Kind::TimeWait => self.time_wait(ev, emit),
-            Kind::AllocFailure => {
-                self.counters.alloc_failure += 1;
-                emit(Output::Event(*ev));
-            }
+            Kind::AllocFailure => emit(Output::Event(*ev)),
         }
     }
 
     fn assign(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
-        self.counters.assign += 1;
         if let Some(&id) = self.by_sock.get(&ev.sock_id) {
             let lt = self.get(id);
             if lt.time_wait_ns_start.is_some() {
@@ -315,10 +275,6 @@ impl Tracker {
                 owner = self.get(lid).owner;
             }
         }
-        if ev.origin.is_allocation() {
-            self.counters.allocations += 1;
-            *self.allocations_by_task.entry((owner.pid, owner.comm)).or_default() += 1;
-        }
         let id = self.insert(Lifetime {
             ends: ev.ends,
             owner,
@@ -335,7 +291,6 @@ impl Tracker {
     }
 
     fn remote_update(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
-        self.counters.remote_update += 1;
         let Some(&id) = self.by_sock.get(&ev.sock_id) else {
             self.counters.unmatched += 1;
             return;
@@ -353,7 +308,6 @@ impl Tracker {
     }
 
     fn release(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
-        self.counters.release += 1;
         match self.by_sock.remove(&ev.sock_id) {
             Some(id) => {
                 let lt = self.get(id);
@@ -384,7 +338,6 @@ impl Tracker {
             self.counters.time_wait_rearm += 1;
             return;
         }
-        self.counters.time_wait += 1;
         let id = match self.by_tuple.get(&ev.ends).copied() {
             Some(id) => {
                 self.unindex(id);
@@ -418,7 +371,6 @@ impl Tracker {
     }
 
     fn end_time_wait(&mut self, id: Id, ev: &Event, emit: &mut impl FnMut(Output)) {
-        self.counters.release += 1;
         let ev = self.attributed(id, ev);
         self.close(id, ev.ts_ns, emit);
         emit(Output::Event(ev));

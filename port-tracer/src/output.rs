@@ -8,7 +8,7 @@ use std::{
 };
 
 use crate::{
-    event::{Endpoints, Event, Kind, Proto, Task},
+    event::{Event, Kind},
     lifetime::{Lifetime, Output},
     summary::Summary,
 };
@@ -19,26 +19,6 @@ pub enum Format {
     Text,
     /// JSON Lines: event, lifetime and summary records.
     Jsonl,
-}
-
-/// Which sockets to show. Every field left `None` matches everything.
-#[derive(Clone, Debug, Default)]
-pub struct Filter {
-    pub pid: Option<u32>,
-    pub comm: Option<String>,
-    pub ports: Option<(u16, u16)>,
-    pub proto: Option<Proto>,
-    pub netns: Option<u32>,
-}
-
-impl Filter {
-    pub fn matches(&self, ends: &Endpoints, task: &Task) -> bool {
-        self.pid.is_none_or(|p| p == task.pid)
-            && self.comm.as_deref().is_none_or(|c| c == task.comm.as_str())
-            && self.ports.is_none_or(|(lo, hi)| (lo..=hi).contains(&ends.lport))
-            && self.proto.is_none_or(|p| p == ends.proto)
-            && self.netns.is_none_or(|n| n == ends.netns)
-    }
 }
 
 /// Converts kernel monotonic timestamps to wall-clock time.
@@ -96,19 +76,18 @@ fn opt(v: Option<u64>) -> String {
     v.map_or_else(|| "null".to_string(), |v| v.to_string())
 }
 
-/// Writes outputs in one format, filtered.
+/// Writes outputs in one format.
 pub struct Sink<W: Write> {
     out: W,
     format: Format,
-    filter: Filter,
     clock: WallClock,
     header_done: bool,
     line: String,
 }
 
 impl<W: Write> Sink<W> {
-    pub fn new(out: W, format: Format, filter: Filter, clock: WallClock) -> Self {
-        Sink { out, format, filter, clock, header_done: false, line: String::with_capacity(512) }
+    pub fn new(out: W, format: Format, clock: WallClock) -> Self {
+        Sink { out, format, clock, header_done: false, line: String::with_capacity(512) }
     }
 
     pub fn into_inner(self) -> W {
@@ -135,9 +114,6 @@ impl<W: Write> Sink<W> {
     }
 
     fn event(&mut self, ev: &Event) -> io::Result<()> {
-        if !self.filter.matches(&ev.ends, &ev.task) {
-            return Ok(());
-        }
         let e = &ev.ends;
         match self.format {
             Format::Text => {
@@ -200,9 +176,6 @@ impl<W: Write> Sink<W> {
     }
 
     fn lifetime(&mut self, lt: &Lifetime) -> io::Result<()> {
-        if !self.filter.matches(&lt.ends, &lt.owner) {
-            return Ok(());
-        }
         let e = &lt.ends;
         match self.format {
             Format::Text => {
@@ -214,7 +187,10 @@ impl<W: Write> Sink<W> {
                 let mut held = match (lt.duration_ns(), lt.released_ns) {
                     (Some(d), _) => human_duration(d),
                     (None, Some(_)) => "since before start".to_string(),
-                    (None, None) => "open".to_string(),
+                    (None, None) => match lt.time_wait_ns_start {
+                        Some(tw) => format!("open, in time-wait since {}", self.clock.time_of_day(tw)),
+                        None => "open".to_string(),
+                    },
                 };
                 if let Some(tw) = lt.time_wait_ns() {
                     let _ = write!(held, " (time-wait {})", human_duration(tw));
@@ -282,7 +258,7 @@ impl<W: Write> Sink<W> {
                 writeln!(self.out, "{v}")
             }
             Format::Text => {
-                let c = &s.counters;
+                let c = &s.stats;
                 writeln!(self.out, "\nSummary")?;
                 writeln!(
                     self.out,
@@ -292,7 +268,7 @@ impl<W: Write> Sink<W> {
                 writeln!(
                     self.out,
                     "  lifetimes: {} ended, {} still held; {} allocations",
-                    c.lifetimes, s.open_lifetimes, c.allocations
+                    c.lifetimes_ended, c.lifetimes_open, c.allocations
                 )?;
                 let reasons: Vec<String> =
                     s.lost.by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -303,8 +279,12 @@ impl<W: Write> Sink<W> {
                     reasons.join(", "),
                     s.lost.undecodable
                 )?;
-                if c.unmatched > 0 {
-                    writeln!(self.out, "  events for sockets never seen assigned: {}", c.unmatched)?;
+                if s.tracker.unmatched > 0 {
+                    writeln!(
+                        self.out,
+                        "  events for sockets never seen assigned: {}",
+                        s.tracker.unmatched
+                    )?;
                 }
                 if !s.top_processes.is_empty() {
                     writeln!(self.out, "  top processes by allocations:")?;
@@ -341,7 +321,7 @@ pub fn errno_name(errno: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Comm, Family, Origin};
+    use crate::event::{Comm, Endpoints, Family, Origin, Proto, Task};
 
     fn ends(lport: u16) -> Endpoints {
         Endpoints {
@@ -356,20 +336,6 @@ mod tests {
     }
 
     #[test]
-    fn filters_match_what_they_name() {
-        let task = Task { pid: 5, comm: Comm::new("curl"), ..Default::default() };
-        let f = Filter { ports: Some((100, 200)), ..Default::default() };
-        assert!(f.matches(&ends(150), &task));
-        assert!(!f.matches(&ends(201), &task));
-        let f = Filter { pid: Some(6), ..Default::default() };
-        assert!(!f.matches(&ends(1), &task));
-        let f = Filter { comm: Some("curl".into()), proto: Some(Proto::Tcp), netns: Some(7), ..Default::default() };
-        assert!(f.matches(&ends(1), &task));
-        let f = Filter { proto: Some(Proto::Udp), ..Default::default() };
-        assert!(!f.matches(&ends(1), &task));
-    }
-
-    #[test]
     fn jsonl_lifetime_has_the_schema_fields() {
         let lt = Lifetime {
             ends: ends(40000),
@@ -381,7 +347,7 @@ mod tests {
             time_wait_ns_start: Some(300),
             lossy: false,
         };
-        let mut sink = Sink::new(Vec::new(), Format::Jsonl, Filter::default(), WallClock { offset_ns: 0 });
+        let mut sink = Sink::new(Vec::new(), Format::Jsonl, WallClock { offset_ns: 0 });
         sink.write(&Output::Lifetime(lt)).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&sink.into_inner()).unwrap();
         assert_eq!(v["type"], "lifetime");
@@ -406,7 +372,7 @@ mod tests {
             time_wait_ns_start: None,
             lossy: true,
         };
-        let mut sink = Sink::new(Vec::new(), Format::Jsonl, Filter::default(), WallClock { offset_ns: 0 });
+        let mut sink = Sink::new(Vec::new(), Format::Jsonl, WallClock { offset_ns: 0 });
         sink.write(&Output::Lifetime(lt)).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&sink.into_inner()).unwrap();
         assert!(v["released_ns"].is_null());

@@ -28,6 +28,10 @@ impl Reorderer {
         self.buf.push(ev);
     }
 
+    pub fn delay_ns(&self) -> u64 {
+        self.delay_ns
+    }
+
     pub fn len(&self) -> usize {
         self.buf.len()
     }

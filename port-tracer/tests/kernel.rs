@@ -363,7 +363,7 @@ fn burst_of_10000_connections_loses_nothing() {
     let t = tracer.stop();
     let summary = t.summary();
     assert_eq!(summary["lost"]["total"], 0, "{summary}");
-    assert_eq!(summary["counters"]["unmatched"], 0, "{summary}");
+    assert_eq!(summary["tracker"]["unmatched"], 0, "{summary}");
     let mut connect_lifetimes = std::collections::HashMap::new();
     for lt in t.of_type("lifetime").filter(|l| l["origin"] == "connect") {
         *connect_lifetimes.entry(lt["lport"].as_u64().unwrap() as u16).or_insert(0u32) += 1;
