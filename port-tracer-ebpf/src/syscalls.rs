@@ -168,6 +168,10 @@ pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
     let Some((p, ret)) = exit(&ctx, Call::Bind) else { return 0 };
     let origin = if p.port == 0 { Origin::BindEphemeral } else { Origin::Bind };
     if ret == 0 {
+        // With IP_BIND_ADDRESS_NO_PORT, bind(0) takes no port: connect will.
+        if sock_num(p.sk).unwrap_or(0) == 0 {
+            return 0;
+        }
         send_or_count(event(&p, EventKind::Assign, origin));
     } else if ret == -EADDRINUSE {
         failure(&p, origin, EADDRINUSE, true);

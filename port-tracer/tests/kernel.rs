@@ -411,3 +411,61 @@ fn sockets_held_before_start_are_preexisting_when_released() {
         .expect("udp lifetime in the second namespace");
     assert_eq!(lt["origin"], "preexisting");
 }
+
+fn set_int_opt(fd: i32, level: i32, opt: i32, v: i32) {
+    let rc = unsafe {
+        libc::setsockopt(fd, level, opt, (&v as *const i32).cast(), std::mem::size_of::<i32>() as u32)
+    };
+    assert_eq!(rc, 0, "setsockopt {opt}");
+}
+
+#[test]
+fn bind_address_no_port_then_connect_is_one_connect_lifetime() {
+    require_root!();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = l.local_addr().unwrap().port();
+    let tracer = Tracer::start();
+    let port = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        set_int_opt(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1);
+        let any = loopback(0);
+        assert_eq!(libc::bind(fd, (&any as *const libc::sockaddr_in).cast(), 16), 0);
+        assert_eq!(local_port(fd), 0, "no port yet");
+        let sa = loopback(server);
+        assert_eq!(libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), 16), 0);
+        let port = local_port(fd);
+        libc::close(fd);
+        port
+    };
+    drop(l);
+    let t = tracer.stop();
+    let lt = t.lifetime("tcp", port);
+    assert_eq!(lt["origin"], "connect");
+    assert_eq!(lt["rport"], server);
+    assert!(t.events("assign", "tcp", 0).is_empty(), "no assignment of port 0");
+    assert_eq!(t.summary()["tracker"]["release_missing"], 0);
+}
+
+#[test]
+fn so_reuseport_sockets_each_have_a_lifetime() {
+    require_root!();
+    let port = free_udp_port();
+    let tracer = Tracer::start();
+    let fds: Vec<i32> = (0..2)
+        .map(|_| unsafe {
+            let fd = unbound_udp();
+            set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1);
+            let sa = loopback(port);
+            assert_eq!(libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), 16), 0);
+            fd
+        })
+        .collect();
+    for fd in fds {
+        unsafe { libc::close(fd) };
+    }
+    let t = tracer.stop();
+    let lts = t.lifetimes("udp", port);
+    assert_eq!(lts.len(), 2, "{lts:#?}");
+    assert!(lts.iter().all(|l| l["origin"] == "bind" && !l["released_ns"].is_null()));
+    assert_ne!(lts[0]["sock_id"], lts[1]["sock_id"]);
+}
