@@ -8,7 +8,9 @@ use btf_rs::{Btf, Type};
 pub struct Hook {
     /// Names it has had, newest first: the first that exists is used.
     pub names: &'static [&'static str],
-    /// Parameters the programs read (the fexit return value comes after them).
+    /// Parameters the function takes. An fexit program finds the return value after them,
+    /// so for hooks with an exit program a kernel where the count differs is refused
+    /// rather than misread; entry programs need at least this many.
     pub params: usize,
     /// Program run at entry (fentry / kprobe), if any.
     pub entry: Option<Progs>,
@@ -128,7 +130,9 @@ pub fn param_count(btf: &Btf, name: &str) -> Result<Option<usize>> {
 pub fn resolve(btf: &Btf, hook: &Hook) -> Result<Option<&'static str>> {
     for &name in hook.names {
         match param_count(btf, name)? {
-            Some(n) if n >= hook.params => return Ok(Some(name)),
+            Some(n) if n == hook.params || (hook.exit.is_none() && n > hook.params) => {
+                return Ok(Some(name))
+            }
             Some(n) => bail!(
                 "unsupported kernel: {name}() takes {n} parameters, port-tracer expects {}",
                 hook.params
