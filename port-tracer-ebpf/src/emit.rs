@@ -1,4 +1,7 @@
 //! Writing events to the ring buffer, and counting what could not be written.
+//!
+//! Events are built in place in reserved ring buffer memory, not on the stack: the BPF
+//! stack is 512 bytes for a whole call chain, and older verifiers count it strictly.
 
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use port_tracer_common::{lost, PortEvent};
@@ -14,20 +17,31 @@ pub fn count_lost(reason: u32) {
     }
 }
 
-/// Sends `ev` to userspace. Wakes the reader only when enough data waits (batched wakeups).
+/// Reserves a zeroed event, lets `fill` write it and submits it; when `fill` fails (a
+/// kernel read failed) the event is discarded and counted. Wakes the reader only once
+/// enough data waits (batched wakeups).
 #[inline(always)]
-pub fn submit(ev: &PortEvent) {
-    let wakeup_bytes = unsafe { core::ptr::read_volatile(&CONFIG.wakeup_bytes) };
-    match EVENTS.reserve::<PortEvent>(0) {
-        Some(mut entry) => {
-            entry.write(*ev);
-            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes {
-                BPF_RB_FORCE_WAKEUP
-            } else {
-                BPF_RB_NO_WAKEUP
-            };
-            entry.submit(flags as u64);
-        }
-        None => count_lost(lost::RINGBUF_FULL),
+pub fn emit(fill: impl FnOnce(&mut PortEvent) -> Result<(), i32>) {
+    let Some(mut entry) = EVENTS.reserve::<PortEvent>(0) else {
+        count_lost(lost::RINGBUF_FULL);
+        return;
+    };
+    // SAFETY: reserved memory of the right size, zeroed before use.
+    let ev = unsafe {
+        let p = entry.as_mut_ptr();
+        core::ptr::write_bytes(p, 0, 1);
+        &mut *p
+    };
+    if fill(ev).is_err() {
+        entry.discard(0);
+        count_lost(lost::READ_ERROR);
+        return;
     }
+    let wakeup_bytes = unsafe { core::ptr::read_volatile(&CONFIG.wakeup_bytes) };
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
 }

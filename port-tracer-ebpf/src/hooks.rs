@@ -1,13 +1,13 @@
 //! What the fentry and kprobe tiers do at each kernel function, independent of how they
 //! are hooked. Both tiers call these with the function's arguments (and return value).
 
-use aya_ebpf::helpers::bpf_get_current_pid_tgid;
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use port_tracer_common::{flags, lost, EventKind, Origin, PortEvent, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    emit::{count_lost, submit},
+    emit::{count_lost, emit},
     kernel::{fill_sock, fill_task, off, read, sock_num, sock_protocol},
-    tcp_state::{self, Connecting},
+    tcp_state,
     BINDING, CONNECTING,
 };
 
@@ -16,39 +16,37 @@ const EAGAIN: i32 = 11;
 const EADDRINUSE: i32 = 98;
 const EADDRNOTAVAIL: i32 = 99;
 
+#[inline(always)]
 fn tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
-fn sock_event(sk: u64, kind: EventKind, origin: Origin, proto: u8) -> Result<PortEvent, i32> {
-    let mut ev = PortEvent::zeroed();
-    fill_task(&mut ev);
-    fill_sock(&mut ev, sk)?;
+/// Fills an event about socket `sk` from the current task.
+#[inline(always)]
+fn fill(ev: &mut PortEvent, sk: u64, kind: EventKind, origin: Origin, proto: u8) -> Result<(), i32> {
+    fill_task(ev);
+    fill_sock(ev, sk)?;
     ev.kind = kind as u8;
     ev.origin = origin as u8;
     ev.proto = proto;
-    Ok(ev)
-}
-
-fn send(ev: Result<PortEvent, i32>) {
-    match ev {
-        Ok(ev) => submit(&ev),
-        Err(_) => count_lost(lost::READ_ERROR),
-    }
+    Ok(())
 }
 
 /// `inet_bind`/`inet6_bind` entry and exit: a port 0 get_port in between is bind(0).
+#[inline(always)]
 pub fn bind_enter() {
     if BINDING.insert(tid(), 1u8, 0).is_err() {
         count_lost(lost::MAP_FULL);
     }
 }
 
+#[inline(always)]
 pub fn bind_exit() {
     let _ = BINDING.remove(tid());
 }
 
 /// After `inet_csk_get_port(sk, snum)` (TCP bind and listen) returned `ret`.
+#[inline(always)]
 pub fn tcp_get_port_exit(sk: u64, snum: u16, ret: i32) {
     // listen() sets LISTEN before it (re)takes the port.
     let listening = read::<u8>(sk, off!(skc_state)).map(|s| s == TCP_LISTEN).unwrap_or(false);
@@ -61,6 +59,7 @@ pub fn tcp_get_port_exit(sk: u64, snum: u16, ret: i32) {
 }
 
 /// After `udp_lib_get_port(sk, snum, ...)` (UDP bind and autobind) returned `ret`.
+#[inline(always)]
 pub fn udp_get_port_exit(sk: u64, snum: u16, ret: i32) {
     if sock_protocol(sk) != Ok(IPPROTO_UDP) {
         return; // UDP-Lite shares the function
@@ -74,39 +73,29 @@ pub fn udp_get_port_exit(sk: u64, snum: u16, ret: i32) {
     get_port_exit(sk, snum, ret, origin, IPPROTO_UDP, errno);
 }
 
+#[inline(always)]
 fn get_port_exit(sk: u64, snum: u16, ret: i32, origin: Origin, proto: u8, errno: i32) {
     if ret == 0 {
-        send(sock_event(sk, EventKind::Assign, origin, proto));
+        emit(|ev| fill(ev, sk, EventKind::Assign, origin, proto));
     } else {
-        send(sock_event(sk, EventKind::AllocFailure, origin, proto).map(|mut ev| {
+        emit(|ev| {
+            fill(ev, sk, EventKind::AllocFailure, origin, proto)?;
             ev.errno = errno;
             ev.lport = snum;
-            ev
-        }));
+            Ok(())
+        });
     }
 }
 
 /// Entry of `inet_hash_connect`/`inet6_hash_connect`: who connects, and whether the socket
 /// already had a port.
+#[inline(always)]
 pub fn hash_connect_enter(sk: u64) {
-    let mut ev = PortEvent::zeroed();
-    fill_task(&mut ev);
-    let c = Connecting {
-        ts_ns: ev.ts_ns,
-        cgroup_id: ev.cgroup_id,
-        pid: ev.pid,
-        tid: ev.tid,
-        uid: ev.uid,
-        had_port: (sock_num(sk).unwrap_or(0) != 0) as u16,
-        _pad: 0,
-        comm: ev.comm,
-    };
-    if CONNECTING.insert(sk, c, 0).is_err() {
-        count_lost(lost::MAP_FULL);
-    }
+    tcp_state::start_connect(sk);
 }
 
 /// Exit of `inet_hash_connect`: the port connect chose, or EADDRNOTAVAIL.
+#[inline(always)]
 pub fn hash_connect_exit(sk: u64, ret: i32) {
     if ret == 0 {
         // Timestamp and task from the entry; the port is set now.
@@ -118,69 +107,66 @@ pub fn hash_connect_exit(sk: u64, ret: i32) {
     if ret != -EADDRNOTAVAIL {
         return;
     }
-    let mut ev = PortEvent::zeroed();
-    if fill_sock(&mut ev, sk).is_err() {
-        count_lost(lost::READ_ERROR);
-        return;
-    }
-    ev.ts_ns = c.ts_ns;
-    ev.cgroup_id = c.cgroup_id;
-    ev.pid = c.pid;
-    ev.tid = c.tid;
-    ev.uid = c.uid;
-    ev.comm = c.comm;
-    ev.kind = EventKind::AllocFailure as u8;
-    ev.origin = Origin::Connect as u8;
-    ev.proto = IPPROTO_TCP;
-    ev.errno = EADDRNOTAVAIL;
-    submit(&ev);
+    emit(|ev| {
+        tcp_state::fill_connecting(ev, sk, &c)?;
+        ev.kind = EventKind::AllocFailure as u8;
+        ev.errno = EADDRNOTAVAIL;
+        Ok(())
+    });
 }
 
 /// After `__inet_inherit_port(sk, child)`: an accepted socket shares the listener's port.
+#[inline(always)]
 pub fn inherit_port_exit(child: u64, ret: i32) {
     if ret != 0 {
         return;
     }
     // Runs in softirq: userspace takes the owner from the listener.
-    send(sock_event(child, EventKind::Assign, Origin::Inherited, IPPROTO_TCP).map(|mut ev| {
-        ev.pid = 0;
-        ev.tid = 0;
-        ev.uid = 0;
-        ev.cgroup_id = 0;
-        ev.comm = [0; 16];
-        ev
-    }));
+    emit(|ev| {
+        fill_sock(ev, child)?;
+        ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+        ev.kind = EventKind::Assign as u8;
+        ev.origin = Origin::Inherited as u8;
+        ev.proto = IPPROTO_TCP;
+        Ok(())
+    });
 }
 
 /// Entry of `inet_put_port(sk)`: a TCP socket gives its port back.
+#[inline(always)]
 pub fn put_port(sk: u64) {
     if sock_num(sk).unwrap_or(0) == 0 {
         return;
     }
-    send(sock_event(sk, EventKind::Release, Origin::Unknown, IPPROTO_TCP));
+    emit(|ev| fill(ev, sk, EventKind::Release, Origin::Unknown, IPPROTO_TCP));
 }
 
 /// Entry of `udp_lib_unhash(sk)`: a UDP socket gives its port back (close, disconnect).
+#[inline(always)]
 pub fn udp_unhash(sk: u64) {
     if sock_protocol(sk) != Ok(IPPROTO_UDP) || sock_num(sk).unwrap_or(0) == 0 {
         return;
     }
-    send(sock_event(sk, EventKind::Release, Origin::Unknown, IPPROTO_UDP));
+    emit(|ev| fill(ev, sk, EventKind::Release, Origin::Unknown, IPPROTO_UDP));
 }
 
 /// `inet_twsk_hashdance_schedule` (`inet_twsk_hashdance` before 6.11): the port moves to
 /// the TIME_WAIT socket `tw`.
+#[inline(always)]
 pub fn time_wait_enter(tw: u64) {
-    send(sock_event(tw, EventKind::TimeWait, Origin::Unknown, IPPROTO_TCP).map(|mut ev| {
+    emit(|ev| {
+        fill(ev, tw, EventKind::TimeWait, Origin::Unknown, IPPROTO_TCP)?;
         ev.flags = flags::TIME_WAIT_SOCK;
-        ev
-    }));
+        Ok(())
+    });
 }
 
 /// `inet_twsk_kill(tw)`: the TIME_WAIT socket dies and frees the port.
+#[inline(always)]
 pub fn time_wait_kill(tw: u64) {
-    send(sock_event(tw, EventKind::Release, Origin::Unknown, IPPROTO_TCP).map(|mut ev| {
+    emit(|ev| {
+        fill(ev, tw, EventKind::Release, Origin::Unknown, IPPROTO_TCP)?;
         ev.flags = flags::TIME_WAIT_SOCK;
-        ev
-    }));
+        Ok(())
+    });
 }

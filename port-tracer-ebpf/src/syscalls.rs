@@ -15,7 +15,7 @@ use port_tracer_common::{
 };
 
 use crate::{
-    emit::{count_lost, submit},
+    emit::{count_lost, emit},
     kernel::{fill_sock, fill_task, is_inet, sock_family, sock_num, sock_of_fd, sock_protocol},
     tcp_state, SYSCALLS,
 };
@@ -122,27 +122,28 @@ fn exit(ctx: &TracePointContext, call: Call) -> Option<(Pending, i64)> {
     Some((p, ret))
 }
 
-/// An event about `p.sk` from the current task.
-fn event(p: &Pending, kind: EventKind, origin: Origin) -> Result<PortEvent, i32> {
-    let mut ev = PortEvent::zeroed();
-    fill_task(&mut ev);
-    fill_sock(&mut ev, p.sk)?;
+/// Fills an event about `p.sk` from the current task.
+#[inline(always)]
+fn fill(ev: &mut PortEvent, p: &Pending, kind: EventKind, origin: Origin) -> Result<(), i32> {
+    fill_task(ev);
+    fill_sock(ev, p.sk)?;
     ev.kind = kind as u8;
     ev.origin = origin as u8;
     ev.proto = p.proto;
-    Ok(ev)
+    Ok(())
 }
 
-fn send_or_count(ev: Result<PortEvent, i32>) {
-    match ev {
-        Ok(ev) => submit(&ev),
-        Err(_) => count_lost(lost::READ_ERROR),
-    }
+/// Reports an event about `p.sk`.
+#[inline(always)]
+fn report(p: &Pending, kind: EventKind, origin: Origin) {
+    emit(|ev| fill(ev, p, kind, origin));
 }
 
 /// An allocation failure: the port (if any) and address the caller asked for.
+#[inline(always)]
 fn failure(p: &Pending, origin: Origin, errno: i64, requested_local: bool) {
-    let ev = event(p, EventKind::AllocFailure, origin).map(|mut ev| {
+    emit(|ev| {
+        fill(ev, p, EventKind::AllocFailure, origin)?;
         ev.errno = errno as i32;
         if requested_local {
             ev.lport = p.port;
@@ -151,9 +152,8 @@ fn failure(p: &Pending, origin: Origin, errno: i64, requested_local: bool) {
             ev.rport = p.port;
             ev.raddr = p.addr;
         }
-        ev
+        Ok(())
     });
-    send_or_count(ev);
 }
 
 #[tracepoint]
@@ -172,7 +172,7 @@ pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
         if sock_num(p.sk).unwrap_or(0) == 0 {
             return 0;
         }
-        send_or_count(event(&p, EventKind::Assign, origin));
+        report(&p, EventKind::Assign, origin);
     } else if ret == -EADDRINUSE {
         failure(&p, origin, EADDRINUSE, true);
     }
@@ -189,7 +189,7 @@ pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
 pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
     let Some((p, ret)) = exit(&ctx, Call::Listen) else { return 0 };
     if ret == 0 {
-        send_or_count(event(&p, EventKind::Assign, Origin::Autobind));
+        report(&p, EventKind::Assign, Origin::Autobind);
     } else if ret == -EADDRINUSE {
         failure(&p, Origin::Autobind, EADDRINUSE, true);
     }
@@ -218,7 +218,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     // UDP
     if p.num_before == 0 {
         if ret == 0 {
-            send_or_count(event(&p, EventKind::Assign, Origin::Autobind));
+            report(&p, EventKind::Assign, Origin::Autobind);
         } else if ret == -EAGAIN {
             failure(&p, Origin::Autobind, EAGAIN, false);
         }
@@ -226,18 +226,18 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         if p.addr_family == AF_UNSPEC {
             // Disconnect: unless bound explicitly, the socket gives its port back.
             if sock_num(p.sk) == Ok(0) {
-                let ev = event(&p, EventKind::Release, Origin::Unknown).map(|mut ev| {
+                emit(|ev| {
+                    fill(ev, &p, EventKind::Release, Origin::Unknown)?;
                     ev.lport = p.num_before;
-                    ev
+                    Ok(())
                 });
-                send_or_count(ev);
             }
         } else {
-            let ev = event(&p, EventKind::Assign, Origin::Unknown).map(|mut ev| {
+            emit(|ev| {
+                fill(ev, &p, EventKind::Assign, Origin::Unknown)?;
                 ev.flags = flags::REMOTE_UPDATE;
-                ev
+                Ok(())
             });
-            send_or_count(ev);
         }
     }
     0
@@ -251,7 +251,7 @@ fn enter_send(ctx: &TracePointContext) -> u32 {
 fn exit_send(ctx: &TracePointContext) -> u32 {
     let Some((p, ret)) = exit(ctx, Call::Send) else { return 0 };
     if sock_num(p.sk).unwrap_or(0) != 0 {
-        send_or_count(event(&p, EventKind::Assign, Origin::Autobind));
+        report(&p, EventKind::Assign, Origin::Autobind);
     } else if ret == -EAGAIN {
         failure(&p, Origin::Autobind, EAGAIN, false);
     }

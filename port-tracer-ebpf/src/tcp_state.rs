@@ -16,7 +16,7 @@ use aya_ebpf::{
 use port_tracer_common::{flags, lost, EventKind, Origin, PortEvent, IPPROTO_TCP};
 
 use crate::{
-    emit::{count_lost, submit},
+    emit::{count_lost, emit},
     kernel::{fill_sock, fill_task, off, read, sock_num, sock_protocol},
     CONNECTING,
 };
@@ -44,11 +44,13 @@ pub struct Connecting {
 const _: () = assert!(core::mem::size_of::<Connecting>() == 48);
 
 /// The local port in `inet_sport` (host order): still set after the port was put back.
+#[inline(always)]
 fn inet_sport(sk: u64) -> Result<u16, i32> {
     read::<u16>(sk, off!(inet_sport)).map(u16::from_be)
 }
 
 /// Reports the port connect gave `sk`, once, from whichever hook sees it first.
+#[inline(always)]
 pub fn finish_connect(sk: u64) {
     let Some(c) = (unsafe { CONNECTING.get(sk) }).copied() else { return };
     if CONNECTING.remove(sk).is_err() {
@@ -61,28 +63,42 @@ pub fn finish_connect(sk: u64) {
     if port == 0 {
         return; // connect failed before a port was chosen
     }
-    let mut ev = PortEvent::zeroed();
-    if fill_sock(&mut ev, sk).is_err() {
-        count_lost(lost::READ_ERROR);
-        return;
-    }
+    emit(|ev| {
+        fill_connecting(ev, sk, &c)?;
+        ev.lport = port;
+        ev.kind = EventKind::Assign as u8;
+        if c.had_port != 0 {
+            ev.flags = flags::REMOTE_UPDATE;
+        }
+        Ok(())
+    });
+}
+
+/// Fills an event about a connecting TCP socket, attributed to who started the connect.
+#[inline(always)]
+pub fn fill_connecting(ev: &mut PortEvent, sk: u64, c: &Connecting) -> Result<(), i32> {
+    fill_sock(ev, sk)?;
     ev.ts_ns = c.ts_ns;
     ev.cgroup_id = c.cgroup_id;
     ev.pid = c.pid;
     ev.tid = c.tid;
     ev.uid = c.uid;
     ev.comm = c.comm;
-    ev.lport = port;
-    ev.kind = EventKind::Assign as u8;
     ev.origin = Origin::Connect as u8;
     ev.proto = IPPROTO_TCP;
-    if c.had_port != 0 {
-        ev.flags = flags::REMOTE_UPDATE;
-    }
-    submit(&ev);
+    Ok(())
 }
 
-fn start_connect(sk: u64) -> Result<(), i32> {
+/// Remembers who connects `sk`, and whether it already had a port.
+#[inline(always)]
+pub fn start_connect(sk: u64) {
+    if try_start_connect(sk).is_err() {
+        count_lost(lost::READ_ERROR);
+    }
+}
+
+#[inline(always)]
+fn try_start_connect(sk: u64) -> Result<(), i32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let c = Connecting {
         ts_ns: unsafe { bpf_ktime_get_ns() },
@@ -100,22 +116,25 @@ fn start_connect(sk: u64) -> Result<(), i32> {
     Ok(())
 }
 
-fn sock_event(sk: u64, kind: EventKind, origin: Origin) -> Result<PortEvent, i32> {
-    let mut ev = PortEvent::zeroed();
-    fill_task(&mut ev);
-    fill_sock(&mut ev, sk)?;
+/// Fills an event about TCP socket `sk` from the current task.
+#[inline(always)]
+fn fill_tcp(ev: &mut PortEvent, sk: u64, kind: EventKind, origin: Origin) -> Result<(), i32> {
+    fill_task(ev);
+    fill_sock(ev, sk)?;
     ev.kind = kind as u8;
     ev.origin = origin as u8;
     ev.proto = IPPROTO_TCP;
-    Ok(ev)
+    Ok(())
 }
 
+#[inline(always)]
 fn on_set_state(sk: u64, old: i32, new: i32) -> Result<(), i32> {
     if sock_protocol(sk)? != IPPROTO_TCP {
         return Ok(());
     }
     if new == TCP_SYN_SENT {
-        return start_connect(sk);
+        start_connect(sk);
+        return Ok(());
     }
     if old == TCP_SYN_SENT {
         finish_connect(sk);
@@ -123,20 +142,23 @@ fn on_set_state(sk: u64, old: i32, new: i32) -> Result<(), i32> {
     if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
         // An accepted socket, now with both addresses set. This runs in softirq: the task is
         // not the owner, so userspace takes the owner from the listener.
-        let mut ev = sock_event(sk, EventKind::Assign, Origin::Inherited)?;
-        ev.pid = 0;
-        ev.tid = 0;
-        ev.uid = 0;
-        ev.cgroup_id = 0;
-        ev.comm = [0; 16];
-        submit(&ev);
+        emit(|ev| {
+            fill_sock(ev, sk)?;
+            ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+            ev.kind = EventKind::Assign as u8;
+            ev.origin = Origin::Inherited as u8;
+            ev.proto = IPPROTO_TCP;
+            Ok(())
+        });
     } else if new == TCP_CLOSE && old != TCP_CLOSE {
         let bind_hash: u64 = read(sk, off!(icsk_bind_hash))?;
         let port = inet_sport(sk)?;
         if bind_hash == 0 && port != 0 {
-            let mut ev = sock_event(sk, EventKind::Release, Origin::Unknown)?;
-            ev.lport = port;
-            submit(&ev);
+            emit(|ev| {
+                fill_tcp(ev, sk, EventKind::Release, Origin::Unknown)?;
+                ev.lport = port;
+                Ok(())
+            });
         }
     }
     Ok(())
@@ -153,11 +175,12 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+#[inline(always)]
 fn on_destroy(sk: u64) -> Result<(), i32> {
     // Fires just before tcp_v4_destroy_sock puts a port that CLOSE did not (bound ports).
     let bind_hash: u64 = read(sk, off!(icsk_bind_hash))?;
     if bind_hash != 0 {
-        submit(&sock_event(sk, EventKind::Release, Origin::Unknown)?);
+        emit(|ev| fill_tcp(ev, sk, EventKind::Release, Origin::Unknown));
     }
     Ok(())
 }

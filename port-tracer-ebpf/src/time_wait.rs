@@ -5,10 +5,10 @@
 //! cancellation is its release.
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use port_tracer_common::{flags, lost, EventKind, PortEvent, IPPROTO_TCP};
+use port_tracer_common::{flags, EventKind, IPPROTO_TCP};
 
 use crate::{
-    emit::{count_lost, submit},
+    emit::emit,
     kernel::{fill_sock, fill_task, off, read},
     OFFSETS,
 };
@@ -24,18 +24,17 @@ fn tw_of(timer: u64) -> Option<u64> {
     (function == handler).then(|| timer - off!(tw_timer) as u64)
 }
 
+#[inline(always)]
 fn report(timer: u64, kind: EventKind, extra_flags: u8) {
     let Some(tw) = tw_of(timer) else { return };
-    let mut ev = PortEvent::zeroed();
-    fill_task(&mut ev);
-    if fill_sock(&mut ev, tw).is_err() {
-        count_lost(lost::READ_ERROR);
-        return;
-    }
-    ev.kind = kind as u8;
-    ev.proto = IPPROTO_TCP;
-    ev.flags = flags::TIME_WAIT_SOCK | extra_flags;
-    submit(&ev);
+    emit(|ev| {
+        fill_task(ev);
+        fill_sock(ev, tw)?;
+        ev.kind = kind as u8;
+        ev.proto = IPPROTO_TCP;
+        ev.flags = flags::TIME_WAIT_SOCK | extra_flags;
+        Ok(())
+    });
 }
 
 #[raw_tracepoint(tracepoint = "timer_start")]

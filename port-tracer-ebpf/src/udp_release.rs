@@ -4,13 +4,14 @@
 //! just before the protocol unhashes it.
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::cgroup_sock, programs::SockContext};
-use port_tracer_common::{lost, EventKind, PortEvent, IPPROTO_UDP};
+use port_tracer_common::{lost, EventKind, IPPROTO_UDP};
 
 use crate::{
-    emit::{count_lost, submit},
+    emit::{count_lost, emit},
     kernel::{fill_sock, fill_task, sock_num},
 };
 
+#[inline(always)]
 fn on_release(ctx: &SockContext) -> Result<(), i32> {
     if unsafe { (*ctx.sock).protocol } != IPPROTO_UDP as u32 {
         return Ok(());
@@ -22,12 +23,13 @@ fn on_release(ctx: &SockContext) -> Result<(), i32> {
     if sock_num(sk)? == 0 {
         return Ok(());
     }
-    let mut ev = PortEvent::zeroed();
-    fill_task(&mut ev);
-    fill_sock(&mut ev, sk)?;
-    ev.kind = EventKind::Release as u8;
-    ev.proto = IPPROTO_UDP;
-    submit(&ev);
+    emit(|ev| {
+        fill_task(ev);
+        fill_sock(ev, sk)?;
+        ev.kind = EventKind::Release as u8;
+        ev.proto = IPPROTO_UDP;
+        Ok(())
+    });
     Ok(())
 }
 

@@ -5,6 +5,8 @@ mod attach_kprobe;
 pub mod held;
 pub mod hooks;
 pub mod offsets;
+#[cfg(test)]
+mod stack_check;
 mod tracepoint;
 
 use std::{fmt, path::Path};
