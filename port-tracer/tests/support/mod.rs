@@ -192,9 +192,9 @@ pub fn enter_new_netns() -> u64 {
         for (i, b) in b"lo\0".iter().enumerate() {
             req.ifr_name[i] = *b as libc::c_char;
         }
-        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req), 0);
+        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req), 0);
         req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut req), 0, "bring lo up");
+        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &mut req), 0, "bring lo up");
         libc::close(fd);
     }
     netns_of("/proc/thread-self/ns/net")
