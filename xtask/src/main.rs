@@ -144,7 +144,7 @@ fn setup() -> Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .copied()
-        .filter(|p| !succeeds(Command::new("dpkg-query").args(["-W", "-f=${Status}", p])))
+        .filter(|p| !dpkg_installed(p))
         .collect();
     if !missing.is_empty() {
         if !is_root() {
@@ -162,6 +162,15 @@ fn setup() -> Result<()> {
         .args(["--no-default-features", "--features", "llvm-22"])
         .env("PATH", path))?;
     Ok(())
+}
+
+/// Whether Debian package `p` is installed (not merely known, or removed with its config).
+fn dpkg_installed(p: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", p])
+        .output()
+        .map(|o| o.status.success() && o.stdout == b"install ok installed")
+        .unwrap_or(false)
 }
 
 fn build() -> Result<()> {
