@@ -5,7 +5,7 @@
 //! socket that enters TIME_WAIT hands its port to a TIME_WAIT socket: the lifetime goes on
 //! until that one dies, and the time in TIME_WAIT is measured on its own.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
 
@@ -70,9 +70,9 @@ pub struct Counters {
 /// Identity of an open lifetime in the table.
 type Id = usize;
 
-/// Endpoints of a socket that held its port when tracing started.
+/// Endpoints that identify a socket held when tracing started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct HeldAtStart {
+pub struct HeldKey {
     pub netns: u32,
     pub proto: Proto,
     pub laddr: std::net::IpAddr,
@@ -81,15 +81,40 @@ pub struct HeldAtStart {
     pub rport: u16,
 }
 
-impl HeldAtStart {
+impl HeldKey {
     pub fn of(e: &Endpoints) -> Self {
-        HeldAtStart {
+        HeldKey {
             netns: e.netns,
             proto: e.proto,
             laddr: e.laddr,
             lport: e.lport,
             raddr: e.raddr,
             rport: e.rport,
+        }
+    }
+}
+
+/// A socket that held its port when tracing started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldAtStart {
+    pub ends: Endpoints,
+    /// A process that had it open (pid 0 when none could be found, e.g. TIME_WAIT).
+    pub owner: Task,
+    /// A TCP listener: its accepted sockets belong to its owner.
+    pub listening: bool,
+}
+
+impl HeldAtStart {
+    fn lifetime(&self) -> Lifetime {
+        Lifetime {
+            ends: self.ends,
+            owner: self.owner,
+            origin: Origin::Preexisting,
+            sock_id: 0,
+            assigned_ns: None,
+            released_ns: None,
+            time_wait_ns_start: None,
+            lossy: false,
         }
     }
 }
@@ -109,7 +134,10 @@ pub struct Tracker {
     /// Cancelled TIME_WAIT timers, waiting to see whether they are re-armed.
     pending_cancel: HashMap<u64, Event>,
     cancel_queue: VecDeque<(u64, u64)>,
-    held_at_start: HashSet<HeldAtStart>,
+    /// Sockets held at start and not yet seen in an event.
+    held_at_start: HashMap<HeldKey, HeldAtStart>,
+    /// Owners of TCP listeners held at start, by (netns, port).
+    held_listeners: HashMap<(u32, u16), Task>,
     pub counters: Counters,
 }
 
@@ -118,10 +146,15 @@ impl Tracker {
         Self::default()
     }
 
-    /// Sockets that held ports when tracing started: their later release produces a
-    /// lifetime with origin `preexisting`.
+    /// Sockets that held ports when tracing started: their release produces a lifetime
+    /// with origin `preexisting`, those still held at the end are emitted open.
     pub fn set_held_at_start(&mut self, held: impl IntoIterator<Item = HeldAtStart>) {
-        self.held_at_start = held.into_iter().collect();
+        for h in held {
+            if h.listening {
+                self.held_listeners.insert((h.ends.netns, h.ends.lport), h.owner);
+            }
+            self.held_at_start.insert(HeldKey::of(&h.ends), h);
+        }
     }
 
     /// Number of lifetimes open now.
@@ -199,27 +232,23 @@ impl Tracker {
         Event { task: lt.owner, origin: lt.origin, ..*ev }
     }
 
-    fn was_held_at_start(&self, ends: &Endpoints) -> bool {
-        self.held_at_start.contains(&HeldAtStart::of(ends))
-    }
-
-    /// A lifetime for a socket seen only at its end.
+    /// A lifetime for a socket seen only at its end: held at start, or missed.
     fn unseen(&mut self, ev: &Event) -> Lifetime {
-        let origin = if self.was_held_at_start(&ev.ends) {
-            Origin::Preexisting
-        } else {
-            self.counters.unmatched += 1;
-            Origin::Unknown
-        };
-        Lifetime {
-            ends: ev.ends,
-            owner: Task::default(),
-            origin,
-            sock_id: ev.sock_id,
-            assigned_ns: None,
-            released_ns: None,
-            time_wait_ns_start: None,
-            lossy: false,
+        match self.held_at_start.remove(&HeldKey::of(&ev.ends)) {
+            Some(h) => Lifetime { sock_id: ev.sock_id, ..h.lifetime() },
+            None => {
+                self.counters.unmatched += 1;
+                Lifetime {
+                    ends: ev.ends,
+                    owner: Task::default(),
+                    origin: Origin::Unknown,
+                    sock_id: ev.sock_id,
+                    assigned_ns: None,
+                    released_ns: None,
+                    time_wait_ns_start: None,
+                    lossy: false,
+                }
+            }
         }
     }
 
@@ -269,10 +298,15 @@ impl Tracker {
                 self.close(id, ev.ts_ns, emit);
             }
         }
+        // Created after the programs were attached but before the snapshot: not "held".
+        self.held_at_start.remove(&HeldKey::of(&ev.ends));
         let mut owner = ev.task;
         if ev.origin == Origin::Inherited && !owner.is_known() {
-            if let Some(&lid) = self.bound_tcp.get(&(ev.ends.netns, ev.ends.lport)) {
+            let listener = (ev.ends.netns, ev.ends.lport);
+            if let Some(&lid) = self.bound_tcp.get(&listener) {
                 owner = self.get(lid).owner;
+            } else if let Some(&held) = self.held_listeners.get(&listener) {
+                owner = held;
             }
         }
         let id = self.insert(Lifetime {
@@ -357,7 +391,10 @@ impl Tracker {
     fn release_time_wait(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
         let tw = ev.sock_id;
         if !self.by_tw.contains_key(&tw) {
-            self.counters.unmatched += 1;
+            // A TIME_WAIT socket from before the start (or missed): it ends now.
+            let lt = self.unseen(ev);
+            let id = self.insert(lt);
+            self.end_time_wait(id, ev, emit);
             return;
         }
         if ev.tw_cancel {
@@ -395,6 +432,11 @@ impl Tracker {
         self.bound_tcp.clear();
         for lt in open {
             emit(Output::Lifetime(lt));
+        }
+        let mut held: Vec<HeldAtStart> = self.held_at_start.drain().map(|(_, h)| h).collect();
+        held.sort_by_key(|h| (h.ends.netns, h.ends.proto, h.ends.lport, h.ends.rport));
+        for h in held {
+            emit(Output::Lifetime(h.lifetime()));
         }
     }
 }

@@ -395,8 +395,16 @@ fn sockets_held_before_start_are_preexisting_when_released() {
         drop(u);
     });
     let (netns, udp_port) = from_thread.recv().unwrap();
+    // Held through the whole trace, and accepting a connection during it.
+    let kept = TcpListener::bind("127.0.0.1:0").unwrap();
+    let kept_port = kept.local_addr().unwrap().port();
     let tracer = Tracer::start_with(&[]);
     drop(l);
+    let c = TcpStream::connect(kept.local_addr().unwrap()).unwrap();
+    let client_port = c.local_addr().unwrap().port();
+    let (a, _) = kept.accept().unwrap();
+    reset_close(c);
+    drop(a);
     to_thread.send(()).unwrap();
     worker.join().unwrap();
     let t = tracer.stop();
@@ -404,6 +412,15 @@ fn sockets_held_before_start_are_preexisting_when_released() {
     assert_eq!(lt["origin"], "preexisting");
     assert!(lt["assigned_ns"].is_null());
     assert!(!lt["released_ns"].is_null());
+    assert_eq!(lt["pid"], my_pid(), "the owner comes from /proc/PID/fd");
+    let kept_lts = t.lifetimes("tcp", kept_port);
+    let listener = kept_lts.iter().find(|l| l["origin"] == "preexisting").expect("still held");
+    assert!(listener["released_ns"].is_null());
+    assert_eq!(listener["pid"], my_pid());
+    let child = kept_lts.iter().find(|l| l["origin"] == "inherited").expect("accepted socket");
+    assert_eq!(child["rport"], client_port);
+    assert_eq!(child["pid"], my_pid(), "accepted on a listener held at start");
+    drop(kept);
     let lt = t
         .lifetimes("udp", udp_port)
         .into_iter()

@@ -15,7 +15,10 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{event::Proto, lifetime::HeldAtStart};
+use crate::{
+    event::{Comm, Endpoints, Family, Proto, Task},
+    lifetime::HeldAtStart,
+};
 
 /// The inode number of the tracer's network namespace.
 pub fn own_netns() -> Result<u32> {
@@ -43,9 +46,66 @@ pub fn namespaces() -> BTreeMap<u32, PathBuf> {
     out
 }
 
-/// Sockets holding ports in every network namespace. Namespaces that vanish while being
-/// read are skipped.
+/// A socket found by sock_diag, before its owner is looked up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiagSocket {
+    pub ends: Endpoints,
+    pub state: u8,
+    pub uid: u32,
+    /// Socket inode (0 for TIME_WAIT sockets, which have no file).
+    pub inode: u32,
+}
+
+const TCP_LISTEN: u8 = 10;
+
+/// Sockets holding ports in every network namespace, with a process that has each open.
+/// Namespaces and processes that vanish while being read are skipped.
 pub fn snapshot() -> Result<Vec<HeldAtStart>> {
+    let sockets = diag_snapshot()?;
+    let owners = socket_owners();
+    Ok(sockets
+        .into_iter()
+        .map(|s| {
+            let mut owner = owners.get(&s.inode).copied().unwrap_or_default();
+            if owner.is_known() {
+                owner.uid = s.uid;
+            }
+            HeldAtStart {
+                listening: s.ends.proto == Proto::Tcp && s.state == TCP_LISTEN,
+                ends: s.ends,
+                owner,
+            }
+        })
+        .collect())
+}
+
+/// Socket inode -> a process holding it, from /proc/PID/fd (as `ss -p` does).
+pub fn socket_owners() -> std::collections::HashMap<u32, Task> {
+    let mut out = std::collections::HashMap::new();
+    let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    for p in procs {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
+        let mut comm = None;
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+            let t = target.to_string_lossy();
+            let Some(inode) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) else {
+                continue;
+            };
+            let Ok(inode) = inode.parse::<u32>() else { continue };
+            let comm = *comm.get_or_insert_with(|| {
+                let c = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+                Comm::new(c.trim_end())
+            });
+            out.entry(inode).or_insert(Task { pid, tid: pid, uid: 0, cgroup_id: 0, comm });
+        }
+    }
+    out
+}
+
+/// Every socket with a local port in every network namespace in use.
+pub fn diag_snapshot() -> Result<Vec<DiagSocket>> {
     let own = own_netns()?;
     let mut held = dump_all(own)?;
     for (netns, path) in namespaces() {
@@ -53,7 +113,7 @@ pub fn snapshot() -> Result<Vec<HeldAtStart>> {
             continue;
         }
         // setns() changes only the calling thread: do it in a thread of its own.
-        let result = std::thread::spawn(move || -> io::Result<Vec<HeldAtStart>> {
+        let result = std::thread::spawn(move || -> io::Result<Vec<DiagSocket>> {
             let file = std::fs::File::open(&path)?;
             if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(io::Error::last_os_error());
@@ -70,7 +130,7 @@ pub fn snapshot() -> Result<Vec<HeldAtStart>> {
 }
 
 /// TCP and UDP, IPv4 and IPv6, in the calling thread's namespace `netns`.
-fn dump_all(netns: u32) -> Result<Vec<HeldAtStart>> {
+fn dump_all(netns: u32) -> Result<Vec<DiagSocket>> {
     let sock = netlink_socket().context("opening a sock_diag netlink socket")?;
     let mut out = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
@@ -99,12 +159,13 @@ const NLMSG_DONE: u16 = 3;
 const NLMSG_HDR: usize = 16;
 /// struct inet_diag_req_v2: family, protocol, ext, pad, states, then a 48-byte sockid.
 const REQ_LEN: usize = 56;
-/// struct inet_diag_msg up to and including its sockid.
-const MSG_MIN: usize = 52;
+/// struct inet_diag_msg: family, state, timer, retrans, sockid (48), expires, rqueue,
+/// wqueue, uid, inode.
+const MSG_LEN: usize = 72;
 /// TCP_NEW_SYN_RECV: request sockets share their listener's port, they hold none.
 const TCP_NEW_SYN_RECV: u8 = 12;
 
-fn dump(sock: &OwnedFd, family: u8, proto: Proto, netns: u32) -> io::Result<Vec<HeldAtStart>> {
+fn dump(sock: &OwnedFd, family: u8, proto: Proto, netns: u32) -> io::Result<Vec<DiagSocket>> {
     let mut req = [0u8; NLMSG_HDR + REQ_LEN];
     req[0..4].copy_from_slice(&((NLMSG_HDR + REQ_LEN) as u32).to_ne_bytes());
     req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -157,8 +218,8 @@ fn dump(sock: &OwnedFd, family: u8, proto: Proto, netns: u32) -> io::Result<Vec<
 }
 
 /// One struct inet_diag_msg.
-fn parse_diag_msg(m: &[u8], proto: Proto, netns: u32) -> Option<HeldAtStart> {
-    if m.len() < MSG_MIN {
+fn parse_diag_msg(m: &[u8], proto: Proto, netns: u32) -> Option<DiagSocket> {
+    if m.len() < MSG_LEN {
         return None;
     }
     let (family, state) = (m[0], m[1]);
@@ -168,20 +229,28 @@ fn parse_diag_msg(m: &[u8], proto: Proto, netns: u32) -> Option<HeldAtStart> {
     let id = &m[4..52];
     let lport = u16::from_be_bytes([id[0], id[1]]);
     let rport = u16::from_be_bytes([id[2], id[3]]);
+    let v4 = family == libc::AF_INET as u8;
     let addr = |b: &[u8]| -> IpAddr {
-        if family == libc::AF_INET as u8 {
+        if v4 {
             IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
         } else {
             IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&b[..16]).unwrap()))
         }
     };
-    (lport != 0).then(|| HeldAtStart {
-        netns,
-        proto,
-        laddr: addr(&id[4..20]),
-        lport,
-        raddr: addr(&id[20..36]),
-        rport,
+    let word = |o: usize| u32::from_ne_bytes(m[o..o + 4].try_into().unwrap());
+    (lport != 0).then(|| DiagSocket {
+        ends: Endpoints {
+            proto,
+            family: if v4 { Family::Ipv4 } else { Family::Ipv6 },
+            netns,
+            laddr: addr(&id[4..20]),
+            lport,
+            raddr: addr(&id[20..36]),
+            rport,
+        },
+        state,
+        uid: word(64),
+        inode: word(68),
     })
 }
 
@@ -196,13 +265,16 @@ mod tests {
         m[1] = 10; // LISTEN
         m[4..6].copy_from_slice(&8080u16.to_be_bytes());
         m[8..12].copy_from_slice(&[127, 0, 0, 1]);
+        m[64..68].copy_from_slice(&1000u32.to_ne_bytes());
+        m[68..72].copy_from_slice(&777u32.to_ne_bytes());
         let h = parse_diag_msg(&m, Proto::Tcp, 5).unwrap();
-        assert_eq!(h.lport, 8080);
-        assert_eq!(h.laddr, "127.0.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(h.netns, 5);
+        assert_eq!(h.ends.lport, 8080);
+        assert_eq!(h.ends.laddr, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(h.ends.netns, 5);
+        assert_eq!((h.state, h.uid, h.inode), (TCP_LISTEN, 1000, 777));
         m[1] = TCP_NEW_SYN_RECV;
         assert!(parse_diag_msg(&m, Proto::Tcp, 5).is_none());
-        assert!(parse_diag_msg(&m[..20], Proto::Udp, 5).is_none());
+        assert!(parse_diag_msg(&m[..60], Proto::Udp, 5).is_none());
     }
 
     #[test]
@@ -211,9 +283,12 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let netns = own_netns().unwrap();
         let held = dump_all(netns).unwrap();
-        assert!(
-            held.iter().any(|h| h.lport == port && h.proto == Proto::Tcp && h.netns == netns),
-            "port {port} not in {held:?}"
-        );
+        let mine = held
+            .iter()
+            .find(|h| h.ends.lport == port && h.ends.proto == Proto::Tcp && h.ends.netns == netns)
+            .unwrap_or_else(|| panic!("port {port} not in {held:?}"));
+        assert_eq!(mine.state, TCP_LISTEN);
+        let owner = socket_owners()[&mine.inode];
+        assert_eq!(owner.pid, std::process::id(), "this process holds it");
     }
 }

@@ -249,13 +249,47 @@ fn udp_autobind_and_release() {
 fn release_of_a_socket_held_at_start_is_preexisting() {
     let mut t = Tracker::new();
     let held = E::release(5, 0x1, 22);
-    t.set_held_at_start([HeldAtStart::of(&held.0.ends)]);
+    let sshd = task(1, "sshd");
+    let still = E::release(0, 0, 2222).0.ends;
+    t.set_held_at_start([
+        HeldAtStart { ends: held.0.ends, owner: sshd, listening: false },
+        HeldAtStart { ends: still, owner: sshd, listening: true },
+    ]);
     let (_, lts) = run(&mut t, &[held, E::release(6, 0x2, 23)]);
     assert_eq!(lts[0].origin, Origin::Preexisting);
+    assert_eq!(lts[0].owner, sshd);
     assert_eq!(lts[0].assigned_ns, None);
     assert_eq!(lts[0].released_ns, Some(5));
     assert_eq!(lts[1].origin, Origin::Unknown);
     assert_eq!(t.counters.unmatched, 1, "a release never seen assigned is counted");
+    // Still held at the end: emitted open, with its owner.
+    assert_eq!(lts[2].ends.lport, 2222);
+    assert_eq!((lts[2].origin, lts[2].released_ns, lts[2].owner), (Origin::Preexisting, None, sshd));
+    assert_eq!(lts.len(), 3);
+}
+
+#[test]
+fn accepted_sockets_of_a_listener_held_at_start_belong_to_its_owner() {
+    let mut t = Tracker::new();
+    let nginx = task(42, "nginx");
+    let listener = E::assign(0, 0, 443, Origin::Bind).0.ends;
+    t.set_held_at_start([HeldAtStart { ends: listener, owner: nginx, listening: true }]);
+    let mut child = E::assign(1, 0x5, 443, Origin::Inherited).remote(50000);
+    child.0.task = Task::default();
+    let (_, lts) = run(&mut t, &[child, E::release(2, 0x5, 443).remote(50000)]);
+    let child = lts.iter().find(|l| l.origin == Origin::Inherited).unwrap();
+    assert_eq!(child.owner, nginx);
+}
+
+#[test]
+fn time_wait_held_at_start_ends_as_a_preexisting_lifetime() {
+    let mut t = Tracker::new();
+    let tw_end = E::tw_end(9, 0xb, 40000, 80, false);
+    t.set_held_at_start([HeldAtStart { ends: tw_end.0.ends, owner: Task::default(), listening: false }]);
+    let (_, lts) = run(&mut t, &[tw_end]);
+    assert_eq!(lts.len(), 1);
+    assert_eq!((lts[0].origin, lts[0].released_ns), (Origin::Preexisting, Some(9)));
+    assert_eq!(t.counters.unmatched, 0);
 }
 
 #[test]
