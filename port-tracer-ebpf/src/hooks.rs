@@ -2,11 +2,11 @@
 //! are hooked. Both tiers call these with the function's arguments (and return value).
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use port_tracer_common::{flags, lost, EventKind, Origin, PortEvent, IPPROTO_TCP, IPPROTO_UDP};
+use port_tracer_common::{flags, lost, EventKind, Origin, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
     emit::{count_lost, emit},
-    kernel::{fill_sock, fill_task, off, read, sock_num, sock_protocol},
+    kernel::{fill_event, fill_sock, off, read, sock_num, sock_protocol},
     tcp_state,
     BINDING, CONNECTING,
 };
@@ -19,17 +19,6 @@ const EADDRNOTAVAIL: i32 = 99;
 #[inline(always)]
 fn tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
-}
-
-/// Fills an event about socket `sk` from the current task.
-#[inline(always)]
-fn fill(ev: &mut PortEvent, sk: u64, kind: EventKind, origin: Origin, proto: u8) -> Result<(), i32> {
-    fill_task(ev);
-    fill_sock(ev, sk)?;
-    ev.kind = kind as u8;
-    ev.origin = origin as u8;
-    ev.proto = proto;
-    Ok(())
 }
 
 /// `inet_bind`/`inet6_bind` entry and exit: a port 0 get_port in between is bind(0).
@@ -76,10 +65,10 @@ pub fn udp_get_port_exit(sk: u64, snum: u16, ret: i32) {
 #[inline(always)]
 fn get_port_exit(sk: u64, snum: u16, ret: i32, origin: Origin, proto: u8, errno: i32) {
     if ret == 0 {
-        emit(|ev| fill(ev, sk, EventKind::Assign, origin, proto));
+        emit(|ev| fill_event(ev, sk, EventKind::Assign, origin, proto));
     } else {
         emit(|ev| {
-            fill(ev, sk, EventKind::AllocFailure, origin, proto)?;
+            fill_event(ev, sk, EventKind::AllocFailure, origin, proto)?;
             ev.errno = errno;
             ev.lport = snum;
             Ok(())
@@ -138,7 +127,7 @@ pub fn put_port(sk: u64) {
     if sock_num(sk).unwrap_or(0) == 0 {
         return;
     }
-    emit(|ev| fill(ev, sk, EventKind::Release, Origin::Unknown, IPPROTO_TCP));
+    emit(|ev| fill_event(ev, sk, EventKind::Release, Origin::Unknown, IPPROTO_TCP));
 }
 
 /// Entry of `udp_lib_unhash(sk)`: a UDP socket gives its port back (close, disconnect).
@@ -147,7 +136,7 @@ pub fn udp_unhash(sk: u64) {
     if sock_protocol(sk) != Ok(IPPROTO_UDP) || sock_num(sk).unwrap_or(0) == 0 {
         return;
     }
-    emit(|ev| fill(ev, sk, EventKind::Release, Origin::Unknown, IPPROTO_UDP));
+    emit(|ev| fill_event(ev, sk, EventKind::Release, Origin::Unknown, IPPROTO_UDP));
 }
 
 /// `inet_twsk_hashdance_schedule` (`inet_twsk_hashdance` before 6.11): the port moves to
@@ -155,7 +144,7 @@ pub fn udp_unhash(sk: u64) {
 #[inline(always)]
 pub fn time_wait_enter(tw: u64) {
     emit(|ev| {
-        fill(ev, tw, EventKind::TimeWait, Origin::Unknown, IPPROTO_TCP)?;
+        fill_event(ev, tw, EventKind::TimeWait, Origin::Unknown, IPPROTO_TCP)?;
         ev.flags = flags::TIME_WAIT_SOCK;
         Ok(())
     });
@@ -165,7 +154,7 @@ pub fn time_wait_enter(tw: u64) {
 #[inline(always)]
 pub fn time_wait_kill(tw: u64) {
     emit(|ev| {
-        fill(ev, tw, EventKind::Release, Origin::Unknown, IPPROTO_TCP)?;
+        fill_event(ev, tw, EventKind::Release, Origin::Unknown, IPPROTO_TCP)?;
         ev.flags = flags::TIME_WAIT_SOCK;
         Ok(())
     });

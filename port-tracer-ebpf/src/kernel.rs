@@ -5,7 +5,7 @@ use aya_ebpf::helpers::{
     bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel,
     generated::bpf_get_current_task,
 };
-use port_tracer_common::{PortEvent, AF_INET, AF_INET6};
+use port_tracer_common::{EventKind, Origin, PortEvent, AF_INET, AF_INET6};
 
 /// Reads the offset field `$f` of the global `OFFSETS`.
 macro_rules! off {
@@ -73,6 +73,23 @@ pub fn fill_sock(ev: &mut PortEvent, sk: u64) -> Result<(), i32> {
     }
     let net: u64 = read(sk, off!(skc_net))?;
     ev.netns = read(net, off!(net_inum))?;
+    Ok(())
+}
+
+/// Fills an event about socket `sk` (a full or TIME_WAIT socket) from the current task.
+#[inline(always)]
+pub fn fill_event(
+    ev: &mut PortEvent,
+    sk: u64,
+    kind: EventKind,
+    origin: Origin,
+    proto: u8,
+) -> Result<(), i32> {
+    fill_task(ev);
+    fill_sock(ev, sk)?;
+    ev.kind = kind as u8;
+    ev.origin = origin as u8;
+    ev.proto = proto;
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use port_tracer_common::{
 
 use crate::{
     emit::{count_lost, emit},
-    kernel::{fill_sock, fill_task, is_inet, sock_family, sock_num, sock_of_fd, sock_protocol},
+    kernel::{fill_event, is_inet, sock_family, sock_num, sock_of_fd, sock_protocol},
     tcp_state, SYSCALLS,
 };
 
@@ -125,12 +125,7 @@ fn exit(ctx: &TracePointContext, call: Call) -> Option<(Pending, i64)> {
 /// Fills an event about `p.sk` from the current task.
 #[inline(always)]
 fn fill(ev: &mut PortEvent, p: &Pending, kind: EventKind, origin: Origin) -> Result<(), i32> {
-    fill_task(ev);
-    fill_sock(ev, p.sk)?;
-    ev.kind = kind as u8;
-    ev.origin = origin as u8;
-    ev.proto = p.proto;
-    Ok(())
+    fill_event(ev, p.sk, kind, origin, p.proto)
 }
 
 /// Reports an event about `p.sk`.

@@ -17,7 +17,7 @@ use port_tracer_common::{flags, lost, EventKind, Origin, PortEvent, IPPROTO_TCP}
 
 use crate::{
     emit::{count_lost, emit},
-    kernel::{fill_sock, fill_task, off, read, sock_num, sock_protocol},
+    kernel::{fill_event, fill_sock, off, read, sock_num, sock_protocol},
     CONNECTING,
 };
 
@@ -116,17 +116,6 @@ fn try_start_connect(sk: u64) -> Result<(), i32> {
     Ok(())
 }
 
-/// Fills an event about TCP socket `sk` from the current task.
-#[inline(always)]
-fn fill_tcp(ev: &mut PortEvent, sk: u64, kind: EventKind, origin: Origin) -> Result<(), i32> {
-    fill_task(ev);
-    fill_sock(ev, sk)?;
-    ev.kind = kind as u8;
-    ev.origin = origin as u8;
-    ev.proto = IPPROTO_TCP;
-    Ok(())
-}
-
 #[inline(always)]
 fn on_set_state(sk: u64, old: i32, new: i32) -> Result<(), i32> {
     if sock_protocol(sk)? != IPPROTO_TCP {
@@ -155,7 +144,7 @@ fn on_set_state(sk: u64, old: i32, new: i32) -> Result<(), i32> {
         let port = inet_sport(sk)?;
         if bind_hash == 0 && port != 0 {
             emit(|ev| {
-                fill_tcp(ev, sk, EventKind::Release, Origin::Unknown)?;
+                fill_event(ev, sk, EventKind::Release, Origin::Unknown, IPPROTO_TCP)?;
                 ev.lport = port;
                 Ok(())
             });
@@ -180,7 +169,7 @@ fn on_destroy(sk: u64) -> Result<(), i32> {
     // Fires just before tcp_v4_destroy_sock puts a port that CLOSE did not (bound ports).
     let bind_hash: u64 = read(sk, off!(icsk_bind_hash))?;
     if bind_hash != 0 {
-        emit(|ev| fill_tcp(ev, sk, EventKind::Release, Origin::Unknown));
+        emit(|ev| fill_event(ev, sk, EventKind::Release, Origin::Unknown, IPPROTO_TCP));
     }
     Ok(())
 }

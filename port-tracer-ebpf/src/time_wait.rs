@@ -5,11 +5,11 @@
 //! cancellation is its release.
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use port_tracer_common::{flags, EventKind, IPPROTO_TCP};
+use port_tracer_common::{flags, EventKind, Origin, IPPROTO_TCP};
 
 use crate::{
     emit::emit,
-    kernel::{fill_sock, fill_task, off, read},
+    kernel::{fill_event, off, read},
     OFFSETS,
 };
 
@@ -28,10 +28,7 @@ fn tw_of(timer: u64) -> Option<u64> {
 fn report(timer: u64, kind: EventKind, extra_flags: u8) {
     let Some(tw) = tw_of(timer) else { return };
     emit(|ev| {
-        fill_task(ev);
-        fill_sock(ev, tw)?;
-        ev.kind = kind as u8;
-        ev.proto = IPPROTO_TCP;
+        fill_event(ev, tw, kind, Origin::Unknown, IPPROTO_TCP)?;
         ev.flags = flags::TIME_WAIT_SOCK | extra_flags;
         Ok(())
     });

@@ -4,11 +4,11 @@
 //! just before the protocol unhashes it.
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::cgroup_sock, programs::SockContext};
-use port_tracer_common::{lost, EventKind, IPPROTO_UDP};
+use port_tracer_common::{lost, EventKind, Origin, IPPROTO_UDP};
 
 use crate::{
     emit::{count_lost, emit},
-    kernel::{fill_sock, fill_task, sock_num},
+    kernel::{fill_event, sock_num},
 };
 
 #[inline(always)]
@@ -23,13 +23,7 @@ fn on_release(ctx: &SockContext) -> Result<(), i32> {
     if sock_num(sk)? == 0 {
         return Ok(());
     }
-    emit(|ev| {
-        fill_task(ev);
-        fill_sock(ev, sk)?;
-        ev.kind = EventKind::Release as u8;
-        ev.proto = IPPROTO_UDP;
-        Ok(())
-    });
+    emit(|ev| fill_event(ev, sk, EventKind::Release, Origin::Unknown, IPPROTO_UDP));
     Ok(())
 }
 

@@ -37,19 +37,7 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Comm, Family};
-
-    fn ends(lport: u16) -> Endpoints {
-        Endpoints {
-            proto: Proto::Tcp,
-            family: Family::Ipv4,
-            netns: 7,
-            laddr: "127.0.0.1".parse().unwrap(),
-            lport,
-            raddr: "127.0.0.1".parse().unwrap(),
-            rport: 80,
-        }
-    }
+    use crate::{event::Comm, testing::ends};
 
     #[test]
     fn filters_match_what_they_name() {

@@ -15,3 +15,22 @@ pub mod lifetime;
 pub mod output;
 pub mod reorder;
 pub mod summary;
+
+/// Values the unit tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::event::{Endpoints, Family, Proto};
+
+    /// TCP 127.0.0.1:`lport` -> 127.0.0.1:80 in netns 7.
+    pub fn ends(lport: u16) -> Endpoints {
+        Endpoints {
+            proto: Proto::Tcp,
+            family: Family::Ipv4,
+            netns: 7,
+            laddr: "127.0.0.1".parse().unwrap(),
+            lport,
+            raddr: "127.0.0.1".parse().unwrap(),
+            rport: 80,
+        }
+    }
+}

@@ -8,7 +8,7 @@ use std::{
 };
 
 use crate::{
-    event::{Event, Kind},
+    event::{Endpoints, Event, Kind, Origin, Task},
     lifetime::{Lifetime, Output},
     summary::Summary,
 };
@@ -72,6 +72,28 @@ fn json_str(s: &str) -> String {
     serde_json::to_string(s).expect("strings serialize")
 }
 
+/// The JSONL fields every record about a socket has.
+fn json_socket(l: &mut String, e: &Endpoints, task: &Task, origin: Origin, sock_id: u64) {
+    let _ = write!(
+        l,
+        "\"proto\":\"{}\",\"family\":\"{}\",\"laddr\":\"{}\",\"lport\":{},\"raddr\":\"{}\",\"rport\":{},\"netns\":{},\"pid\":{},\"tid\":{},\"uid\":{},\"comm\":{},\"cgroup_id\":{},\"origin\":\"{}\",\"sock_id\":\"{:#x}\"",
+        e.proto.as_str(),
+        e.family.as_str(),
+        e.laddr,
+        e.lport,
+        e.raddr,
+        e.rport,
+        e.netns,
+        task.pid,
+        task.tid,
+        task.uid,
+        json_str(&task.comm.as_str()),
+        task.cgroup_id,
+        origin.as_str(),
+        sock_id,
+    );
+}
+
 fn opt(v: Option<u64>) -> String {
     v.map_or_else(|| "null".to_string(), |v| v.to_string())
 }
@@ -113,61 +135,49 @@ impl<W: Write> Sink<W> {
         }
     }
 
+    /// One aligned text line.
+    fn text_row(
+        &mut self,
+        ts_ns: u64,
+        what: &str,
+        e: &Endpoints,
+        task: &Task,
+        origin: Origin,
+        tail: &str,
+    ) -> io::Result<()> {
+        self.header()?;
+        writeln!(
+            self.out,
+            "{:<12} {:<13} {:<5} {:<28} {:<28} {:>7} {:<16} {:<14} {tail}",
+            self.clock.time_of_day(ts_ns),
+            what,
+            e.proto.as_str(),
+            endpoint(e.laddr, e.lport),
+            endpoint(e.raddr, e.rport),
+            task.pid,
+            task.comm.as_str(),
+            origin.as_str(),
+        )
+    }
+
     fn event(&mut self, ev: &Event) -> io::Result<()> {
-        let e = &ev.ends;
         match self.format {
+            // A release is shown by its lifetime line.
+            Format::Text if ev.kind == Kind::Release => Ok(()),
             Format::Text => {
-                // A release is shown by its lifetime line.
-                if ev.kind == Kind::Release {
-                    return Ok(());
-                }
-                self.header()?;
-                let what = if ev.kind == Kind::AllocFailure {
-                    errno_name(ev.errno).to_string()
-                } else {
-                    String::new()
-                };
-                writeln!(
-                    self.out,
-                    "{:<12} {:<13} {:<5} {:<28} {:<28} {:>7} {:<16} {:<14} {what}",
-                    self.clock.time_of_day(ev.ts_ns),
-                    ev.kind.as_str(),
-                    e.proto.as_str(),
-                    endpoint(e.laddr, e.lport),
-                    endpoint(e.raddr, e.rport),
-                    ev.task.pid,
-                    ev.task.comm.as_str(),
-                    ev.origin.as_str(),
-                )
+                let tail = if ev.kind == Kind::AllocFailure { errno_name(ev.errno) } else { "" };
+                self.text_row(ev.ts_ns, ev.kind.as_str(), &ev.ends, &ev.task, ev.origin, tail)
             }
             Format::Jsonl => {
                 self.line.clear();
                 let l = &mut self.line;
-                let _ = write!(
-                    l,
-                    "{{\"type\":\"{}\",\"ts_ns\":{},\"proto\":\"{}\",\"family\":\"{}\",\"laddr\":\"{}\",\"lport\":{},\"raddr\":\"{}\",\"rport\":{},\"netns\":{},\"pid\":{},\"tid\":{},\"uid\":{},\"comm\":{},\"cgroup_id\":{},\"origin\":\"{}\",\"sock_id\":\"{:#x}\"",
-                    ev.kind.as_str(),
-                    ev.ts_ns,
-                    e.proto.as_str(),
-                    e.family.as_str(),
-                    e.laddr,
-                    e.lport,
-                    e.raddr,
-                    e.rport,
-                    e.netns,
-                    ev.task.pid,
-                    ev.task.tid,
-                    ev.task.uid,
-                    json_str(&ev.task.comm.as_str()),
-                    ev.task.cgroup_id,
-                    ev.origin.as_str(),
-                    ev.sock_id,
-                );
+                let _ = write!(l, "{{\"type\":\"{}\",\"ts_ns\":{},", ev.kind.as_str(), ev.ts_ns);
+                json_socket(l, &ev.ends, &ev.task, ev.origin, ev.sock_id);
                 if ev.kind == Kind::AllocFailure {
                     let _ = write!(l, ",\"errno\":{},\"error\":\"{}\"", ev.errno, errno_name(ev.errno));
                 }
                 if ev.time_wait_sock {
-                    let _ = write!(l, ",\"time_wait_sock\":true");
+                    l.push_str(",\"time_wait_sock\":true");
                 }
                 l.push_str("}\n");
                 self.out.write_all(self.line.as_bytes())
@@ -176,11 +186,9 @@ impl<W: Write> Sink<W> {
     }
 
     fn lifetime(&mut self, lt: &Lifetime) -> io::Result<()> {
-        let e = &lt.ends;
         match self.format {
             Format::Text => {
-                self.header()?;
-                let (event, ts) = match lt.released_ns {
+                let (what, ts) = match lt.released_ns {
                     Some(ts) => ("release", ts),
                     None => ("still-held", lt.assigned_ns.unwrap_or(0)),
                 };
@@ -198,44 +206,22 @@ impl<W: Write> Sink<W> {
                 if lt.lossy {
                     held.push_str(" [events lost]");
                 }
-                writeln!(
-                    self.out,
-                    "{:<12} {:<13} {:<5} {:<28} {:<28} {:>7} {:<16} {:<14} {held}",
-                    self.clock.time_of_day(ts),
-                    event,
-                    e.proto.as_str(),
-                    endpoint(e.laddr, e.lport),
-                    endpoint(e.raddr, e.rport),
-                    lt.owner.pid,
-                    lt.owner.comm.as_str(),
-                    lt.origin.as_str(),
-                )
+                self.text_row(ts, what, &lt.ends, &lt.owner, lt.origin, &held)
             }
             Format::Jsonl => {
                 self.line.clear();
+                let l = &mut self.line;
+                l.push_str("{\"type\":\"lifetime\",");
+                json_socket(l, &lt.ends, &lt.owner, lt.origin, lt.sock_id);
                 let _ = writeln!(
-                    self.line,
-                    "{{\"type\":\"lifetime\",\"proto\":\"{}\",\"family\":\"{}\",\"laddr\":\"{}\",\"lport\":{},\"raddr\":\"{}\",\"rport\":{},\"netns\":{},\"pid\":{},\"tid\":{},\"uid\":{},\"comm\":{},\"cgroup_id\":{},\"origin\":\"{}\",\"assigned_ns\":{},\"released_ns\":{},\"duration_ns\":{},\"time_wait_start_ns\":{},\"time_wait_ns\":{},\"lossy\":{},\"sock_id\":\"{:#x}\"}}",
-                    e.proto.as_str(),
-                    e.family.as_str(),
-                    e.laddr,
-                    e.lport,
-                    e.raddr,
-                    e.rport,
-                    e.netns,
-                    lt.owner.pid,
-                    lt.owner.tid,
-                    lt.owner.uid,
-                    json_str(&lt.owner.comm.as_str()),
-                    lt.owner.cgroup_id,
-                    lt.origin.as_str(),
+                    l,
+                    ",\"assigned_ns\":{},\"released_ns\":{},\"duration_ns\":{},\"time_wait_start_ns\":{},\"time_wait_ns\":{},\"lossy\":{}}}",
                     opt(lt.assigned_ns),
                     opt(lt.released_ns),
                     opt(lt.duration_ns()),
                     opt(lt.time_wait_ns_start),
                     opt(lt.time_wait_ns()),
                     lt.lossy,
-                    lt.sock_id,
                 );
                 self.out.write_all(self.line.as_bytes())
             }
@@ -321,19 +307,7 @@ pub fn errno_name(errno: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Comm, Endpoints, Family, Origin, Proto, Task};
-
-    fn ends(lport: u16) -> Endpoints {
-        Endpoints {
-            proto: Proto::Tcp,
-            family: Family::Ipv4,
-            netns: 7,
-            laddr: "127.0.0.1".parse().unwrap(),
-            lport,
-            raddr: "127.0.0.1".parse().unwrap(),
-            rport: 80,
-        }
-    }
+    use crate::{event::Comm, testing::ends};
 
     #[test]
     fn jsonl_lifetime_has_the_schema_fields() {
