@@ -1,14 +1,13 @@
 //! What the fentry and kprobe tiers do at each kernel function, independent of how they
 //! are hooked. Both tiers call these with the function's arguments (and return value).
 
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use port_tracer_common::{flags, lost, EventKind, Origin, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
     emit::{count_lost, emit},
-    kernel::{fill_event, fill_sock, off, read, sock_num, sock_protocol},
-    tcp_state,
-    BINDING, CONNECTING,
+    kernel::{fill_event, off, read, sock_num, sock_protocol},
+    tcp_state, BINDING, CONNECTING,
 };
 
 const TCP_LISTEN: u8 = 10;
@@ -38,7 +37,9 @@ pub fn bind_exit() {
 #[inline(always)]
 pub fn tcp_get_port_exit(sk: u64, snum: u16, ret: i32) {
     // listen() sets LISTEN before it (re)takes the port.
-    let listening = read::<u8>(sk, off!(skc_state)).map(|s| s == TCP_LISTEN).unwrap_or(false);
+    let listening = read::<u8>(sk, off!(skc_state))
+        .map(|s| s == TCP_LISTEN)
+        .unwrap_or(false);
     let origin = match (snum, listening) {
         (0, true) => Origin::Autobind,
         (0, false) => Origin::BindEphemeral,
@@ -91,7 +92,9 @@ pub fn hash_connect_exit(sk: u64, ret: i32) {
         tcp_state::finish_connect(sk);
         return;
     }
-    let Some(c) = (unsafe { CONNECTING.get(sk) }).copied() else { return };
+    let Some(c) = (unsafe { CONNECTING.get(sk) }).copied() else {
+        return;
+    };
     let _ = CONNECTING.remove(sk);
     if ret != -EADDRNOTAVAIL {
         return;
@@ -110,15 +113,7 @@ pub fn inherit_port_exit(child: u64, ret: i32) {
     if ret != 0 {
         return;
     }
-    // Runs in softirq: userspace takes the owner from the listener.
-    emit(|ev| {
-        fill_sock(ev, child)?;
-        ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-        ev.kind = EventKind::Assign as u8;
-        ev.origin = Origin::Inherited as u8;
-        ev.proto = IPPROTO_TCP;
-        Ok(())
-    });
+    tcp_state::report_accepted(child);
 }
 
 /// Entry of `inet_put_port(sk)`: a TCP socket gives its port back.

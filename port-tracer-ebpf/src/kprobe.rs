@@ -34,7 +34,10 @@ fn key(f: Func) -> u64 {
 }
 
 fn keep(f: Func, sk: Option<u64>, arg: Option<u64>) {
-    let args = ProbeArgs { sk: sk.unwrap_or(0), arg: arg.unwrap_or(0) };
+    let args = ProbeArgs {
+        sk: sk.unwrap_or(0),
+        arg: arg.unwrap_or(0),
+    };
     if PROBE_ARGS.insert(key(f), args, 0).is_err() {
         count_lost(lost::MAP_FULL);
     }

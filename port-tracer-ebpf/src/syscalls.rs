@@ -160,8 +160,14 @@ pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
-    let Some((p, ret)) = exit(&ctx, Call::Bind) else { return 0 };
-    let origin = if p.port == 0 { Origin::BindEphemeral } else { Origin::Bind };
+    let Some((p, ret)) = exit(&ctx, Call::Bind) else {
+        return 0;
+    };
+    let origin = if p.port == 0 {
+        Origin::BindEphemeral
+    } else {
+        Origin::Bind
+    };
     if ret == 0 {
         // With IP_BIND_ADDRESS_NO_PORT, bind(0) takes no port: connect will.
         if sock_num(p.sk).unwrap_or(0) == 0 {
@@ -182,7 +188,9 @@ pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
-    let Some((p, ret)) = exit(&ctx, Call::Listen) else { return 0 };
+    let Some((p, ret)) = exit(&ctx, Call::Listen) else {
+        return 0;
+    };
     if ret == 0 {
         report(&p, EventKind::Assign, Origin::Autobind);
     } else if ret == -EADDRINUSE {
@@ -200,7 +208,9 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    let Some((p, ret)) = exit(&ctx, Call::Connect) else { return 0 };
+    let Some((p, ret)) = exit(&ctx, Call::Connect) else {
+        return 0;
+    };
     if p.proto == IPPROTO_TCP {
         if ret == -EADDRNOTAVAIL {
             failure(&p, Origin::Connect, EADDRNOTAVAIL, false);
@@ -244,7 +254,9 @@ fn enter_send(ctx: &TracePointContext) -> u32 {
 }
 
 fn exit_send(ctx: &TracePointContext) -> u32 {
-    let Some((p, ret)) = exit(ctx, Call::Send) else { return 0 };
+    let Some((p, ret)) = exit(ctx, Call::Send) else {
+        return 0;
+    };
     if sock_num(p.sk).unwrap_or(0) != 0 {
         report(&p, EventKind::Assign, Origin::Autobind);
     } else if ret == -EAGAIN {

@@ -52,7 +52,9 @@ fn inet_sport(sk: u64) -> Result<u16, i32> {
 /// Reports the port connect gave `sk`, once, from whichever hook sees it first.
 #[inline(always)]
 pub fn finish_connect(sk: u64) {
-    let Some(c) = (unsafe { CONNECTING.get(sk) }).copied() else { return };
+    let Some(c) = (unsafe { CONNECTING.get(sk) }).copied() else {
+        return;
+    };
     if CONNECTING.remove(sk).is_err() {
         return; // another CPU reported it
     }
@@ -116,6 +118,20 @@ fn try_start_connect(sk: u64) -> Result<(), i32> {
     Ok(())
 }
 
+/// An accepted socket `sk` shares its listener's port. This runs in softirq, where the
+/// current task is not the owner: userspace takes the owner from the listener.
+#[inline(always)]
+pub fn report_accepted(sk: u64) {
+    emit(|ev| {
+        fill_sock(ev, sk)?;
+        ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+        ev.kind = EventKind::Assign as u8;
+        ev.origin = Origin::Inherited as u8;
+        ev.proto = IPPROTO_TCP;
+        Ok(())
+    });
+}
+
 #[inline(always)]
 fn on_set_state(sk: u64, old: i32, new: i32) -> Result<(), i32> {
     if sock_protocol(sk)? != IPPROTO_TCP {
@@ -129,16 +145,8 @@ fn on_set_state(sk: u64, old: i32, new: i32) -> Result<(), i32> {
         finish_connect(sk);
     }
     if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
-        // An accepted socket, now with both addresses set. This runs in softirq: the task is
-        // not the owner, so userspace takes the owner from the listener.
-        emit(|ev| {
-            fill_sock(ev, sk)?;
-            ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-            ev.kind = EventKind::Assign as u8;
-            ev.origin = Origin::Inherited as u8;
-            ev.proto = IPPROTO_TCP;
-            Ok(())
-        });
+        // An accepted socket, now with both addresses set.
+        report_accepted(sk);
     } else if new == TCP_CLOSE && old != TCP_CLOSE {
         let bind_hash: u64 = read(sk, off!(icsk_bind_hash))?;
         let port = inet_sport(sk)?;

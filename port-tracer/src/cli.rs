@@ -88,9 +88,13 @@ impl From<ProtoArg> for Proto {
 /// "20" (seconds), "500ms", "10s", "2m", "1h".
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration `{s}`: expected e.g. 20, 10s, 2m"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration `{s}`: expected e.g. 20, 10s, 2m"))?;
     let secs = match unit {
         "" | "s" => n,
         "ms" => n / 1000.0,
@@ -106,7 +110,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// "8080" or "32768-60999".
 pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
-    let port = |p: &str| p.trim().parse::<u16>().map_err(|_| format!("invalid port `{p}`: expected 0-65535"));
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("invalid port `{p}`: expected 0-65535"))
+    };
     let (lo, hi) = match s.split_once('-') {
         Some((a, b)) => (port(a)?, port(b)?),
         None => {

@@ -18,10 +18,10 @@ use crate::{
     cli::Args,
     clock::monotonic_ns,
     event::Event,
-    kernel::{self, held, Kernel, LoadOptions},
-    lifetime::Tracker,
     filter::Filter,
+    kernel::{self, held, Kernel, LoadOptions},
     lifetime::Output,
+    lifetime::Tracker,
     output::{Sink, WallClock},
     reorder::Reorderer,
     summary::{Lost, Stats, Summary},
@@ -94,7 +94,12 @@ impl<W: Write> Pipeline<W> {
 
     /// Processes what is old enough to be in order (`None`: everything, at the end).
     fn process(&mut self, now_ns: Option<u64>) {
-        let Pipeline { reorder, tracker, shown, .. } = self;
+        let Pipeline {
+            reorder,
+            tracker,
+            shown,
+            ..
+        } = self;
         let mut emit = |o: Output| shown.take(o);
         match now_ns {
             Some(now) => {
@@ -158,7 +163,11 @@ pub async fn run(args: Args) -> Result<()> {
         shown: Shown {
             filter,
             stats: Stats::default(),
-            sink: Sink::new(BufWriter::with_capacity(1 << 16, out), args.format, WallClock::now()),
+            sink: Sink::new(
+                BufWriter::with_capacity(1 << 16, out),
+                args.format,
+                WallClock::now(),
+            ),
             write_error: None,
         },
         undecodable: 0,
@@ -168,7 +177,11 @@ pub async fn run(args: Args) -> Result<()> {
     // Before saying we trace: a signal from then on must end the run cleanly.
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let tw_note = if kernel.time_wait_traced { "" } else { " (TIME_WAIT not traced: tw_timer_handler not in /proc/kallsyms)" };
+    let tw_note = if kernel.time_wait_traced {
+        ""
+    } else {
+        " (TIME_WAIT not traced: tw_timer_handler not in /proc/kallsyms)"
+    };
     for (tier, why) in &kernel.passed_over {
         eprintln!("port-tracer: the {tier} tier does not work here: {why}");
     }

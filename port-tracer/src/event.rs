@@ -74,7 +74,10 @@ impl Origin {
 
     /// Whether this origin takes a port from the kernel (accepted sockets share one).
     pub fn is_allocation(self) -> bool {
-        !matches!(self, Origin::Inherited | Origin::Preexisting | Origin::Unknown)
+        !matches!(
+            self,
+            Origin::Inherited | Origin::Preexisting | Origin::Unknown
+        )
     }
 
     fn from_raw(o: RawOrigin) -> Self {

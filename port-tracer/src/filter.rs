@@ -19,7 +19,9 @@ impl Filter {
     pub fn matches(&self, ends: &Endpoints, task: &Task) -> bool {
         self.pid.is_none_or(|p| p == task.pid)
             && self.comm.as_deref().is_none_or(|c| c == task.comm.as_str())
-            && self.ports.is_none_or(|(lo, hi)| (lo..=hi).contains(&ends.lport))
+            && self
+                .ports
+                .is_none_or(|(lo, hi)| (lo..=hi).contains(&ends.lport))
             && self.proto.is_none_or(|p| p == ends.proto)
             && self.netns.is_none_or(|n| n == ends.netns)
     }
@@ -41,11 +43,21 @@ mod tests {
 
     #[test]
     fn filters_match_what_they_name() {
-        let task = Task { pid: 5, comm: Comm::new("curl"), ..Default::default() };
-        let f = Filter { ports: Some((100, 200)), ..Default::default() };
+        let task = Task {
+            pid: 5,
+            comm: Comm::new("curl"),
+            ..Default::default()
+        };
+        let f = Filter {
+            ports: Some((100, 200)),
+            ..Default::default()
+        };
         assert!(f.matches(&ends(150), &task));
         assert!(!f.matches(&ends(201), &task));
-        let f = Filter { pid: Some(6), ..Default::default() };
+        let f = Filter {
+            pid: Some(6),
+            ..Default::default()
+        };
         assert!(!f.matches(&ends(1), &task));
         let f = Filter {
             comm: Some("curl".into()),
@@ -54,7 +66,10 @@ mod tests {
             ..Default::default()
         };
         assert!(f.matches(&ends(1), &task));
-        let f = Filter { proto: Some(Proto::Udp), ..Default::default() };
+        let f = Filter {
+            proto: Some(Proto::Udp),
+            ..Default::default()
+        };
         assert!(!f.matches(&ends(1), &task));
     }
 }

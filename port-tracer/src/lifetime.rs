@@ -151,7 +151,8 @@ impl Tracker {
     pub fn set_held_at_start(&mut self, held: impl IntoIterator<Item = HeldAtStart>) {
         for h in held {
             if h.listening {
-                self.held_listeners.insert((h.ends.netns, h.ends.lport), h.owner);
+                self.held_listeners
+                    .insert((h.ends.netns, h.ends.lport), h.owner);
             }
             self.held_at_start.insert(HeldKey::of(&h.ends), h);
         }
@@ -184,7 +185,9 @@ impl Tracker {
     }
 
     fn get(&mut self, id: Id) -> &mut Lifetime {
-        self.slots[id].as_mut().expect("index points at an open lifetime")
+        self.slots[id]
+            .as_mut()
+            .expect("index points at an open lifetime")
     }
 
     /// Adds `id` to the endpoint indexes its lifetime belongs in.
@@ -229,13 +232,20 @@ impl Tracker {
     /// `ev` attributed to the owner and origin of lifetime `id`.
     fn attributed(&mut self, id: Id, ev: &Event) -> Event {
         let lt = self.get(id);
-        Event { task: lt.owner, origin: lt.origin, ..*ev }
+        Event {
+            task: lt.owner,
+            origin: lt.origin,
+            ..*ev
+        }
     }
 
     /// A lifetime for a socket seen only at its end: held at start, or missed.
     fn unseen(&mut self, ev: &Event) -> Lifetime {
         match self.held_at_start.remove(&HeldKey::of(&ev.ends)) {
-            Some(h) => Lifetime { sock_id: ev.sock_id, ..h.lifetime() },
+            Some(h) => Lifetime {
+                sock_id: ev.sock_id,
+                ..h.lifetime()
+            },
             None => {
                 self.counters.unmatched += 1;
                 Lifetime {

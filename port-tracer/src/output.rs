@@ -32,7 +32,9 @@ impl WallClock {
     pub fn now() -> Self {
         let mono = crate::clock::monotonic_ns() as i128;
         let real = crate::clock::realtime_ns() as i128;
-        WallClock { offset_ns: real - mono }
+        WallClock {
+            offset_ns: real - mono,
+        }
     }
 
     pub fn wall_ns(&self, mono_ns: u64) -> i128 {
@@ -46,7 +48,10 @@ impl WallClock {
         let ms = (wall.rem_euclid(1_000_000_000) / 1_000_000) as u32;
         let mut tm: libc::tm = unsafe { std::mem::zeroed() };
         unsafe { libc::localtime_r(&secs, &mut tm) };
-        format!("{:02}:{:02}:{:02}.{ms:03}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+        format!(
+            "{:02}:{:02}:{:02}.{ms:03}",
+            tm.tm_hour, tm.tm_min, tm.tm_sec
+        )
     }
 }
 
@@ -109,7 +114,13 @@ pub struct Sink<W: Write> {
 
 impl<W: Write> Sink<W> {
     pub fn new(out: W, format: Format, clock: WallClock) -> Self {
-        Sink { out, format, clock, header_done: false, line: String::with_capacity(512) }
+        Sink {
+            out,
+            format,
+            clock,
+            header_done: false,
+            line: String::with_capacity(512),
+        }
     }
 
     pub fn into_inner(self) -> W {
@@ -165,16 +176,37 @@ impl<W: Write> Sink<W> {
             // A release is shown by its lifetime line.
             Format::Text if ev.kind == Kind::Release => Ok(()),
             Format::Text => {
-                let tail = if ev.kind == Kind::AllocFailure { errno_name(ev.errno) } else { "" };
-                self.text_row(ev.ts_ns, ev.kind.as_str(), &ev.ends, &ev.task, ev.origin, tail)
+                let tail = if ev.kind == Kind::AllocFailure {
+                    errno_name(ev.errno)
+                } else {
+                    ""
+                };
+                self.text_row(
+                    ev.ts_ns,
+                    ev.kind.as_str(),
+                    &ev.ends,
+                    &ev.task,
+                    ev.origin,
+                    tail,
+                )
             }
             Format::Jsonl => {
                 self.line.clear();
                 let l = &mut self.line;
-                let _ = write!(l, "{{\"type\":\"{}\",\"ts_ns\":{},", ev.kind.as_str(), ev.ts_ns);
+                let _ = write!(
+                    l,
+                    "{{\"type\":\"{}\",\"ts_ns\":{},",
+                    ev.kind.as_str(),
+                    ev.ts_ns
+                );
                 json_socket(l, &ev.ends, &ev.task, ev.origin, ev.sock_id);
                 if ev.kind == Kind::AllocFailure {
-                    let _ = write!(l, ",\"errno\":{},\"error\":\"{}\"", ev.errno, errno_name(ev.errno));
+                    let _ = write!(
+                        l,
+                        ",\"errno\":{},\"error\":\"{}\"",
+                        ev.errno,
+                        errno_name(ev.errno)
+                    );
                 }
                 if ev.time_wait_sock {
                     l.push_str(",\"time_wait_sock\":true");
@@ -196,7 +228,9 @@ impl<W: Write> Sink<W> {
                     (Some(d), _) => human_duration(d),
                     (None, Some(_)) => "since before start".to_string(),
                     (None, None) => match lt.time_wait_ns_start {
-                        Some(tw) => format!("open, in time-wait since {}", self.clock.time_of_day(tw)),
+                        Some(tw) => {
+                            format!("open, in time-wait since {}", self.clock.time_of_day(tw))
+                        }
                         None => "open".to_string(),
                     },
                 };
@@ -256,8 +290,12 @@ impl<W: Write> Sink<W> {
                     "  lifetimes: {} ended, {} still held; {} allocations",
                     c.lifetimes_ended, c.lifetimes_open, c.allocations
                 )?;
-                let reasons: Vec<String> =
-                    s.lost.by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                let reasons: Vec<String> = s
+                    .lost
+                    .by_reason
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect();
                 writeln!(
                     self.out,
                     "  lost events: {} ({}, undecodable {})",
@@ -281,7 +319,12 @@ impl<W: Write> Sink<W> {
                 if !s.lifetime_histogram.is_empty() {
                     writeln!(self.out, "  lifetime distribution:")?;
                     for b in &s.lifetime_histogram {
-                        writeln!(self.out, "    < {:>10} {:>8}", human_duration(b.lt_ns), b.count)?;
+                        writeln!(
+                            self.out,
+                            "    < {:>10} {:>8}",
+                            human_duration(b.lt_ns),
+                            b.count
+                        )?;
                     }
                 }
                 Ok(())
@@ -313,7 +356,11 @@ mod tests {
     fn jsonl_lifetime_has_the_schema_fields() {
         let lt = Lifetime {
             ends: ends(40000),
-            owner: Task { pid: 9, comm: Comm::new("a\"b"), ..Default::default() },
+            owner: Task {
+                pid: 9,
+                comm: Comm::new("a\"b"),
+                ..Default::default()
+            },
             origin: Origin::Connect,
             sock_id: 0x10,
             assigned_ns: Some(100),

@@ -18,7 +18,12 @@ pub struct Reorderer {
 
 impl Reorderer {
     pub fn new(delay_ns: u64) -> Self {
-        Reorderer { buf: Vec::new(), delay_ns, released_up_to: 0, late: 0 }
+        Reorderer {
+            buf: Vec::new(),
+            delay_ns,
+            released_up_to: 0,
+            late: 0,
+        }
     }
 
     pub fn push(&mut self, ev: Event) {

@@ -45,7 +45,10 @@ impl Log2Histogram {
             .iter()
             .enumerate()
             .filter(|(_, &c)| c > 0)
-            .map(|(i, &count)| Bucket { lt_ns: 1u64.checked_shl(i as u32).unwrap_or(u64::MAX), count })
+            .map(|(i, &count)| Bucket {
+                lt_ns: 1u64.checked_shl(i as u32).unwrap_or(u64::MAX),
+                count,
+            })
             .collect()
     }
 }
@@ -81,7 +84,10 @@ impl Stats {
                         self.assign += 1;
                         if ev.origin.is_allocation() {
                             self.allocations += 1;
-                            *self.allocations_by_task.entry((ev.task.pid, ev.task.comm)).or_default() += 1;
+                            *self
+                                .allocations_by_task
+                                .entry((ev.task.pid, ev.task.comm))
+                                .or_default() += 1;
                         }
                     }
                     Kind::RemoteUpdate => self.remote_update += 1,

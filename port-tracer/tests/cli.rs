@@ -24,7 +24,14 @@ fn help_explains_the_tool() {
     let out = tracer().arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    for word in ["--format", "--duration", "--port", "--attach", "TIME_WAIT", "jsonl"] {
+    for word in [
+        "--format",
+        "--duration",
+        "--port",
+        "--attach",
+        "TIME_WAIT",
+        "jsonl",
+    ] {
         assert!(text.contains(word), "--help lacks {word}");
     }
 }
@@ -43,8 +50,13 @@ fn unknown_flag_values_are_refused() {
 fn not_root_is_refused_with_a_clear_message() {
     let mut cmd = if support::is_root() {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
-            .arg(env!("CARGO_BIN_EXE_port-tracer"));
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_port-tracer"));
         c
     } else {
         tracer()
@@ -55,15 +67,29 @@ fn not_root_is_refused_with_a_clear_message() {
 
 #[test]
 fn unwritable_output_file_is_refused() {
-    let out = tracer().args(["--output", "/nonexistent-dir/trace.jsonl"]).output().unwrap();
-    assert_clean_error(&out, 1, "cannot create output file /nonexistent-dir/trace.jsonl");
+    let out = tracer()
+        .args(["--output", "/nonexistent-dir/trace.jsonl"])
+        .output()
+        .unwrap();
+    assert_clean_error(
+        &out,
+        1,
+        "cannot create output file /nonexistent-dir/trace.jsonl",
+    );
 }
 
 #[test]
 fn full_disk_is_reported() {
     require_root!();
     let out = tracer()
-        .args(["--format", "jsonl", "--duration", "1", "--output", "/dev/full"])
+        .args([
+            "--format",
+            "jsonl",
+            "--duration",
+            "1",
+            "--output",
+            "/dev/full",
+        ])
         .output()
         .unwrap();
     assert_clean_error(&out, 1, "No space left on device");

@@ -56,7 +56,10 @@ fn tcp_listen_without_bind_autobinds() {
         assert_eq!(libc::listen(fd, 8), 0);
         let mut sa: libc::sockaddr_in = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::sockaddr_in>() as u32;
-        assert_eq!(libc::getsockname(fd, (&mut sa as *mut libc::sockaddr_in).cast(), &mut len), 0);
+        assert_eq!(
+            libc::getsockname(fd, (&mut sa as *mut libc::sockaddr_in).cast(), &mut len),
+            0
+        );
         libc::close(fd);
         u16::from_be(sa.sin_port)
     };
@@ -88,20 +91,40 @@ fn tcp_connect_accept_and_passive_close() {
     assert_eq!(client["raddr"], "127.0.0.1");
     assert_eq!(client["rport"], server_port);
     assert!(client["time_wait_ns"].is_null());
-    assert!(!client["released_ns"].is_null(), "the client's port is released at close");
+    assert!(
+        !client["released_ns"].is_null(),
+        "the client's port is released at close"
+    );
     assert_owned_by_me(client);
 
     let server = t.lifetimes("tcp", server_port);
-    let child = server.iter().find(|l| l["origin"] == "inherited").expect("accepted socket");
+    let child = server
+        .iter()
+        .find(|l| l["origin"] == "inherited")
+        .expect("accepted socket");
     assert_eq!(child["rport"], client_port);
-    assert_eq!(child["pid"], my_pid(), "the listener's owner owns its accepted sockets");
-    assert!(!child["time_wait_start_ns"].is_null(), "active close puts the child in TIME_WAIT");
-    let listener = server.iter().find(|l| l["origin"] == "bind_ephemeral").expect("listener");
+    assert_eq!(
+        child["pid"],
+        my_pid(),
+        "the listener's owner owns its accepted sockets"
+    );
+    assert!(
+        !child["time_wait_start_ns"].is_null(),
+        "active close puts the child in TIME_WAIT"
+    );
+    let listener = server
+        .iter()
+        .find(|l| l["origin"] == "bind_ephemeral")
+        .expect("listener");
     assert!(!listener["released_ns"].is_null());
     // Ordering: the listener exists before the connection, which exists before its close.
     assert!(listener["assigned_ns"].as_u64() < client["assigned_ns"].as_u64());
     assert!(client["assigned_ns"].as_u64() <= child["assigned_ns"].as_u64());
-    assert_eq!(t.summary()["counters"]["allocations"], 2, "accepted sockets are not allocations");
+    assert_eq!(
+        t.summary()["counters"]["allocations"],
+        2,
+        "accepted sockets are not allocations"
+    );
 }
 
 #[test]
@@ -132,9 +155,13 @@ fn tcp_active_close_holds_the_port_in_time_wait_until_it_dies() {
     assert_eq!(client["netns"], netns);
     assert_eq!(client["origin"], "connect");
     assert_eq!(client["rport"], server_port);
-    let tw_start = client["time_wait_start_ns"].as_u64().expect("entered TIME_WAIT");
+    let tw_start = client["time_wait_start_ns"]
+        .as_u64()
+        .expect("entered TIME_WAIT");
     let assigned = client["assigned_ns"].as_u64().unwrap();
-    let released = client["released_ns"].as_u64().expect("TIME_WAIT ended with the netns");
+    let released = client["released_ns"]
+        .as_u64()
+        .expect("TIME_WAIT ended with the netns");
     assert!(assigned < tw_start && tw_start < released);
     assert_eq!(client["time_wait_ns"].as_u64(), Some(released - tw_start));
     assert_eq!(t.events("time_wait", "tcp", client_port).len(), 1);
@@ -182,7 +209,10 @@ fn local_port(fd: i32) -> u16 {
     unsafe {
         let mut sa: libc::sockaddr_in = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::sockaddr_in>() as u32;
-        assert_eq!(libc::getsockname(fd, (&mut sa as *mut libc::sockaddr_in).cast(), &mut len), 0);
+        assert_eq!(
+            libc::getsockname(fd, (&mut sa as *mut libc::sockaddr_in).cast(), &mut len),
+            0
+        );
         u16::from_be(sa.sin_port)
     }
 }
@@ -203,7 +233,14 @@ fn udp_autobind_by_sendto() {
     let fd = unbound_udp();
     let sa = loopback(sink.local_addr().unwrap().port());
     let n = unsafe {
-        libc::sendto(fd, b"x".as_ptr().cast(), 1, 0, (&sa as *const libc::sockaddr_in).cast(), 16)
+        libc::sendto(
+            fd,
+            b"x".as_ptr().cast(),
+            1,
+            0,
+            (&sa as *const libc::sockaddr_in).cast(),
+            16,
+        )
     };
     assert_eq!(n, 1);
     let port = local_port(fd);
@@ -321,7 +358,10 @@ fn eaddrnotavail_when_the_ephemeral_range_is_exhausted() {
                 }
             }
         }
-        let ports: Vec<u16> = held.iter().map(|c| c.local_addr().unwrap().port()).collect();
+        let ports: Vec<u16> = held
+            .iter()
+            .map(|c| c.local_addr().unwrap().port())
+            .collect();
         for c in held {
             reset_close(c);
         }
@@ -366,7 +406,9 @@ fn burst_of_10000_connections_loses_nothing() {
     assert_eq!(summary["tracker"]["unmatched"], 0, "{summary}");
     let mut connect_lifetimes = std::collections::HashMap::new();
     for lt in t.of_type("lifetime").filter(|l| l["origin"] == "connect") {
-        *connect_lifetimes.entry(lt["lport"].as_u64().unwrap() as u16).or_insert(0u32) += 1;
+        *connect_lifetimes
+            .entry(lt["lport"].as_u64().unwrap() as u16)
+            .or_insert(0u32) += 1;
         assert!(!lt["released_ns"].is_null(), "{lt}");
         assert!(lt["duration_ns"].as_u64().is_some());
     }
@@ -374,8 +416,14 @@ fn burst_of_10000_connections_loses_nothing() {
     for p in &client_ports {
         *expected.entry(*p).or_insert(0u32) += 1;
     }
-    assert_eq!(connect_lifetimes, expected, "every client port, as often as the kernel gave it");
-    let inherited = t.of_type("lifetime").filter(|l| l["origin"] == "inherited").count();
+    assert_eq!(
+        connect_lifetimes, expected,
+        "every client port, as often as the kernel gave it"
+    );
+    let inherited = t
+        .of_type("lifetime")
+        .filter(|l| l["origin"] == "inherited")
+        .count();
     assert_eq!(inherited, 10_000);
 }
 
@@ -390,7 +438,9 @@ fn sockets_held_before_start_are_preexisting_when_released() {
     let worker = std::thread::spawn(move || {
         let netns = enter_new_netns();
         let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-        to_main.send((netns, u.local_addr().unwrap().port())).unwrap();
+        to_main
+            .send((netns, u.local_addr().unwrap().port()))
+            .unwrap();
         from_main.recv().unwrap();
         drop(u);
     });
@@ -414,12 +464,22 @@ fn sockets_held_before_start_are_preexisting_when_released() {
     assert!(!lt["released_ns"].is_null());
     assert_eq!(lt["pid"], my_pid(), "the owner comes from /proc/PID/fd");
     let kept_lts = t.lifetimes("tcp", kept_port);
-    let listener = kept_lts.iter().find(|l| l["origin"] == "preexisting").expect("still held");
+    let listener = kept_lts
+        .iter()
+        .find(|l| l["origin"] == "preexisting")
+        .expect("still held");
     assert!(listener["released_ns"].is_null());
     assert_eq!(listener["pid"], my_pid());
-    let child = kept_lts.iter().find(|l| l["origin"] == "inherited").expect("accepted socket");
+    let child = kept_lts
+        .iter()
+        .find(|l| l["origin"] == "inherited")
+        .expect("accepted socket");
     assert_eq!(child["rport"], client_port);
-    assert_eq!(child["pid"], my_pid(), "accepted on a listener held at start");
+    assert_eq!(
+        child["pid"],
+        my_pid(),
+        "accepted on a listener held at start"
+    );
     drop(kept);
     let lt = t
         .lifetimes("udp", udp_port)
@@ -431,7 +491,13 @@ fn sockets_held_before_start_are_preexisting_when_released() {
 
 fn set_int_opt(fd: i32, level: i32, opt: i32, v: i32) {
     let rc = unsafe {
-        libc::setsockopt(fd, level, opt, (&v as *const i32).cast(), std::mem::size_of::<i32>() as u32)
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&v as *const i32).cast(),
+            std::mem::size_of::<i32>() as u32,
+        )
     };
     assert_eq!(rc, 0, "setsockopt {opt}");
 }
@@ -446,10 +512,16 @@ fn bind_address_no_port_then_connect_is_one_connect_lifetime() {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
         set_int_opt(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1);
         let any = loopback(0);
-        assert_eq!(libc::bind(fd, (&any as *const libc::sockaddr_in).cast(), 16), 0);
+        assert_eq!(
+            libc::bind(fd, (&any as *const libc::sockaddr_in).cast(), 16),
+            0
+        );
         assert_eq!(local_port(fd), 0, "no port yet");
         let sa = loopback(server);
-        assert_eq!(libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), 16), 0);
+        assert_eq!(
+            libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), 16),
+            0
+        );
         let port = local_port(fd);
         libc::close(fd);
         port
@@ -459,7 +531,10 @@ fn bind_address_no_port_then_connect_is_one_connect_lifetime() {
     let lt = t.lifetime("tcp", port);
     assert_eq!(lt["origin"], "connect");
     assert_eq!(lt["rport"], server);
-    assert!(t.events("assign", "tcp", 0).is_empty(), "no assignment of port 0");
+    assert!(
+        t.events("assign", "tcp", 0).is_empty(),
+        "no assignment of port 0"
+    );
     assert_eq!(t.summary()["tracker"]["release_missing"], 0);
 }
 
@@ -473,7 +548,10 @@ fn so_reuseport_sockets_each_have_a_lifetime() {
             let fd = unbound_udp();
             set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1);
             let sa = loopback(port);
-            assert_eq!(libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), 16), 0);
+            assert_eq!(
+                libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), 16),
+                0
+            );
             fd
         })
         .collect();
@@ -483,6 +561,8 @@ fn so_reuseport_sockets_each_have_a_lifetime() {
     let t = tracer.stop();
     let lts = t.lifetimes("udp", port);
     assert_eq!(lts.len(), 2, "{lts:#?}");
-    assert!(lts.iter().all(|l| l["origin"] == "bind" && !l["released_ns"].is_null()));
+    assert!(lts
+        .iter()
+        .all(|l| l["origin"] == "bind" && !l["released_ns"].is_null()));
     assert_ne!(lts[0]["sock_id"], lts[1]["sock_id"]);
 }

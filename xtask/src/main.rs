@@ -40,7 +40,12 @@ enum Cmd {
 }
 
 /// Debian packages bpf-linker builds against.
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 /// The nightly toolchain builds the eBPF crate (it needs `-Z build-std=core`).
 const NIGHTLY: &str = "nightly";
@@ -59,7 +64,9 @@ fn main() -> Result<()> {
             setup()?;
             build()?;
             let bin = root.join("target/release/port-tracer");
-            let status = as_root(&bin, &args).status().context("running port-tracer")?;
+            let status = as_root(&bin, &args)
+                .status()
+                .context("running port-tracer")?;
             std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Test { args } => {
@@ -70,12 +77,19 @@ fn main() -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").into()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .into()
 }
 
 fn is_root() -> bool {
     // `id -u` keeps this crate free of libc.
-    Command::new("id").arg("-u").output().map(|o| o.stdout.trim_ascii() == b"0").unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
 }
 
 fn as_root(program: &Path, args: &[String]) -> Command {
@@ -128,13 +142,22 @@ fn setup() -> Result<()> {
     }
 
     if !succeeds(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--version"])) {
-        run(Command::new("rustup").args(["toolchain", "install", NIGHTLY, "--profile", "minimal"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+        ]))?;
     }
     let components = Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", NIGHTLY])
         .output()
         .context("running rustup")?;
-    if !String::from_utf8_lossy(&components.stdout).lines().any(|l| l.starts_with("rust-src")) {
+    if !String::from_utf8_lossy(&components.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
         run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
     }
 
@@ -184,10 +207,18 @@ fn test(args: &[String]) -> Result<()> {
         eprintln!("xtask: not root: the kernel integration tests will be skipped (run as root)");
     }
     let mut cmd = Command::new("cargo");
-    cmd.args(["test", "--release", "-p", "port-tracer", "--lib", "--tests", "--"])
-        .arg("--test-threads=1")
-        .args(args)
-        .stdout(std::process::Stdio::piped());
+    cmd.args([
+        "test",
+        "--release",
+        "-p",
+        "port-tracer",
+        "--lib",
+        "--tests",
+        "--",
+    ])
+    .arg("--test-threads=1")
+    .args(args)
+    .stdout(std::process::Stdio::piped());
     eprintln!("xtask: running {cmd:?}");
     let mut child = cmd.spawn().context("starting cargo test")?;
     let stdout = child.stdout.take().expect("piped");
@@ -214,7 +245,11 @@ fn parse_test_result(line: &str) -> Option<(u64, u64)> {
     let rest = line.strip_prefix("test result: ")?;
     let count = |word: &str| -> Option<u64> {
         rest.split(';')
-            .find_map(|part| part.trim().trim_start_matches(|c: char| !c.is_ascii_digit()).strip_suffix(word))
+            .find_map(|part| {
+                part.trim()
+                    .trim_start_matches(|c: char| !c.is_ascii_digit())
+                    .strip_suffix(word)
+            })
             .and_then(|n| n.trim().parse().ok())
     };
     Some((count(" passed")?, count(" failed")?))

@@ -22,7 +22,9 @@ use crate::{
 
 /// The inode number of the tracer's network namespace.
 pub fn own_netns() -> Result<u32> {
-    Ok(std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?.ino() as u32)
+    Ok(std::fs::metadata("/proc/self/ns/net")
+        .context("reading /proc/self/ns/net")?
+        .ino() as u32)
 }
 
 /// Every network namespace in use: those of running threads and those named in
@@ -30,7 +32,12 @@ pub fn own_netns() -> Result<u32> {
 pub fn namespaces() -> BTreeMap<u32, PathBuf> {
     let mut out = BTreeMap::new();
     let dir = |p: PathBuf| std::fs::read_dir(p).into_iter().flatten().flatten();
-    let is_id = |e: &std::fs::DirEntry| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit());
+    let is_id = |e: &std::fs::DirEntry| {
+        e.file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+    };
     // A thread can be in a namespace of its own (unshare/setns affect one thread).
     let threads = dir("/proc".into())
         .filter(is_id)
@@ -84,21 +91,35 @@ pub fn socket_owners() -> std::collections::HashMap<u32, Task> {
     let mut out = std::collections::HashMap::new();
     let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
     for p in procs {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
         let mut comm = None;
         for fd in fds.flatten() {
-            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
             let t = target.to_string_lossy();
             let Some(inode) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) else {
                 continue;
             };
-            let Ok(inode) = inode.parse::<u32>() else { continue };
+            let Ok(inode) = inode.parse::<u32>() else {
+                continue;
+            };
             let comm = *comm.get_or_insert_with(|| {
                 let c = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
                 Comm::new(c.trim_end())
             });
-            out.entry(inode).or_insert(Task { pid, tid: pid, uid: 0, cgroup_id: 0, comm });
+            out.entry(inode).or_insert(Task {
+                pid,
+                tid: pid,
+                uid: 0,
+                cgroup_id: 0,
+                comm,
+            });
         }
     }
     out
@@ -135,9 +156,10 @@ fn dump_all(netns: u32) -> Result<Vec<DiagSocket>> {
     let mut out = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         for proto in [Proto::Tcp, Proto::Udp] {
-            out.extend(dump(&sock, family, proto, netns).with_context(|| {
-                format!("sock_diag dump of {} sockets", proto.as_str())
-            })?);
+            out.extend(
+                dump(&sock, family, proto, netns)
+                    .with_context(|| format!("sock_diag dump of {} sockets", proto.as_str()))?,
+            );
         }
     }
     Ok(out)
@@ -145,7 +167,11 @@ fn dump_all(netns: u32) -> Result<Vec<DiagSocket>> {
 
 fn netlink_socket() -> io::Result<OwnedFd> {
     let fd = unsafe {
-        libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG)
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
     };
     if fd < 0 {
         return Err(io::Error::last_os_error());

@@ -114,7 +114,9 @@ pub const HOOKS: &[Hook] = &[
 
 /// Number of parameters of kernel function `name`, or None if BTF does not have it.
 pub fn param_count(btf: &Btf, name: &str) -> Result<Option<usize>> {
-    let Ok(types) = btf.resolve_types_by_name(name) else { return Ok(None) };
+    let Ok(types) = btf.resolve_types_by_name(name) else {
+        return Ok(None);
+    };
     for t in types {
         if let Type::Func(f) = t {
             if let Type::FuncProto(p) = btf.resolve_chained_type(&f)? {
@@ -143,7 +145,10 @@ pub fn resolve(btf: &Btf, hook: &Hook) -> Result<Option<&'static str>> {
     if hook.optional {
         return Ok(None);
     }
-    bail!("unsupported kernel: none of {:?} is in the kernel's BTF", hook.names)
+    bail!(
+        "unsupported kernel: none of {:?} is in the kernel's BTF",
+        hook.names
+    )
 }
 
 #[cfg(test)]

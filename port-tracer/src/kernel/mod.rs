@@ -100,10 +100,11 @@ impl Kernel {
     pub fn load(opts: &LoadOptions) -> Result<Kernel> {
         check_privileges()?;
         let btf = offsets::load_vmlinux_btf()?;
-        let offs = offsets::resolve(&btf).context(
-            "unsupported kernel: a structure port-tracer reads is missing from its BTF",
-        )?;
-        let config = ProgramConfig { wakeup_bytes: opts.wakeup_bytes };
+        let offs = offsets::resolve(&btf)
+            .context("unsupported kernel: a structure port-tracer reads is missing from its BTF")?;
+        let config = ProgramConfig {
+            wakeup_bytes: opts.wakeup_bytes,
+        };
         if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < 4096 {
             bail!("--ring-size must be a power of two of at least 4096 bytes");
         }
@@ -128,27 +129,45 @@ impl Kernel {
             match attach(tier, &mut ebpf) {
                 Ok(()) => {
                     let time_wait_traced = tier != Tier::Tracepoint || offs.tw_timer_handler != 0;
-                    return Ok(Kernel { ebpf, tier, time_wait_traced, passed_over });
+                    return Ok(Kernel {
+                        ebpf,
+                        tier,
+                        time_wait_traced,
+                        passed_over,
+                    });
                 }
                 Err(e) => passed_over.push((tier, format!("{e:#}"))),
             }
         }
-        let why: Vec<String> = passed_over.iter().map(|(t, e)| format!("{t}: {e}")).collect();
+        let why: Vec<String> = passed_over
+            .iter()
+            .map(|(t, e)| format!("{t}: {e}"))
+            .collect();
         if opts.tier == TierChoice::Auto {
             bail!("no attach tier works on this kernel ({})", why.join("; "));
         }
-        bail!("the {} tier cannot run on this kernel: {}", candidates[0], passed_over[0].1)
+        bail!(
+            "the {} tier cannot run on this kernel: {}",
+            candidates[0],
+            passed_over[0].1
+        )
     }
 
     /// The ring buffer the programs write to. Can be taken once.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map("EVENTS").context("EVENTS map already taken")?;
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .context("EVENTS map already taken")?;
         Ok(RingBuf::try_from(map)?)
     }
 
     /// The per-CPU dropped-event counters. Can be taken once.
     pub fn take_lost(&mut self) -> Result<LostCounters> {
-        let map = self.ebpf.take_map("LOST").context("LOST map already taken")?;
+        let map = self
+            .ebpf
+            .take_map("LOST")
+            .context("LOST map already taken")?;
         Ok(LostCounters(PerCpuArray::try_from(map)?))
     }
 }
@@ -197,14 +216,23 @@ fn explain_load_error(e: anyhow::Error) -> anyhow::Error {
 
 /// Makes sure tracefs is mounted, mounting it where the kernel expects it if not.
 pub fn ensure_tracefs() -> Result<()> {
-    for p in ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"] {
+    for p in [
+        "/sys/kernel/tracing/events",
+        "/sys/kernel/debug/tracing/events",
+    ] {
         if Path::new(p).is_dir() {
             return Ok(());
         }
     }
     let target = c"/sys/kernel/tracing";
     let rc = unsafe {
-        libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"nodev".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
@@ -218,7 +246,8 @@ pub fn ensure_tracefs() -> Result<()> {
 
 /// The mount point of the cgroup v2 hierarchy.
 pub fn cgroup2_root() -> Result<std::path::PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
     mounts
         .lines()
         .filter_map(|l| {
@@ -254,7 +283,8 @@ mod tests {
                 let prog: &mut aya::programs::KProbe =
                     ebpf.program_mut(p.kprobe).unwrap().try_into().unwrap();
                 if prog.fd().is_err() {
-                    prog.load().unwrap_or_else(|e| panic!("{}: {e:#}", p.kprobe));
+                    prog.load()
+                        .unwrap_or_else(|e| panic!("{}: {e:#}", p.kprobe));
                     loaded += 1;
                 }
             }

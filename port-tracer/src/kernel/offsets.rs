@@ -27,7 +27,7 @@ pub fn member_offset(btf: &Btf, strukt: &str, path: &str) -> Result<u32> {
         bits += off;
         cur = next;
     }
-    if bits % 8 != 0 {
+    if !bits.is_multiple_of(8) {
         bail!("{strukt}.{path} is a bit-field");
     }
     Ok(bits / 8)
@@ -74,7 +74,9 @@ pub fn kallsyms_address(name: &str) -> Result<Option<u64>> {
     let text = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
     for line in text.lines() {
         let mut f = line.split_ascii_whitespace();
-        let (Some(addr), Some(_), Some(sym)) = (f.next(), f.next(), f.next()) else { continue };
+        let (Some(addr), Some(_), Some(sym)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
         if sym == name {
             let addr = u64::from_str_radix(addr, 16).context("bad address in /proc/kallsyms")?;
             return Ok((addr != 0).then_some(addr));

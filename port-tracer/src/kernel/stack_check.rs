@@ -26,10 +26,21 @@ fn functions(elf: &[u8]) -> HashMap<String, Func> {
         if sym.kind() != SymbolKind::Text || sym.size() == 0 {
             continue;
         }
-        let Some(section) = sym.section_index() else { continue };
+        let Some(section) = sym.section_index() else {
+            continue;
+        };
         let name = sym.name().unwrap().to_string();
         by_addr.insert((section, sym.address()), name.clone());
-        funcs.insert(name, Func { section, start: sym.address(), size: sym.size(), frame: 0, callees: vec![] });
+        funcs.insert(
+            name,
+            Func {
+                section,
+                start: sym.address(),
+                size: sym.size(),
+                frame: 0,
+                callees: vec![],
+            },
+        );
     }
     for section in file.sections() {
         let exec = matches!(section.flags(), SectionFlags::Elf { sh_flags } if sh_flags & 0x4 != 0);
@@ -44,7 +55,9 @@ fn functions(elf: &[u8]) -> HashMap<String, Func> {
             .filter_map(|(off, r)| match r.target() {
                 RelocationTarget::Symbol(i) => {
                     let s = file.symbol_by_index(i).ok()?;
-                    let name = (s.kind() != SymbolKind::Section).then(|| s.name().ok().map(String::from)).flatten();
+                    let name = (s.kind() != SymbolKind::Section)
+                        .then(|| s.name().ok().map(String::from))
+                        .flatten();
                     Some((off, (s.section_index()?, s.address(), name)))
                 }
                 _ => None,
@@ -74,10 +87,15 @@ fn functions(elf: &[u8]) -> HashMap<String, Func> {
                 if op == 0x85 && src == 1 {
                     let target = match relocs.get(&pc) {
                         Some((_, _, Some(name))) => Some(name.clone()),
-                        Some((sec, base, None)) => by_addr.get(&(*sec, (*base as i64 + (imm + 1) * 8) as u64)).cloned(),
-                        None => by_addr.get(&(section.index(), (pc as i64 + 8 + imm * 8) as u64)).cloned(),
+                        Some((sec, base, None)) => by_addr
+                            .get(&(*sec, (*base as i64 + (imm + 1) * 8) as u64))
+                            .cloned(),
+                        None => by_addr
+                            .get(&(section.index(), (pc as i64 + 8 + imm * 8) as u64))
+                            .cloned(),
                     };
-                    f.callees.push(target.unwrap_or_else(|| panic!("unresolved call in {}", pc)));
+                    f.callees
+                        .push(target.unwrap_or_else(|| panic!("unresolved call in {}", pc)));
                 }
                 pc += if op == 0x18 { 16 } else { 8 };
             }
@@ -93,7 +111,12 @@ fn chain_depth(funcs: &HashMap<String, Func>, name: &str, seen: &mut Vec<String>
     }
     seen.push(name.to_string());
     let own = f.frame.div_ceil(FRAME_ROUND) * FRAME_ROUND;
-    let deepest = f.callees.iter().map(|c| chain_depth(funcs, c, seen)).max().unwrap_or(0);
+    let deepest = f
+        .callees
+        .iter()
+        .map(|c| chain_depth(funcs, c, seen))
+        .max()
+        .unwrap_or(0);
     seen.pop();
     own + deepest
 }
@@ -101,13 +124,19 @@ fn chain_depth(funcs: &HashMap<String, Func>, name: &str, seen: &mut Vec<String>
 #[test]
 fn every_program_fits_the_stack_of_older_verifiers() {
     let funcs = functions(super::PROGRAMS);
-    let programs: Vec<&String> =
-        funcs.iter().filter(|(_, f)| !f.callees.is_empty() || f.frame > 0).map(|(n, _)| n).collect();
+    let programs: Vec<&String> = funcs
+        .iter()
+        .filter(|(_, f)| !f.callees.is_empty() || f.frame > 0)
+        .map(|(n, _)| n)
+        .collect();
     assert!(programs.len() > 20, "found {} functions", programs.len());
     let mut worst = (0, String::new());
     for name in programs {
         let d = chain_depth(&funcs, name, &mut vec![]);
-        assert!(d <= STACK_LIMIT, "{name} needs {d} bytes of stack (limit {STACK_LIMIT})");
+        assert!(
+            d <= STACK_LIMIT,
+            "{name} needs {d} bytes of stack (limit {STACK_LIMIT})"
+        );
         worst = worst.max((d, name.clone()));
     }
     eprintln!("deepest stack: {} bytes in {}", worst.0, worst.1);

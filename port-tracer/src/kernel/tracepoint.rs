@@ -41,7 +41,8 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<()> {
             .with_context(|| format!("program {name} missing"))?
             .try_into()?;
         prog.load().with_context(|| format!("loading {name}"))?;
-        prog.attach("syscalls", name).with_context(|| format!("attaching syscalls:{name}"))?;
+        prog.attach("syscalls", name)
+            .with_context(|| format!("attaching syscalls:{name}"))?;
     }
     for &(name, tp) in RAW {
         let prog: &mut RawTracePoint = ebpf
@@ -49,7 +50,8 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<()> {
             .with_context(|| format!("program {name} missing"))?
             .try_into()?;
         prog.load().with_context(|| format!("loading {name}"))?;
-        prog.attach(tp).with_context(|| format!("attaching raw tracepoint {tp}"))?;
+        prog.attach(tp)
+            .with_context(|| format!("attaching raw tracepoint {tp}"))?;
     }
     let root = cgroup2_root()?;
     let cgroup = std::fs::File::open(&root)

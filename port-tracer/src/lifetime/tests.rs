@@ -15,7 +15,13 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn task(pid: u32, comm: &str) -> Task {
-    Task { pid, tid: pid, uid: 0, cgroup_id: 1, comm: Comm::new(comm) }
+    Task {
+        pid,
+        tid: pid,
+        uid: 0,
+        cgroup_id: 1,
+        comm: Comm::new(comm),
+    }
 }
 
 /// Builds events tersely.
@@ -114,7 +120,10 @@ fn bind_zero_then_listen_is_one_lifetime() {
     ]);
     assert_eq!(lts.len(), 1);
     assert_eq!(lts[0].origin, Origin::BindEphemeral);
-    assert_eq!((lts[0].assigned_ns, lts[0].released_ns), (Some(10), Some(90)));
+    assert_eq!(
+        (lts[0].assigned_ns, lts[0].released_ns),
+        (Some(10), Some(90))
+    );
     assert_eq!(lts[0].duration_ns(), Some(80));
 }
 
@@ -122,7 +131,11 @@ fn bind_zero_then_listen_is_one_lifetime() {
 fn bind_then_connect_is_one_lifetime_with_the_peer() {
     let mut update = E::assign(20, 0xa, 5000, Origin::Connect).remote(80);
     update.0.kind = Kind::RemoteUpdate;
-    let lts = lifetimes(&[E::assign(10, 0xa, 5000, Origin::Bind), update, E::release(30, 0xa, 5000)]);
+    let lts = lifetimes(&[
+        E::assign(10, 0xa, 5000, Origin::Bind),
+        update,
+        E::release(30, 0xa, 5000),
+    ]);
     assert_eq!(lts.len(), 1);
     assert_eq!(lts[0].origin, Origin::Bind);
     assert_eq!(lts[0].ends.rport, 80);
@@ -147,8 +160,14 @@ fn accepted_sockets_share_the_port_each_with_its_own_lifetime() {
     ];
     let (_, lts) = run(&mut t, &events);
     assert_eq!(lts.len(), 3);
-    assert!(lts.iter().all(|l| l.owner.pid == 7), "children belong to the listener's owner");
-    assert_eq!(lts.iter().filter(|l| l.origin == Origin::Inherited).count(), 2);
+    assert!(
+        lts.iter().all(|l| l.owner.pid == 7),
+        "children belong to the listener's owner"
+    );
+    assert_eq!(
+        lts.iter().filter(|l| l.origin == Origin::Inherited).count(),
+        2
+    );
     let mut stats = crate::summary::Stats::default();
     for o in evs_and_lifetimes(&mut Tracker::new(), &events) {
         stats.observe(&o);
@@ -193,7 +212,7 @@ fn time_wait_timer_rearm_is_not_a_release() {
         E::tw(2 * ms, 0xb, 40000, 80),
         E::release(2 * ms + 1, 0xa, 40000).remote(80),
         E::tw_end(3 * ms, 0xb, 40000, 80, true), // cancel ...
-        E::tw(3 * ms + 5, 0xb, 40000, 80),        // ... and re-arm
+        E::tw(3 * ms + 5, 0xb, 40000, 80),       // ... and re-arm
         E::assign(50 * ms, 0xc, 1, Origin::Bind),
         E::tw_end(60 * ms, 0xb, 40000, 80, false),
     ]);
@@ -237,7 +256,10 @@ fn udp_autobind_and_release() {
     let mut t = Tracker::new();
     let (evs, lts) = run(
         &mut t,
-        &[E::assign(1, 0x1, 33000, Origin::Autobind).udp(), E::release(5, 0x1, 33000).udp()],
+        &[
+            E::assign(1, 0x1, 33000, Origin::Autobind).udp(),
+            E::release(5, 0x1, 33000).udp(),
+        ],
     );
     assert_eq!(lts.len(), 1);
     assert_eq!(lts[0].ends.proto, Proto::Udp);
@@ -252,8 +274,16 @@ fn release_of_a_socket_held_at_start_is_preexisting() {
     let sshd = task(1, "sshd");
     let still = E::release(0, 0, 2222).0.ends;
     t.set_held_at_start([
-        HeldAtStart { ends: held.0.ends, owner: sshd, listening: false },
-        HeldAtStart { ends: still, owner: sshd, listening: true },
+        HeldAtStart {
+            ends: held.0.ends,
+            owner: sshd,
+            listening: false,
+        },
+        HeldAtStart {
+            ends: still,
+            owner: sshd,
+            listening: true,
+        },
     ]);
     let (_, lts) = run(&mut t, &[held, E::release(6, 0x2, 23)]);
     assert_eq!(lts[0].origin, Origin::Preexisting);
@@ -261,10 +291,16 @@ fn release_of_a_socket_held_at_start_is_preexisting() {
     assert_eq!(lts[0].assigned_ns, None);
     assert_eq!(lts[0].released_ns, Some(5));
     assert_eq!(lts[1].origin, Origin::Unknown);
-    assert_eq!(t.counters.unmatched, 1, "a release never seen assigned is counted");
+    assert_eq!(
+        t.counters.unmatched, 1,
+        "a release never seen assigned is counted"
+    );
     // Still held at the end: emitted open, with its owner.
     assert_eq!(lts[2].ends.lport, 2222);
-    assert_eq!((lts[2].origin, lts[2].released_ns, lts[2].owner), (Origin::Preexisting, None, sshd));
+    assert_eq!(
+        (lts[2].origin, lts[2].released_ns, lts[2].owner),
+        (Origin::Preexisting, None, sshd)
+    );
     assert_eq!(lts.len(), 3);
 }
 
@@ -273,7 +309,11 @@ fn accepted_sockets_of_a_listener_held_at_start_belong_to_its_owner() {
     let mut t = Tracker::new();
     let nginx = task(42, "nginx");
     let listener = E::assign(0, 0, 443, Origin::Bind).0.ends;
-    t.set_held_at_start([HeldAtStart { ends: listener, owner: nginx, listening: true }]);
+    t.set_held_at_start([HeldAtStart {
+        ends: listener,
+        owner: nginx,
+        listening: true,
+    }]);
     let mut child = E::assign(1, 0x5, 443, Origin::Inherited).remote(50000);
     child.0.task = Task::default();
     let (_, lts) = run(&mut t, &[child, E::release(2, 0x5, 443).remote(50000)]);
@@ -285,10 +325,17 @@ fn accepted_sockets_of_a_listener_held_at_start_belong_to_its_owner() {
 fn time_wait_held_at_start_ends_as_a_preexisting_lifetime() {
     let mut t = Tracker::new();
     let tw_end = E::tw_end(9, 0xb, 40000, 80, false);
-    t.set_held_at_start([HeldAtStart { ends: tw_end.0.ends, owner: Task::default(), listening: false }]);
+    t.set_held_at_start([HeldAtStart {
+        ends: tw_end.0.ends,
+        owner: Task::default(),
+        listening: false,
+    }]);
     let (_, lts) = run(&mut t, &[tw_end]);
     assert_eq!(lts.len(), 1);
-    assert_eq!((lts[0].origin, lts[0].released_ns), (Origin::Preexisting, Some(9)));
+    assert_eq!(
+        (lts[0].origin, lts[0].released_ns),
+        (Origin::Preexisting, Some(9))
+    );
     assert_eq!(t.counters.unmatched, 0);
 }
 
@@ -297,7 +344,10 @@ fn new_port_on_a_socket_without_release_flags_the_old_lifetime() {
     let mut t = Tracker::new();
     let (_, lts) = run(
         &mut t,
-        &[E::assign(1, 0x1, 1000, Origin::Autobind).udp(), E::assign(2, 0x1, 2000, Origin::Autobind).udp()],
+        &[
+            E::assign(1, 0x1, 1000, Origin::Autobind).udp(),
+            E::assign(2, 0x1, 2000, Origin::Autobind).udp(),
+        ],
     );
     assert_eq!(lts.len(), 2);
     assert!(lts[0].lossy);
@@ -319,9 +369,14 @@ fn lost_events_flag_open_lifetimes_only() {
 
 #[test]
 fn finish_emits_open_lifetimes_unreleased() {
-    let lts = lifetimes(&[E::assign(1, 0x1, 1000, Origin::Bind), E::assign(2, 0x2, 1001, Origin::Connect).remote(9)]);
+    let lts = lifetimes(&[
+        E::assign(1, 0x1, 1000, Origin::Bind),
+        E::assign(2, 0x2, 1001, Origin::Connect).remote(9),
+    ]);
     assert_eq!(lts.len(), 2);
-    assert!(lts.iter().all(|l| l.released_ns.is_none() && l.duration_ns().is_none()));
+    assert!(lts
+        .iter()
+        .all(|l| l.released_ns.is_none() && l.duration_ns().is_none()));
 }
 
 #[test]
@@ -397,5 +452,11 @@ fn events_shuffled_across_cpus_give_the_same_lifetimes() {
         assert_eq!(t.counters.unmatched, 0);
     }
     assert_eq!(expected.len(), 300);
-    assert_eq!(expected.iter().filter(|l| l.time_wait_ns() == Some(89_990)).count(), 100);
+    assert_eq!(
+        expected
+            .iter()
+            .filter(|l| l.time_wait_ns() == Some(89_990))
+            .count(),
+        100
+    );
 }

@@ -51,14 +51,22 @@ impl Tracer {
         let out = std::env::temp_dir().join(format!(
             "port-tracer-test-{}-{}.jsonl",
             std::process::id(),
-            std::thread::current().name().unwrap_or("t").replace("::", "-")
+            std::thread::current()
+                .name()
+                .unwrap_or("t")
+                .replace("::", "-")
         ));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_port-tracer"));
-        cmd.args(["--format", "jsonl", "--output"]).arg(&out).args(args);
+        cmd.args(["--format", "jsonl", "--output"])
+            .arg(&out)
+            .args(args);
         if let Ok(tier) = std::env::var("PORT_TRACER_TEST_ATTACH") {
             cmd.args(["--attach", &tier]);
         }
-        let child = cmd.stderr(Stdio::piped()).spawn().expect("start port-tracer");
+        let child = cmd
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start port-tracer");
         let mut tracer = Tracer { child, out };
         wait_until_tracing(&mut tracer.child);
         tracer
@@ -110,23 +118,33 @@ impl Drop for Tracer {
 impl Trace {
     pub fn of_type<'a>(&'a self, ty: &str) -> impl Iterator<Item = &'a Value> + 'a {
         let ty = ty.to_string();
-        self.records.iter().filter(move |r| r["type"] == ty.as_str())
+        self.records
+            .iter()
+            .filter(move |r| r["type"] == ty.as_str())
     }
 
     /// Lifetimes of local port `port` and protocol `proto`.
     pub fn lifetimes(&self, proto: &str, port: u16) -> Vec<&Value> {
-        self.of_type("lifetime").filter(|r| r["proto"] == proto && r["lport"] == port).collect()
+        self.of_type("lifetime")
+            .filter(|r| r["proto"] == proto && r["lport"] == port)
+            .collect()
     }
 
     /// The one lifetime of `port`, failing with the trace when there is not exactly one.
     pub fn lifetime(&self, proto: &str, port: u16) -> &Value {
         let l = self.lifetimes(proto, port);
-        assert_eq!(l.len(), 1, "expected one {proto} lifetime of port {port}, got {l:#?}");
+        assert_eq!(
+            l.len(),
+            1,
+            "expected one {proto} lifetime of port {port}, got {l:#?}"
+        );
         l[0]
     }
 
     pub fn events(&self, ty: &str, proto: &str, port: u16) -> Vec<&Value> {
-        self.of_type(ty).filter(|r| r["proto"] == proto && r["lport"] == port).collect()
+        self.of_type(ty)
+            .filter(|r| r["proto"] == proto && r["lport"] == port)
+            .collect()
     }
 
     pub fn summary(&self) -> &Value {
@@ -138,13 +156,19 @@ impl Trace {
 
 /// This thread's task name, as the kernel reports it.
 pub fn thread_comm() -> String {
-    std::fs::read_to_string("/proc/thread-self/comm").unwrap().trim_end().to_string()
+    std::fs::read_to_string("/proc/thread-self/comm")
+        .unwrap()
+        .trim_end()
+        .to_string()
 }
 
 pub fn netns_of(path: &str) -> u64 {
     let link = std::fs::read_link(path).unwrap();
     let s = link.to_string_lossy();
-    s.trim_start_matches("net:[").trim_end_matches(']').parse().unwrap()
+    s.trim_start_matches("net:[")
+        .trim_end_matches(']')
+        .parse()
+        .unwrap()
 }
 
 /// Asserts the lifetime belongs to this process and thread.
@@ -159,16 +183,27 @@ pub fn port_of(addr: SocketAddr) -> u16 {
 
 /// A free TCP port on 127.0.0.1 (bound then closed, so nothing holds it).
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Closes with an RST instead of a FIN (SO_LINGER 0): no TIME_WAIT.
 pub fn reset_close(s: TcpStream) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     let rc = unsafe {
         libc::setsockopt(
             s.as_raw_fd(),
@@ -184,7 +219,11 @@ pub fn reset_close(s: TcpStream) {
 
 /// Moves the calling thread into a new network namespace with loopback up; returns its inode.
 pub fn enter_new_netns() -> u64 {
-    assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET)");
+    assert_eq!(
+        unsafe { libc::unshare(libc::CLONE_NEWNET) },
+        0,
+        "unshare(CLONE_NEWNET)"
+    );
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
         assert!(fd >= 0);
@@ -194,7 +233,11 @@ pub fn enter_new_netns() -> u64 {
         }
         assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req), 0);
         req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &mut req), 0, "bring lo up");
+        assert_eq!(
+            libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &mut req),
+            0,
+            "bring lo up"
+        );
         libc::close(fd);
     }
     netns_of("/proc/thread-self/ns/net")
