@@ -27,21 +27,6 @@ use crate::{
     summary::{Lost, Stats, Summary},
 };
 
-/// Why writing stopped.
-enum WriteEnd {
-    /// The reader went away (`| head`): stop quietly.
-    ClosedPipe,
-    Failed(io::Error),
-}
-
-fn classify(e: io::Error) -> WriteEnd {
-    if e.kind() == io::ErrorKind::BrokenPipe {
-        WriteEnd::ClosedPipe
-    } else {
-        WriteEnd::Failed(e)
-    }
-}
-
 /// The user's side of the pipeline: filter, count, write.
 struct Shown<W: Write> {
     filter: Filter,
@@ -52,23 +37,17 @@ struct Shown<W: Write> {
 }
 
 impl<W: Write> Shown<W> {
-    fn take(&mut self, o: Output) {
-        if !self.filter.matches_output(&o) {
-            return;
-        }
-        self.stats.observe(&o);
+    /// Runs one write unless an earlier one failed, keeping the first error.
+    fn write(&mut self, f: impl FnOnce(&mut Sink<W>) -> io::Result<()>) {
         if self.write_error.is_none() {
-            if let Err(e) = self.sink.write(&o) {
-                self.write_error = Some(e);
-            }
+            self.write_error = f(&mut self.sink).err();
         }
     }
 
-    fn flush(&mut self) {
-        if self.write_error.is_none() {
-            if let Err(e) = self.sink.flush() {
-                self.write_error = Some(e);
-            }
+    fn take(&mut self, o: Output) {
+        if self.filter.matches_output(&o) {
+            self.stats.observe(&o);
+            self.write(|sink| sink.write(&o));
         }
     }
 }
@@ -207,7 +186,7 @@ pub async fn run(args: Args) -> Result<()> {
                 p.drain(ring.get_mut());
                 p.check_lost(&lost_counters.read()?);
                 p.process(Some(monotonic_ns()));
-                p.shown.flush();
+                p.shown.write(|sink| sink.flush());
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -228,18 +207,17 @@ pub async fn run(args: Args) -> Result<()> {
         undecodable: p.undecodable,
     };
     let summary = Summary::new(&p.shown.stats, &p.tracker.counters, lost, 10);
-    if p.shown.write_error.is_none() {
-        if let Err(e) = p.shown.sink.summary(&summary) {
-            p.shown.write_error = Some(e);
-        }
-    }
-    p.shown.flush();
+    p.shown.write(|sink| sink.summary(&summary));
+    p.shown.write(|sink| sink.flush());
     drop(kernel);
-    match p.shown.write_error.map(classify) {
-        None | Some(WriteEnd::ClosedPipe) => Ok(()),
-        Some(WriteEnd::Failed(e)) => Err(anyhow::Error::new(e).context(match &args.output {
-            Some(path) => format!("writing to {}", path.display()),
-            None => "writing to standard output".to_string(),
-        })),
+    match p.shown.write_error {
+        // The reader went away (`| head`): stop quietly.
+        Some(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context(match &args.output {
+                Some(path) => format!("writing to {}", path.display()),
+                None => "writing to standard output".to_string(),
+            }))
+        }
+        _ => Ok(()),
     }
 }
