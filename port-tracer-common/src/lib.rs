@@ -79,8 +79,12 @@ pub mod lost {
     pub const MAP_FULL: u32 = 1;
     /// A kernel read failed, so the event could not be built.
     pub const READ_ERROR: u32 = 2;
-    pub const COUNT: u32 = 3;
-    pub const NAMES: [&str; COUNT as usize] = ["ringbuf_full", "map_full", "read_error"];
+    /// A kretprobe did not fire for a call whose entry was seen (the kernel's `maxactive`
+    /// ran out): that call's result is unknown.
+    pub const RETURN_MISSED: u32 = 3;
+    pub const COUNT: u32 = 4;
+    pub const NAMES: [&str; COUNT as usize] =
+        ["ringbuf_full", "map_full", "read_error", "return_missed"];
 }
 
 /// `AF_INET` and `AF_INET6` as the kernel numbers them.

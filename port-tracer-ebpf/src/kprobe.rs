@@ -34,11 +34,17 @@ fn key(f: Func) -> u64 {
 }
 
 fn keep(f: Func, sk: Option<u64>, arg: Option<u64>) {
+    let key = key(f);
+    // These functions do not recurse: arguments still kept from an earlier call mean its
+    // kretprobe never ran.
+    if unsafe { PROBE_ARGS.get(key) }.is_some() {
+        count_lost(lost::RETURN_MISSED);
+    }
     let args = ProbeArgs {
         sk: sk.unwrap_or(0),
         arg: arg.unwrap_or(0),
     };
-    if PROBE_ARGS.insert(key(f), args, 0).is_err() {
+    if PROBE_ARGS.insert(key, args, 0).is_err() {
         count_lost(lost::MAP_FULL);
     }
 }
