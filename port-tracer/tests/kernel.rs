@@ -148,8 +148,14 @@ fn tcp_active_close_holds_the_port_in_time_wait_until_it_dies() {
     .join()
     .unwrap();
     // The thread is gone and with it the last reference to its netns: the kernel tears it
-    // down and kills its TIME_WAIT sockets.
-    std::thread::sleep(Duration::from_millis(1500));
+    // down (from a workqueue, soon) and kills its TIME_WAIT sockets.
+    let ended = tracer.wait_for_record(Duration::from_secs(20), |r| {
+        r["type"] == "release" && r["time_wait_sock"] == true && r["lport"] == client_port
+    });
+    assert!(
+        ended,
+        "the TIME_WAIT socket of port {client_port} did not end with its netns"
+    );
     let t = tracer.stop();
     let client = t.lifetime("tcp", client_port);
     assert_eq!(client["netns"], netns);

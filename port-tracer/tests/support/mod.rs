@@ -72,6 +72,18 @@ impl Tracer {
         tracer
     }
 
+    /// Waits (up to `limit`) until the tracer has written a record matching `f`; the tracer
+    /// flushes its output every few tens of milliseconds.
+    pub fn wait_for_record(&self, limit: Duration, f: impl Fn(&Value) -> bool) -> bool {
+        wait_for(limit, || {
+            std::fs::read_to_string(&self.out)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|r| f(&r))
+        })
+    }
+
     /// Stops the tracer (SIGINT) and reads its output.
     pub fn stop(mut self) -> Trace {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
