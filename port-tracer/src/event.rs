@@ -131,10 +131,6 @@ impl Comm {
         let end = self.0.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
         String::from_utf8_lossy(&self.0[..end])
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.0[0] == 0
-    }
 }
 
 impl fmt::Debug for Comm {
@@ -201,7 +197,7 @@ pub enum DecodeError {
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DecodeError::Size(n) => write!(f, "record of {n} bytes, expected {}", PortEvent::SIZE),
+            DecodeError::Size(n) => write!(f, "record of {n} bytes, expected {}", RECORD_SIZE),
             DecodeError::Kind(k) => write!(f, "unknown event kind {k}"),
             DecodeError::Proto(p) => write!(f, "unknown protocol {p}"),
             DecodeError::Family(a) => write!(f, "unknown address family {a}"),
@@ -211,13 +207,8 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-trait RecordSize {
-    const SIZE: usize;
-}
-
-impl RecordSize for PortEvent {
-    const SIZE: usize = std::mem::size_of::<PortEvent>();
-}
+/// Bytes of one ring buffer record.
+const RECORD_SIZE: usize = std::mem::size_of::<PortEvent>();
 
 fn addr(family: Family, bytes: &[u8; 16]) -> IpAddr {
     match family {
@@ -229,7 +220,7 @@ fn addr(family: Family, bytes: &[u8; 16]) -> IpAddr {
 impl Event {
     /// Decodes one ring buffer record.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        if bytes.len() < PortEvent::SIZE {
+        if bytes.len() < RECORD_SIZE {
             return Err(DecodeError::Size(bytes.len()));
         }
         // SAFETY: the length is checked and PortEvent is plain integers (any bit pattern is

@@ -124,7 +124,6 @@ impl HeldAtStart {
 pub struct Tracker {
     slots: Vec<Option<Lifetime>>,
     free: Vec<Id>,
-    open: usize,
     by_sock: HashMap<u64, Id>,
     by_tw: HashMap<u64, Id>,
     /// Open TCP lifetimes with a remote endpoint and not yet in TIME_WAIT, by endpoints.
@@ -158,11 +157,6 @@ impl Tracker {
         }
     }
 
-    /// Number of lifetimes open now.
-    pub fn open_lifetimes(&self) -> usize {
-        self.open
-    }
-
     /// Events were lost: every lifetime open now may be incomplete.
     pub fn mark_lossy(&mut self) {
         for lt in self.slots.iter_mut().flatten() {
@@ -171,7 +165,6 @@ impl Tracker {
     }
 
     fn insert(&mut self, lt: Lifetime) -> Id {
-        self.open += 1;
         match self.free.pop() {
             Some(id) => {
                 self.slots[id] = Some(lt);
@@ -221,7 +214,6 @@ impl Tracker {
         self.unindex(id);
         let mut lt = self.slots[id].take().expect("open lifetime");
         self.free.push(id);
-        self.open -= 1;
         if self.by_sock.get(&lt.sock_id) == Some(&id) {
             self.by_sock.remove(&lt.sock_id);
         }
@@ -435,7 +427,6 @@ impl Tracker {
         let mut open: Vec<Lifetime> = self.slots.drain(..).flatten().collect();
         open.sort_by_key(|lt| (lt.assigned_ns, lt.ends.lport));
         self.free.clear();
-        self.open = 0;
         self.by_sock.clear();
         self.by_tw.clear();
         self.by_tuple.clear();

@@ -10,10 +10,6 @@ use crate::event::Event;
 pub struct Reorderer {
     buf: Vec<Event>,
     delay_ns: u64,
-    /// Timestamp of the newest event released so far.
-    released_up_to: u64,
-    /// Events that arrived older than what was already released.
-    pub late: u64,
 }
 
 impl Reorderer {
@@ -21,28 +17,15 @@ impl Reorderer {
         Reorderer {
             buf: Vec::new(),
             delay_ns,
-            released_up_to: 0,
-            late: 0,
         }
     }
 
     pub fn push(&mut self, ev: Event) {
-        if ev.ts_ns < self.released_up_to {
-            self.late += 1;
-        }
         self.buf.push(ev);
     }
 
     pub fn delay_ns(&self) -> u64 {
         self.delay_ns
-    }
-
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
     }
 
     /// Hands `f` every event older than `now_ns - delay`, in timestamp order (ties keep
@@ -64,7 +47,6 @@ impl Reorderer {
         self.buf.sort_by_key(|e| e.ts_ns);
         let n = self.buf.partition_point(|e| e.ts_ns <= watermark);
         for ev in self.buf.drain(..n) {
-            self.released_up_to = self.released_up_to.max(ev.ts_ns);
             f(&ev);
         }
     }
