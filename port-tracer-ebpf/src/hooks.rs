@@ -1,24 +1,18 @@
 //! What the fentry and kprobe tiers do at each kernel function, independent of how they
 //! are hooked. Both tiers call these with the function's arguments (and return value).
 
-use aya_ebpf::helpers::bpf_get_current_pid_tgid;
-use port_tracer_common::{flags, lost, EventKind, Origin, IPPROTO_TCP, IPPROTO_UDP};
+use port_tracer_common::{lost, EventKind, Origin, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
     emit::{count_lost, emit},
-    kernel::{fill_event, off, read, sock_num, sock_protocol},
-    tcp_state, BINDING, CONNECTING,
+    kernel::{fill_event, off, read, sock_num, sock_protocol, tid},
+    tcp_state, time_wait, BINDING,
 };
 
 const TCP_LISTEN: u8 = 10;
 const EAGAIN: i32 = 11;
 const EADDRINUSE: i32 = 98;
 const EADDRNOTAVAIL: i32 = 99;
-
-#[inline(always)]
-fn tid() -> u32 {
-    bpf_get_current_pid_tgid() as u32
-}
 
 /// `inet_bind`/`inet6_bind` entry and exit: a port 0 get_port in between is bind(0).
 #[inline(always)]
@@ -92,10 +86,9 @@ pub fn hash_connect_exit(sk: u64, ret: i32) {
         tcp_state::finish_connect(sk);
         return;
     }
-    let Some(c) = (unsafe { CONNECTING.get(sk) }).copied() else {
+    let Some(c) = tcp_state::take_connecting(sk) else {
         return;
     };
-    let _ = CONNECTING.remove(sk);
     if ret != -EADDRNOTAVAIL {
         return;
     }
@@ -138,19 +131,11 @@ pub fn udp_unhash(sk: u64) {
 /// the TIME_WAIT socket `tw`.
 #[inline(always)]
 pub fn time_wait_enter(tw: u64) {
-    emit(|ev| {
-        fill_event(ev, tw, EventKind::TimeWait, Origin::Unknown, IPPROTO_TCP)?;
-        ev.flags = flags::TIME_WAIT_SOCK;
-        Ok(())
-    });
+    time_wait::report_sock(tw, EventKind::TimeWait, 0);
 }
 
 /// `inet_twsk_kill(tw)`: the TIME_WAIT socket dies and frees the port.
 #[inline(always)]
 pub fn time_wait_kill(tw: u64) {
-    emit(|ev| {
-        fill_event(ev, tw, EventKind::Release, Origin::Unknown, IPPROTO_TCP)?;
-        ev.flags = flags::TIME_WAIT_SOCK;
-        Ok(())
-    });
+    time_wait::report_sock(tw, EventKind::Release, 0);
 }

@@ -21,6 +21,12 @@ pub fn read<T>(base: u64, offset: usize) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel((base as usize + offset) as *const T) }
 }
 
+/// The current thread's id.
+#[inline(always)]
+pub fn tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
 /// Timestamp and the current task's identity.
 #[inline(always)]
 pub fn fill_task(ev: &mut PortEvent) {

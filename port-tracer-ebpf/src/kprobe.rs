@@ -3,13 +3,12 @@
 //! map by thread.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
 use port_tracer_common::lost;
 
-use crate::{emit::count_lost, hooks, PROBE_ARGS};
+use crate::{emit::count_lost, hooks, kernel::tid, PROBE_ARGS};
 
 /// Arguments of a probed call, kept from entry to return.
 #[repr(C)]
@@ -30,7 +29,7 @@ enum Func {
 }
 
 fn key(f: Func) -> u64 {
-    ((f as u64) << 32) | bpf_get_current_pid_tgid() as u32 as u64
+    ((f as u64) << 32) | tid() as u64
 }
 
 fn keep(f: Func, sk: Option<u64>, arg: Option<u64>) {

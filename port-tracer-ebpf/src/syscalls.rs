@@ -5,18 +5,14 @@
 //! result says what the kernel did. TCP connect's port is reported by `tcp_state`, which sees
 //! it even when connect fails after the port was chosen.
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
-    macros::tracepoint,
-    programs::TracePointContext,
-};
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 use port_tracer_common::{
     flags, lost, EventKind, Origin, PortEvent, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
     emit::{count_lost, emit},
-    kernel::{fill_event, is_inet, sock_family, sock_num, sock_of_fd, sock_protocol},
+    kernel::{fill_event, is_inet, sock_family, sock_num, sock_of_fd, sock_protocol, tid},
     tcp_state, SYSCALLS,
 };
 
@@ -57,10 +53,6 @@ pub struct Pending {
 }
 
 const _: () = assert!(core::mem::size_of::<Pending>() == 32);
-
-fn tid() -> u32 {
-    bpf_get_current_pid_tgid() as u32
-}
 
 /// Looks up the TCP or UDP socket behind `fd` and remembers the call; `want_unbound` skips
 /// sockets that already hold a port (no allocation can follow).

@@ -49,15 +49,20 @@ fn inet_sport(sk: u64) -> Result<u16, i32> {
     read::<u16>(sk, off!(inet_sport)).map(u16::from_be)
 }
 
+/// Takes who started connecting `sk`, once: of hooks racing on two CPUs only the one whose
+/// delete succeeds gets it.
+#[inline(always)]
+pub fn take_connecting(sk: u64) -> Option<Connecting> {
+    let c = (unsafe { CONNECTING.get(sk) }).copied()?;
+    CONNECTING.remove(sk).ok().map(|_| c)
+}
+
 /// Reports the port connect gave `sk`, once, from whichever hook sees it first.
 #[inline(always)]
 pub fn finish_connect(sk: u64) {
-    let Some(c) = (unsafe { CONNECTING.get(sk) }).copied() else {
+    let Some(c) = take_connecting(sk) else {
         return;
     };
-    if CONNECTING.remove(sk).is_err() {
-        return; // another CPU reported it
-    }
     let Ok(port) = inet_sport(sk) else {
         count_lost(lost::READ_ERROR);
         return;

@@ -24,14 +24,21 @@ fn tw_of(timer: u64) -> Option<u64> {
     (function == handler).then(|| timer - off!(tw_timer) as u64)
 }
 
+/// Reports an event about TIME_WAIT socket `tw` (also used by the fentry and kprobe tiers).
 #[inline(always)]
-fn report(timer: u64, kind: EventKind, extra_flags: u8) {
-    let Some(tw) = tw_of(timer) else { return };
+pub fn report_sock(tw: u64, kind: EventKind, extra_flags: u8) {
     emit(|ev| {
         fill_event(ev, tw, kind, Origin::Unknown, IPPROTO_TCP)?;
         ev.flags = flags::TIME_WAIT_SOCK | extra_flags;
         Ok(())
     });
+}
+
+#[inline(always)]
+fn report(timer: u64, kind: EventKind, extra_flags: u8) {
+    if let Some(tw) = tw_of(timer) {
+        report_sock(tw, kind, extra_flags);
+    }
 }
 
 #[raw_tracepoint(tracepoint = "timer_start")]
