@@ -167,6 +167,18 @@ pub struct Endpoints {
     pub rport: u16,
 }
 
+impl Endpoints {
+    /// Takes the peer from `other`, a later view of the same socket after connect(); a
+    /// wildcard local address is replaced by the one connect() chose.
+    pub fn learn_peer(&mut self, other: &Endpoints) {
+        self.raddr = other.raddr;
+        self.rport = other.rport;
+        if self.laddr.is_unspecified() {
+            self.laddr = other.laddr;
+        }
+    }
+}
+
 /// One decoded kernel event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {

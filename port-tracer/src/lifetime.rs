@@ -332,12 +332,7 @@ impl Tracker {
             return;
         };
         self.unindex(id);
-        let lt = self.get(id);
-        lt.ends.raddr = ev.ends.raddr;
-        lt.ends.rport = ev.ends.rport;
-        if lt.ends.laddr.is_unspecified() {
-            lt.ends.laddr = ev.ends.laddr;
-        }
+        self.get(id).ends.learn_peer(&ev.ends);
         self.index(id);
         let ev = self.attributed(id, ev);
         emit(Output::Event(ev));
@@ -351,9 +346,9 @@ impl Tracker {
                     return; // the TIME_WAIT socket holds the port now
                 }
                 if lt.ends.rport == 0 && ev.ends.rport != 0 {
-                    // Learnt the peer only now (e.g. bound before connect): keep it.
-                    lt.ends.raddr = ev.ends.raddr;
-                    lt.ends.rport = ev.ends.rport;
+                    // Learnt the peer only now (e.g. bound before connect, on a tier that
+                    // does not see connect itself): keep it, as a remote update would.
+                    lt.ends.learn_peer(&ev.ends);
                 }
                 let ev = self.attributed(id, ev);
                 self.close(id, ev.ts_ns, emit);

@@ -1,7 +1,9 @@
-//! Developer workflow: `cargo xtask setup | build | run | test`.
+//! Developer workflow: `cargo xtask setup | build | run | test | vm-test`.
 //!
 //! `setup` installs what building the kernel programs needs on a fresh Debian machine and is
 //! fast when everything is present; every other command runs it first.
+
+mod vm;
 
 use std::{
     env,
@@ -30,13 +32,20 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test: unit tests, and the root integration tests against
-    /// this machine's kernel.
+    /// Set up, then run every test: unit tests and the root integration tests against this
+    /// machine's kernel, then the VM matrix (`vm-test`) on Debian's kernels.
     Test {
-        /// Extra arguments for the test harness (e.g. a test name filter).
+        /// Only this machine's kernel: skip the VM matrix.
+        #[arg(long)]
+        no_vm: bool,
+        /// Extra arguments for the test harness (e.g. a test name filter, which the VM
+        /// matrix applies too).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, then boot Debian's kernels under qemu and run the integration scenarios in
+    /// each, once per attach tier, plus tier equivalence; prints a kernel x tier matrix.
+    VmTest(vm::Options),
 }
 
 /// Debian packages bpf-linker builds against.
@@ -69,14 +78,41 @@ fn main() -> Result<()> {
                 .context("running port-tracer")?;
             std::process::exit(status.code().unwrap_or(1));
         }
-        Cmd::Test { args } => {
+        Cmd::Test { no_vm, args } => {
             setup()?;
-            test(&args)
+            let host = test(&args)?;
+            let guests = if no_vm {
+                vm::Totals::default()
+            } else {
+                let filter = args.iter().find(|a| !a.starts_with('-')).cloned();
+                vm::run(&vm::Options {
+                    kernels: Vec::new(),
+                    tiers: Vec::new(),
+                    no_lib: false,
+                    timeout: 900,
+                    filter,
+                })?
+            };
+            // One closing line over the host's harnesses and the VM matrix.
+            let (passed, failed) = (host.passed + guests.passed, host.failed + guests.failed);
+            println!("tests: {passed} passed, {failed} failed");
+            if failed > 0 || !host.ok {
+                bail!("tests failed");
+            }
+            Ok(())
+        }
+        Cmd::VmTest(opts) => {
+            setup()?;
+            let t = vm::run(&opts)?;
+            if t.failed > 0 {
+                bail!("{} failed in the VM matrix", t.failed);
+            }
+            Ok(())
         }
     }
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
@@ -111,6 +147,39 @@ fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
+}
+
+/// Runs `cmd` with its output captured; on failure, the error carries its stderr.
+pub(crate) fn run_quiet(cmd: &mut Command) -> Result<()> {
+    output_of(cmd).map(drop)
+}
+
+/// Runs `cmd` and returns its stdout; on failure, the error carries its stderr.
+pub(crate) fn output_of(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Installs the Debian packages `missing` (a no-op when empty; needs root otherwise).
+pub(crate) fn ensure_apt_packages(missing: &[&str]) -> Result<()> {
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("installing {missing:?} needs root: run `sudo cargo xtask setup` or install them");
+    }
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 fn succeeds(cmd: &mut Command) -> bool {
@@ -169,16 +238,7 @@ fn setup() -> Result<()> {
         .copied()
         .filter(|p| !dpkg_installed(p))
         .collect();
-    if !missing.is_empty() {
-        if !is_root() {
-            bail!("installing {missing:?} needs root: run `sudo cargo xtask setup`");
-        }
-        run(Command::new("apt-get").arg("update").arg("-q"))?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    }
+    ensure_apt_packages(&missing)?;
     let path = format!("{LLVM_BIN}:{}", env::var("PATH").unwrap_or_default());
     run(Command::new("cargo")
         .args(["install", "bpf-linker", "--version", "0.13.0"])
@@ -200,7 +260,15 @@ fn build() -> Result<()> {
     run(Command::new("cargo").args(["build", "--release", "-p", "port-tracer"]))
 }
 
-fn test(args: &[String]) -> Result<()> {
+/// What the host's test harnesses reported.
+struct HostTests {
+    passed: u64,
+    failed: u64,
+    /// cargo test itself succeeded (it fails on build errors too).
+    ok: bool,
+}
+
+fn test(args: &[String]) -> Result<HostTests> {
     // One harness run: unit tests and the integration tests that drive the real programs.
     // The integration tests each start a tracer, so they run one at a time.
     if !is_root() {
@@ -212,6 +280,8 @@ fn test(args: &[String]) -> Result<()> {
         "--release",
         "-p",
         "port-tracer",
+        "-p",
+        "xtask",
         "--lib",
         "--tests",
         "--",
@@ -232,12 +302,12 @@ fn test(args: &[String]) -> Result<()> {
         }
     }
     let status = child.wait()?;
-    // One closing line over every harness that ran.
-    println!("tests: {passed} passed, {failed} failed");
-    if !status.success() || failed > 0 {
-        bail!("tests failed");
-    }
-    Ok(())
+    println!("host: {passed} passed, {failed} failed");
+    Ok(HostTests {
+        passed,
+        failed,
+        ok: status.success(),
+    })
 }
 
 /// Reads "test result: ok. 28 passed; 0 failed; ..." lines.

@@ -169,4 +169,50 @@ mod tests {
         }
         assert_eq!(param_count(&btf, "no_such_function_here").unwrap(), None);
     }
+
+    /// How the tiers survive kernels that renamed, dropped or changed a hooked function.
+    #[test]
+    fn renamed_missing_and_changed_functions() {
+        if !std::path::Path::new(VMLINUX_BTF).exists() {
+            eprintln!("skipped: no {VMLINUX_BTF}");
+            return;
+        }
+        let btf = load_vmlinux_btf().unwrap();
+        let hook = |names, params, exit, optional| Hook {
+            names,
+            params,
+            entry: progs("fentry_x", "kprobe_x"),
+            exit: if exit {
+                progs("fexit_x", "kretprobe_x")
+            } else {
+                None
+            },
+            optional,
+        };
+        // A newer name this kernel lacks: the older one is used (inet_twsk_hashdance in 6.11).
+        let renamed = hook(
+            &["no_such_function_new_name", "inet_put_port"],
+            1,
+            false,
+            false,
+        );
+        assert_eq!(resolve(&btf, &renamed).unwrap(), Some("inet_put_port"));
+        // Missing and optional: the hook is left out.
+        let optional = hook(&["no_such_function_here"], 1, false, true);
+        assert_eq!(resolve(&btf, &optional).unwrap(), None);
+        // Missing and needed: the tier fails, naming the function.
+        let needed = hook(&["no_such_function_here"], 1, false, false);
+        let e = resolve(&btf, &needed).unwrap_err().to_string();
+        assert!(e.contains("no_such_function_here"), "{e}");
+        // A changed parameter list would make an exit program misread the return value.
+        let changed = hook(&["inet_put_port"], 2, true, false);
+        let e = resolve(&btf, &changed).unwrap_err().to_string();
+        assert!(e.contains("inet_put_port() takes 1 parameters"), "{e}");
+        // Extra parameters do not move what an entry program reads.
+        let entry_only = hook(&["inet_csk_get_port"], 1, false, false);
+        assert_eq!(
+            resolve(&btf, &entry_only).unwrap(),
+            Some("inet_csk_get_port")
+        );
+    }
 }

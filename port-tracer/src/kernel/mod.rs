@@ -108,6 +108,7 @@ impl Kernel {
         if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < 4096 {
             bail!("--ring-size must be a power of two of at least 4096 bytes");
         }
+        raise_memlock_limit();
         let load = || load_object(&offs, &config, opts.ring_bytes);
         let attach = |tier: Tier, ebpf: &mut Ebpf| -> Result<()> {
             match tier {
@@ -183,6 +184,18 @@ fn load_object(offs: &KernelOffsets, config: &ProgramConfig, ring_bytes: u32) ->
         .map_err(|e| explain_load_error(e.into()))
 }
 
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK, whose default is far below a
+/// ring buffer. Later kernels use memory cgroups instead, and a host may forbid raising the
+/// limit (no CAP_SYS_RESOURCE), so a failure here is not an error: map creation says so if
+/// it mattered.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
 /// Per-CPU counts of events the programs could not deliver.
 pub struct LostCounters(PerCpuArray<MapData, u64>);
 
@@ -202,7 +215,8 @@ fn explain_load_error(e: anyhow::Error) -> anyhow::Error {
     if text.contains("Operation not permitted") {
         return e.context(
             "the kernel refused to create BPF maps or programs (missing CAP_BPF/CAP_SYS_ADMIN, \
-             or locked down)",
+             locked down, or, before Linux 5.11, RLIMIT_MEMLOCK too low: try `ulimit -l \
+             unlimited`)",
         );
     }
     if text.contains("RINGBUF") || text.contains("Invalid argument") {

@@ -141,6 +141,24 @@ fn bind_then_connect_is_one_lifetime_with_the_peer() {
     assert_eq!(lts[0].ends.rport, 80);
 }
 
+/// Bound to the wildcard, then connected: the lifetime shows the address connect() chose,
+/// whether a remote update says so (tracepoint tier) or only the release does.
+#[test]
+fn wildcard_bind_then_connect_takes_the_chosen_local_address() {
+    let mut bound = E::assign(10, 0xa, 5000, Origin::BindEphemeral).udp();
+    bound.0.ends.laddr = ip("0.0.0.0");
+    let mut update = E::assign(20, 0xa, 5000, Origin::Unknown).udp().remote(53);
+    update.0.kind = Kind::RemoteUpdate;
+    let released = E::release(30, 0xa, 5000).udp().remote(53);
+    for events in [vec![bound, update, released], vec![bound, released]] {
+        let lts = lifetimes(&events);
+        assert_eq!(lts.len(), 1);
+        assert_eq!(lts[0].ends.laddr, ip("127.0.0.1"));
+        assert_eq!(lts[0].ends.rport, 53);
+        assert_eq!(lts[0].origin, Origin::BindEphemeral);
+    }
+}
+
 #[test]
 fn accepted_sockets_share_the_port_each_with_its_own_lifetime() {
     let server = task(7, "server");

@@ -8,6 +8,7 @@ use std::{
     os::fd::AsRawFd,
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -48,20 +49,29 @@ impl Tracer {
     /// Starts the tracer with `args`. The tier is the default (auto) unless the
     /// environment sets PORT_TRACER_TEST_ATTACH (how the VM matrix drives each tier).
     pub fn start_with(args: &[&str]) -> Tracer {
+        let tier = std::env::var("PORT_TRACER_TEST_ATTACH").ok();
+        Self::start_tier(tier.as_deref(), args)
+    }
+
+    /// Starts the tracer forced to `tier` (None: auto) with `args`, and waits until it
+    /// traces. Several may run at once.
+    pub fn start_tier(tier: Option<&str>, args: &[&str]) -> Tracer {
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
         let out = std::env::temp_dir().join(format!(
-            "port-tracer-test-{}-{}.jsonl",
+            "port-tracer-test-{}-{}-{}.jsonl",
             std::process::id(),
             std::thread::current()
                 .name()
                 .unwrap_or("t")
-                .replace("::", "-")
+                .replace("::", "-"),
+            STARTED.fetch_add(1, Ordering::Relaxed),
         ));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_port-tracer"));
         cmd.args(["--format", "jsonl", "--output"])
             .arg(&out)
             .args(args);
-        if let Ok(tier) = std::env::var("PORT_TRACER_TEST_ATTACH") {
-            cmd.args(["--attach", &tier]);
+        if let Some(tier) = tier {
+            cmd.args(["--attach", tier]);
         }
         let child = cmd
             .stderr(Stdio::piped())

@@ -1,0 +1,264 @@
+//! `cargo xtask vm-test`: the integration scenarios on distribution kernels under qemu,
+//! once per attach tier, plus the library's kernel checks and the tier-equivalence test.
+//!
+//! Per kernel, one boot: the guest's `/init` runs the library tests, then the scenario
+//! suite once for each tier (forced with `--attach`), then tier equivalence, marking each
+//! on the console. The host reads the marks into a kernel x suite matrix.
+
+mod binaries;
+mod guest;
+mod initramfs;
+mod kernels;
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{bail, Result};
+
+use crate::{ensure_apt_packages, workspace_root};
+
+/// The attach tiers, as `--attach` spells them.
+pub const TIERS: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
+
+/// Host tools the matrix needs, by Debian package.
+const HOST_PACKAGES: &[(&str, &str)] = &[
+    ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
+    ("busybox-static", initramfs::BUSYBOX),
+    ("cpio", "/usr/bin/cpio"),
+    ("xz-utils", "/usr/bin/xz"),
+    ("zstd", "/usr/bin/zstd"),
+];
+
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Only this kernel (repeatable): debian-5.10, debian-6.1, debian-6.12.
+    #[arg(long = "kernel", value_name = "NAME")]
+    pub kernels: Vec<String>,
+    /// Only this tier (repeatable): fentry, kprobe, tracepoint. Tier equivalence runs when
+    /// two or more tiers do.
+    #[arg(long = "tier", value_name = "TIER", value_parser = clap::builder::PossibleValuesParser::new(TIERS))]
+    pub tiers: Vec<String>,
+    /// Skip the library's unit tests in the guests.
+    #[arg(long)]
+    pub no_lib: bool,
+    /// Give up on a guest after this many seconds.
+    #[arg(long, default_value_t = 900, value_name = "SECS")]
+    pub timeout: u64,
+    /// Only tests whose name contains this (libtest filter).
+    pub filter: Option<String>,
+}
+
+/// What a guest runs; written to its `/pt.conf`.
+pub struct Plan {
+    lib: bool,
+    tiers: Vec<String>,
+    filter: String,
+}
+
+impl Plan {
+    fn conf(&self) -> String {
+        let equivalence = if self.tiers.len() >= 2 {
+            self.tiers.join(",")
+        } else {
+            String::new()
+        };
+        format!(
+            "PT_LIB={}\nPT_TIERS='{}'\nPT_EQUIVALENCE='{}'\nPT_FILTER='{}'\n",
+            u8::from(self.lib),
+            self.tiers.join(" "),
+            equivalence,
+            self.filter
+        )
+    }
+
+    /// Section names in the order the guest runs them.
+    fn sections(&self) -> Vec<String> {
+        let mut s = Vec::new();
+        if self.lib {
+            s.push("lib".to_string());
+        }
+        s.extend(self.tiers.iter().cloned());
+        if self.tiers.len() >= 2 {
+            s.push("equivalence".to_string());
+        }
+        s
+    }
+}
+
+/// Scenario counts over the whole matrix.
+#[derive(Default)]
+pub struct Totals {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+pub fn run(opts: &Options) -> Result<Totals> {
+    let specs: Vec<&kernels::Spec> = if opts.kernels.is_empty() {
+        kernels::SPECS.iter().collect()
+    } else {
+        opts.kernels
+            .iter()
+            .map(|k| {
+                kernels::SPECS.iter().find(|s| s.name == k).ok_or_else(|| {
+                    let known: Vec<&str> = kernels::SPECS.iter().map(|s| s.name).collect();
+                    anyhow::anyhow!("unknown kernel {k:?}; known: {}", known.join(", "))
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    let filter = opts.filter.clone().unwrap_or_default();
+    if !filter
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    {
+        bail!("a test filter is a test name or part of one (letters, digits, _ and :)");
+    }
+    let plan = Plan {
+        lib: !opts.no_lib,
+        tiers: if opts.tiers.is_empty() {
+            TIERS.iter().map(|t| t.to_string()).collect()
+        } else {
+            opts.tiers.clone()
+        },
+        filter,
+    };
+
+    ensure_apt_packages(
+        &HOST_PACKAGES
+            .iter()
+            .filter(|(_, file)| !std::path::Path::new(file).exists())
+            .map(|(pkg, _)| *pkg)
+            .collect::<Vec<_>>(),
+    )?;
+    let cache = cache_dir();
+    let work = workspace_root().join("target/vm");
+    std::fs::create_dir_all(&work)?;
+    let kernels: Vec<kernels::Kernel> = specs
+        .iter()
+        .map(|s| kernels::fetch(s, &cache))
+        .collect::<Result<_>>()?;
+    let bins = binaries::build()?;
+
+    let limits = guest::Limits {
+        total: Duration::from_secs(opts.timeout),
+        silence: Duration::from_secs(240),
+    };
+    let mut rows = Vec::new();
+    for k in &kernels {
+        println!("[{}] booting {} ({})", k.name, k.release, k.package);
+        let initrd = initramfs::pack(k, &bins, &plan, &work)?;
+        let log = work.join(format!("console-{}.log", k.name));
+        let outcome = guest::boot(k, &initrd, &log, &limits)?;
+        rows.push((k, outcome, log));
+    }
+
+    // The matrix, then what went wrong, then the count.
+    let columns = plan.sections();
+    let mut totals = Totals::default();
+    let width = kernels
+        .iter()
+        .map(|k| k.name.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    println!();
+    print!("{:width$}", "kernel");
+    for c in &columns {
+        print!("  {c:>12}");
+    }
+    println!("  release");
+    let mut reports = Vec::new();
+    for (k, o, log) in &rows {
+        print!("{:width$}", k.name);
+        for c in &columns {
+            let cell = match o.sections.iter().find(|s| &s.name == c) {
+                Some(s) => {
+                    totals.passed += s.passed;
+                    totals.failed += s.failed;
+                    if s.rc.is_none() || (s.rc != Some(0) && s.failed == 0) {
+                        // Crashed, hung or failed outside a test: one failure.
+                        totals.failed += 1;
+                    }
+                    let mark = match s.rc {
+                        None => " cut",
+                        Some(_) if !s.ok() => " FAIL",
+                        Some(_) => "",
+                    };
+                    format!("{}/{}{mark}", s.passed, s.passed + s.failed)
+                }
+                None => {
+                    totals.failed += 1;
+                    "not run".to_string()
+                }
+            };
+            print!("  {cell:>12}");
+        }
+        println!("  {}", o.booted.as_deref().unwrap_or("did not boot"));
+
+        let bad: Vec<&guest::Section> = o.sections.iter().filter(|s| !s.ok()).collect();
+        if bad.is_empty() && o.done && o.cut.is_none() {
+            continue;
+        }
+        let mut r = format!(
+            "== {} ({}), console log {}",
+            k.name,
+            k.package,
+            log.display()
+        );
+        if let Some(why) = &o.cut {
+            r += &format!("\nguest stopped: {why}");
+        } else if !o.done {
+            r += "\nguest ended before finishing its plan";
+        }
+        for s in &bad {
+            r += &format!("\n-- {}: failed {:?}", s.name, s.failures);
+            if let Some(i) = s.output.iter().position(|l| l == "failures:") {
+                for l in s.output[i..].iter().take(80) {
+                    r += &format!("\n   {l}");
+                }
+            }
+        }
+        if o.cut.is_some() || !o.done || bad.iter().any(|s| s.rc.is_none()) {
+            r += "\n-- console tail:";
+            for l in &o.tail {
+                r += &format!("\n   {l}");
+            }
+        }
+        reports.push(r);
+    }
+    for r in &reports {
+        println!("\n{r}");
+    }
+    println!("\n{} passed, {} failed", totals.passed, totals.failed);
+    Ok(totals)
+}
+
+/// Downloaded packages, apt state and unpacked kernels, kept between runs.
+fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PORT_TRACER_VM_CACHE") {
+        return d.into();
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    base.join("port-tracer-vm")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_runs_equivalence_only_with_two_tiers() {
+        let mut p = Plan {
+            lib: true,
+            tiers: vec!["fentry".into(), "kprobe".into()],
+            filter: String::new(),
+        };
+        assert_eq!(p.sections(), ["lib", "fentry", "kprobe", "equivalence"]);
+        assert!(p.conf().contains("PT_EQUIVALENCE='fentry,kprobe'"));
+        p.tiers.pop();
+        assert_eq!(p.sections(), ["lib", "fentry"]);
+        assert!(p.conf().contains("PT_EQUIVALENCE=''"));
+    }
+}
