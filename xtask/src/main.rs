@@ -59,8 +59,15 @@ const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 /// The nightly toolchain builds the eBPF crate (it needs `-Z build-std=core`).
 const NIGHTLY: &str = "nightly";
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    // One line, without the backtrace anyhow would add under RUST_BACKTRACE.
+    if let Err(e) = xtask(Cli::parse()) {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn xtask(cli: Cli) -> Result<()> {
     let root = workspace_root();
     env::set_current_dir(&root)?;
     match cli.cmd {

@@ -210,7 +210,10 @@ pub fn run(opts: &Options) -> Result<Totals> {
             r += "\nguest ended before finishing its plan";
         }
         for s in &bad {
-            r += &format!("\n-- {}: failed {:?}", s.name, s.failures);
+            r += &match s.rc {
+                None => format!("\n-- {}: did not finish", s.name),
+                Some(rc) => format!("\n-- {}: exit {rc}, failed: {:?}", s.name, s.failures),
+            };
             if let Some(i) = s.output.iter().position(|l| l == "failures:") {
                 for l in s.output[i..].iter().take(80) {
                     r += &format!("\n   {l}");
