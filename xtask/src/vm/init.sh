@@ -4,11 +4,11 @@
 #   @@pt begin SECTION  ...libtest output...  @@pt end SECTION rc=N   and finally @@pt done
 /bin/busybox --install -s /bin
 export PATH=/bin
+# /tmp stays on the initramfs itself: the tracer may live under /tmp (its build path).
 mkdir -p /proc /sys /dev /tmp /run
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
 mkdir -p /sys/kernel/tracing /sys/fs/bpf /sys/fs/cgroup
 mount -t tracefs nodev /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
