@@ -5,7 +5,9 @@
 //! socket that enters TIME_WAIT hands its port to a TIME_WAIT socket: the lifetime goes on
 //! until that one dies, and the time in TIME_WAIT is measured on its own.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 
 use serde::Serialize;
 
@@ -155,6 +157,11 @@ impl Tracker {
             }
             self.held_at_start.insert(HeldKey::of(&h.ends), h);
         }
+    }
+
+    /// Lifetimes open now (TIME_WAIT holds included).
+    pub fn open_lifetimes(&self) -> usize {
+        self.slots.len() - self.free.len()
     }
 
     /// Events were lost: every lifetime open now may be incomplete.

@@ -1,0 +1,335 @@
+//! Collector benchmark: a synthetic connection storm, as raw ring buffer records, through
+//! the real decode + reorder + lifetime reconstruction path on one thread.
+//!
+//! Shape: clients connecting to many destinations (the same ephemeral port in use towards
+//! several of them at once), one connection in 64 to a local listener whose accepted
+//! sockets share its port, active closes that hold each client port in TIME_WAIT for
+//! `--hold` further connections (so about that many ports are live), and records from
+//! several CPUs arriving slightly out of timestamp order.
+//!
+//! Reports, as the median of `--runs` runs: events/s, ns/event, and heap bytes per live
+//! port at the storm's peak (a counting allocator sees every allocation of the pipeline).
+//!
+//! `cargo bench -p port-tracer --bench collector [-- --connections N --hold N --runs N]`
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    hint::black_box,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Instant,
+};
+
+use port_tracer::{
+    event::Event,
+    lifetime::{Output, Tracker},
+    reorder::Reorderer,
+};
+use port_tracer_common::{flags, EventKind, Origin, PortEvent, AF_INET, IPPROTO_TCP};
+
+/// Counts live heap bytes.
+struct Counting;
+
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(l.size(), Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE_BYTES.fetch_sub(l.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(new, Ordering::Relaxed);
+        LIVE_BYTES.fetch_sub(l.size(), Ordering::Relaxed);
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+struct Params {
+    connections: u64,
+    hold: u64,
+    runs: usize,
+    /// Synthetic time between connections, ns (sets the reorder window's depth in events).
+    spacing_ns: u64,
+}
+
+fn params() -> Params {
+    let mut p = Params {
+        connections: 1_500_000,
+        hold: 1_000_000,
+        runs: 5,
+        spacing_ns: 400,
+    };
+    let args: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < args.len() {
+        let value = || -> u64 {
+            args.get(i + 1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{} needs a number", args[i]))
+        };
+        match args[i].as_str() {
+            "--connections" => p.connections = value(),
+            "--hold" => p.hold = value(),
+            "--runs" => p.runs = value() as usize,
+            "--spacing-ns" => p.spacing_ns = value(),
+            _ => {
+                i += 1;
+                continue; // cargo bench's own flags (--bench)
+            }
+        }
+        i += 2;
+    }
+    p
+}
+
+const DESTINATIONS: u64 = 64;
+const EPHEMERAL_FIRST: u64 = 32768;
+const EPHEMERAL_COUNT: u64 = 60999 - 32768 + 1;
+const LISTEN_PORT: u16 = 8080;
+const CPUS: u64 = 4;
+
+fn record(
+    ts: u64,
+    kind: EventKind,
+    sock: u64,
+    lport: u16,
+    raddr: [u8; 4],
+    rport: u16,
+) -> PortEvent {
+    let mut e = PortEvent::zeroed();
+    e.ts_ns = ts;
+    e.kind = kind as u8;
+    e.sock_id = sock;
+    e.lport = lport;
+    e.rport = rport;
+    e.laddr[..4].copy_from_slice(&[10, 1, 0, 1]);
+    e.raddr[..4].copy_from_slice(&raddr);
+    e.proto = IPPROTO_TCP;
+    e.family = AF_INET;
+    e.netns = 4026531840;
+    e.pid = 4242;
+    e.tid = 4242 + (ts % CPUS) as u32;
+    e.cgroup_id = 1;
+    let comm = b"storm";
+    e.comm[..comm.len()].copy_from_slice(comm);
+    e
+}
+
+/// Where connection `i` goes: one in DESTINATIONS to the local listener, the others to
+/// remote servers. Each destination sees one connection per DESTINATIONS, so a port is in
+/// use towards several destinations at once but never twice towards one (as long as the
+/// hold stays under DESTINATIONS x the range, as the kernel would ensure).
+fn destination(i: u64) -> (bool, [u8; 4], u16) {
+    match i % DESTINATIONS {
+        0 => (true, [10, 1, 0, 1], LISTEN_PORT),
+        d => (false, [10, 2, (d >> 8) as u8, d as u8], 443),
+    }
+}
+
+fn ephemeral_port(i: u64) -> u16 {
+    (EPHEMERAL_FIRST + (i / DESTINATIONS) % EPHEMERAL_COUNT) as u16
+}
+
+/// The storm's records in ring buffer order.
+fn storm(p: &Params) -> Vec<PortEvent> {
+    let mut evs = Vec::with_capacity(p.connections as usize * 5);
+    let mut listener = record(
+        0,
+        EventKind::Assign,
+        0xffff_9000_0000_0000,
+        LISTEN_PORT,
+        [0; 4],
+        0,
+    );
+    listener.origin = Origin::Bind as u8;
+    listener.laddr = [0; 16];
+    evs.push(listener);
+    for i in 0..p.connections {
+        let t = 1_000 + i * p.spacing_ns;
+        let (local, raddr, rport) = destination(i);
+        let port = ephemeral_port(i);
+        let client = 0xffff_8880_0000_0000 + i * 0x800;
+        let tw = 0xffff_8890_0000_0000 + i * 0x100;
+        let mut connect = record(t, EventKind::Assign, client, port, raddr, rport);
+        connect.origin = Origin::Connect as u8;
+        evs.push(connect);
+        if local {
+            let accepted = 0xffff_88a0_0000_0000 + i * 0x800;
+            let mut inh = record(
+                t + 50,
+                EventKind::Assign,
+                accepted,
+                LISTEN_PORT,
+                [10, 1, 0, 1],
+                port,
+            );
+            inh.origin = Origin::Inherited as u8;
+            evs.push(inh);
+            evs.push(record(
+                t + 300,
+                EventKind::Release,
+                accepted,
+                LISTEN_PORT,
+                [10, 1, 0, 1],
+                port,
+            ));
+        }
+        let mut enter_tw = record(t + 200, EventKind::TimeWait, tw, port, raddr, rport);
+        enter_tw.flags = flags::TIME_WAIT_SOCK;
+        evs.push(enter_tw);
+        evs.push(record(
+            t + 210,
+            EventKind::Release,
+            client,
+            port,
+            raddr,
+            rport,
+        ));
+        // The TIME_WAIT socket of connection i - hold dies now.
+        if i >= p.hold {
+            let j = i - p.hold;
+            let (_, raddr, rport) = destination(j);
+            let jport = ephemeral_port(j);
+            let mut end = record(
+                t + 100,
+                EventKind::Release,
+                0xffff_8890_0000_0000 + j * 0x100,
+                jport,
+                raddr,
+                rport,
+            );
+            end.flags = flags::TIME_WAIT_SOCK;
+            evs.push(end);
+        }
+    }
+    // Records of different CPUs interleave out of timestamp order: a deterministic
+    // shuffle within windows of 16.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for w in evs.chunks_mut(16) {
+        for k in (1..w.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            w.swap(k, (seed % (k as u64 + 1)) as usize);
+        }
+    }
+    evs
+}
+
+fn bytes_of(e: &PortEvent) -> &[u8] {
+    // SAFETY: PortEvent is plain integers, 104 bytes.
+    unsafe { std::slice::from_raw_parts((e as *const PortEvent).cast(), size_of::<PortEvent>()) }
+}
+
+struct RunResult {
+    secs: f64,
+    events: u64,
+    lifetimes: u64,
+    peak_live: usize,
+    bytes_per_live_port: f64,
+}
+
+/// The collector's path for one storm: decode each record, reorder in batches as the live
+/// loop does, reconstruct.
+fn run(records: &[PortEvent]) -> RunResult {
+    const BATCH: usize = 4096;
+    let base = LIVE_BYTES.load(Ordering::Relaxed);
+    let mut reorder = Reorderer::new(50_000_000);
+    let mut tracker = Tracker::new();
+    let (mut lifetimes, mut events) = (0u64, 0u64);
+    let mut peak = (0usize, 0usize);
+    let start = Instant::now();
+    let mut emit = |o: Output| match o {
+        Output::Lifetime(l) => {
+            lifetimes += 1;
+            black_box(&l);
+        }
+        Output::Event(e) => {
+            events += 1;
+            black_box(&e);
+        }
+    };
+    for (n, chunk) in records.chunks(BATCH).enumerate() {
+        let mut newest = 0;
+        for r in chunk {
+            let ev = Event::decode(bytes_of(r)).expect("valid record");
+            newest = newest.max(ev.ts_ns);
+            reorder.push(ev);
+        }
+        reorder.release(newest, |ev| tracker.process(ev, &mut emit));
+        tracker.advance(newest.saturating_sub(reorder.delay_ns()), &mut emit);
+        if n % 64 == 0 {
+            let live = tracker.open_lifetimes();
+            if live > peak.0 {
+                peak = (
+                    live,
+                    LIVE_BYTES.load(Ordering::Relaxed).saturating_sub(base),
+                );
+            }
+        }
+    }
+    reorder.release_all(|ev| tracker.process(ev, &mut emit));
+    let secs = start.elapsed().as_secs_f64();
+    tracker.finish(&mut emit);
+    let c = &tracker.counters;
+    assert_eq!(
+        (c.unmatched, c.duplicate_assign, c.release_missing),
+        (0, 0, 0),
+        "the synthetic storm is not coherent"
+    );
+    RunResult {
+        secs,
+        events: records.len() as u64,
+        lifetimes,
+        peak_live: peak.0,
+        bytes_per_live_port: peak.1 as f64 / peak.0.max(1) as f64,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let p = params();
+    let records = storm(&p);
+    println!(
+        "collector benchmark: {} connections, TIME_WAIT hold {} connections, {} records ({} MB), {} runs",
+        p.connections,
+        p.hold,
+        records.len(),
+        (records.len() * size_of::<PortEvent>()) >> 20,
+        p.runs
+    );
+    let mut results = Vec::new();
+    for i in 0..p.runs {
+        let r = run(&records);
+        println!(
+            "  run {}: {:.3} s, {:.2} M events/s, {:.1} ns/event, peak {} live ports, {:.0} B/live port, {} lifetimes",
+            i + 1,
+            r.secs,
+            r.events as f64 / r.secs / 1e6,
+            r.secs * 1e9 / r.events as f64,
+            r.peak_live,
+            r.bytes_per_live_port,
+            r.lifetimes
+        );
+        results.push(r);
+    }
+    let eps = median(results.iter().map(|r| r.events as f64 / r.secs).collect());
+    let bpp = median(results.iter().map(|r| r.bytes_per_live_port).collect());
+    println!(
+        "median: {:.2} M events/s, {:.1} ns/event, {:.0} bytes per live port (peak {} live)",
+        eps / 1e6,
+        1e9 / eps,
+        bpp,
+        results[0].peak_live
+    );
+}
