@@ -77,26 +77,11 @@ fn listen_autobind() -> u16 {
     }
 }
 
-fn local_port(fd: i32) -> u16 {
-    unsafe {
-        let mut sa: libc::sockaddr_in = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::sockaddr_in>() as u32;
-        assert_eq!(
-            libc::getsockname(fd, (&mut sa as *mut libc::sockaddr_in).cast(), &mut len),
-            0
-        );
-        u16::from_be(sa.sin_port)
-    }
-}
-
 /// UDP autobind by sendto() on a socket that was never bound.
 fn udp_sendto_autobind(to: u16) -> u16 {
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-        let mut sa: libc::sockaddr_in = std::mem::zeroed();
-        sa.sin_family = libc::AF_INET as u16;
-        sa.sin_port = to.to_be();
-        sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let sa = loopback(to);
         let n = libc::sendto(
             fd,
             b"x".as_ptr().cast(),

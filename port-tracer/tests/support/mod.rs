@@ -199,6 +199,28 @@ pub fn assert_owned_by_me(lt: &Value) {
     assert_eq!(lt["comm"], thread_comm(), "comm of {lt}");
 }
 
+/// The local port of IPv4 socket `fd`, from getsockname.
+pub fn local_port(fd: i32) -> u16 {
+    unsafe {
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        assert_eq!(
+            libc::getsockname(fd, (&mut sa as *mut libc::sockaddr_in).cast(), &mut len),
+            0
+        );
+        u16::from_be(sa.sin_port)
+    }
+}
+
+/// 127.0.0.1:`port`.
+pub fn loopback(port: u16) -> libc::sockaddr_in {
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sa.sin_family = libc::AF_INET as u16;
+    sa.sin_port = port.to_be();
+    sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+    sa
+}
+
 pub fn port_of(addr: SocketAddr) -> u16 {
     addr.port()
 }
