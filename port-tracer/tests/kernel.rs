@@ -216,21 +216,7 @@ fn udp_autobind_by_sendto() {
     require_root!();
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
     let tracer = Tracer::start();
-    let fd = unbound_udp();
-    let sa = loopback(sink.local_addr().unwrap().port());
-    let n = unsafe {
-        libc::sendto(
-            fd,
-            b"x".as_ptr().cast(),
-            1,
-            0,
-            (&sa as *const libc::sockaddr_in).cast(),
-            16,
-        )
-    };
-    assert_eq!(n, 1);
-    let port = local_port(fd);
-    unsafe { libc::close(fd) };
+    let port = udp_sendto_autobind(sink.local_addr().unwrap().port());
     let t = tracer.stop();
     let lt = t.lifetime("udp", port);
     assert_eq!(lt["origin"], "autobind");

@@ -77,26 +77,6 @@ fn listen_autobind() -> u16 {
     }
 }
 
-/// UDP autobind by sendto() on a socket that was never bound.
-fn udp_sendto_autobind(to: u16) -> u16 {
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-        let sa = loopback(to);
-        let n = libc::sendto(
-            fd,
-            b"x".as_ptr().cast(),
-            1,
-            0,
-            (&sa as *const libc::sockaddr_in).cast(),
-            16,
-        );
-        assert_eq!(n, 1);
-        let port = local_port(fd);
-        libc::close(fd);
-        port
-    }
-}
-
 /// The scripted workload: every way a port is obtained and given back, TCP and UDP, IPv4
 /// and IPv6, a failure, and a TIME_WAIT ended by its network namespace going away.
 fn workload(tcp_fixed: u16, udp_fixed: u16) -> (Vec<Obtained>, u16) {

@@ -221,6 +221,27 @@ pub fn loopback(port: u16) -> libc::sockaddr_in {
     sa
 }
 
+/// Sends one datagram to 127.0.0.1:`to` from a UDP socket that was never bound (the
+/// kernel autobinds it), closes it, and returns the port it had.
+pub fn udp_sendto_autobind(to: u16) -> u16 {
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        let sa = loopback(to);
+        let n = libc::sendto(
+            fd,
+            b"x".as_ptr().cast(),
+            1,
+            0,
+            (&sa as *const libc::sockaddr_in).cast(),
+            16,
+        );
+        assert_eq!(n, 1);
+        let port = local_port(fd);
+        libc::close(fd);
+        port
+    }
+}
+
 pub fn port_of(addr: SocketAddr) -> u16 {
     addr.port()
 }
