@@ -1,8 +1,9 @@
-//! Developer workflow: `cargo xtask setup | build | run | test | vm-test`.
+//! Developer workflow: `cargo xtask setup | build | run | test | vm-test | bench`.
 //!
 //! `setup` installs what building the kernel programs needs on a fresh Debian machine and is
 //! fast when everything is present; every other command runs it first.
 
+mod bench;
 mod vm;
 
 use std::{
@@ -46,6 +47,11 @@ enum Cmd {
     /// Set up, then boot Debian's kernels under qemu and run the integration scenarios in
     /// each, once per attach tier, plus tier equivalence; prints a kernel x tier matrix.
     VmTest(vm::Options),
+    /// Set up, then the end-to-end benchmark (root): a loopback TCP storm and a UDP flood,
+    /// untraced, under port-tracer (each tier that runs here), tcpstates and bpftrace, in
+    /// alternating rounds; prints a table (also in target/bench/). `--soak SECONDS`: port-tracer's
+    /// memory through a long TIME_WAIT storm instead.
+    Bench(bench::Options),
 }
 
 /// Debian packages bpf-linker builds against.
@@ -108,6 +114,10 @@ fn xtask(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Bench(opts) => {
+            setup()?;
+            bench::run_bench(&opts)
+        }
         Cmd::VmTest(opts) => {
             setup()?;
             let t = vm::run(&opts)?;
@@ -127,12 +137,8 @@ pub(crate) fn workspace_root() -> PathBuf {
 }
 
 fn is_root() -> bool {
-    // `id -u` keeps this crate free of libc.
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.trim_ascii() == b"0")
-        .unwrap_or(false)
+    // SAFETY: no arguments, cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 fn as_root(program: &Path, args: &[String]) -> Command {

@@ -1,0 +1,749 @@
+//! `cargo xtask bench`: the end-to-end benchmark. A loopback TCP storm and a UDP flood (the
+//! `storm` binary), run without a tracer, under port-tracer (each tier this kernel allows,
+//! JSONL to a file), under libbpf-tools `tcpstates` (to a file) and under a bpftrace
+//! equivalent (counting in the kernel), in alternating rounds. `--soak SECONDS` instead
+//! samples port-tracer's memory through a long TIME_WAIT-heavy storm.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::{ensure_apt_packages, is_root, output_of, run, workspace_root};
+
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// TCP connections per storm run.
+    #[arg(long, default_value_t = 100_000)]
+    connections: u64,
+    /// UDP sockets per flood run, per thread.
+    #[arg(long, default_value_t = 100_000)]
+    sockets: u64,
+    /// Threads of the UDP flood (one per core pushes the kernel's rate to the top).
+    #[arg(long, default_value_t = 2)]
+    udp_threads: u32,
+    /// Rounds; each runs every tool once, in a rotating order.
+    #[arg(long, default_value_t = 5)]
+    runs: u32,
+    /// Only these workloads (default: both).
+    #[arg(long, value_enum)]
+    workload: Vec<Workload>,
+    /// Leave the peers (tcpstates, bpftrace) out.
+    #[arg(long)]
+    no_peers: bool,
+    /// Extra arguments for every port-tracer run, e.g. "--wakeup-bytes 0".
+    #[arg(long, allow_hyphen_values = true, value_name = "ARGS")]
+    tracer_args: Option<String>,
+    /// Instead: run port-tracer through a FIN-close storm (TIME_WAIT holds) this many
+    /// seconds and print its memory every 10 s.
+    #[arg(long, value_name = "SECONDS")]
+    soak: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    Tcp,
+    Udp,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Tcp => "tcp",
+            Workload::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Tool {
+    Untraced,
+    PortTracer(&'static str),
+    Tcpstates,
+    Bpftrace,
+}
+
+impl Tool {
+    fn label(&self) -> String {
+        match self {
+            Tool::Untraced => "untraced".into(),
+            Tool::PortTracer(tier) => format!("port-tracer ({tier})"),
+            Tool::Tcpstates => "tcpstates (file)".into(),
+            Tool::Bpftrace => "bpftrace (count)".into(),
+        }
+    }
+
+    fn applies_to(&self, w: Workload) -> bool {
+        !(matches!(self, Tool::Tcpstates) && w == Workload::Udp)
+    }
+}
+
+/// One measured run.
+#[derive(Clone, Debug)]
+struct Measured {
+    workload: Workload,
+    tool: Tool,
+    round: u32,
+    rate: f64,
+    expected: Option<u64>,
+    delivered: Option<u64>,
+    lost: Option<u64>,
+    /// Events the tool handled in all (port-tracer: every event it processed, any process).
+    tool_events: Option<u64>,
+    cpu_s: Option<f64>,
+    max_rss_kb: Option<u64>,
+}
+
+struct Paths {
+    tracer: PathBuf,
+    storm: PathBuf,
+    dir: PathBuf,
+}
+
+pub fn run_bench(opts: &Options) -> Result<()> {
+    if !is_root() {
+        bail!("the benchmark loads BPF programs: run it as root");
+    }
+    let root = workspace_root();
+    run(Command::new("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "port-tracer",
+        "-p",
+        "xtask",
+        "--bin",
+        "port-tracer",
+        "--bin",
+        "storm",
+    ]))?;
+    let dir = root.join("target/bench");
+    fs::create_dir_all(&dir)?;
+    let paths = Paths {
+        tracer: root.join("target/release/port-tracer"),
+        storm: root.join("target/release/storm"),
+        dir,
+    };
+    mount_tracefs()?;
+    if let Some(secs) = opts.soak {
+        return soak(&paths, opts, secs);
+    }
+
+    let mut tools = vec![Tool::Untraced];
+    for tier in ["fentry", "kprobe", "tracepoint"] {
+        match probe_tier(&paths.tracer, tier) {
+            Ok(()) => tools.push(Tool::PortTracer(tier)),
+            Err(why) => println!("bench: port-tracer's {tier} tier does not run here: {why}"),
+        }
+    }
+    if !opts.no_peers {
+        let missing: Vec<&str> = [("tcpstates", "libbpf-tools"), ("bpftrace", "bpftrace")]
+            .into_iter()
+            .filter(|(bin, _)| !on_path(bin))
+            .map(|(_, pkg)| pkg)
+            .collect();
+        ensure_apt_packages(&missing)?;
+        tools.push(Tool::Tcpstates);
+        tools.push(Tool::Bpftrace);
+    }
+    let workloads = if opts.workload.is_empty() {
+        vec![Workload::Tcp, Workload::Udp]
+    } else {
+        opts.workload.clone()
+    };
+    let machine = machine_line();
+    println!("bench: {machine}");
+
+    // What starting and stopping costs each tool (loading BTF and programs, the socket
+    // snapshot, ...): subtracted from the CPU per event, so that column is the steady state.
+    let mut idle = Vec::new();
+    for tool in tools.iter().filter(|t| **t != Tool::Untraced) {
+        let cpu = idle_cpu(&paths, opts, tool).with_context(|| format!("idle {}", tool.label()))?;
+        println!("bench: {} start + stop, idle: {cpu:.2} CPU s", tool.label());
+        idle.push((tool.clone(), cpu));
+    }
+
+    let mut all = Vec::new();
+    for &w in &workloads {
+        let these: Vec<&Tool> = tools.iter().filter(|t| t.applies_to(w)).collect();
+        for round in 0..opts.runs {
+            // Rotate the order so no tool always runs first or right after another.
+            for i in 0..these.len() {
+                let tool = these[(i + round as usize) % these.len()];
+                let m = measure(&paths, opts, w, tool, round)
+                    .with_context(|| format!("{} under {}", w.name(), tool.label()))?;
+                println!("bench: {}", describe(&m));
+                all.push(m);
+            }
+        }
+    }
+    let table = render_table(&all, &idle, opts);
+    println!("\n{machine}\n{table}");
+    let raw: Vec<Value> = all.iter().map(to_json).collect();
+    let out = paths.dir.join("results.json");
+    fs::write(&out, serde_json::to_string_pretty(&raw)?)?;
+    fs::write(paths.dir.join("results.md"), format!("{machine}\n\n{table}"))?;
+    println!("every run: {}; table: {}", out.display(), paths.dir.join("results.md").display());
+    Ok(())
+}
+
+fn on_path(bin: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// bpftrace and the tracepoint tier need tracefs, which this machine does not mount at boot.
+fn mount_tracefs() -> Result<()> {
+    if Path::new("/sys/kernel/tracing/events").exists() {
+        return Ok(());
+    }
+    crate::run_quiet(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
+}
+
+fn machine_line() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_default();
+    let release = output_of(Command::new("uname").arg("-r")).unwrap_or_default();
+    format!("machine: {cpus} CPUs ({model}), Linux {}", release.trim())
+}
+
+/// Whether port-tracer can trace with `tier` here (a one-second run).
+fn probe_tier(tracer: &Path, tier: &str) -> std::result::Result<(), String> {
+    let out = Command::new(tracer)
+        .args(["--attach", tier, "--duration", "1", "--output", "/dev/null"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    Err(err.lines().last().unwrap_or("failed").trim().to_string())
+}
+
+/// A free port on 127.0.0.1 for the storm's listener, which the peers' filters name.
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// A tool running in the background, and where its output goes.
+struct Running {
+    child: Child,
+    out: PathBuf,
+    stderr_lines: mpsc::Receiver<String>,
+}
+
+fn start(paths: &Paths, opts: &Options, w: Workload, tool: &Tool, port: u16) -> Result<Option<Running>> {
+    let out = paths.dir.join("out");
+    let _ = fs::remove_file(&out);
+    let mut cmd = match tool {
+        Tool::Untraced => return Ok(None),
+        Tool::PortTracer(tier) => {
+            let mut c = Command::new(&paths.tracer);
+            c.args(["--attach", tier, "--format", "jsonl", "--output"]).arg(&out);
+            if let Some(extra) = &opts.tracer_args {
+                c.args(extra.split_whitespace());
+            }
+            c.stdout(Stdio::null());
+            c
+        }
+        Tool::Tcpstates => {
+            let mut c = Command::new("tcpstates");
+            c.stdout(fs::File::create(&out)?);
+            c
+        }
+        Tool::Bpftrace => {
+            let script = match w {
+                Workload::Tcp => format!(
+                    "tracepoint:sock:inet_sock_set_state /args->sport == {port} || args->dport == {port}/ {{ @transitions = count(); }}"
+                ),
+                Workload::Udp => "tracepoint:syscalls:sys_exit_bind /comm == \"storm\"/ { @binds = count(); }".to_string(),
+            };
+            let mut c = Command::new("bpftrace");
+            c.args(["-e", &script]).stdout(fs::File::create(&out)?);
+            c
+        }
+    };
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", tool.label()))?;
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut running = Running {
+        child,
+        out,
+        stderr_lines: rx,
+    };
+    wait_ready(&mut running, tool)?;
+    Ok(Some(running))
+}
+
+/// Waits until the tool traces: port-tracer and bpftrace say so; tcpstates prints its header
+/// into a buffered file, so it gets a fixed two seconds.
+fn wait_ready(r: &mut Running, tool: &Tool) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut said = Vec::new();
+    loop {
+        while let Ok(line) = r.stderr_lines.try_recv() {
+            said.push(line);
+        }
+        let ready = match tool {
+            Tool::PortTracer(_) => said.iter().any(|l| l.contains("tracing with")),
+            Tool::Bpftrace => fs::read_to_string(&r.out).is_ok_and(|s| s.contains("Attaching")),
+            _ => true,
+        };
+        if ready {
+            if matches!(tool, Tool::Tcpstates) {
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            if let Some(status) = r.child.try_wait()? {
+                bail!("{} exited ({status}): {}", tool.label(), said.join(" / "));
+            }
+            return Ok(());
+        }
+        if let Some(status) = r.child.try_wait()? {
+            bail!("{} exited ({status}): {}", tool.label(), said.join(" / "));
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not start tracing within 60 s", tool.label());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// CPU time and peak memory of a finished child.
+struct Usage {
+    cpu_s: f64,
+    max_rss_kb: u64,
+}
+
+/// SIGINT, then reaps the child with its resource usage (SIGKILL after 120 s).
+fn stop(r: &mut Running) -> Result<Usage> {
+    let pid = r.child.id() as libc::pid_t;
+    // SAFETY: plain syscalls on our own child.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut status = 0;
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        if rc == pid {
+            let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+                let said: Vec<String> = r.stderr_lines.try_iter().collect();
+                bail!("exited with status {status:#x}: {}", said.join(" / "));
+            }
+            return Ok(Usage {
+                cpu_s: secs(ru.ru_utime) + secs(ru.ru_stime),
+                max_rss_kb: ru.ru_maxrss as u64,
+            });
+        }
+        if rc < 0 {
+            bail!("wait4: {}", std::io::Error::last_os_error());
+        }
+        if Instant::now() > deadline {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            bail!("did not stop within 120 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What the storm printed.
+struct StormResult {
+    pid: u64,
+    ops: u64,
+    rate: f64,
+}
+
+fn storm(paths: &Paths, args: &[String]) -> Result<StormResult> {
+    let out = output_of(Command::new(&paths.storm).args(args))?;
+    let v: Value = serde_json::from_str(out.trim()).with_context(|| format!("storm said {out:?}"))?;
+    let num = |k: &str| v[k].as_f64().with_context(|| format!("storm output lacks {k}: {out}"));
+    Ok(StormResult {
+        pid: num("pid")? as u64,
+        ops: num("ops")? as u64,
+        rate: num("rate")?,
+    })
+}
+
+fn measure(paths: &Paths, opts: &Options, w: Workload, tool: &Tool, round: u32) -> Result<Measured> {
+    let port = free_port()?;
+    let mut running = start(paths, opts, w, tool, port)?;
+    let args: Vec<String> = match w {
+        Workload::Tcp => vec![
+            "tcp".into(),
+            "--count".into(),
+            opts.connections.to_string(),
+            "--port".into(),
+            port.to_string(),
+        ],
+        Workload::Udp => vec![
+            "udp".into(),
+            "--count".into(),
+            opts.sockets.to_string(),
+            "--threads".into(),
+            opts.udp_threads.to_string(),
+        ],
+    };
+    let s = storm(paths, &args);
+    let usage = match running.as_mut() {
+        Some(r) => Some(stop(r)?),
+        None => None,
+    };
+    let s = s?;
+    let mut m = Measured {
+        workload: w,
+        tool: tool.clone(),
+        round,
+        rate: s.rate,
+        expected: None,
+        delivered: None,
+        lost: None,
+        tool_events: None,
+        cpu_s: usage.as_ref().map(|u| u.cpu_s),
+        max_rss_kb: usage.as_ref().map(|u| u.max_rss_kb),
+    };
+    let Some(r) = running else { return Ok(m) };
+    let n = s.ops;
+    match tool {
+        Tool::Untraced => {}
+        Tool::PortTracer(_) => {
+            // Every connection: the client's connect and the accepted socket's inherited
+            // port, each assigned and released. Every UDP socket: bind(0), then release.
+            let (origins, per): (&[&str], u64) = match w {
+                Workload::Tcp => (&["connect", "inherited"], 4),
+                Workload::Udp => (&["bind_ephemeral"], 2),
+            };
+            let c = count_tracer_output(&r.out, s.pid, origins)?;
+            m.expected = Some(per * n);
+            m.delivered = Some(c.storm_events);
+            m.lost = Some(c.lost);
+            m.tool_events = Some(c.all_events);
+        }
+        Tool::Tcpstates => {
+            // Per connection: client CLOSE->SYN_SENT->ESTABLISHED->CLOSE, accepted socket
+            // LISTEN->SYN_RECV->ESTABLISHED->CLOSE; plus the listener's own two.
+            let text = fs::read_to_string(&r.out)?;
+            let p = port.to_string();
+            let delivered = text
+                .lines()
+                .filter(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.len() > 6 && (f[4] == p || f[6] == p)
+                })
+                .count() as u64;
+            m.expected = Some(6 * n + 2);
+            m.delivered = Some(delivered);
+            m.tool_events = Some(text.lines().count().saturating_sub(1) as u64);
+        }
+        Tool::Bpftrace => {
+            let text = fs::read_to_string(&r.out)?;
+            let count = text
+                .lines()
+                .find_map(|l| l.split_once(": ").filter(|(k, _)| k.starts_with('@')))
+                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+                .with_context(|| format!("no count in bpftrace's output: {text:?}"))?;
+            m.expected = Some(match w {
+                Workload::Tcp => 6 * n + 2,
+                Workload::Udp => n,
+            });
+            m.delivered = Some(count);
+            m.tool_events = Some(count);
+        }
+    }
+    let _ = fs::remove_file(&r.out);
+    Ok(m)
+}
+
+struct TracerCounts {
+    storm_events: u64,
+    all_events: u64,
+    lost: u64,
+}
+
+/// Counts the storm's events (by pid and origin) in a JSONL trace, and reads its summary.
+fn count_tracer_output(path: &Path, pid: u64, origins: &[&str]) -> Result<TracerCounts> {
+    let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut c = TracerCounts {
+        storm_events: 0,
+        all_events: 0,
+        lost: 0,
+    };
+    let mut summary = false;
+    for line in BufReader::with_capacity(1 << 20, file).lines() {
+        let line = line?;
+        // Cheap pre-filter: lifetime records are not counted (events are: assign, release).
+        if line.starts_with("{\"type\":\"lifetime\"") {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&line).context("a trace line is not JSON")?;
+        match v["type"].as_str() {
+            Some("assign" | "release") => {
+                if v["pid"].as_u64() == Some(pid)
+                    && v["origin"].as_str().is_some_and(|o| origins.contains(&o))
+                {
+                    c.storm_events += 1;
+                }
+            }
+            Some("summary") => {
+                summary = true;
+                c.lost = v["lost"]["total"].as_u64().context("summary without lost.total")?;
+                c.all_events = v["tracker"]["events"]
+                    .as_u64()
+                    .context("summary without tracker.events")?;
+            }
+            _ => {}
+        }
+    }
+    if !summary {
+        bail!("{} has no summary line", path.display());
+    }
+    Ok(c)
+}
+
+/// CPU seconds `tool` spends to start, trace an idle second, and stop.
+fn idle_cpu(paths: &Paths, opts: &Options, tool: &Tool) -> Result<f64> {
+    let mut r = start(paths, opts, Workload::Tcp, tool, free_port()?)?.expect("a traced tool");
+    std::thread::sleep(Duration::from_secs(1));
+    let usage = stop(&mut r)?;
+    let _ = fs::remove_file(&r.out);
+    Ok(usage.cpu_s)
+}
+
+fn describe(m: &Measured) -> String {
+    let mut s = format!(
+        "{} round {} {:<22} {:>9.0} ops/s",
+        m.workload.name(),
+        m.round + 1,
+        m.tool.label(),
+        m.rate
+    );
+    if let (Some(e), Some(d)) = (m.expected, m.delivered) {
+        s += &format!("  events {d}/{e}");
+    }
+    if let Some(l) = m.lost {
+        s += &format!("  lost {l}");
+    }
+    if let (Some(cpu), Some(rss)) = (m.cpu_s, m.max_rss_kb) {
+        s += &format!("  cpu {cpu:.2}s  rss {:.1}MB", rss as f64 / 1024.0);
+    }
+    s
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+fn render_table(all: &[Measured], idle: &[(Tool, f64)], opts: &Options) -> String {
+    let mut out = String::new();
+    let idle_labels: Vec<String> = idle
+        .iter()
+        .map(|(t, c)| format!("{} {c:.2} s", t.label()))
+        .collect();
+    out += &format!(
+        "rounds: {}; tcp: {} connections per run (connect, accept, RST close; one thread); udp: {} x {} sockets per run (bind 127.0.0.1:0, close)\nCPU to start, trace an idle second and stop (subtracted below): {}\n\n",
+        opts.runs,
+        opts.connections,
+        opts.udp_threads,
+        opts.sockets,
+        idle_labels.join(", ")
+    );
+    out += "| workload | tool | ops/s (median) | ratio to untraced (median) | events delivered / expected (worst run) | lost (max) | tool CPU s per M events (median, net of start-up) | peak RSS MB (max) |\n";
+    out += "|---|---|---|---|---|---|---|---|\n";
+    let mut seen: Vec<(Workload, Tool)> = Vec::new();
+    for m in all {
+        if !seen.contains(&(m.workload, m.tool.clone())) {
+            seen.push((m.workload, m.tool.clone()));
+        }
+    }
+    for (w, tool) in seen {
+        let runs: Vec<&Measured> = all
+            .iter()
+            .filter(|m| m.workload == w && m.tool == tool)
+            .collect();
+        let rate = median(runs.iter().map(|m| m.rate).collect()).unwrap_or(0.0);
+        // Ratio within each round: both runs saw the same machine weather.
+        let ratios: Vec<f64> = runs
+            .iter()
+            .filter_map(|m| {
+                all.iter()
+                    .find(|u| u.workload == w && u.round == m.round && u.tool == Tool::Untraced)
+                    .map(|u| m.rate / u.rate)
+            })
+            .collect();
+        let ratio = median(ratios).map_or("-".into(), |r| format!("{r:.3}"));
+        let worst = runs
+            .iter()
+            .filter_map(|m| Some((m.delivered?, m.expected?)))
+            .min_by(|a, b| (a.0 as f64 / a.1 as f64).total_cmp(&(b.0 as f64 / b.1 as f64)));
+        let delivered = worst.map_or("-".into(), |(d, e)| {
+            format!("{d} / {e} ({:.1}%)", 100.0 * d as f64 / e as f64)
+        });
+        let lost = runs
+            .iter()
+            .filter_map(|m| m.lost)
+            .max()
+            .map_or("-".into(), |l| l.to_string());
+        let idle_cpu = idle
+            .iter()
+            .find(|(t, _)| *t == tool)
+            .map_or(0.0, |(_, c)| *c);
+        let cpu = median(
+            runs.iter()
+                .filter_map(|m| Some((m.cpu_s? - idle_cpu).max(0.0) / (m.tool_events? as f64 / 1e6)))
+                .filter(|x| x.is_finite())
+                .collect(),
+        )
+        .map_or("-".into(), |c| format!("{c:.3}"));
+        let rss = runs
+            .iter()
+            .filter_map(|m| m.max_rss_kb)
+            .max()
+            .map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+        out += &format!(
+            "| {} | {} | {rate:.0} | {ratio} | {delivered} | {lost} | {cpu} | {rss} |\n",
+            w.name(),
+            tool.label()
+        );
+    }
+    out
+}
+
+fn to_json(m: &Measured) -> Value {
+    serde_json::json!({
+        "workload": m.workload.name(),
+        "tool": m.tool.label(),
+        "round": m.round + 1,
+        "ops_per_s": m.rate,
+        "events_expected": m.expected,
+        "events_delivered": m.delivered,
+        "lost": m.lost,
+        "tool_events": m.tool_events,
+        "tool_cpu_s": m.cpu_s,
+        "tool_max_rss_kb": m.max_rss_kb,
+    })
+}
+
+/// Memory over a long storm: port-tracer (default settings plus --tracer-args) traces a
+/// FIN-close storm that keeps client ports in TIME_WAIT; its RSS is read from /proc every
+/// 10 s. It shows only port 1 (nothing, so the file stays small): the filter comes after
+/// reconstruction, so every event still goes through the tracker.
+fn soak(paths: &Paths, opts: &Options, secs: u64) -> Result<()> {
+    let out = paths.dir.join("soak.txt");
+    let mut cmd = Command::new(&paths.tracer);
+    cmd.args(["--format", "text", "--port", "1", "--output"]).arg(&out);
+    if let Some(extra) = &opts.tracer_args {
+        cmd.args(extra.split_whitespace());
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting port-tracer")?;
+    let (tx, rx) = mpsc::channel();
+    let mut r = Running {
+        child,
+        out: out.clone(),
+        stderr_lines: rx,
+    };
+    let stderr = r.child.stderr.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    wait_ready(&mut r, &Tool::PortTracer("auto"))?;
+    let pid = r.child.id();
+    let mut storm = Command::new(&paths.storm)
+        .args(["tcp", "--close", "fin", "--seconds", &secs.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the storm")?;
+    println!("{:>6}  {:>8}  {:>10}", "time s", "RSS MB", "TIME_WAIT");
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    while storm.try_wait()?.is_none() {
+        let rss_kb = proc_status_kb(pid, "VmRSS:")?;
+        println!(
+            "{:>6.0}  {:>8.1}  {:>10}",
+            start.elapsed().as_secs_f64(),
+            rss_kb as f64 / 1024.0,
+            time_wait_count()
+        );
+        samples.push(rss_kb);
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    let storm_out = storm.wait_with_output()?;
+    let usage = stop(&mut r)?;
+    println!("storm: {}", String::from_utf8_lossy(&storm_out.stdout).trim());
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    println!(
+        "port-tracer: cpu {:.1} s, peak RSS {:.1} MB, RSS samples min/median/max {:.1}/{:.1}/{:.1} MB",
+        usage.cpu_s,
+        mb(usage.max_rss_kb),
+        mb(samples.iter().copied().min().unwrap_or(0)),
+        median(samples.iter().map(|&k| mb(k)).collect()).unwrap_or(0.0),
+        mb(samples.iter().copied().max().unwrap_or(0)),
+    );
+    print!("{}", fs::read_to_string(&out).unwrap_or_default());
+    Ok(())
+}
+
+fn proc_status_kb(pid: u32, key: &str) -> Result<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .with_context(|| format!("no {key} in /proc/{pid}/status"))
+}
+
+/// TCP sockets in TIME_WAIT on this host (IPv4, from /proc/net/tcp: state 06).
+fn time_wait_count() -> u64 {
+    fs::read_to_string("/proc/net/tcp")
+        .map(|s| {
+            s.lines()
+                .skip(1)
+                .filter(|l| l.split_whitespace().nth(3) == Some("06"))
+                .count() as u64
+        })
+        .unwrap_or(0)
+}
