@@ -7,6 +7,8 @@ use std::{
     net::IpAddr,
 };
 
+mod jsonl;
+
 use crate::{
     event::{Endpoints, Event, Kind, Origin, Task},
     lifetime::{Lifetime, Output},
@@ -73,43 +75,13 @@ fn endpoint(addr: IpAddr, port: u16) -> String {
     }
 }
 
-fn json_str(s: &str) -> String {
-    serde_json::to_string(s).expect("strings serialize")
-}
-
-/// The JSONL fields every record about a socket has.
-fn json_socket(l: &mut String, e: &Endpoints, task: &Task, origin: Origin, sock_id: u64) {
-    let _ = write!(
-        l,
-        "\"proto\":\"{}\",\"family\":\"{}\",\"laddr\":\"{}\",\"lport\":{},\"raddr\":\"{}\",\"rport\":{},\"netns\":{},\"pid\":{},\"tid\":{},\"uid\":{},\"comm\":{},\"cgroup_id\":{},\"origin\":\"{}\",\"sock_id\":\"{:#x}\"",
-        e.proto.as_str(),
-        e.family.as_str(),
-        e.laddr,
-        e.lport,
-        e.raddr,
-        e.rport,
-        e.netns,
-        task.pid,
-        task.tid,
-        task.uid,
-        json_str(&task.comm.as_str()),
-        task.cgroup_id,
-        origin.as_str(),
-        sock_id,
-    );
-}
-
-fn opt(v: Option<u64>) -> String {
-    v.map_or_else(|| "null".to_string(), |v| v.to_string())
-}
-
 /// Writes outputs in one format.
 pub struct Sink<W: Write> {
     out: W,
     format: Format,
     clock: WallClock,
     header_done: bool,
-    line: String,
+    line: jsonl::Line,
 }
 
 impl<W: Write> Sink<W> {
@@ -119,7 +91,7 @@ impl<W: Write> Sink<W> {
             format,
             clock,
             header_done: false,
-            line: String::with_capacity(512),
+            line: jsonl::Line(Vec::with_capacity(512)),
         }
     }
 
@@ -191,28 +163,25 @@ impl<W: Write> Sink<W> {
                 )
             }
             Format::Jsonl => {
-                self.line.clear();
                 let l = &mut self.line;
-                let _ = write!(
-                    l,
-                    "{{\"type\":\"{}\",\"ts_ns\":{},",
-                    ev.kind.as_str(),
-                    ev.ts_ns
-                );
-                json_socket(l, &ev.ends, &ev.task, ev.origin, ev.sock_id);
+                l.clear();
+                l.raw("{\"type\":\"");
+                l.raw(ev.kind.as_str());
+                l.raw("\",\"ts_ns\":");
+                l.u64(ev.ts_ns);
+                l.socket(&ev.ends, &ev.task, ev.origin, ev.sock_id);
                 if ev.kind == Kind::AllocFailure {
-                    let _ = write!(
-                        l,
-                        ",\"errno\":{},\"error\":\"{}\"",
-                        ev.errno,
-                        errno_name(ev.errno)
-                    );
+                    l.raw(",\"errno\":");
+                    l.i64(ev.errno.into());
+                    l.raw(",\"error\":\"");
+                    l.raw(errno_name(ev.errno));
+                    l.raw("\"");
                 }
                 if ev.time_wait_sock {
-                    l.push_str(",\"time_wait_sock\":true");
+                    l.raw(",\"time_wait_sock\":true");
                 }
-                l.push_str("}\n");
-                self.out.write_all(self.line.as_bytes())
+                l.raw("}\n");
+                self.out.write_all(&l.0)
             }
         }
     }
@@ -243,21 +212,22 @@ impl<W: Write> Sink<W> {
                 self.text_row(ts, what, &lt.ends, &lt.owner, lt.origin, &held)
             }
             Format::Jsonl => {
-                self.line.clear();
                 let l = &mut self.line;
-                l.push_str("{\"type\":\"lifetime\",");
-                json_socket(l, &lt.ends, &lt.owner, lt.origin, lt.sock_id);
-                let _ = writeln!(
-                    l,
-                    ",\"assigned_ns\":{},\"released_ns\":{},\"duration_ns\":{},\"time_wait_start_ns\":{},\"time_wait_ns\":{},\"lossy\":{}}}",
-                    opt(lt.assigned_ns),
-                    opt(lt.released_ns),
-                    opt(lt.duration_ns()),
-                    opt(lt.time_wait_ns_start),
-                    opt(lt.time_wait_ns()),
-                    lt.lossy,
-                );
-                self.out.write_all(self.line.as_bytes())
+                l.clear();
+                l.raw("{\"type\":\"lifetime\"");
+                l.socket(&lt.ends, &lt.owner, lt.origin, lt.sock_id);
+                l.raw(",\"assigned_ns\":");
+                l.opt_u64(lt.assigned_ns);
+                l.raw(",\"released_ns\":");
+                l.opt_u64(lt.released_ns);
+                l.raw(",\"duration_ns\":");
+                l.opt_u64(lt.duration_ns());
+                l.raw(",\"time_wait_start_ns\":");
+                l.opt_u64(lt.time_wait_ns_start);
+                l.raw(",\"time_wait_ns\":");
+                l.opt_u64(lt.time_wait_ns());
+                l.raw(if lt.lossy { ",\"lossy\":true}\n" } else { ",\"lossy\":false}\n" });
+                self.out.write_all(&l.0)
             }
         }
     }

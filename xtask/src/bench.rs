@@ -507,12 +507,11 @@ fn count_tracer_output(path: &Path, pid: u64, origins: &[&str]) -> Result<Tracer
         }
         let v: Value = serde_json::from_str(&line).context("a trace line is not JSON")?;
         match v["type"].as_str() {
-            Some("assign" | "release") => {
+            Some("assign" | "release")
                 if v["pid"].as_u64() == Some(pid)
-                    && v["origin"].as_str().is_some_and(|o| origins.contains(&o))
-                {
-                    c.storm_events += 1;
-                }
+                    && v["origin"].as_str().is_some_and(|o| origins.contains(&o)) =>
+            {
+                c.storm_events += 1;
             }
             Some("summary") => {
                 summary = true;
