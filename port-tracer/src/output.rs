@@ -91,12 +91,32 @@ impl<W: Write> Sink<W> {
             format,
             clock,
             header_done: false,
-            line: jsonl::Line(Vec::with_capacity(512)),
+            line: jsonl::Line(Vec::with_capacity(Self::BLOCK + 1024)),
         }
     }
 
-    pub fn into_inner(self) -> W {
+    pub fn into_inner(mut self) -> W {
+        let _ = self.write_pending();
         self.out
+    }
+
+    /// JSON lines accumulate in `line` and go out in blocks of this many bytes: one copy
+    /// less than line by line through a `BufWriter`.
+    const BLOCK: usize = 1 << 16;
+
+    fn write_pending(&mut self) -> io::Result<()> {
+        if !self.line.0.is_empty() {
+            self.out.write_all(&self.line.0)?;
+            self.line.clear();
+        }
+        Ok(())
+    }
+
+    fn line_done(&mut self) -> io::Result<()> {
+        if self.line.0.len() >= Self::BLOCK {
+            self.write_pending()?;
+        }
+        Ok(())
     }
 
     fn header(&mut self) -> io::Result<()> {
@@ -164,7 +184,6 @@ impl<W: Write> Sink<W> {
             }
             Format::Jsonl => {
                 let l = &mut self.line;
-                l.clear();
                 l.raw("{\"type\":\"");
                 l.raw(ev.kind.as_str());
                 l.raw("\",\"ts_ns\":");
@@ -181,7 +200,7 @@ impl<W: Write> Sink<W> {
                     l.raw(",\"time_wait_sock\":true");
                 }
                 l.raw("}\n");
-                self.out.write_all(&l.0)
+                self.line_done()
             }
         }
     }
@@ -213,7 +232,6 @@ impl<W: Write> Sink<W> {
             }
             Format::Jsonl => {
                 let l = &mut self.line;
-                l.clear();
                 l.raw("{\"type\":\"lifetime\"");
                 l.socket(&lt.ends, &lt.owner, lt.origin, lt.sock_id);
                 l.raw(",\"assigned_ns\":");
@@ -227,12 +245,13 @@ impl<W: Write> Sink<W> {
                 l.raw(",\"time_wait_ns\":");
                 l.opt_u64(lt.time_wait_ns());
                 l.raw(if lt.lossy { ",\"lossy\":true}\n" } else { ",\"lossy\":false}\n" });
-                self.out.write_all(&l.0)
+                self.line_done()
             }
         }
     }
 
     pub fn summary(&mut self, s: &Summary) -> io::Result<()> {
+        self.write_pending()?;
         match self.format {
             Format::Jsonl => {
                 let mut v = serde_json::to_value(s).expect("summary serializes");
@@ -303,6 +322,7 @@ impl<W: Write> Sink<W> {
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
+        self.write_pending()?;
         self.out.flush()
     }
 }

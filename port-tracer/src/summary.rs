@@ -1,7 +1,9 @@
 //! What a run amounts to: counts over the outputs (after filtering), the tracker's
 //! work-arounds and the kernel's lost-event counters.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 
 use serde::Serialize;
 

@@ -15,18 +15,22 @@ impl Line {
         self.0.clear();
     }
 
+    #[inline(always)]
     pub fn raw(&mut self, s: &str) {
         self.0.extend_from_slice(s.as_bytes());
     }
 
+    #[inline(always)]
     pub fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
     }
 
+    #[inline(always)]
     pub fn i64(&mut self, v: i64) {
         self.0.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
     }
 
+    #[inline(always)]
     pub fn opt_u64(&mut self, v: Option<u64>) {
         match v {
             Some(v) => self.u64(v),
@@ -35,6 +39,7 @@ impl Line {
     }
 
     /// `"0x..."`, lower-case hex as `{:#x}` writes it.
+    #[inline(always)]
     pub fn hex(&mut self, v: u64) {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         self.raw("\"0x");
@@ -46,6 +51,7 @@ impl Line {
     }
 
     /// A quoted address: IPv4 written digit by digit, IPv6 (rarer) by its `Display`.
+    #[inline(always)]
     pub fn ip(&mut self, a: IpAddr) {
         self.0.push(b'"');
         match a {
@@ -66,6 +72,7 @@ impl Line {
     }
 
     /// A JSON string; plain ASCII (every comm in practice) is copied as is.
+    #[inline(always)]
     pub fn str(&mut self, s: &str) {
         if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
             self.0.push(b'"');
