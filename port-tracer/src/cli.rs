@@ -68,6 +68,11 @@ pub struct Args {
     /// Hold events this long (ms) to put events from different CPUs back in order.
     #[arg(long, default_value_t = 50, value_name = "MS")]
     pub reorder_ms: u64,
+
+    /// Keep at most this many lifetimes open (about 190 bytes each). When full, the oldest
+    /// sixteenth is emitted still open, marked lossy, and counted as evicted in the summary.
+    #[arg(long, default_value_t = crate::lifetime::DEFAULT_MAX_OPEN, value_name = "N")]
+    pub max_lifetimes: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -17,6 +17,9 @@ use crate::event::{Endpoints, Event, Kind, Origin, Proto, Task};
 /// the end of TIME_WAIT. The kernel cancels and re-arms in one call, microseconds apart.
 pub const TW_REARM_GRACE_NS: u64 = 1_000_000;
 
+/// Default limit of open lifetimes: about 190 MB of tables at 187 bytes each.
+pub const DEFAULT_MAX_OPEN: usize = 1 << 20;
+
 /// One socket's hold on one local port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lifetime {
@@ -67,6 +70,11 @@ pub struct Counters {
     /// Lifetimes ended without their release: the socket got another port.
     pub release_missing: u64,
     pub time_wait_rearm: u64,
+    /// Open lifetimes pushed out, oldest first, when the table was full: each was emitted
+    /// still open and marked lossy; its release, if it comes, counts as unmatched.
+    pub evicted: u64,
+    /// Events the reorder window let go early because it was full (possibly out of order).
+    pub released_early: u64,
 }
 
 /// Identity of an open lifetime in the table.
@@ -122,8 +130,9 @@ impl HeldAtStart {
 }
 
 /// Reconstructs lifetimes from events.
-#[derive(Default)]
 pub struct Tracker {
+    /// The most lifetimes open at once; beyond it the oldest are evicted.
+    max_open: usize,
     slots: Vec<Option<Lifetime>>,
     free: Vec<Id>,
     by_sock: HashMap<u64, Id>,
@@ -142,9 +151,33 @@ pub struct Tracker {
     pub counters: Counters,
 }
 
+impl Default for Tracker {
+    fn default() -> Self {
+        Self::with_max_open(DEFAULT_MAX_OPEN)
+    }
+}
+
 impl Tracker {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A tracker that keeps at most `max_open` lifetimes open (at least 1).
+    pub fn with_max_open(max_open: usize) -> Self {
+        Tracker {
+            max_open: max_open.max(1),
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_sock: HashMap::default(),
+            by_tw: HashMap::default(),
+            by_tuple: HashMap::default(),
+            bound_tcp: HashMap::default(),
+            pending_cancel: HashMap::default(),
+            cancel_queue: VecDeque::new(),
+            held_at_start: HashMap::default(),
+            held_listeners: HashMap::default(),
+            counters: Counters::default(),
+        }
     }
 
     /// Sockets that held ports when tracing started: their release produces a lifetime
@@ -171,6 +204,15 @@ impl Tracker {
         }
     }
 
+    /// Opens `lt` to stay, first making room if the table is full.
+    fn open(&mut self, lt: Lifetime, emit: &mut impl FnMut(Output)) -> Id {
+        if self.open_lifetimes() >= self.max_open {
+            self.evict_oldest(emit);
+        }
+        self.insert(lt)
+    }
+
+    /// Puts `lt` in a slot (callers that close it at once do not evict for it).
     fn insert(&mut self, lt: Lifetime) -> Id {
         match self.free.pop() {
             Some(id) => {
@@ -276,6 +318,38 @@ impl Tracker {
         }
     }
 
+    /// Makes room when the table is full: evicts the oldest sixteenth of the open lifetimes
+    /// (by assignment time; held-at-start ones first). Batches keep the cost per eviction
+    /// constant without an age index, which would cost memory on every lifetime.
+    fn evict_oldest(&mut self, emit: &mut impl FnMut(Output)) {
+        let mut ages: Vec<(u64, Id)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(id, lt)| Some((lt.as_ref()?.assigned_ns.unwrap_or(0), id)))
+            .collect();
+        let k = (self.max_open / 16).clamp(1, ages.len());
+        ages.select_nth_unstable(k - 1);
+        ages.truncate(k);
+        ages.sort_unstable();
+        let mut evicted = vec![false; self.slots.len()];
+        for &(_, id) in &ages {
+            evicted[id] = true;
+        }
+        self.by_tw.retain(|_, id| !evicted[*id]);
+        for (_, id) in ages {
+            self.unindex(id);
+            let mut lt = self.slots[id].take().expect("open lifetime");
+            self.free.push(id);
+            if self.by_sock.get(&lt.sock_id) == Some(&id) {
+                self.by_sock.remove(&lt.sock_id);
+            }
+            lt.lossy = true;
+            self.counters.evicted += 1;
+            emit(Output::Lifetime(lt));
+        }
+    }
+
     /// Feeds one event; ended lifetimes and attributed events go to `emit`.
     pub fn process(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
         self.counters.events += 1;
@@ -318,16 +392,19 @@ impl Tracker {
                 owner = held;
             }
         }
-        let id = self.insert(Lifetime {
-            ends: ev.ends,
-            owner,
-            origin: ev.origin,
-            sock_id: ev.sock_id,
-            assigned_ns: Some(ev.ts_ns),
-            released_ns: None,
-            time_wait_ns_start: None,
-            lossy: false,
-        });
+        let id = self.open(
+            Lifetime {
+                ends: ev.ends,
+                owner,
+                origin: ev.origin,
+                sock_id: ev.sock_id,
+                assigned_ns: Some(ev.ts_ns),
+                released_ns: None,
+                time_wait_ns_start: None,
+                lossy: false,
+            },
+            emit,
+        );
         self.by_sock.insert(ev.sock_id, id);
         self.index(id);
         emit(Output::Event(Event { task: owner, ..*ev }));
@@ -383,7 +460,7 @@ impl Tracker {
             }
             None => {
                 let lt = self.unseen(ev);
-                self.insert(lt)
+                self.open(lt, emit)
             }
         };
         self.get(id).time_wait_ns_start = Some(ev.ts_ns);

@@ -299,6 +299,20 @@ impl<W: Write> Sink<W> {
                         s.tracker.unmatched
                     )?;
                 }
+                if s.tracker.evicted > 0 {
+                    writeln!(
+                        self.out,
+                        "  open lifetimes evicted (table full, see --max-lifetimes): {}",
+                        s.tracker.evicted
+                    )?;
+                }
+                if s.tracker.released_early > 0 {
+                    writeln!(
+                        self.out,
+                        "  events released early by a full reorder window (order not assured): {}",
+                        s.tracker.released_early
+                    )?;
+                }
                 if !s.top_processes.is_empty() {
                     writeln!(self.out, "  top processes by allocations:")?;
                     for t in &s.top_processes {

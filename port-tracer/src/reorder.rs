@@ -65,6 +65,18 @@ impl Reorderer {
         self.release_until(now_ns.saturating_sub(self.delay_ns), f);
     }
 
+    /// Hands `f` the oldest events until at most `max` are held; returns how many went.
+    /// Bounds the window's memory when events arrive faster than it was sized for.
+    pub fn release_excess(&mut self, max: usize, mut f: impl FnMut(&Event)) -> u64 {
+        let mut n = 0;
+        while self.held.len() > max {
+            let ev = self.held.pop_front().expect("more than max held");
+            f(&ev);
+            n += 1;
+        }
+        n
+    }
+
     /// Hands `f` every event held.
     pub fn release_all(&mut self, f: impl FnMut(&Event)) {
         self.release_until(u64::MAX, f);
@@ -123,6 +135,19 @@ mod tests {
         r.release_all(|e| rest.push(e.ts_ns));
         assert_eq!(rest, [20]);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_full_window_lets_the_oldest_go_early() {
+        let mut r = Reorderer::new(1_000_000);
+        for (ts, s) in [(5, 1), (3, 2), (9, 3), (7, 4)] {
+            r.push(ev(ts, s));
+        }
+        let mut out = Vec::new();
+        assert_eq!(r.release_excess(2, |e| out.push(e.ts_ns)), 2);
+        assert_eq!(out, [3, 5]);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.release_excess(2, |e| out.push(e.ts_ns)), 0);
     }
 
     #[test]

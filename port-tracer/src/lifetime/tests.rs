@@ -478,3 +478,69 @@ fn events_shuffled_across_cpus_give_the_same_lifetimes() {
         100
     );
 }
+
+#[test]
+fn a_full_table_evicts_the_oldest_open_lifetimes_and_counts_them() {
+    let mut t = Tracker::with_max_open(32);
+    let mut out = Vec::new();
+    let mut emit = |o: Output| out.push(o);
+    // 40 UDP binds, never released, then a TIME_WAIT hold of one of the newest.
+    for i in 0..40u64 {
+        let e = E::assign(10 * (i + 1), 0x100 + i, 20000 + i as u16, Origin::Bind).udp();
+        t.process(&e.0, &mut emit);
+        assert!(t.open_lifetimes() <= 32);
+    }
+    let evicted: Vec<Lifetime> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Lifetime(l) => Some(l.clone()),
+            Output::Event(_) => None,
+        })
+        .collect();
+    // Full at the 33rd: the oldest sixteenth (2) go, then again at the 35th, 37th, 39th.
+    assert_eq!(t.counters.evicted, 8);
+    assert_eq!(evicted.len(), 8);
+    let ports: Vec<u16> = evicted.iter().map(|l| l.ends.lport).collect();
+    assert_eq!(ports, (20000..20008).collect::<Vec<u16>>(), "oldest first");
+    assert!(evicted.iter().all(|l| l.lossy && l.released_ns.is_none()));
+    assert_eq!(t.open_lifetimes(), 32);
+
+    // A release of an evicted socket is unmatched; one of a kept socket ends its lifetime.
+    out.clear();
+    let mut emit = |o: Output| out.push(o);
+    t.process(&E::release(1000, 0x100, 20000).udp().0, &mut emit);
+    assert_eq!(t.counters.unmatched, 1);
+    t.process(&E::release(1001, 0x100 + 39, 20039).udp().0, &mut emit);
+    assert_eq!(t.counters.unmatched, 1);
+    let ended: Vec<&Lifetime> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Lifetime(l) => Some(l),
+            Output::Event(_) => None,
+        })
+        .collect();
+    assert_eq!(ended.last().unwrap().assigned_ns, Some(400));
+    assert!(!ended.last().unwrap().lossy);
+}
+
+#[test]
+fn evicting_a_time_wait_hold_forgets_its_time_wait_socket() {
+    let mut t = Tracker::with_max_open(2);
+    let (evs, lts) = run(
+        &mut t,
+        &[
+            E::assign(10, 0xa, 40000, Origin::Connect).remote(80),
+            E::tw(20, 0x7a, 40000, 80),
+            E::assign(30, 0xb, 40001, Origin::Connect).remote(80),
+            E::assign(40, 0xc, 40002, Origin::Connect).remote(80), // evicts 40000's hold
+            E::tw_end(50, 0x7a, 40000, 80, false),
+        ],
+    );
+    assert_eq!(t.counters.evicted, 1);
+    assert_eq!(t.counters.unmatched, 1, "the TIME_WAIT end finds no hold");
+    assert_eq!(evs.len(), 5);
+    // The evicted hold (open, lossy), the unmatched TIME_WAIT end, the two still open.
+    assert_eq!(lts.len(), 4);
+    assert!(lts[0].lossy && lts[0].released_ns.is_none() && lts[0].ends.lport == 40000);
+    assert_eq!(lts[1].released_ns, Some(50));
+}
