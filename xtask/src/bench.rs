@@ -38,9 +38,10 @@ pub struct Options {
     /// Leave the peers (tcpstates, bpftrace) out.
     #[arg(long)]
     no_peers: bool,
-    /// Extra arguments for every port-tracer run, e.g. "--wakeup-bytes 0".
+    /// Arguments for port-tracer runs, e.g. "--wakeup-bytes 0". Given several times, each
+    /// is a variant of its own, measured in the same rounds (A/B of a setting).
     #[arg(long, allow_hyphen_values = true, value_name = "ARGS")]
-    tracer_args: Option<String>,
+    tracer_args: Vec<String>,
     /// Instead: run port-tracer through a FIN-close storm (TIME_WAIT holds) this many
     /// seconds and print its memory every 10 s.
     #[arg(long, value_name = "SECONDS")]
@@ -65,7 +66,8 @@ impl Workload {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Tool {
     Untraced,
-    PortTracer(&'static str),
+    /// Tier and extra arguments.
+    PortTracer(&'static str, String),
     Tcpstates,
     Bpftrace,
 }
@@ -74,7 +76,8 @@ impl Tool {
     fn label(&self) -> String {
         match self {
             Tool::Untraced => "untraced".into(),
-            Tool::PortTracer(tier) => format!("port-tracer ({tier})"),
+            Tool::PortTracer(tier, args) if args.is_empty() => format!("port-tracer ({tier})"),
+            Tool::PortTracer(tier, args) => format!("port-tracer ({tier}) {args}"),
             Tool::Tcpstates => "tcpstates (file)".into(),
             Tool::Bpftrace => "bpftrace (count)".into(),
         }
@@ -139,7 +142,14 @@ pub fn run_bench(opts: &Options) -> Result<()> {
     let mut tools = vec![Tool::Untraced];
     for tier in ["fentry", "kprobe", "tracepoint"] {
         match probe_tier(&paths.tracer, tier) {
-            Ok(()) => tools.push(Tool::PortTracer(tier)),
+            Ok(()) if opts.tracer_args.is_empty() => {
+                tools.push(Tool::PortTracer(tier, String::new()))
+            }
+            Ok(()) => {
+                for args in &opts.tracer_args {
+                    tools.push(Tool::PortTracer(tier, args.trim().to_string()));
+                }
+            }
             Err(why) => println!("bench: port-tracer's {tier} tier does not run here: {why}"),
         }
     }
@@ -165,7 +175,7 @@ pub fn run_bench(opts: &Options) -> Result<()> {
     // snapshot, ...): subtracted from the CPU per event, so that column is the steady state.
     let mut idle = Vec::new();
     for tool in tools.iter().filter(|t| **t != Tool::Untraced) {
-        let cpu = idle_cpu(&paths, opts, tool).with_context(|| format!("idle {}", tool.label()))?;
+        let cpu = idle_cpu(&paths, tool).with_context(|| format!("idle {}", tool.label()))?;
         println!("bench: {} start + stop, idle: {cpu:.2} CPU s", tool.label());
         idle.push((tool.clone(), cpu));
     }
@@ -252,17 +262,15 @@ struct Running {
     stderr_lines: mpsc::Receiver<String>,
 }
 
-fn start(paths: &Paths, opts: &Options, w: Workload, tool: &Tool, port: u16) -> Result<Option<Running>> {
+fn start(paths: &Paths, w: Workload, tool: &Tool, port: u16) -> Result<Option<Running>> {
     let out = paths.dir.join("out");
     let _ = fs::remove_file(&out);
     let mut cmd = match tool {
         Tool::Untraced => return Ok(None),
-        Tool::PortTracer(tier) => {
+        Tool::PortTracer(tier, extra) => {
             let mut c = Command::new(&paths.tracer);
             c.args(["--attach", tier, "--format", "jsonl", "--output"]).arg(&out);
-            if let Some(extra) = &opts.tracer_args {
-                c.args(extra.split_whitespace());
-            }
+            c.args(extra.split_whitespace());
             c.stdout(Stdio::null());
             c
         }
@@ -316,7 +324,7 @@ fn wait_ready(r: &mut Running, tool: &Tool) -> Result<()> {
             said.push(line);
         }
         let ready = match tool {
-            Tool::PortTracer(_) => said.iter().any(|l| l.contains("tracing with")),
+            Tool::PortTracer(..) => said.iter().any(|l| l.contains("tracing with")),
             Tool::Bpftrace => fs::read_to_string(&r.out).is_ok_and(|s| s.contains("Attaching")),
             _ => true,
         };
@@ -397,7 +405,7 @@ fn storm(paths: &Paths, args: &[String]) -> Result<StormResult> {
 
 fn measure(paths: &Paths, opts: &Options, w: Workload, tool: &Tool, round: u32) -> Result<Measured> {
     let port = free_port()?;
-    let mut running = start(paths, opts, w, tool, port)?;
+    let mut running = start(paths, w, tool, port)?;
     let args: Vec<String> = match w {
         Workload::Tcp => vec![
             "tcp".into(),
@@ -436,7 +444,7 @@ fn measure(paths: &Paths, opts: &Options, w: Workload, tool: &Tool, round: u32) 
     let n = s.ops;
     match tool {
         Tool::Untraced => {}
-        Tool::PortTracer(_) => {
+        Tool::PortTracer(..) => {
             // Every connection: the client's connect and the accepted socket's inherited
             // port, each assigned and released. Every UDP socket: bind(0), then release.
             let (origins, per): (&[&str], u64) = match w {
@@ -530,8 +538,8 @@ fn count_tracer_output(path: &Path, pid: u64, origins: &[&str]) -> Result<Tracer
 }
 
 /// CPU seconds `tool` spends to start, trace an idle second, and stop.
-fn idle_cpu(paths: &Paths, opts: &Options, tool: &Tool) -> Result<f64> {
-    let mut r = start(paths, opts, Workload::Tcp, tool, free_port()?)?.expect("a traced tool");
+fn idle_cpu(paths: &Paths, tool: &Tool) -> Result<f64> {
+    let mut r = start(paths, Workload::Tcp, tool, free_port()?)?.expect("a traced tool");
     std::thread::sleep(Duration::from_secs(1));
     let usage = stop(&mut r)?;
     let _ = fs::remove_file(&r.out);
@@ -669,7 +677,7 @@ fn soak(paths: &Paths, opts: &Options, secs: u64) -> Result<()> {
     let out = paths.dir.join("soak.txt");
     let mut cmd = Command::new(&paths.tracer);
     cmd.args(["--format", "text", "--port", "1", "--output"]).arg(&out);
-    if let Some(extra) = &opts.tracer_args {
+    for extra in &opts.tracer_args {
         cmd.args(extra.split_whitespace());
     }
     let child = cmd
@@ -690,7 +698,7 @@ fn soak(paths: &Paths, opts: &Options, secs: u64) -> Result<()> {
             let _ = tx.send(line);
         }
     });
-    wait_ready(&mut r, &Tool::PortTracer("auto"))?;
+    wait_ready(&mut r, &Tool::PortTracer("auto", String::new()))?;
     let pid = r.child.id();
     let mut storm = Command::new(&paths.storm)
         .args(["tcp", "--close", "fin", "--seconds", &secs.to_string()])
