@@ -461,24 +461,14 @@ fn measure(paths: &Paths, opts: &Options, w: Workload, tool: &Tool, round: u32) 
             // Per connection: client CLOSE->SYN_SENT->ESTABLISHED->CLOSE, accepted socket
             // LISTEN->SYN_RECV->ESTABLISHED->CLOSE; plus the listener's own two.
             let text = fs::read_to_string(&r.out)?;
-            let p = port.to_string();
-            let delivered = text
-                .lines()
-                .filter(|l| {
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    f.len() > 6 && (f[4] == p || f[6] == p)
-                })
-                .count() as u64;
+            let (delivered, all) = count_tcpstates(&text, port);
             m.expected = Some(6 * n + 2);
             m.delivered = Some(delivered);
-            m.tool_events = Some(text.lines().count().saturating_sub(1) as u64);
+            m.tool_events = Some(all);
         }
         Tool::Bpftrace => {
             let text = fs::read_to_string(&r.out)?;
-            let count = text
-                .lines()
-                .find_map(|l| l.split_once(": ").filter(|(k, _)| k.starts_with('@')))
-                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+            let count = bpftrace_count(&text)
                 .with_context(|| format!("no count in bpftrace's output: {text:?}"))?;
             m.expected = Some(match w {
                 Workload::Tcp => 6 * n + 2,
@@ -490,6 +480,33 @@ fn measure(paths: &Paths, opts: &Options, w: Workload, tool: &Tool, round: u32) 
     }
     let _ = fs::remove_file(&r.out);
     Ok(m)
+}
+
+/// tcpstates lines about the storm (its listener's port local or remote), and all lines.
+fn count_tcpstates(text: &str, port: u16) -> (u64, u64) {
+    let p = port.to_string();
+    let mut lines = text.lines();
+    let header = lines.next().is_some_and(|h| h.starts_with("SKADDR"));
+    let (mut storm, mut all) = (0, 0);
+    for l in lines {
+        all += 1;
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // SKADDR PID COMM LADDR LPORT RADDR RPORT OLDSTATE -> NEWSTATE MS
+        if f.len() > 6 && (f[4] == p || f[6] == p) {
+            storm += 1;
+        }
+    }
+    if !header {
+        all += u64::from(!text.is_empty());
+    }
+    (storm, all)
+}
+
+/// The value of bpftrace's map printed at exit (`@name: N`).
+fn bpftrace_count(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.split_once(": ").filter(|(k, _)| k.starts_with('@')))
+        .and_then(|(_, v)| v.trim().parse().ok())
 }
 
 struct TracerCounts {
@@ -753,4 +770,36 @@ fn time_wait_count() -> u64 {
                 .count() as u64
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_tcpstates_lines_of_the_storm() {
+        let text = "\
+SKADDR           PID     COMM       LADDR           LPORT RADDR           RPORT OLDSTATE    -> NEWSTATE    MS
+ffff888105c65340 26158   storm      127.0.0.1       45475 0.0.0.0         0     CLOSE       -> LISTEN      0.000
+ffff888105c665c0 26158   storm      127.0.0.1       0     127.0.0.1       45475 CLOSE       -> SYN_SENT    0.000
+ffff888105c665c0 0       swapper/1  10.0.0.2        22    10.0.0.9        51234 ESTABLISHED -> CLOSE_WAIT  1.000
+ffff888105c61280 26158   storm      127.0.0.1       45475 127.0.0.1       37980 LISTEN      -> SYN_RECV    0.000
+";
+        assert_eq!(count_tcpstates(text, 45475), (3, 4));
+        assert_eq!(count_tcpstates(text, 22), (1, 4));
+        assert_eq!(count_tcpstates("", 1), (0, 0));
+    }
+
+    #[test]
+    fn reads_bpftrace_counts() {
+        assert_eq!(bpftrace_count("Attaching 1 probe...\n\n\n@transitions: 300002\n"), Some(300002));
+        assert_eq!(bpftrace_count("Attaching 1 probe...\n"), None);
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    }
 }
