@@ -244,7 +244,11 @@ impl<W: Write> Sink<W> {
                 l.opt_u64(lt.time_wait_ns_start);
                 l.raw(",\"time_wait_ns\":");
                 l.opt_u64(lt.time_wait_ns());
-                l.raw(if lt.lossy { ",\"lossy\":true}\n" } else { ",\"lossy\":false}\n" });
+                l.raw(if lt.lossy {
+                    ",\"lossy\":true}\n"
+                } else {
+                    ",\"lossy\":false}\n"
+                });
                 self.line_done()
             }
         }

@@ -42,6 +42,12 @@ pub struct Options {
     /// is a variant of its own, measured in the same rounds (A/B of a setting).
     #[arg(long, allow_hyphen_values = true, value_name = "ARGS")]
     tracer_args: Vec<String>,
+    /// Also measure port-tracer's kernel programs: run time per operation of each, from the
+    /// kernel's own BPF statistics (`kernel.bpf_stats_enabled`, read with bpftool, installed
+    /// when missing). Precise where rates are noisy; the statistics cost some 20 ns per
+    /// program run while on, so rates measured with it read a little low.
+    #[arg(long)]
+    bpf_stats: bool,
     /// Instead: run port-tracer through a FIN-close storm (TIME_WAIT holds) this many
     /// seconds and print its memory every 10 s.
     #[arg(long, value_name = "SECONDS")]
@@ -102,6 +108,8 @@ struct Measured {
     tool_events: Option<u64>,
     cpu_s: Option<f64>,
     max_rss_kb: Option<u64>,
+    /// Kernel programs (name, runs per operation, ns per operation), with --bpf-stats.
+    programs: Vec<(String, f64, f64)>,
 }
 
 struct Paths {
@@ -163,6 +171,14 @@ pub fn run_bench(opts: &Options) -> Result<()> {
         tools.push(Tool::Tcpstates);
         tools.push(Tool::Bpftrace);
     }
+    let _stats = if opts.bpf_stats {
+        if !on_path("bpftool") {
+            ensure_apt_packages(&["bpftool"])?;
+        }
+        Some(BpfStats::enable()?)
+    } else {
+        None
+    };
     let workloads = if opts.workload.is_empty() {
         vec![Workload::Tcp, Workload::Udp]
     } else {
@@ -194,13 +210,21 @@ pub fn run_bench(opts: &Options) -> Result<()> {
             }
         }
     }
-    let table = render_table(&all, &idle, opts);
+    let mut table = render_table(&all, &idle, opts);
+    table += &render_programs(&all, opts);
     println!("\n{machine}\n{table}");
     let raw: Vec<Value> = all.iter().map(to_json).collect();
     let out = paths.dir.join("results.json");
     fs::write(&out, serde_json::to_string_pretty(&raw)?)?;
-    fs::write(paths.dir.join("results.md"), format!("{machine}\n\n{table}"))?;
-    println!("every run: {}; table: {}", out.display(), paths.dir.join("results.md").display());
+    fs::write(
+        paths.dir.join("results.md"),
+        format!("{machine}\n\n{table}"),
+    )?;
+    println!(
+        "every run: {}; table: {}",
+        out.display(),
+        paths.dir.join("results.md").display()
+    );
     Ok(())
 }
 
@@ -269,7 +293,8 @@ fn start(paths: &Paths, w: Workload, tool: &Tool, port: u16) -> Result<Option<Ru
         Tool::Untraced => return Ok(None),
         Tool::PortTracer(tier, extra) => {
             let mut c = Command::new(&paths.tracer);
-            c.args(["--attach", tier, "--format", "jsonl", "--output"]).arg(&out);
+            c.args(["--attach", tier, "--format", "jsonl", "--output"])
+                .arg(&out);
             c.args(extra.split_whitespace());
             c.stdout(Stdio::null());
             c
@@ -394,8 +419,12 @@ struct StormResult {
 
 fn storm(paths: &Paths, args: &[String]) -> Result<StormResult> {
     let out = output_of(Command::new(&paths.storm).args(args))?;
-    let v: Value = serde_json::from_str(out.trim()).with_context(|| format!("storm said {out:?}"))?;
-    let num = |k: &str| v[k].as_f64().with_context(|| format!("storm output lacks {k}: {out}"));
+    let v: Value =
+        serde_json::from_str(out.trim()).with_context(|| format!("storm said {out:?}"))?;
+    let num = |k: &str| {
+        v[k].as_f64()
+            .with_context(|| format!("storm output lacks {k}: {out}"))
+    };
     Ok(StormResult {
         pid: num("pid")? as u64,
         ops: num("ops")? as u64,
@@ -403,8 +432,20 @@ fn storm(paths: &Paths, args: &[String]) -> Result<StormResult> {
     })
 }
 
-fn measure(paths: &Paths, opts: &Options, w: Workload, tool: &Tool, round: u32) -> Result<Measured> {
+fn measure(
+    paths: &Paths,
+    opts: &Options,
+    w: Workload,
+    tool: &Tool,
+    round: u32,
+) -> Result<Measured> {
     let port = free_port()?;
+    let stats_of = matches!(tool, Tool::PortTracer(..)) && opts.bpf_stats;
+    let before: Vec<u64> = if stats_of {
+        programs()?.iter().map(|p| p.id).collect()
+    } else {
+        Vec::new()
+    };
     let mut running = start(paths, w, tool, port)?;
     let args: Vec<String> = match w {
         Workload::Tcp => vec![
@@ -423,6 +464,15 @@ fn measure(paths: &Paths, opts: &Options, w: Workload, tool: &Tool, round: u32) 
         ],
     };
     let s = storm(paths, &args);
+    // The tracer's programs: those that were not loaded before it started.
+    let ours: Vec<Program> = if stats_of {
+        programs()?
+            .into_iter()
+            .filter(|p| !before.contains(&p.id))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let usage = match running.as_mut() {
         Some(r) => Some(stop(r)?),
         None => None,
@@ -439,6 +489,18 @@ fn measure(paths: &Paths, opts: &Options, w: Workload, tool: &Tool, round: u32) 
         tool_events: None,
         cpu_s: usage.as_ref().map(|u| u.cpu_s),
         max_rss_kb: usage.as_ref().map(|u| u.max_rss_kb),
+        programs: ours
+            .iter()
+            .filter(|p| p.run_cnt > 0)
+            .map(|p| {
+                let ops = s.ops as f64;
+                (
+                    p.name.clone(),
+                    p.run_cnt as f64 / ops,
+                    p.run_time_ns as f64 / ops,
+                )
+            })
+            .collect(),
     };
     let Some(r) = running else { return Ok(m) };
     let n = s.ops;
@@ -480,6 +542,57 @@ fn measure(paths: &Paths, opts: &Options, w: Workload, tool: &Tool, round: u32) 
     }
     let _ = fs::remove_file(&r.out);
     Ok(m)
+}
+
+/// Turns the kernel's BPF run-time statistics on for as long as it lives.
+struct BpfStats {
+    before: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let before =
+            fs::read_to_string(BPF_STATS).with_context(|| format!("reading {BPF_STATS}"))?;
+        fs::write(BPF_STATS, "1").with_context(|| format!("writing {BPF_STATS}"))?;
+        Ok(BpfStats { before })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS, self.before.trim());
+    }
+}
+
+/// A loaded BPF program and its statistics.
+struct Program {
+    id: u64,
+    name: String,
+    run_cnt: u64,
+    run_time_ns: u64,
+}
+
+fn programs() -> Result<Vec<Program>> {
+    let out = output_of(Command::new("bpftool").args(["prog", "show", "--json"]))?;
+    parse_programs(&out)
+}
+
+fn parse_programs(json: &str) -> Result<Vec<Program>> {
+    let v: Value = serde_json::from_str(json).context("bpftool's JSON")?;
+    Ok(v.as_array()
+        .context("bpftool prog show: not a list")?
+        .iter()
+        .filter_map(|p| {
+            Some(Program {
+                id: p["id"].as_u64()?,
+                name: p["name"].as_str().unwrap_or("?").to_string(),
+                run_cnt: p["run_cnt"].as_u64().unwrap_or(0),
+                run_time_ns: p["run_time_ns"].as_u64().unwrap_or(0),
+            })
+        })
+        .collect())
 }
 
 /// tcpstates lines about the storm (its listener's port local or remote), and all lines.
@@ -540,7 +653,9 @@ fn count_tracer_output(path: &Path, pid: u64, origins: &[&str]) -> Result<Tracer
             }
             Some("summary") => {
                 summary = true;
-                c.lost = v["lost"]["total"].as_u64().context("summary without lost.total")?;
+                c.lost = v["lost"]["total"]
+                    .as_u64()
+                    .context("summary without lost.total")?;
                 c.all_events = v["tracker"]["events"]
                     .as_u64()
                     .context("summary without tracker.events")?;
@@ -652,7 +767,9 @@ fn render_table(all: &[Measured], idle: &[(Tool, f64)], opts: &Options) -> Strin
             .map_or(0.0, |(_, c)| *c);
         let cpu = median(
             runs.iter()
-                .filter_map(|m| Some((m.cpu_s? - idle_cpu).max(0.0) / (m.tool_events? as f64 / 1e6)))
+                .filter_map(|m| {
+                    Some((m.cpu_s? - idle_cpu).max(0.0) / (m.tool_events? as f64 / 1e6))
+                })
                 .filter(|x| x.is_finite())
                 .collect(),
         )
@@ -671,6 +788,87 @@ fn render_table(all: &[Measured], idle: &[(Tool, f64)], opts: &Options) -> Strin
     out
 }
 
+/// Per workload and port-tracer variant: each kernel program's runs and time per operation
+/// (medians over rounds), and their sum against the untraced time of one operation.
+fn render_programs(all: &[Measured], opts: &Options) -> String {
+    let mut out = String::new();
+    let mut seen: Vec<(Workload, Tool)> = Vec::new();
+    for m in all.iter().filter(|m| !m.programs.is_empty()) {
+        if !seen.contains(&(m.workload, m.tool.clone())) {
+            seen.push((m.workload, m.tool.clone()));
+        }
+    }
+    for (w, tool) in seen {
+        let runs: Vec<&Measured> = all
+            .iter()
+            .filter(|m| m.workload == w && m.tool == tool)
+            .collect();
+        let mut names: Vec<String> = runs
+            .iter()
+            .flat_map(|m| m.programs.iter().map(|p| p.0.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        let untraced_ns = median(
+            all.iter()
+                .filter(|u| u.workload == w && u.tool == Tool::Untraced)
+                // Per thread: the flood's threads run side by side, each op on one CPU.
+                .map(|u| {
+                    let threads = match w {
+                        Workload::Tcp => 1.0,
+                        Workload::Udp => f64::from(opts.udp_threads.max(1)),
+                    };
+                    threads * 1e9 / u.rate
+                })
+                .collect(),
+        );
+        out += &format!(
+            "\n{} under {}: kernel programs per operation (bpf_stats, median of {} runs)\n\n",
+            w.name(),
+            tool.label(),
+            runs.len()
+        );
+        out += "| program | runs per op | ns per run | ns per op |\n|---|---|---|---|\n";
+        let mut total = 0.0;
+        let mut rows: Vec<(f64, String)> = Vec::new();
+        for name in names {
+            let get = |i: usize| {
+                median(
+                    runs.iter()
+                        .filter_map(|m| m.programs.iter().find(|p| p.0 == name))
+                        .map(|p| if i == 1 { p.1 } else { p.2 })
+                        .collect(),
+                )
+                .unwrap_or(0.0)
+            };
+            let (per_op_runs, per_op_ns) = (get(1), get(2));
+            total += per_op_ns;
+            let per_run = if per_op_runs > 0.0 {
+                per_op_ns / per_op_runs
+            } else {
+                0.0
+            };
+            rows.push((
+                per_op_ns,
+                format!("| {name} | {per_op_runs:.2} | {per_run:.0} | {per_op_ns:.0} |\n"),
+            ));
+        }
+        rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (_, r) in rows {
+            out += &r;
+        }
+        out += &format!("| **total** | | | **{total:.0}** |\n");
+        if let Some(u) = untraced_ns {
+            out += &format!(
+                "\nOne untraced operation takes {u:.0} ns of its thread (median): the programs alone add {:.1}% to it, a ratio of at best {:.3}.\n",
+                100.0 * total / u,
+                u / (u + total)
+            );
+        }
+    }
+    out
+}
+
 fn to_json(m: &Measured) -> Value {
     serde_json::json!({
         "workload": m.workload.name(),
@@ -683,17 +881,21 @@ fn to_json(m: &Measured) -> Value {
         "tool_events": m.tool_events,
         "tool_cpu_s": m.cpu_s,
         "tool_max_rss_kb": m.max_rss_kb,
+        "kernel_programs": m.programs.iter().map(|(n, runs, ns)| serde_json::json!({
+            "name": n, "runs_per_op": runs, "ns_per_op": ns,
+        })).collect::<Vec<_>>(),
     })
 }
 
 /// Memory over a long storm: port-tracer (default settings plus --tracer-args) traces a
 /// FIN-close storm that keeps client ports in TIME_WAIT; its RSS is read from /proc every
-/// 10 s. It shows only port 1 (nothing, so the file stays small): the filter comes after
-/// reconstruction, so every event still goes through the tracker.
+/// 10 s. It shows only port 1 (nothing, so the file stays small but for the summary): the
+/// filter comes after reconstruction, so every event still goes through the tracker.
 fn soak(paths: &Paths, opts: &Options, secs: u64) -> Result<()> {
-    let out = paths.dir.join("soak.txt");
+    let out = paths.dir.join("soak.jsonl");
     let mut cmd = Command::new(&paths.tracer);
-    cmd.args(["--format", "text", "--port", "1", "--output"]).arg(&out);
+    cmd.args(["--format", "jsonl", "--port", "1", "--output"])
+        .arg(&out);
     for extra in &opts.tracer_args {
         cmd.args(extra.split_whitespace());
     }
@@ -738,7 +940,10 @@ fn soak(paths: &Paths, opts: &Options, secs: u64) -> Result<()> {
     }
     let storm_out = storm.wait_with_output()?;
     let usage = stop(&mut r)?;
-    println!("storm: {}", String::from_utf8_lossy(&storm_out.stdout).trim());
+    println!(
+        "storm: {}",
+        String::from_utf8_lossy(&storm_out.stdout).trim()
+    );
     let mb = |kb: u64| kb as f64 / 1024.0;
     println!(
         "port-tracer: cpu {:.1} s, peak RSS {:.1} MB, RSS samples min/median/max {:.1}/{:.1}/{:.1} MB",
@@ -748,7 +953,18 @@ fn soak(paths: &Paths, opts: &Options, secs: u64) -> Result<()> {
         median(samples.iter().map(|&k| mb(k)).collect()).unwrap_or(0.0),
         mb(samples.iter().copied().max().unwrap_or(0)),
     );
-    print!("{}", fs::read_to_string(&out).unwrap_or_default());
+    let trace = fs::read_to_string(&out).unwrap_or_default();
+    let summary: Value = trace
+        .lines()
+        .rev()
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(|v| v["type"] == "summary")
+        })
+        .context("the soak trace has no summary")?;
+    println!("port-tracer tracker: {}", summary["tracker"]);
+    println!("port-tracer lost: {}", summary["lost"]);
     Ok(())
 }
 
@@ -792,8 +1008,25 @@ ffff888105c61280 26158   storm      127.0.0.1       45475 127.0.0.1       37980 
 
     #[test]
     fn reads_bpftrace_counts() {
-        assert_eq!(bpftrace_count("Attaching 1 probe...\n\n\n@transitions: 300002\n"), Some(300002));
+        assert_eq!(
+            bpftrace_count("Attaching 1 probe...\n\n\n@transitions: 300002\n"),
+            Some(300002)
+        );
         assert_eq!(bpftrace_count("Attaching 1 probe...\n"), None);
+    }
+
+    #[test]
+    fn reads_bpftool_program_statistics() {
+        let json = r#"[{"id":7,"type":"raw_tracepoint","name":"inet_sock_set_state","run_time_ns":165500000,"run_cnt":600002},
+                       {"id":9,"type":"tracepoint","name":"sys_enter_bind"}]"#;
+        let p = parse_programs(json).unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            (p[0].id, p[0].name.as_str(), p[0].run_cnt, p[0].run_time_ns),
+            (7, "inet_sock_set_state", 600002, 165500000)
+        );
+        assert_eq!((p[1].run_cnt, p[1].run_time_ns), (0, 0));
+        assert!(parse_programs("not json").is_err());
     }
 
     #[test]

@@ -22,12 +22,14 @@ impl Line {
 
     #[inline(always)]
     pub fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+        self.0
+            .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
     }
 
     #[inline(always)]
     pub fn i64(&mut self, v: i64) {
-        self.0.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+        self.0
+            .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
     }
 
     #[inline(always)]
@@ -74,7 +76,9 @@ impl Line {
     /// A JSON string; plain ASCII (every comm in practice) is copied as is.
     #[inline(always)]
     pub fn str(&mut self, s: &str) {
-        if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+        if s.bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        {
             self.0.push(b'"');
             self.raw(s);
             self.0.push(b'"');
@@ -134,7 +138,14 @@ mod tests {
             assert_eq!(line(|l| l.u64(v)), v.to_string());
         }
         assert_eq!(line(|l| l.i64(-98)), "-98");
-        for a in ["0.0.0.0", "127.0.0.1", "255.255.255.255", "::", "::1", "fe80::1:2"] {
+        for a in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "fe80::1:2",
+        ] {
             let ip: IpAddr = a.parse().unwrap();
             assert_eq!(line(|l| l.ip(ip)), format!("\"{ip}\""));
         }
