@@ -59,20 +59,34 @@ pub fn sock_protocol(sk: u64) -> Result<u8, i32> {
     read::<u16>(sk, off!(sk_protocol)).map(|p| p as u8)
 }
 
+/// The head of `sock_common`, read in one go: `skc_addrpair`, `skc_hash`, `skc_portpair`,
+/// `skc_family`. Userspace checks at start that the kernel lays them out this way (every
+/// kernel since 2.6.38 does).
+#[repr(C)]
+struct SockHead {
+    daddr: [u8; 4],
+    rcv_saddr: [u8; 4],
+    _hash: u32,
+    dport: u16,
+    num: u16,
+    family: u16,
+    _state_and_flags: u16,
+}
+
 /// Fills family, addresses, ports and netns from the `sock_common` at `sk`.
 /// The local port is `skc_num`, the one the socket holds now.
 #[inline(always)]
 pub fn fill_sock(ev: &mut PortEvent, sk: u64) -> Result<(), i32> {
-    let family = sock_family(sk)?;
+    // One kernel read instead of five: each costs a helper call on every event.
+    let h: SockHead = read(sk, off!(skc_daddr))?;
+    let family = h.family as u8;
     ev.family = family;
     ev.sock_id = sk;
-    ev.lport = sock_num(sk)?;
-    ev.rport = u16::from_be(read::<u16>(sk, off!(skc_dport))?);
+    ev.lport = h.num;
+    ev.rport = u16::from_be(h.dport);
     if family == AF_INET {
-        let l: [u8; 4] = read(sk, off!(skc_rcv_saddr))?;
-        let r: [u8; 4] = read(sk, off!(skc_daddr))?;
-        ev.laddr[..4].copy_from_slice(&l);
-        ev.raddr[..4].copy_from_slice(&r);
+        ev.laddr[..4].copy_from_slice(&h.rcv_saddr);
+        ev.raddr[..4].copy_from_slice(&h.daddr);
     } else if family == AF_INET6 {
         ev.laddr = read(sk, off!(skc_v6_rcv_saddr))?;
         ev.raddr = read(sk, off!(skc_v6_daddr))?;

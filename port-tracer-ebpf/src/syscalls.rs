@@ -40,19 +40,50 @@ pub enum Call {
 #[derive(Clone, Copy)]
 pub struct Pending {
     pub sk: u64,
-    /// The sockaddr's address (bind: local, connect: remote).
-    pub addr: [u8; 16],
-    /// The sockaddr's port, host order.
-    pub port: u16,
+    /// The caller's sockaddr (bind: local, connect: remote), read only at exit and only
+    /// when the outcome needs it: most calls never do.
+    pub uaddr: u64,
     /// The port the socket held at entry.
     pub num_before: u16,
     pub call: Call,
     pub proto: u8,
     pub family: u8,
-    pub addr_family: u8,
+    pub _pad: [u8; 3],
 }
 
-const _: () = assert!(core::mem::size_of::<Pending>() == 32);
+const _: () = assert!(core::mem::size_of::<Pending>() == 24);
+
+/// A sockaddr from user memory.
+struct UserAddr {
+    family: u8,
+    /// Host order.
+    port: u16,
+    addr: [u8; 16],
+}
+
+/// Reads the sockaddr at `uaddr` (still the caller's, unchanged, at syscall exit).
+#[inline(always)]
+fn user_sockaddr(uaddr: u64) -> Result<UserAddr, i32> {
+    let mut a = UserAddr {
+        family: 0,
+        port: 0,
+        addr: [0; 16],
+    };
+    if uaddr == 0 {
+        return Ok(a);
+    }
+    let sa_family: u16 = unsafe { bpf_probe_read_user(uaddr as *const u16)? };
+    let port: u16 = unsafe { bpf_probe_read_user((uaddr + 2) as *const u16)? };
+    a.family = sa_family as u8;
+    a.port = u16::from_be(port);
+    if a.family == AF_INET {
+        let v4: [u8; 4] = unsafe { bpf_probe_read_user((uaddr + 4) as *const [u8; 4])? };
+        a.addr[..4].copy_from_slice(&v4);
+    } else if a.family == AF_INET6 {
+        a.addr = unsafe { bpf_probe_read_user((uaddr + 8) as *const [u8; 16])? };
+    }
+    Ok(a)
+}
 
 /// Looks up the TCP or UDP socket behind `fd` and remembers the call; `want_unbound` skips
 /// sockets that already hold a port (no allocation can follow).
@@ -74,28 +105,15 @@ fn enter(ctx: &TracePointContext, call: Call, uaddr: u64, want_unbound: bool) ->
     if want_unbound && num_before != 0 {
         return Ok(());
     }
-    let mut p = Pending {
+    let p = Pending {
         sk,
-        addr: [0; 16],
-        port: 0,
+        uaddr,
         num_before,
         call,
         proto,
         family,
-        addr_family: 0,
+        _pad: [0; 3],
     };
-    if uaddr != 0 {
-        let sa_family: u16 = unsafe { bpf_probe_read_user(uaddr as *const u16)? };
-        let port: u16 = unsafe { bpf_probe_read_user((uaddr + 2) as *const u16)? };
-        p.addr_family = sa_family as u8;
-        p.port = u16::from_be(port);
-        if p.addr_family == AF_INET {
-            let a: [u8; 4] = unsafe { bpf_probe_read_user((uaddr + 4) as *const [u8; 4])? };
-            p.addr[..4].copy_from_slice(&a);
-        } else if p.addr_family == AF_INET6 {
-            p.addr = unsafe { bpf_probe_read_user((uaddr + 8) as *const [u8; 16])? };
-        }
-    }
     if SYSCALLS.insert(tid(), p, 0).is_err() {
         count_lost(lost::MAP_FULL);
     }
@@ -132,12 +150,13 @@ fn failure(p: &Pending, origin: Origin, errno: i64, requested_local: bool) {
     emit(|ev| {
         fill(ev, p, EventKind::AllocFailure, origin)?;
         ev.errno = errno as i32;
+        let a = user_sockaddr(p.uaddr)?;
         if requested_local {
-            ev.lport = p.port;
-            ev.laddr = p.addr;
+            ev.lport = a.port;
+            ev.laddr = a.addr;
         } else {
-            ev.rport = p.port;
-            ev.raddr = p.addr;
+            ev.rport = a.port;
+            ev.raddr = a.addr;
         }
         Ok(())
     });
@@ -155,7 +174,13 @@ pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
     let Some((p, ret)) = exit(&ctx, Call::Bind) else {
         return 0;
     };
-    let origin = if p.port == 0 {
+    // Only the requested port: one user read, not the whole sockaddr.
+    let requested: u16 = if p.uaddr == 0 {
+        0
+    } else {
+        unsafe { bpf_probe_read_user((p.uaddr + 2) as *const u16) }.unwrap_or(0)
+    };
+    let origin = if requested == 0 {
         Origin::BindEphemeral
     } else {
         Origin::Bind
@@ -220,7 +245,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
             failure(&p, Origin::Autobind, EAGAIN, false);
         }
     } else if ret == 0 {
-        if p.addr_family == AF_UNSPEC {
+        if user_sockaddr(p.uaddr).is_ok_and(|a| a.family == AF_UNSPEC) {
             // Disconnect: unless bound explicitly, the socket gives its port back.
             if sock_num(p.sk) == Ok(0) {
                 emit(|ev| {

@@ -102,6 +102,13 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
     let net_ns = member_offset(btf, "net", "ns")?;
     let ns_inum = member_offset(btf, "ns_common", "inum")?;
     let tw_timer_handler = kallsyms_address("tw_timer_handler")?.unwrap_or(0);
+    check_sock_head(
+        sc("skc_daddr")?,
+        sc("skc_rcv_saddr")?,
+        sc("skc_dport")?,
+        sc("skc_num")?,
+        sc("skc_family")?,
+    )?;
     Ok(KernelOffsets {
         skc_daddr: sc("skc_daddr")?,
         skc_rcv_saddr: sc("skc_rcv_saddr")?,
@@ -129,6 +136,20 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
     })
 }
 
+/// The programs read `sock_common`'s addresses, ports and family as one 20-byte block
+/// starting at `skc_daddr` (kernel.rs `SockHead`): refuse a kernel laid out otherwise.
+fn check_sock_head(daddr: u32, rcv_saddr: u32, dport: u32, num: u32, family: u32) -> Result<()> {
+    let want = [daddr + 4, daddr + 12, daddr + 14, daddr + 16];
+    if [rcv_saddr, dport, num, family] != want {
+        bail!(
+            "unsupported kernel: struct sock_common's skc_daddr/skc_rcv_saddr/skc_dport/skc_num/\
+             skc_family sit at {daddr}/{rcv_saddr}/{dport}/{num}/{family}, not at the consecutive \
+             offsets port-tracer reads them from"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +168,15 @@ mod tests {
         assert_ne!(o.sk_protocol, 0);
         assert!(o.inet_sport > o.sk_protocol);
         assert!(member_offset(&btf, "sock", "no_such_field").is_err());
+    }
+
+    #[test]
+    fn sock_head_layout_is_checked() {
+        assert!(check_sock_head(0, 4, 12, 14, 16).is_ok());
+        let e = check_sock_head(0, 4, 12, 14, 18).unwrap_err().to_string();
+        assert!(
+            e.starts_with("unsupported kernel") && e.contains("0/4/12/14/18"),
+            "{e}"
+        );
     }
 }
