@@ -5,7 +5,11 @@
 //! result says what the kernel did. TCP connect's port is reported by `tcp_state`, which sees
 //! it even when connect fails after the port was chosen.
 
-use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
 use port_tracer_common::{
     flags, lost, EventKind, Origin, PortEvent, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
 };
@@ -43,6 +47,9 @@ pub struct Pending {
     /// The caller's sockaddr (bind: local, connect: remote), read only at exit and only
     /// when the outcome needs it: most calls never do.
     pub uaddr: u64,
+    /// TCP connect: when the socket entered SYN_SENT during this call (0: it did not).
+    /// The port connect chooses is then reported at the syscall's exit, by the task itself.
+    pub syn_sent_ns: u64,
     /// The port the socket held at entry.
     pub num_before: u16,
     pub call: Call,
@@ -51,7 +58,24 @@ pub struct Pending {
     pub _pad: [u8; 3],
 }
 
-const _: () = assert!(core::mem::size_of::<Pending>() == 24);
+const _: () = assert!(core::mem::size_of::<Pending>() == 32);
+
+/// Called at CLOSE->SYN_SENT: if the current thread is inside connect() on `sk`, notes the
+/// time and returns true, and the syscall's exit reports the port; otherwise (io_uring,
+/// in-kernel sockets) the caller remembers the connect on its own.
+#[inline(always)]
+pub fn note_syn_sent(sk: u64) -> bool {
+    let Some(p) = SYSCALLS.get_ptr_mut(tid()) else {
+        return false;
+    };
+    // SAFETY: a map value of this thread, written only by this thread's programs.
+    let p = unsafe { &mut *p };
+    if p.call != Call::Connect || p.sk != sk {
+        return false;
+    }
+    p.syn_sent_ns = unsafe { bpf_ktime_get_ns() };
+    true
+}
 
 /// A sockaddr from user memory.
 struct UserAddr {
@@ -108,6 +132,7 @@ fn enter(ctx: &TracePointContext, call: Call, uaddr: u64, want_unbound: bool) ->
     let p = Pending {
         sk,
         uaddr,
+        syn_sent_ns: 0,
         num_before,
         call,
         proto,
@@ -231,8 +256,11 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     if p.proto == IPPROTO_TCP {
         if ret == -EADDRNOTAVAIL {
             failure(&p, Origin::Connect, EADDRNOTAVAIL, false);
+        } else if p.syn_sent_ns != 0 {
+            tcp_state::report_connect(p.sk, p.syn_sent_ns, p.num_before != 0);
         } else {
-            // Non-blocking connect returns before the handshake: report the port now.
+            // Connecting started elsewhere; a non-blocking connect returns before the
+            // handshake: report the port now.
             tcp_state::finish_connect(p.sk);
         }
         return 0;

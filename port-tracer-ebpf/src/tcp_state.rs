@@ -81,6 +81,28 @@ pub fn finish_connect(sk: u64) {
     });
 }
 
+/// Reports the port connect() gave `sk`, from the connecting task at the syscall's exit,
+/// timed at SYN_SENT (see `syscalls::note_syn_sent`): no per-connect map entry needed.
+#[inline(always)]
+pub fn report_connect(sk: u64, syn_sent_ns: u64, had_port: bool) {
+    let Ok(port) = inet_sport(sk) else {
+        count_lost(lost::READ_ERROR);
+        return;
+    };
+    if port == 0 {
+        return; // connect failed before a port was chosen
+    }
+    emit(|ev| {
+        fill_event(ev, sk, EventKind::Assign, Origin::Connect, IPPROTO_TCP)?;
+        ev.ts_ns = syn_sent_ns;
+        ev.lport = port;
+        if had_port {
+            ev.flags = flags::REMOTE_UPDATE;
+        }
+        Ok(())
+    });
+}
+
 /// Fills an event about a connecting TCP socket, attributed to who started the connect.
 #[inline(always)]
 pub fn fill_connecting(ev: &mut PortEvent, sk: u64, c: &Connecting) -> Result<(), i32> {
@@ -143,7 +165,10 @@ fn on_set_state(sk: u64, old: i32, new: i32) -> Result<(), i32> {
         return Ok(());
     }
     if new == TCP_SYN_SENT {
-        start_connect(sk);
+        // Inside connect(): its exit reports the port. Elsewhere: remember who connects.
+        if !crate::syscalls::note_syn_sent(sk) {
+            start_connect(sk);
+        }
         return Ok(());
     }
     if old == TCP_SYN_SENT {

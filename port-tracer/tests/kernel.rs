@@ -538,3 +538,97 @@ fn so_reuseport_sockets_each_have_a_lifetime() {
         .all(|l| l["origin"] == "bind" && !l["released_ns"].is_null()));
     assert_ne!(lts[0]["sock_id"], lts[1]["sock_id"]);
 }
+
+#[test]
+fn connect_variants_non_blocking_refused_and_bound_first() {
+    require_root!();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = l.local_addr().unwrap().port();
+    let closed = free_tcp_port();
+    let tracer = Tracer::start();
+    // Non-blocking: connect() returns EINPROGRESS before the handshake.
+    let (nb_port, refused_port, bound_port) = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+        let sa = loopback(server);
+        let rc = libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), 16);
+        let err = std::io::Error::last_os_error().raw_os_error();
+        assert!(rc == 0 || err == Some(libc::EINPROGRESS), "{err:?}");
+        // Polling connect again while it completes must not report the port twice.
+        for _ in 0..3 {
+            libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), 16);
+        }
+        let nb_port = local_port(fd);
+        let (accepted, _) = l.accept().unwrap();
+        drop(accepted);
+        libc::close(fd);
+
+        // Refused: a port is chosen, the peer answers RST, connect() fails.
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        let sa = loopback(closed);
+        let rc = libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), 16);
+        assert_eq!(rc, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ECONNREFUSED)
+        );
+        let refused_port = local_port(fd);
+        libc::close(fd);
+
+        // Bound first: connect adds the peer to the bind's lifetime, no new port.
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        let any = loopback(0);
+        assert_eq!(
+            libc::bind(fd, (&any as *const libc::sockaddr_in).cast(), 16),
+            0
+        );
+        let bound_port = local_port(fd);
+        let sa = loopback(server);
+        assert_eq!(
+            libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), 16),
+            0
+        );
+        let (accepted, _) = l.accept().unwrap();
+        drop(accepted);
+        libc::close(fd);
+        (nb_port, refused_port, bound_port)
+    };
+    drop(l);
+    let t = tracer.stop();
+
+    let nb = t.lifetime("tcp", nb_port);
+    assert_eq!(nb["origin"], "connect");
+    assert_eq!(nb["rport"], server);
+    assert_owned_by_me(nb);
+    assert_eq!(
+        t.events("assign", "tcp", nb_port)
+            .iter()
+            .filter(|e| e["origin"] == "connect")
+            .count(),
+        1
+    );
+
+    // The refused connect's lifetime, found by its peer (the closed port): getsockname
+    // still names the port the kernel chose (inet_sport outlives the release) where the
+    // kernel keeps it, and then it must match.
+    let refused: Vec<&serde_json::Value> = t
+        .of_type("lifetime")
+        .filter(|l| l["rport"] == closed && l["pid"] == my_pid())
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert_eq!(refused[0]["origin"], "connect");
+    assert_ne!(refused[0]["lport"], 0);
+    if refused_port != 0 {
+        assert_eq!(refused[0]["lport"], refused_port);
+    }
+    assert!(!refused[0]["released_ns"].is_null());
+
+    let b = t.lifetime("tcp", bound_port);
+    assert_eq!(b["origin"], "bind_ephemeral");
+    assert_eq!(
+        b["rport"], server,
+        "the connect's peer joins the bind's lifetime"
+    );
+    assert_eq!(t.events("assign", "tcp", bound_port).len(), 1);
+    assert_eq!(t.summary()["tracker"]["unmatched"], 0);
+    assert_eq!(t.summary()["lost"]["total"], 0);
+}
