@@ -138,6 +138,13 @@ pub async fn run(args: Args) -> Result<()> {
     #[allow(deprecated)] // AsyncFd owns the ring buffer, and so its fd, for as long as it lives.
     let mut ring = AsyncFd::new(ring).context("polling the ring buffer")?;
 
+    // Loading parsed the kernel's BTF (tens of MB, freed by now): give those pages back
+    // rather than carry them for the whole run.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: no arguments to check; only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let mut tracker = Tracker::with_max_open(args.max_lifetimes);
     // After attaching: a socket in this snapshot that goes away later was held before start.
     tracker.set_held_at_start(held::snapshot()?);

@@ -378,13 +378,19 @@ struct Usage {
     max_rss_kb: u64,
 }
 
-/// SIGINT, then reaps the child with its resource usage (SIGKILL after 120 s).
+/// SIGINT, then reaps the child with its CPU time (SIGKILL after 120 s). Peak memory is
+/// the child's own `VmHWM`, read until it exits: wait4's `ru_maxrss` would also count the
+/// pages of xtask it was forked from.
 fn stop(r: &mut Running) -> Result<Usage> {
     let pid = r.child.id() as libc::pid_t;
+    let mut hwm_kb = proc_status_kb(pid as u32, "VmHWM:").unwrap_or(0);
     // SAFETY: plain syscalls on our own child.
     unsafe { libc::kill(pid, libc::SIGINT) };
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
+        if let Ok(kb) = proc_status_kb(pid as u32, "VmHWM:") {
+            hwm_kb = hwm_kb.max(kb);
+        }
         let mut status = 0;
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
         let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
@@ -396,7 +402,7 @@ fn stop(r: &mut Running) -> Result<Usage> {
             }
             return Ok(Usage {
                 cpu_s: secs(ru.ru_utime) + secs(ru.ru_stime),
-                max_rss_kb: ru.ru_maxrss as u64,
+                max_rss_kb: hwm_kb,
             });
         }
         if rc < 0 {
@@ -406,7 +412,7 @@ fn stop(r: &mut Running) -> Result<Usage> {
             unsafe { libc::kill(pid, libc::SIGKILL) };
             bail!("did not stop within 120 s of SIGINT");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -527,6 +533,9 @@ fn measure(
             m.expected = Some(6 * n + 2);
             m.delivered = Some(delivered);
             m.tool_events = Some(all);
+            // It reports perf buffer overflows on stderr: "lost N events on CPU #C".
+            std::thread::sleep(Duration::from_millis(100));
+            m.lost = Some(r.stderr_lines.try_iter().filter_map(|l| lost_in_line(&l)).sum());
         }
         Tool::Bpftrace => {
             let text = fs::read_to_string(&r.out)?;
@@ -613,6 +622,11 @@ fn count_tcpstates(text: &str, port: u16) -> (u64, u64) {
         all += u64::from(!text.is_empty());
     }
     (storm, all)
+}
+
+/// N of a libbpf-tools "lost N events on CPU #C" line.
+fn lost_in_line(line: &str) -> Option<u64> {
+    line.trim().strip_prefix("lost ")?.split_whitespace().next()?.parse().ok()
 }
 
 /// The value of bpftrace's map printed at exit (`@name: N`).
@@ -1004,6 +1018,12 @@ ffff888105c61280 26158   storm      127.0.0.1       45475 127.0.0.1       37980 
         assert_eq!(count_tcpstates(text, 45475), (3, 4));
         assert_eq!(count_tcpstates(text, 22), (1, 4));
         assert_eq!(count_tcpstates("", 1), (0, 0));
+    }
+
+    #[test]
+    fn reads_libbpf_tools_lost_lines() {
+        assert_eq!(lost_in_line("lost 2635 events on CPU #1"), Some(2635));
+        assert_eq!(lost_in_line("Tracing TCP state changes"), None);
     }
 
     #[test]
