@@ -57,19 +57,29 @@ pub fn take_connecting(sk: u64) -> Option<Connecting> {
     CONNECTING.remove(sk).ok().map(|_| c)
 }
 
+/// The port connect chose for `sk`; None when it failed before choosing one (or the read
+/// failed, counted).
+#[inline(always)]
+fn connected_port(sk: u64) -> Option<u16> {
+    match inet_sport(sk) {
+        Ok(0) => None,
+        Ok(port) => Some(port),
+        Err(_) => {
+            count_lost(lost::READ_ERROR);
+            None
+        }
+    }
+}
+
 /// Reports the port connect gave `sk`, once, from whichever hook sees it first.
 #[inline(always)]
 pub fn finish_connect(sk: u64) {
     let Some(c) = take_connecting(sk) else {
         return;
     };
-    let Ok(port) = inet_sport(sk) else {
-        count_lost(lost::READ_ERROR);
+    let Some(port) = connected_port(sk) else {
         return;
     };
-    if port == 0 {
-        return; // connect failed before a port was chosen
-    }
     emit(|ev| {
         fill_connecting(ev, sk, &c)?;
         ev.lport = port;
@@ -85,13 +95,9 @@ pub fn finish_connect(sk: u64) {
 /// timed at SYN_SENT (see `syscalls::note_syn_sent`): no per-connect map entry needed.
 #[inline(always)]
 pub fn report_connect(sk: u64, syn_sent_ns: u64, had_port: bool) {
-    let Ok(port) = inet_sport(sk) else {
-        count_lost(lost::READ_ERROR);
+    let Some(port) = connected_port(sk) else {
         return;
     };
-    if port == 0 {
-        return; // connect failed before a port was chosen
-    }
     emit(|ev| {
         fill_event(ev, sk, EventKind::Assign, Origin::Connect, IPPROTO_TCP)?;
         ev.ts_ns = syn_sent_ns;

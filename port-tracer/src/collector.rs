@@ -61,6 +61,16 @@ struct Pipeline<W: Write> {
     lost_seen: u64,
 }
 
+/// How far [`Pipeline::process`] goes.
+enum Upto {
+    /// Only what exceeds the reorder window's limit.
+    Excess,
+    /// What is old enough at this time to be in order.
+    InOrder(u64),
+    /// Everything, at the end.
+    End,
+}
+
 /// The most events the reorder window holds (about 117 MB): far above what 50 ms of the
 /// fastest storm measured brings, so only a stalled collector reaches it.
 const MAX_REORDER_HELD: usize = 1 << 20;
@@ -73,19 +83,11 @@ impl<W: Write> Pipeline<W> {
                 Err(_) => self.undecodable += 1,
             }
         }
-        let Pipeline {
-            reorder,
-            tracker,
-            shown,
-            ..
-        } = self;
-        let mut emit = |o: Output| shown.take(o);
-        let early = reorder.release_excess(MAX_REORDER_HELD, |ev| tracker.process(ev, &mut emit));
-        tracker.counters.released_early += early;
+        self.process(Upto::Excess);
     }
 
-    /// Processes what is old enough to be in order (`None`: everything, at the end).
-    fn process(&mut self, now_ns: Option<u64>) {
+    /// Processes held events up to `upto`.
+    fn process(&mut self, upto: Upto) {
         let Pipeline {
             reorder,
             tracker,
@@ -93,12 +95,17 @@ impl<W: Write> Pipeline<W> {
             ..
         } = self;
         let mut emit = |o: Output| shown.take(o);
-        match now_ns {
-            Some(now) => {
+        match upto {
+            Upto::Excess => {
+                let early =
+                    reorder.release_excess(MAX_REORDER_HELD, |ev| tracker.process(ev, &mut emit));
+                tracker.counters.released_early += early;
+            }
+            Upto::InOrder(now) => {
                 reorder.release(now, |ev| tracker.process(ev, &mut emit));
                 tracker.advance(now.saturating_sub(reorder.delay_ns()), &mut emit);
             }
-            None => {
+            Upto::End => {
                 reorder.release_all(|ev| tracker.process(ev, &mut emit));
                 tracker.finish(&mut emit);
             }
@@ -205,7 +212,7 @@ pub async fn run(args: Args) -> Result<()> {
             _ = tick.tick() => {
                 p.drain(ring.get_mut());
                 p.check_lost(&lost_counters.read()?);
-                p.process(Some(monotonic_ns()));
+                p.process(Upto::InOrder(monotonic_ns()));
                 p.shown.write(|sink| sink.flush());
             }
             _ = sigint.recv() => break,
@@ -221,7 +228,7 @@ pub async fn run(args: Args) -> Result<()> {
     p.drain(ring.get_mut());
     let lost_counts = lost_counters.read()?;
     p.check_lost(&lost_counts);
-    p.process(None);
+    p.process(Upto::End);
     let lost = Lost {
         by_reason: lost::NAMES.iter().copied().zip(lost_counts).collect(),
         undecodable: p.undecodable,

@@ -535,7 +535,12 @@ fn measure(
             m.tool_events = Some(all);
             // It reports perf buffer overflows on stderr: "lost N events on CPU #C".
             std::thread::sleep(Duration::from_millis(100));
-            m.lost = Some(r.stderr_lines.try_iter().filter_map(|l| lost_in_line(&l)).sum());
+            m.lost = Some(
+                r.stderr_lines
+                    .try_iter()
+                    .filter_map(|l| lost_in_line(&l))
+                    .sum(),
+            );
         }
         Tool::Bpftrace => {
             let text = fs::read_to_string(&r.out)?;
@@ -626,7 +631,12 @@ fn count_tcpstates(text: &str, port: u16) -> (u64, u64) {
 
 /// N of a libbpf-tools "lost N events on CPU #C" line.
 fn lost_in_line(line: &str) -> Option<u64> {
-    line.trim().strip_prefix("lost ")?.split_whitespace().next()?.parse().ok()
+    line.trim()
+        .strip_prefix("lost ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The value of bpftrace's map printed at exit (`@name: N`).
@@ -725,6 +735,29 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
+/// The runs grouped by (workload, tool), in first-seen order, for groups with a run that
+/// passes `keep`.
+fn groups(
+    all: &[Measured],
+    keep: impl Fn(&Measured) -> bool,
+) -> Vec<(Workload, Tool, Vec<&Measured>)> {
+    let mut seen: Vec<(Workload, Tool)> = Vec::new();
+    for m in all.iter().filter(|m| keep(m)) {
+        if !seen.contains(&(m.workload, m.tool.clone())) {
+            seen.push((m.workload, m.tool.clone()));
+        }
+    }
+    seen.into_iter()
+        .map(|(w, tool)| {
+            let runs = all
+                .iter()
+                .filter(|m| m.workload == w && m.tool == tool)
+                .collect();
+            (w, tool, runs)
+        })
+        .collect()
+}
+
 fn render_table(all: &[Measured], idle: &[(Tool, f64)], opts: &Options) -> String {
     let mut out = String::new();
     let idle_labels: Vec<String> = idle
@@ -741,17 +774,7 @@ fn render_table(all: &[Measured], idle: &[(Tool, f64)], opts: &Options) -> Strin
     );
     out += "| workload | tool | ops/s (median) | ratio to untraced (median) | events delivered / expected (worst run) | lost (max) | tool CPU s per M events (median, net of start-up) | peak RSS MB (max) |\n";
     out += "|---|---|---|---|---|---|---|---|\n";
-    let mut seen: Vec<(Workload, Tool)> = Vec::new();
-    for m in all {
-        if !seen.contains(&(m.workload, m.tool.clone())) {
-            seen.push((m.workload, m.tool.clone()));
-        }
-    }
-    for (w, tool) in seen {
-        let runs: Vec<&Measured> = all
-            .iter()
-            .filter(|m| m.workload == w && m.tool == tool)
-            .collect();
+    for (w, tool, runs) in groups(all, |_| true) {
         let rate = median(runs.iter().map(|m| m.rate).collect()).unwrap_or(0.0);
         // Ratio within each round: both runs saw the same machine weather.
         let ratios: Vec<f64> = runs
@@ -806,17 +829,7 @@ fn render_table(all: &[Measured], idle: &[(Tool, f64)], opts: &Options) -> Strin
 /// (medians over rounds), and their sum against the untraced time of one operation.
 fn render_programs(all: &[Measured], opts: &Options) -> String {
     let mut out = String::new();
-    let mut seen: Vec<(Workload, Tool)> = Vec::new();
-    for m in all.iter().filter(|m| !m.programs.is_empty()) {
-        if !seen.contains(&(m.workload, m.tool.clone())) {
-            seen.push((m.workload, m.tool.clone()));
-        }
-    }
-    for (w, tool) in seen {
-        let runs: Vec<&Measured> = all
-            .iter()
-            .filter(|m| m.workload == w && m.tool == tool)
-            .collect();
+    for (w, tool, runs) in groups(all, |m| !m.programs.is_empty()) {
         let mut names: Vec<String> = runs
             .iter()
             .flat_map(|m| m.programs.iter().map(|p| p.0.clone()))
