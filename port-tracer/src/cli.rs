@@ -10,12 +10,84 @@ use crate::{event::Proto, kernel::TierChoice, output::Format};
 /// every network namespace) and rebuild each port's lifetime: who held it, how it was
 /// obtained, from when to when, including TIME_WAIT.
 ///
-/// Runs until Ctrl-C, SIGTERM or --duration; then prints the lifetimes still open and a
-/// summary (events, lifetimes, lost events by reason, top processes, lifetime histogram).
-/// Needs root.
+/// Without a command: trace live until Ctrl-C, SIGTERM or --duration; then print the
+/// lifetimes still open and a summary (events, lifetimes, lost events by reason, top
+/// processes, lifetime histogram). `record` writes the raw events to a trace file instead,
+/// `report` rebuilds lifetimes from one. Tracing needs root.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "port-tracer", version, verbatim_doc_comment)]
+#[command(
+    name = "port-tracer",
+    version,
+    verbatim_doc_comment,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Option<Cmd>,
+    #[command(flatten)]
+    pub live: Args,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Cmd {
+    /// Record the raw event stream, with what analysis needs later (host, kernel, tier,
+    /// clock mapping, port ranges, sockets held at start, lost counts), to a compact binary
+    /// trace file, flushed every --drain-ms: after a crash the file reads up to its last
+    /// complete block.
+    Record(RecordArgs),
+    /// Rebuild lifetimes from a recorded trace and show them as the live mode does (same
+    /// formats, filters and summary). A trace cut short is used up to its last complete
+    /// block, and the report says how much it skipped.
+    Report(ReportArgs),
+}
+
+/// Live tracing (no command).
+#[derive(clap::Args, Debug, Clone)]
 pub struct Args {
+    #[command(flatten)]
+    pub view: ViewArgs,
+
+    /// Stop after this long: seconds (`20`) or with a unit (`500ms`, `10s`, `2m`, `1h`).
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+
+    #[command(flatten)]
+    pub rebuild: RebuildArgs,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RecordArgs {
+    /// The trace file to write.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+
+    /// Stop after this long: seconds (`20`) or with a unit (`500ms`, `10s`, `2m`, `1h`).
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// A trace written by `port-tracer record`.
+    #[arg(value_name = "TRACE")]
+    pub trace: PathBuf,
+
+    #[command(flatten)]
+    pub view: ViewArgs,
+
+    #[command(flatten)]
+    pub rebuild: RebuildArgs,
+}
+
+/// What is shown, and where.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ViewArgs {
     /// Output format: `text` (aligned columns) or `jsonl` (JSON Lines, schema in README).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -23,10 +95,6 @@ pub struct Args {
     /// Write to FILE instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-
-    /// Stop after this long: seconds (`20`) or with a unit (`500ms`, `10s`, `2m`, `1h`).
-    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
-    pub duration: Option<Duration>,
 
     /// Show only sockets owned by this process id.
     #[arg(long)]
@@ -47,7 +115,11 @@ pub struct Args {
     /// Show only this network namespace (its inode number, as in `ls -l /proc/PID/ns/net`).
     #[arg(long, value_name = "INODE")]
     pub netns: Option<u32>,
+}
 
+/// How the kernel side is set up.
+#[derive(clap::Args, Debug, Clone)]
+pub struct KernelArgs {
     /// How to hook the kernel: `auto` picks the best tier that loads and attaches.
     #[arg(long, value_enum, default_value_t = TierChoice::Auto)]
     pub attach: TierChoice,
@@ -65,7 +137,11 @@ pub struct Args {
     /// Drain the ring buffer at least this often, in milliseconds.
     #[arg(long, default_value_t = 20, value_name = "MS")]
     pub drain_ms: u64,
+}
 
+/// How lifetimes are rebuilt from events.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RebuildArgs {
     /// Hold events this long (ms) to put events from different CPUs back in order.
     #[arg(long, default_value_t = 50, value_name = "MS")]
     pub reorder_ms: u64,
@@ -159,9 +235,26 @@ mod tests {
 
     #[test]
     fn unknown_flag_values_are_refused() {
-        let e = Args::try_parse_from(["port-tracer", "--format", "xml"]).unwrap_err();
+        let e = Cli::try_parse_from(["port-tracer", "--format", "xml"]).unwrap_err();
         assert!(e.to_string().contains("xml"));
-        let e = Args::try_parse_from(["port-tracer", "--attach", "magic"]).unwrap_err();
+        let e = Cli::try_parse_from(["port-tracer", "--attach", "magic"]).unwrap_err();
         assert!(e.to_string().contains("magic"));
+        let e = Cli::try_parse_from(["port-tracer", "record"]).unwrap_err();
+        assert!(e.to_string().contains("--output"), "{e}");
+    }
+
+    #[test]
+    fn commands_and_live_options() {
+        let c = Cli::try_parse_from(["port-tracer", "--port", "80", "-d", "2s"]).unwrap();
+        assert!(c.cmd.is_none());
+        assert_eq!(c.live.view.port, Some((80, 80)));
+        let c =
+            Cli::try_parse_from(["port-tracer", "record", "-o", "t.ptrace", "-d", "5"]).unwrap();
+        assert!(
+            matches!(c.cmd, Some(Cmd::Record(r)) if r.duration == Some(Duration::from_secs(5)))
+        );
+        let c = Cli::try_parse_from(["port-tracer", "report", "t.ptrace", "--format", "jsonl"])
+            .unwrap();
+        assert!(matches!(c.cmd, Some(Cmd::Report(r)) if r.view.format == Format::Jsonl));
     }
 }

@@ -1,8 +1,10 @@
 //! The live collector: drains the ring buffer in batches, puts events back in order, feeds
-//! the tracker and writes what it produces.
+//! the tracker and writes what it produces. The same [`Pipeline`] replays recorded traces
+//! ([`crate::replay`]); [`crate::record`] writes raw records instead.
 
 use std::{
     io::{self, BufWriter, Write},
+    path::Path,
     time::Duration,
 };
 
@@ -15,13 +17,12 @@ use tokio::{
 };
 
 use crate::{
-    cli::Args,
+    cli::{Args, KernelArgs, RebuildArgs, ViewArgs},
     clock::monotonic_ns,
     event::Event,
     filter::Filter,
     kernel::{self, held, Kernel, LoadOptions},
-    lifetime::Output,
-    lifetime::Tracker,
+    lifetime::{HeldAtStart, Output, Tracker},
     output::{Sink, WallClock},
     reorder::Reorderer,
     summary::{Lost, Stats, Summary},
@@ -52,8 +53,8 @@ impl<W: Write> Shown<W> {
     }
 }
 
-/// Everything between the ring buffer and the output.
-struct Pipeline<W: Write> {
+/// Everything between raw kernel records and the output.
+pub(crate) struct Pipeline<W: Write> {
     reorder: Reorderer,
     tracker: Tracker,
     shown: Shown<W>,
@@ -62,7 +63,7 @@ struct Pipeline<W: Write> {
 }
 
 /// How far [`Pipeline::process`] goes.
-enum Upto {
+pub(crate) enum Upto {
     /// Only what exceeds the reorder window's limit.
     Excess,
     /// What is old enough at this time to be in order.
@@ -75,19 +76,83 @@ enum Upto {
 /// fastest storm measured brings, so only a stalled collector reaches it.
 const MAX_REORDER_HELD: usize = 1 << 20;
 
+/// Where the output goes: `--output FILE` or standard output.
+pub(crate) fn open_output(path: Option<&Path>) -> Result<Box<dyn Write + Send>> {
+    Ok(match path {
+        Some(path) => Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create output file {}", path.display()))?,
+        ),
+        None => Box::new(io::stdout()),
+    })
+}
+
+/// What pipelines write to.
+pub(crate) type Out = BufWriter<Box<dyn Write + Send>>;
+
+impl Pipeline<Out> {
+    /// A pipeline writing what `view` asks for, with the times of `clock`.
+    pub(crate) fn new(
+        view: &ViewArgs,
+        rebuild: &RebuildArgs,
+        clock: WallClock,
+        held_at_start: Vec<HeldAtStart>,
+    ) -> Result<Self> {
+        let out = open_output(view.output.as_deref())?;
+        let mut tracker = Tracker::with_max_open(rebuild.max_lifetimes);
+        tracker.set_held_at_start(held_at_start);
+        let filter = Filter {
+            pid: view.pid,
+            comm: view.comm.clone(),
+            ports: view.port,
+            proto: view.proto.map(Into::into),
+            netns: view.netns,
+        };
+        Ok(Pipeline {
+            reorder: Reorderer::new(rebuild.reorder_ms * 1_000_000),
+            tracker,
+            shown: Shown {
+                filter,
+                stats: Stats::default(),
+                sink: Sink::new(BufWriter::with_capacity(1 << 16, out), view.format, clock),
+                write_error: None,
+            },
+            undecodable: 0,
+            lost_seen: 0,
+        })
+    }
+}
+
 impl<W: Write> Pipeline<W> {
+    /// Decodes one raw kernel record into the reorder window; its timestamp if valid.
+    pub(crate) fn push_record(&mut self, bytes: &[u8]) -> Option<u64> {
+        match Event::decode(bytes) {
+            Ok(ev) => {
+                let ts = ev.ts_ns;
+                self.reorder.push(ev);
+                Some(ts)
+            }
+            Err(_) => {
+                self.undecodable += 1;
+                None
+            }
+        }
+    }
+
+    /// Sockets that held ports when tracing started (see [`Tracker::set_held_at_start`]).
+    pub(crate) fn set_held_at_start(&mut self, held: Vec<HeldAtStart>) {
+        self.tracker.set_held_at_start(held);
+    }
+
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(item) = ring.next() {
-            match Event::decode(&item) {
-                Ok(ev) => self.reorder.push(ev),
-                Err(_) => self.undecodable += 1,
-            }
+            self.push_record(&item);
         }
         self.process(Upto::Excess);
     }
 
     /// Processes held events up to `upto`.
-    fn process(&mut self, upto: Upto) {
+    pub(crate) fn process(&mut self, upto: Upto) {
         let Pipeline {
             reorder,
             tracker,
@@ -113,76 +178,75 @@ impl<W: Write> Pipeline<W> {
     }
 
     /// Marks open lifetimes when the kernel reports new losses.
-    fn check_lost(&mut self, counts: &[u64]) {
+    pub(crate) fn check_lost(&mut self, counts: &[u64]) {
         let total: u64 = counts.iter().sum();
         if total > self.lost_seen {
             self.lost_seen = total;
             self.tracker.mark_lossy();
         }
     }
-}
 
-fn open_output(args: &Args) -> Result<Box<dyn Write + Send>> {
-    Ok(match &args.output {
-        Some(path) => Box::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create output file {}", path.display()))?,
-        ),
-        None => Box::new(io::stdout()),
-    })
-}
-
-/// Runs the live tracer until a signal or the deadline.
-pub async fn run(args: Args) -> Result<()> {
-    let out = open_output(&args)?;
-    let mut kernel = Kernel::load(&LoadOptions {
-        tier: args.attach,
-        ring_bytes: args.ring_size,
-        wakeup_bytes: args.wakeup_bytes,
-    })?;
-    let ring = kernel.take_events()?;
-    let lost_counters = kernel.take_lost()?;
-    #[allow(deprecated)] // AsyncFd owns the ring buffer, and so its fd, for as long as it lives.
-    let mut ring = AsyncFd::new(ring).context("polling the ring buffer")?;
-
-    // Loading parsed the kernel's BTF (tens of MB, freed by now): give those pages back
-    // rather than carry them for the whole run.
-    #[cfg(target_env = "gnu")]
-    // SAFETY: no arguments to check; only releases free heap memory.
-    unsafe {
-        libc::malloc_trim(0);
+    pub(crate) fn flush(&mut self) {
+        self.shown.write(|sink| sink.flush());
     }
-    let mut tracker = Tracker::with_max_open(args.max_lifetimes);
-    // After attaching: a socket in this snapshot that goes away later was held before start.
-    tracker.set_held_at_start(held::snapshot()?);
 
-    let filter = Filter {
-        pid: args.pid,
-        comm: args.comm.clone(),
-        ports: args.port,
-        proto: args.proto.map(Into::into),
-        netns: args.netns,
-    };
-    let mut p = Pipeline {
-        reorder: Reorderer::new(args.reorder_ms * 1_000_000),
-        tracker,
-        shown: Shown {
-            filter,
-            stats: Stats::default(),
-            sink: Sink::new(
-                BufWriter::with_capacity(1 << 16, out),
-                args.format,
-                WallClock::now(),
-            ),
-            write_error: None,
-        },
-        undecodable: 0,
-        lost_seen: 0,
-    };
+    pub(crate) fn write_failed(&self) -> bool {
+        self.shown.write_error.is_some()
+    }
 
-    // Before saying we trace: a signal from then on must end the run cleanly.
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    /// Ends the run: everything held goes through, then the summary with the kernel's
+    /// lost counts; the first write error, if any, named by where the output went.
+    pub(crate) fn finish(mut self, lost_counts: &[u64], output: Option<&Path>) -> Result<()> {
+        self.check_lost(lost_counts);
+        self.process(Upto::End);
+        let lost = Lost {
+            by_reason: lost::NAMES
+                .iter()
+                .copied()
+                .zip(lost_counts.iter().copied())
+                .collect(),
+            undecodable: self.undecodable,
+        };
+        let summary = Summary::new(&self.shown.stats, &self.tracker.counters, lost, 10);
+        self.shown.write(|sink| sink.summary(&summary));
+        self.flush();
+        match self.shown.write_error {
+            // The reader went away (`| head`): stop quietly.
+            Some(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+                Err(anyhow::Error::new(e).context(match output {
+                    Some(path) => format!("writing to {}", path.display()),
+                    None => "writing to standard output".to_string(),
+                }))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Signals that end a run cleanly, installed before saying we trace.
+pub(crate) struct Stop {
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    pub(crate) fn install() -> Result<Stop> {
+        Ok(Stop {
+            sigint: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            sigterm: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+        })
+    }
+
+    pub(crate) async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.sigint.recv() => {}
+            _ = self.sigterm.recv() => {}
+        }
+    }
+}
+
+/// Says which tier traces (and why better ones were passed over); `doing` follows.
+pub(crate) fn announce(kernel: &Kernel, doing: &str) {
     let tw_note = if kernel.time_wait_traced {
         ""
     } else {
@@ -192,14 +256,42 @@ pub async fn run(args: Args) -> Result<()> {
         eprintln!("port-tracer: the {tier} tier does not work here: {why}");
     }
     eprintln!(
-        "port-tracer: tracing with the {} tier on Linux {}{tw_note}; Ctrl-C to stop",
+        "port-tracer: tracing with the {} tier on Linux {}{tw_note}{doing}; Ctrl-C to stop",
         kernel.tier,
         kernel::kernel_release()
     );
+}
 
-    let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+pub(crate) fn load_options(k: &KernelArgs) -> LoadOptions {
+    LoadOptions {
+        tier: k.attach,
+        ring_bytes: k.ring_size,
+        wakeup_bytes: k.wakeup_bytes,
+    }
+}
+
+/// A deadline far enough to be never when none is given.
+pub(crate) fn deadline(d: Option<Duration>) -> tokio::time::Sleep {
+    tokio::time::sleep(d.unwrap_or(Duration::from_secs(u64::MAX / 4)))
+}
+
+/// Runs the live tracer until a signal or the deadline.
+pub async fn run(args: Args) -> Result<()> {
+    let mut kernel = Kernel::load(&load_options(&args.kernel))?;
+    let ring = kernel.take_events()?;
+    let lost_counters = kernel.take_lost()?;
+    #[allow(deprecated)] // AsyncFd owns the ring buffer, and so its fd, for as long as it lives.
+    let mut ring = AsyncFd::new(ring).context("polling the ring buffer")?;
+    // After attaching: a socket in this snapshot that goes away later was held before start.
+    let held_at_start = held::snapshot()?;
+    trim_heap();
+    let mut p = Pipeline::new(&args.view, &args.rebuild, WallClock::now(), held_at_start)?;
+
+    let mut stop = Stop::install()?;
+    announce(&kernel, "");
+    let deadline = deadline(args.duration);
     tokio::pin!(deadline);
-    let mut tick = tokio::time::interval(Duration::from_millis(args.drain_ms.max(1)));
+    let mut tick = tokio::time::interval(Duration::from_millis(args.kernel.drain_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
@@ -213,13 +305,12 @@ pub async fn run(args: Args) -> Result<()> {
                 p.drain(ring.get_mut());
                 p.check_lost(&lost_counters.read()?);
                 p.process(Upto::InOrder(monotonic_ns()));
-                p.shown.write(|sink| sink.flush());
+                p.flush();
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = stop.wait() => break,
             _ = &mut deadline => break,
         }
-        if p.shown.write_error.is_some() {
+        if p.write_failed() {
             break;
         }
     }
@@ -227,24 +318,17 @@ pub async fn run(args: Args) -> Result<()> {
     // Programs still run until `kernel` drops: take what they wrote so far.
     p.drain(ring.get_mut());
     let lost_counts = lost_counters.read()?;
-    p.check_lost(&lost_counts);
-    p.process(Upto::End);
-    let lost = Lost {
-        by_reason: lost::NAMES.iter().copied().zip(lost_counts).collect(),
-        undecodable: p.undecodable,
-    };
-    let summary = Summary::new(&p.shown.stats, &p.tracker.counters, lost, 10);
-    p.shown.write(|sink| sink.summary(&summary));
-    p.shown.write(|sink| sink.flush());
+    let done = p.finish(&lost_counts, args.view.output.as_deref());
     drop(kernel);
-    match p.shown.write_error {
-        // The reader went away (`| head`): stop quietly.
-        Some(e) if e.kind() != io::ErrorKind::BrokenPipe => {
-            Err(anyhow::Error::new(e).context(match &args.output {
-                Some(path) => format!("writing to {}", path.display()),
-                None => "writing to standard output".to_string(),
-            }))
-        }
-        _ => Ok(()),
+    done
+}
+
+/// Loading parsed the kernel's BTF (tens of MB, freed by now): give those pages back
+/// rather than carry them for the whole run.
+pub(crate) fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: no arguments to check; only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

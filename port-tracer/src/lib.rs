@@ -3,7 +3,9 @@
 //!
 //! The core is pure: [`event`] decodes kernel records, [`reorder`] restores timestamp order,
 //! [`lifetime`] turns events into lifetimes, [`filter`] selects, [`summary`] counts. Around it sit the edges:
-//! [`kernel`] (load, attach, maps), [`output`] (text, JSONL) and [`collector`] (the live loop).
+//! [`kernel`] (load, attach, maps), [`output`] (text, JSONL), [`trace_file`] (recorded traces),
+//! [`collector`] (the live loop), [`record`] (live to a trace file) and [`replay`] (a trace
+//! file through the same pipeline).
 
 pub mod cli;
 pub mod clock;
@@ -13,8 +15,11 @@ pub mod filter;
 pub mod kernel;
 pub mod lifetime;
 pub mod output;
+pub mod record;
 pub mod reorder;
+pub mod replay;
 pub mod summary;
+pub mod trace_file;
 
 /// Values the unit tests share.
 #[cfg(test)]

@@ -1,10 +1,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use port_tracer::{cli::Args, collector};
+use port_tracer::{
+    cli::{Cli, Cmd},
+    collector, record, replay,
+};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -15,7 +18,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(collector::run(args)) {
+    let done = match cli.cmd {
+        None => runtime.block_on(collector::run(cli.live)),
+        Some(Cmd::Record(args)) => runtime.block_on(record::run(args)),
+        Some(Cmd::Report(args)) => replay::run(args),
+    };
+    match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("port-tracer: {e:#}");

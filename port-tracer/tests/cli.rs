@@ -31,6 +31,8 @@ fn help_explains_the_tool() {
         "--attach",
         "TIME_WAIT",
         "jsonl",
+        "record",
+        "report",
     ] {
         assert!(text.contains(word), "--help lacks {word}");
     }
@@ -120,4 +122,45 @@ fn a_closed_pipe_ends_quietly() {
     }
     let status = child.wait().unwrap();
     assert!(status.success(), "exit {status}");
+}
+
+#[test]
+fn bad_trace_files_are_refused_clearly() {
+    let dir = std::env::temp_dir().join(format!("port-tracer-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = |path: &std::path::Path| tracer().arg("report").arg(path).output().unwrap();
+
+    let out = report(&dir.join("missing.ptrace"));
+    assert_clean_error(&out, 1, "cannot open trace");
+
+    let foreign = dir.join("foreign.ptrace");
+    std::fs::write(&foreign, "{\"type\":\"assign\"}\n").unwrap();
+    assert_clean_error(&report(&foreign), 1, "not a port-tracer trace");
+
+    let newer = dir.join("newer.ptrace");
+    let mut bytes = port_tracer::trace_file::MAGIC.to_vec();
+    bytes.extend_from_slice(&99u16.to_le_bytes());
+    bytes.extend_from_slice(&[0; 32]);
+    std::fs::write(&newer, bytes).unwrap();
+    assert_clean_error(&report(&newer), 1, "version 99 is newer");
+
+    let out = tracer().args(["record"]).output().unwrap();
+    assert_clean_error(&out, 2, "--output");
+    let out = tracer()
+        .args([
+            "record",
+            "--output",
+            "/nonexistent-dir/t.ptrace",
+            "--duration",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot create trace file") || stderr.contains("not root"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

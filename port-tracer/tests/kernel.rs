@@ -632,3 +632,117 @@ fn connect_variants_non_blocking_refused_and_bound_first() {
     assert_eq!(t.summary()["tracker"]["unmatched"], 0);
     assert_eq!(t.summary()["lost"]["total"], 0);
 }
+
+/// Runs `port-tracer record` to `path` (tier from PORT_TRACER_TEST_ATTACH, as the VM
+/// matrix sets it) until `workload` returns, then stops it with SIGINT.
+fn record_while<T>(path: &std::path::Path, workload: impl FnOnce() -> T) -> T {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_port-tracer"));
+    cmd.arg("record").arg("--output").arg(path);
+    if let Ok(tier) = std::env::var("PORT_TRACER_TEST_ATTACH") {
+        cmd.args(["--attach", &tier]);
+    }
+    let mut child = cmd
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start port-tracer record");
+    wait_until_tracing(&mut child);
+    let out = workload();
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert!(child.wait().unwrap().success());
+    out
+}
+
+fn report(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_port-tracer"))
+        .arg("report")
+        .args(args)
+        .output()
+        .expect("run port-tracer report")
+}
+
+#[test]
+fn record_then_report_has_every_port() {
+    require_root!();
+    let path = std::env::temp_dir().join(format!("port-tracer-test-{}.ptrace", my_pid()));
+    let (server, client, udp) = record_while(&path, || {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = port_of(l.local_addr().unwrap());
+        let c = TcpStream::connect(("127.0.0.1", server)).unwrap();
+        let client = port_of(c.local_addr().unwrap());
+        let (a, _) = l.accept().unwrap();
+        reset_close(c);
+        drop(a);
+        drop(l);
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let udp = port_of(u.local_addr().unwrap());
+        drop(u);
+        // Many more, so that the trace spans several blocks.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        for _ in 0..2000 {
+            let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (a, _) = l.accept().unwrap();
+            reset_close(c);
+            drop(a);
+        }
+        (server, client, udp)
+    });
+    let pid = my_pid().to_string();
+    let out = report(&[
+        path.as_os_str(),
+        "--format".as_ref(),
+        "jsonl".as_ref(),
+        "--pid".as_ref(),
+        pid.as_ref(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = Trace {
+        records: String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+    };
+    let lt = t.lifetime("tcp", client);
+    assert_eq!(lt["origin"], "connect");
+    assert_eq!(lt["rport"], server);
+    assert_owned_by_me(lt);
+    assert!(t
+        .lifetimes("tcp", server)
+        .iter()
+        .any(|l| l["origin"] == "bind_ephemeral" && !l["released_ns"].is_null()));
+    assert_eq!(t.lifetime("udp", udp)["origin"], "bind_ephemeral");
+    let summary = t.summary();
+    assert_eq!(summary["lost"]["total"], 0, "{summary}");
+    assert_eq!(
+        summary["counters"]["allocations"],
+        2 + 2 + 2000,
+        "{summary}"
+    );
+
+    // Cut in the middle: the part before the cut is reported, the exit says what was lost.
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = path.with_extension("cut");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let out = report(&[cut.as_os_str(), "--format".as_ref(), "jsonl".as_ref()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cut short at offset") && stderr.contains("skipped"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        last.contains("\"type\":\"summary\""),
+        "the prefix is reported: {last}"
+    );
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&cut);
+}

@@ -1,0 +1,167 @@
+//! The trace format, written and read back; every way a file can be damaged.
+
+use super::*;
+
+fn meta() -> Metadata {
+    Metadata {
+        host: "h".into(),
+        kernel_release: "6.1.0".into(),
+        tier: "tracepoint".into(),
+        port_tracer_version: "0.1.0".into(),
+        record_size: RECORD_SIZE as u32,
+        lost_reasons: vec!["ringbuf_full".into(), "map_full".into()],
+        realtime_offset_ns: 1_700_000_000_000_000_000,
+        started_ns: 42,
+        port_ranges: vec![PortRange {
+            netns: 4026531840,
+            low: 32768,
+            high: 60999,
+            reserved: "8080".into(),
+        }],
+    }
+}
+
+fn record(n: u8) -> Vec<u8> {
+    vec![n; RECORD_SIZE]
+}
+
+fn held() -> HeldAtStart {
+    HeldAtStart {
+        ends: crate::testing::ends(8080),
+        owner: Task {
+            pid: 7,
+            tid: 7,
+            uid: 0,
+            cgroup_id: 1,
+            comm: Comm::new("nginx"),
+        },
+        listening: true,
+    }
+}
+
+/// A trace with two event blocks, a lost block, a held block, and the end.
+fn sample() -> Vec<u8> {
+    let mut w = TraceWriter::new(Vec::new(), &meta()).unwrap();
+    w.write_held(&[held()]).unwrap();
+    w.push_record(&record(1));
+    w.push_record(&record(2));
+    w.write_events().unwrap();
+    w.write_events().unwrap(); // nothing pending: no block
+    w.write_lost(&[0, 3]).unwrap();
+    w.push_record(&record(3));
+    w.finish().unwrap();
+    w.out
+}
+
+fn read_all(bytes: &[u8]) -> (Result<Vec<Block>, TraceError>, u64) {
+    let mut r = match TraceReader::new(bytes) {
+        Ok(r) => r,
+        Err(e) => return (Err(e), 0),
+    };
+    let mut blocks = Vec::new();
+    loop {
+        match r.next_block() {
+            Ok(Some(b)) => blocks.push(b),
+            Ok(None) => return (Ok(blocks), r.offset),
+            Err(e) => return (Err(e), r.offset),
+        }
+    }
+}
+
+#[test]
+fn round_trip() {
+    let bytes = sample();
+    let r = TraceReader::new(&bytes[..]).unwrap();
+    assert_eq!(r.meta, meta());
+    let (blocks, end) = read_all(&bytes);
+    assert_eq!(end, bytes.len() as u64);
+    let mut two = record(1);
+    two.extend(record(2));
+    assert_eq!(
+        blocks.unwrap(),
+        vec![
+            Block::Held(vec![held()]),
+            Block::Events(two),
+            Block::Lost(vec![0, 3]),
+            Block::Events(record(3)),
+            Block::End,
+        ]
+    );
+}
+
+#[test]
+fn a_cut_file_reads_up_to_its_last_whole_block() {
+    let bytes = sample();
+    let (whole, _) = read_all(&bytes);
+    let whole = whole.unwrap();
+    let header_len = TraceReader::new(&bytes[..]).unwrap().offset as usize;
+    for cut in 0..bytes.len() {
+        let (got, offset) = read_all(&bytes[..cut]);
+        if cut < header_len {
+            assert!(
+                matches!(
+                    got,
+                    Err(TraceError::NotATrace | TraceError::Truncated { .. })
+                ),
+                "cut {cut}: {got:?}"
+            );
+            continue;
+        }
+        // Whatever came before the cut is intact; the cut block is reported, not guessed.
+        match got {
+            Ok(blocks) => {
+                assert_eq!(
+                    offset, cut as u64,
+                    "only a cut on a block boundary ends cleanly"
+                );
+                assert_eq!(blocks[..], whole[..blocks.len()]);
+            }
+            Err(TraceError::Truncated { offset: at }) => {
+                assert_eq!(at, offset);
+                assert!(at <= cut as u64);
+            }
+            Err(e) => panic!("cut {cut}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn flipped_bits_are_refused_with_their_offset() {
+    let bytes = sample();
+    let header_len = TraceReader::new(&bytes[..]).unwrap().offset as usize;
+    for at in 8..bytes.len() {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x40;
+        let (got, _) = read_all(&bad);
+        match got {
+            Err(TraceError::Corrupt { offset, .. }) => assert!(offset as usize <= at),
+            // A flipped length can make a block claim more than the file holds.
+            Err(TraceError::Truncated { .. }) => {}
+            Err(TraceError::NewerVersion(_)) => assert!(at < header_len),
+            other => panic!("flip at {at} went unnoticed: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn foreign_and_newer_files_are_refused() {
+    assert_eq!(read_all(b"").0.unwrap_err(), TraceError::NotATrace);
+    assert_eq!(
+        read_all(b"{\"type\":\"assign\"}\n").0.unwrap_err(),
+        TraceError::NotATrace
+    );
+    let mut newer = sample();
+    newer[8..10].copy_from_slice(&(VERSION + 1).to_le_bytes());
+    assert_eq!(
+        read_all(&newer).0.unwrap_err(),
+        TraceError::NewerVersion(VERSION + 1)
+    );
+    let e = TraceError::NewerVersion(2).to_string();
+    assert!(e.contains("upgrade"), "{e}");
+
+    let mut other_size = meta();
+    other_size.record_size = 96;
+    let w = TraceWriter::new(Vec::new(), &other_size).unwrap();
+    let e = TraceReader::new(&w.out[..]).err().unwrap().to_string();
+    assert!(e.contains("records of 96 bytes"), "{e}");
+}
