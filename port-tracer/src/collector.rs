@@ -275,16 +275,42 @@ pub(crate) fn deadline(d: Option<Duration>) -> tokio::time::Sleep {
     tokio::time::sleep(d.unwrap_or(Duration::from_secs(u64::MAX / 4)))
 }
 
+/// The kernel side, running: programs attached, ring buffer and lost counters taken, and
+/// the sockets that held ports when it started.
+pub(crate) struct Traced {
+    pub kernel: Kernel,
+    pub ring: AsyncFd<RingBuf<MapData>>,
+    pub lost: kernel::LostCounters,
+    pub held_at_start: Vec<HeldAtStart>,
+}
+
+impl Traced {
+    pub(crate) fn start(k: &KernelArgs) -> Result<Traced> {
+        let mut kernel = Kernel::load(&load_options(k))?;
+        let ring = kernel.take_events()?;
+        let lost = kernel.take_lost()?;
+        #[allow(deprecated)] // AsyncFd owns the ring buffer, and so its fd, while it lives.
+        let ring = AsyncFd::new(ring).context("polling the ring buffer")?;
+        // After attaching: a socket in this snapshot that goes away later was held before.
+        let held_at_start = held::snapshot()?;
+        trim_heap();
+        Ok(Traced {
+            kernel,
+            ring,
+            lost,
+            held_at_start,
+        })
+    }
+}
+
 /// Runs the live tracer until a signal or the deadline.
 pub async fn run(args: Args) -> Result<()> {
-    let mut kernel = Kernel::load(&load_options(&args.kernel))?;
-    let ring = kernel.take_events()?;
-    let lost_counters = kernel.take_lost()?;
-    #[allow(deprecated)] // AsyncFd owns the ring buffer, and so its fd, for as long as it lives.
-    let mut ring = AsyncFd::new(ring).context("polling the ring buffer")?;
-    // After attaching: a socket in this snapshot that goes away later was held before start.
-    let held_at_start = held::snapshot()?;
-    trim_heap();
+    let Traced {
+        kernel,
+        mut ring,
+        lost: lost_counters,
+        held_at_start,
+    } = Traced::start(&args.kernel)?;
     let mut p = Pipeline::new(&args.view, &args.rebuild, WallClock::now(), held_at_start)?;
 
     let mut stop = Stop::install()?;

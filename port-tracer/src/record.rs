@@ -6,13 +6,12 @@ use std::{fs::File, io::BufWriter, time::Duration};
 
 use anyhow::{Context, Result};
 use port_tracer_common::lost;
-use tokio::io::unix::AsyncFd;
 
 use crate::{
     cli::RecordArgs,
     clock::monotonic_ns,
-    collector::{announce, deadline, load_options, trim_heap, Stop},
-    kernel::{self, held, Kernel},
+    collector::{announce, deadline, Stop, Traced},
+    kernel::{self, held},
     output::WallClock,
     trace_file::{Metadata, PortRange, TraceWriter, RECORD_SIZE},
 };
@@ -23,13 +22,12 @@ const BLOCK_BYTES: usize = 4 << 20;
 
 /// Records until a signal or the deadline.
 pub async fn run(args: RecordArgs) -> Result<()> {
-    let mut kernel = Kernel::load(&load_options(&args.kernel))?;
-    let ring = kernel.take_events()?;
-    let lost_counters = kernel.take_lost()?;
-    #[allow(deprecated)] // AsyncFd owns the ring buffer, and so its fd, for as long as it lives.
-    let mut ring = AsyncFd::new(ring).context("polling the ring buffer")?;
-    let held_at_start = held::snapshot()?;
-    trim_heap();
+    let Traced {
+        kernel,
+        mut ring,
+        lost: lost_counters,
+        held_at_start,
+    } = Traced::start(&args.kernel)?;
 
     let path = &args.output;
     let writing = || format!("writing to {}", path.display());
