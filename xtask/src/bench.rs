@@ -38,8 +38,10 @@ pub struct Options {
     /// Leave the peers (tcpstates, bpftrace) out.
     #[arg(long)]
     no_peers: bool,
-    /// Arguments for port-tracer runs, e.g. "--wakeup-bytes 0". Given several times, each
-    /// is a variant of its own, measured in the same rounds (A/B of a setting).
+    /// Arguments for port-tracer runs, e.g. "--wakeup-bytes 0" (live JSONL) or "record
+    /// --wakeup-bytes 0" (`port-tracer record`). Given several times, each is a variant of
+    /// its own, measured in the same rounds (A/B of a setting). Default: live JSONL and
+    /// record, default settings.
     #[arg(long, allow_hyphen_values = true, value_name = "ARGS")]
     tracer_args: Vec<String>,
     /// Also measure port-tracer's kernel programs: run time per operation of each, from the
@@ -68,6 +70,10 @@ impl Workload {
         }
     }
 }
+
+/// `--tracer-args` starting with this runs `port-tracer record` (the binary trace) instead
+/// of live JSONL; by default each tier is measured both ways.
+const RECORD: &str = "record";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Tool {
@@ -151,7 +157,8 @@ pub fn run_bench(opts: &Options) -> Result<()> {
     for tier in ["fentry", "kprobe", "tracepoint"] {
         match probe_tier(&paths.tracer, tier) {
             Ok(()) if opts.tracer_args.is_empty() => {
-                tools.push(Tool::PortTracer(tier, String::new()))
+                tools.push(Tool::PortTracer(tier, String::new()));
+                tools.push(Tool::PortTracer(tier, RECORD.to_string()));
             }
             Ok(()) => {
                 for args in &opts.tracer_args {
@@ -293,9 +300,17 @@ fn start(paths: &Paths, w: Workload, tool: &Tool, port: u16) -> Result<Option<Ru
         Tool::Untraced => return Ok(None),
         Tool::PortTracer(tier, extra) => {
             let mut c = Command::new(&paths.tracer);
-            c.args(["--attach", tier, "--format", "jsonl", "--output"])
-                .arg(&out);
-            c.args(extra.split_whitespace());
+            match extra.strip_prefix(RECORD) {
+                // The binary trace; the JSONL comes afterwards, from `report`.
+                Some(rest) => c
+                    .args(["record", "--attach", tier, "--output"])
+                    .arg(&out)
+                    .args(rest.split_whitespace()),
+                None => c
+                    .args(["--attach", tier, "--format", "jsonl", "--output"])
+                    .arg(&out)
+                    .args(extra.split_whitespace()),
+            };
             c.stdout(Stdio::null());
             c
         }
@@ -519,7 +534,23 @@ fn measure(
                 Workload::Tcp => (&["connect", "inherited"], 4),
                 Workload::Udp => (&["bind_ephemeral"], 2),
             };
-            let c = count_tracer_output(&r.out, s.pid, origins)?;
+            let jsonl = match tool {
+                Tool::PortTracer(_, extra) if extra.starts_with(RECORD) => {
+                    // Outside the measurement: the trace rebuilt as the live mode would.
+                    let jsonl = r.out.with_extension("jsonl");
+                    output_of(
+                        Command::new(&paths.tracer)
+                            .arg("report")
+                            .arg(&r.out)
+                            .args(["--format", "jsonl", "--output"])
+                            .arg(&jsonl),
+                    )?;
+                    jsonl
+                }
+                _ => r.out.clone(),
+            };
+            let c = count_tracer_output(&jsonl, s.pid, origins)?;
+            let _ = fs::remove_file(r.out.with_extension("jsonl"));
             m.expected = Some(per * n);
             m.delivered = Some(c.storm_events);
             m.lost = Some(c.lost);
