@@ -30,14 +30,17 @@ pub struct Cli {
 
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum Cmd {
-    /// Record the raw event stream, with what analysis needs later (host, kernel, tier,
-    /// clock mapping, port ranges, sockets held at start, lost counts), to a compact binary
-    /// trace file, flushed every --drain-ms: after a crash the file reads up to its last
-    /// complete block.
+    /// Record the raw events to a binary trace file (the cheapest way to trace).
+    ///
+    /// The file also carries what analysis needs later: host, kernel, tier, clock mapping,
+    /// port range, sockets held at start, lost counts. It is flushed every --drain-ms:
+    /// after a crash it reads up to its last complete block.
     Record(RecordArgs),
-    /// Rebuild lifetimes from a recorded trace and show them as the live mode does (same
-    /// formats, filters and summary). A trace cut short is used up to its last complete
-    /// block, and the report says how much it skipped.
+    /// Rebuild lifetimes from a recorded trace, as the live mode shows them.
+    ///
+    /// Same formats, filters and summary as live tracing. A trace cut short or damaged is
+    /// used up to its last complete block; the report then says where it stopped and how
+    /// much it skipped, and exits with status 1.
     Report(ReportArgs),
 }
 
