@@ -42,6 +42,60 @@ pub enum Cmd {
     /// used up to its last complete block; the report then says where it stopped and how
     /// much it skipped, and exits with status 1.
     Report(ReportArgs),
+    /// Convert a recorded trace's lifetimes for other tools (JSONL, CSV, Chrome trace).
+    ///
+    /// `jsonl`: the live mode's records; `csv`: one row per lifetime with the JSONL field
+    /// names as columns; `chrome-trace`: Trace Event Format JSON for the Perfetto UI (a
+    /// track per port under its process, a slice per lifetime, TIME_WAIT inside it).
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExportArgs {
+    /// A trace written by `port-tracer record`.
+    #[arg(value_name = "TRACE")]
+    pub trace: PathBuf,
+
+    /// What to write.
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+
+    /// The file to write.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+
+    #[command(flatten)]
+    pub rebuild: RebuildArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Jsonl,
+    Csv,
+    ChromeTrace,
+}
+
+impl ExportArgs {
+    /// The report that writes this export: every lifetime, in the chosen format.
+    pub fn as_report(&self) -> ReportArgs {
+        ReportArgs {
+            trace: self.trace.clone(),
+            view: ViewArgs {
+                format: match self.format {
+                    ExportFormat::Jsonl => Format::Jsonl,
+                    ExportFormat::Csv => Format::Csv,
+                    ExportFormat::ChromeTrace => Format::ChromeTrace,
+                },
+                output: Some(self.output.clone()),
+                pid: None,
+                comm: None,
+                port: None,
+                proto: None,
+                netns: None,
+            },
+            rebuild: self.rebuild.clone(),
+        }
+    }
 }
 
 /// Live tracing (no command).

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         None => runtime.block_on(collector::run(cli.live)),
         Some(Cmd::Record(args)) => runtime.block_on(record::run(args)),
         Some(Cmd::Report(args)) => replay::run(args),
+        Some(Cmd::Export(args)) => replay::run(args.as_report()),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@ use std::{
     net::IpAddr,
 };
 
+mod export;
 mod jsonl;
 
 use crate::{
@@ -21,6 +22,11 @@ pub enum Format {
     Text,
     /// JSON Lines: event, lifetime and summary records.
     Jsonl,
+    /// CSV: one row per lifetime, the JSONL lifetime fields as columns.
+    Csv,
+    /// Chrome Trace Event Format (opens in the Perfetto UI): a track per port under its
+    /// process, a slice per lifetime, TIME_WAIT as a slice inside it.
+    ChromeTrace,
 }
 
 /// Converts kernel monotonic timestamps to wall-clock time.
@@ -82,6 +88,7 @@ pub struct Sink<W: Write> {
     clock: WallClock,
     header_done: bool,
     line: jsonl::Line,
+    chrome: export::ChromeTrace,
 }
 
 impl<W: Write> Sink<W> {
@@ -92,6 +99,7 @@ impl<W: Write> Sink<W> {
             clock,
             header_done: false,
             line: jsonl::Line(Vec::with_capacity(Self::BLOCK + 1024)),
+            chrome: export::ChromeTrace::default(),
         }
     }
 
@@ -120,15 +128,20 @@ impl<W: Write> Sink<W> {
     }
 
     fn header(&mut self) -> io::Result<()> {
-        if !self.header_done && self.format == Format::Text {
-            self.header_done = true;
-            writeln!(
+        if self.header_done {
+            return Ok(());
+        }
+        self.header_done = true;
+        match self.format {
+            Format::Text => writeln!(
                 self.out,
                 "{:<12} {:<13} {:<5} {:<28} {:<28} {:>7} {:<16} {:<14} HELD",
                 "TIME", "EVENT", "PROTO", "LOCAL", "REMOTE", "PID", "COMM", "ORIGIN"
-            )?;
+            ),
+            Format::Csv => writeln!(self.out, "{}", export::CSV_HEADER),
+            Format::ChromeTrace => self.out.write_all(export::ChromeTrace::START.as_bytes()),
+            Format::Jsonl => Ok(()),
         }
-        Ok(())
     }
 
     pub fn write(&mut self, o: &Output) -> io::Result<()> {
@@ -165,6 +178,12 @@ impl<W: Write> Sink<W> {
 
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         match self.format {
+            Format::Csv => Ok(()),
+            Format::ChromeTrace => {
+                self.header()?;
+                let text = self.chrome.event(&self.clock, ev);
+                self.out.write_all(text.as_bytes())
+            }
             // A release is shown by its lifetime line.
             Format::Text if ev.kind == Kind::Release => Ok(()),
             Format::Text => {
@@ -207,6 +226,15 @@ impl<W: Write> Sink<W> {
 
     fn lifetime(&mut self, lt: &Lifetime) -> io::Result<()> {
         match self.format {
+            Format::Csv => {
+                self.header()?;
+                self.out.write_all(export::csv_row(lt).as_bytes())
+            }
+            Format::ChromeTrace => {
+                self.header()?;
+                let text = self.chrome.lifetime(&self.clock, lt);
+                self.out.write_all(text.as_bytes())
+            }
             Format::Text => {
                 let (what, ts) = match lt.released_ns {
                     Some(ts) => ("release", ts),
@@ -257,6 +285,13 @@ impl<W: Write> Sink<W> {
     pub fn summary(&mut self, s: &Summary) -> io::Result<()> {
         self.write_pending()?;
         match self.format {
+            // Data files for other tools: no summary record (an empty run still gets its
+            // header, or a valid empty array).
+            Format::Csv => self.header(),
+            Format::ChromeTrace => {
+                self.header()?;
+                self.out.write_all(export::ChromeTrace::END.as_bytes())
+            }
             Format::Jsonl => {
                 let mut v = serde_json::to_value(s).expect("summary serializes");
                 let obj = v.as_object_mut().expect("summary is an object");

@@ -705,9 +705,15 @@ fn record_then_report_has_every_port() {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect(),
     };
-    let lt = t.lifetime("tcp", client);
+    // The 2000 later connections may reuse the client's port (towards another listener).
+    let to_server: Vec<_> = t
+        .lifetimes("tcp", client)
+        .into_iter()
+        .filter(|l| l["rport"] == server)
+        .collect();
+    assert_eq!(to_server.len(), 1, "{to_server:#?}");
+    let lt = to_server[0];
     assert_eq!(lt["origin"], "connect");
-    assert_eq!(lt["rport"], server);
     assert_owned_by_me(lt);
     assert!(t
         .lifetimes("tcp", server)
@@ -721,6 +727,63 @@ fn record_then_report_has_every_port() {
         2 + 2 + 2000,
         "{summary}"
     );
+
+    // Exports: every port in the CSV, and the Chrome trace is one JSON array with slices.
+    let csv = path.with_extension("csv");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_port-tracer"))
+        .arg("export")
+        .arg(&path)
+        .args(["--format", "csv", "--output"])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut rows = text.lines();
+    let header: Vec<&str> = rows.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let rows: Vec<Vec<&str>> = rows.map(|r| r.split(',').collect()).collect();
+    let client_row = rows
+        .iter()
+        .find(|r| {
+            r[col("proto")] == "tcp"
+                && r[col("lport")] == client.to_string()
+                && r[col("rport")] == server.to_string()
+        })
+        .expect("client port in the CSV");
+    assert_eq!(client_row[col("origin")], "connect");
+    assert_eq!(client_row[col("pid")], pid);
+    assert!(rows
+        .iter()
+        .any(|r| r[col("proto")] == "udp" && r[col("lport")] == udp.to_string()));
+    let chrome = path.with_extension("json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_port-tracer"))
+        .arg("export")
+        .arg(&path)
+        .args(["--format", "chrome-trace", "--output"])
+        .arg(&chrome)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&chrome).unwrap()).unwrap();
+    let slices = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["ph"] == "X" && r["tid"] == client as u64)
+        .count();
+    assert!(slices >= 1, "the client's port has its slice");
+    let _ = std::fs::remove_file(&csv);
+    let _ = std::fs::remove_file(&chrome);
 
     // Cut in the middle: the part before the cut is reported, the exit says what was lost.
     let bytes = std::fs::read(&path).unwrap();

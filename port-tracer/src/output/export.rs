@@ -1,0 +1,258 @@
+//! Formats for other tools: CSV (one row per lifetime, the JSONL field names as columns)
+//! and Chrome's Trace Event Format (opens in the Perfetto UI: a track per port under its
+//! process, a slice per lifetime, TIME_WAIT as a slice of its own inside it).
+
+use std::{collections::HashSet, fmt::Write as _};
+
+use crate::{
+    event::{Event, Kind},
+    lifetime::Lifetime,
+    output::{errno_name, WallClock},
+};
+
+/// CSV columns: the lifetime fields of the JSONL schema, in its order.
+pub const CSV_HEADER: &str = "proto,family,laddr,lport,raddr,rport,netns,pid,tid,uid,comm,cgroup_id,origin,sock_id,assigned_ns,released_ns,duration_ns,time_wait_start_ns,time_wait_ns,lossy";
+
+/// A CSV field: quoted when it holds a comma, a quote or a line break (RFC 4180).
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// One CSV row (with its line break) for a lifetime.
+pub fn csv_row(lt: &Lifetime) -> String {
+    let e = &lt.ends;
+    let t = &lt.owner;
+    format!(
+        "{},{},{},{},{},{},{},{},{},{},{},{},{},{:#x},{},{},{},{},{},{}\n",
+        e.proto.as_str(),
+        e.family.as_str(),
+        e.laddr,
+        e.lport,
+        e.raddr,
+        e.rport,
+        e.netns,
+        t.pid,
+        t.tid,
+        t.uid,
+        csv_field(&t.comm.as_str()),
+        t.cgroup_id,
+        lt.origin.as_str(),
+        lt.sock_id,
+        opt(lt.assigned_ns),
+        opt(lt.released_ns),
+        opt(lt.duration_ns()),
+        opt(lt.time_wait_ns_start),
+        opt(lt.time_wait_ns()),
+        lt.lossy,
+    )
+}
+
+/// Trace Event Format records, written as the elements of one JSON array.
+#[derive(Default)]
+pub struct ChromeTrace {
+    /// Processes and (process, port) tracks already named.
+    named_processes: HashSet<u32>,
+    named_tracks: HashSet<(u32, u16, &'static str)>,
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialize")
+}
+
+/// Microseconds of wall time, as the format counts.
+fn us(clock: &WallClock, ns: u64) -> f64 {
+    clock.wall_ns(ns) as f64 / 1000.0
+}
+
+impl ChromeTrace {
+    /// Names the process and the port's track the first time they appear.
+    fn names(&mut self, out: &mut String, pid: u32, comm: &str, proto: &'static str, port: u16) {
+        if self.named_processes.insert(pid) {
+            let name = if pid == 0 {
+                "unknown process".to_string()
+            } else {
+                format!("{comm} ({pid})")
+            };
+            let _ = writeln!(
+                out,
+                "{{\"ph\":\"M\",\"name\":\"process_name\",\"pid\":{pid},\"tid\":0,\"args\":{{\"name\":{}}}}},",
+                json_str(&name)
+            );
+        }
+        if self.named_tracks.insert((pid, port, proto)) {
+            let _ = writeln!(
+                out,
+                "{{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":{pid},\"tid\":{},\"args\":{{\"name\":\"{proto} port {port}\"}}}},",
+                track(proto, port)
+            );
+        }
+    }
+
+    /// A lifetime as a slice on its port's track, TIME_WAIT as a slice inside it. Each
+    /// record ends with a comma; [`ChromeTrace::END`] closes the array.
+    pub fn lifetime(&mut self, clock: &WallClock, lt: &Lifetime) -> String {
+        let mut out = String::new();
+        let e = &lt.ends;
+        let (pid, proto) = (lt.owner.pid, e.proto.as_str());
+        self.names(&mut out, pid, &lt.owner.comm.as_str(), proto, e.lport);
+        let Some(start) = lt.assigned_ns.or(lt.time_wait_ns_start).or(lt.released_ns) else {
+            return out; // held before start and still held: no time at all
+        };
+        let end = lt.released_ns.unwrap_or(start);
+        let name = format!(
+            "{proto} {} -> {} ({}{})",
+            endpoint(e.laddr, e.lport),
+            endpoint(e.raddr, e.rport),
+            lt.origin.as_str(),
+            if lt.released_ns.is_none() {
+                ", still held"
+            } else {
+                ""
+            }
+        );
+        let args = format!(
+            "{{\"netns\":{},\"tid\":{},\"comm\":{},\"sock_id\":\"{:#x}\",\"lossy\":{}}}",
+            e.netns,
+            lt.owner.tid,
+            json_str(&lt.owner.comm.as_str()),
+            lt.sock_id,
+            lt.lossy
+        );
+        let _ = writeln!(
+            out,
+            "{{\"ph\":\"X\",\"cat\":\"lifetime\",\"name\":{},\"pid\":{pid},\"tid\":{},\"ts\":{:.3},\"dur\":{:.3},\"args\":{args}}},",
+            json_str(&name),
+            track(proto, e.lport),
+            us(clock, start),
+            end.saturating_sub(start) as f64 / 1000.0
+        );
+        if let Some(tw) = lt.time_wait_ns_start {
+            let _ = writeln!(
+                out,
+                "{{\"ph\":\"X\",\"cat\":\"time_wait\",\"name\":\"TIME_WAIT\",\"pid\":{pid},\"tid\":{},\"ts\":{:.3},\"dur\":{:.3}}},",
+                track(proto, e.lport),
+                us(clock, tw),
+                end.saturating_sub(tw) as f64 / 1000.0
+            );
+        }
+        out
+    }
+
+    /// An allocation failure as an instant on its process's track 0; other events are
+    /// in the lifetimes already.
+    pub fn event(&mut self, clock: &WallClock, ev: &Event) -> String {
+        if ev.kind != Kind::AllocFailure {
+            return String::new();
+        }
+        let mut out = String::new();
+        self.names(
+            &mut out,
+            ev.task.pid,
+            &ev.task.comm.as_str(),
+            ev.ends.proto.as_str(),
+            ev.ends.lport,
+        );
+        let _ = writeln!(
+            out,
+            "{{\"ph\":\"i\",\"s\":\"p\",\"cat\":\"failure\",\"name\":\"{} {} {}\",\"pid\":{},\"tid\":0,\"ts\":{:.3}}},",
+            ev.ends.proto.as_str(),
+            ev.origin.as_str(),
+            errno_name(ev.errno),
+            ev.task.pid,
+            us(clock, ev.ts_ns)
+        );
+        out
+    }
+
+    pub const START: &'static str = "[\n";
+    /// Closes the array (after the trailing comma of the last record, an empty metadata
+    /// record keeps the JSON valid).
+    pub const END: &'static str =
+        "{\"ph\":\"M\",\"name\":\"trace_end\",\"pid\":0,\"tid\":0,\"args\":{}}\n]\n";
+}
+
+/// The track of a port: TCP and UDP ports of one process on separate tracks.
+fn track(proto: &str, port: u16) -> u32 {
+    u32::from(port) + if proto == "udp" { 65536 } else { 0 }
+}
+
+fn endpoint(addr: std::net::IpAddr, port: u16) -> String {
+    match addr {
+        std::net::IpAddr::V4(a) => format!("{a}:{port}"),
+        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        event::{Comm, Origin, Task},
+        testing::ends,
+    };
+
+    fn lt() -> Lifetime {
+        Lifetime {
+            ends: ends(40000),
+            owner: Task {
+                pid: 9,
+                tid: 10,
+                comm: Comm::new("a,\"b"),
+                ..Default::default()
+            },
+            origin: Origin::Connect,
+            sock_id: 0x10,
+            assigned_ns: Some(1_000),
+            released_ns: Some(5_000),
+            time_wait_ns_start: Some(3_000),
+            lossy: false,
+        }
+    }
+
+    #[test]
+    fn csv_rows_have_the_header_columns_and_quote_what_needs_it() {
+        let row = csv_row(&lt());
+        assert_eq!(
+            row,
+            "tcp,ipv4,127.0.0.1,40000,127.0.0.1,80,7,9,10,0,\"a,\"\"b\",0,connect,0x10,1000,5000,4000,3000,2000,false\n"
+        );
+        assert_eq!(CSV_HEADER.split(',').count(), 20);
+        let open = Lifetime {
+            released_ns: None,
+            ..lt()
+        };
+        assert!(csv_row(&open).contains(",1000,,,3000,,"));
+    }
+
+    #[test]
+    fn chrome_trace_is_a_json_array_with_time_wait_inside_the_lifetime() {
+        let clock = WallClock { offset_ns: 0 };
+        let mut c = ChromeTrace::default();
+        let mut text = ChromeTrace::START.to_string();
+        text += &c.lifetime(&clock, &lt());
+        text += &c.lifetime(&clock, &lt()); // names only once
+        text += ChromeTrace::END;
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let recs = v.as_array().unwrap();
+        let meta = recs.iter().filter(|r| r["ph"] == "M").count();
+        assert_eq!(meta, 3, "process name, track name, end");
+        let slices: Vec<_> = recs.iter().filter(|r| r["ph"] == "X").collect();
+        assert_eq!(slices.len(), 4);
+        assert_eq!(slices[0]["cat"], "lifetime");
+        assert_eq!(slices[0]["ts"], 1.0);
+        assert_eq!(slices[0]["dur"], 4.0);
+        assert_eq!(slices[1]["cat"], "time_wait");
+        assert_eq!(slices[1]["ts"], 3.0);
+        assert_eq!(slices[1]["dur"], 2.0);
+        assert_eq!(slices[0]["tid"], slices[1]["tid"]);
+        assert_eq!(slices[0]["pid"], 9);
+    }
+}
