@@ -22,12 +22,9 @@ const BLOCK_BYTES: usize = 4 << 20;
 
 /// Records until a signal or the deadline.
 pub async fn run(args: RecordArgs) -> Result<()> {
-    let Traced {
-        kernel,
-        mut ring,
-        lost: lost_counters,
-        held_at_start,
-    } = Traced::start(&args.kernel)?;
+    let traced = Traced::start(&args.kernel)?;
+    let (kernel, mut ring, lost_counters) = (traced.kernel, traced.ring, traced.lost);
+    let held_at_start = traced.held_at_start;
 
     let path = &args.output;
     let writing = || format!("writing to {}", path.display());

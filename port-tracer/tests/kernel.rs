@@ -660,6 +660,23 @@ fn report(args: &[&std::ffi::OsStr]) -> std::process::Output {
         .expect("run port-tracer report")
 }
 
+/// Runs `port-tracer export TRACE --format FORMAT --output OUT` and returns what it wrote.
+fn export(trace: &std::path::Path, format: &str, out: &std::path::Path) -> String {
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_port-tracer"))
+        .arg("export")
+        .arg(trace)
+        .args(["--format", format, "--output"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    std::fs::read_to_string(out).unwrap()
+}
+
 #[test]
 fn record_then_report_has_every_port() {
     require_root!();
@@ -730,19 +747,7 @@ fn record_then_report_has_every_port() {
 
     // Exports: every port in the CSV, and the Chrome trace is one JSON array with slices.
     let csv = path.with_extension("csv");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_port-tracer"))
-        .arg("export")
-        .arg(&path)
-        .args(["--format", "csv", "--output"])
-        .arg(&csv)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(&csv).unwrap();
+    let text = export(&path, "csv", &csv);
     let mut rows = text.lines();
     let header: Vec<&str> = rows.next().unwrap().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
@@ -761,20 +766,8 @@ fn record_then_report_has_every_port() {
         .iter()
         .any(|r| r[col("proto")] == "udp" && r[col("lport")] == udp.to_string()));
     let chrome = path.with_extension("json");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_port-tracer"))
-        .arg("export")
-        .arg(&path)
-        .args(["--format", "chrome-trace", "--output"])
-        .arg(&chrome)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&chrome).unwrap()).unwrap();
+        serde_json::from_str(&export(&path, "chrome-trace", &chrome)).unwrap();
     let slices = v
         .as_array()
         .unwrap()
