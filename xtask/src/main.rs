@@ -212,7 +212,7 @@ fn cargo_bin() -> PathBuf {
 }
 
 /// Installs, only where missing: the Debian LLVM packages, the nightly toolchain with
-/// rust-src, and bpf-linker.
+/// rust-src, bpf-linker, and the Python readers the tests use.
 fn setup() -> Result<()> {
     // rustup's proxies and cargo-installed tools live here; a bare CI shell may lack it.
     let path = env::var_os("PATH").unwrap_or_default();
@@ -243,6 +243,8 @@ fn setup() -> Result<()> {
         run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
     }
 
+    python_tools()?;
+
     if succeeds(Command::new("bpf-linker").arg("--version")) {
         return Ok(());
     }
@@ -258,6 +260,32 @@ fn setup() -> Result<()> {
         .args(["--no-default-features", "--features", "llvm-22"])
         .env("PATH", path))?;
     Ok(())
+}
+
+/// Python packages the tests read our outputs back with: other tools' readers, not ours
+/// (Parquet through pyarrow and DuckDB, metrics through the Prometheus text parser).
+const PYTHON_PACKAGES: &[&str] = &["pyarrow==26.0.1", "duckdb==2.0.1", "prometheus-client==0.26.0"];
+const PYTHON_IMPORTS: &str = "import pyarrow.parquet, duckdb, prometheus_client.parser";
+
+/// The virtualenv holding [`PYTHON_PACKAGES`]; tests find it through `PORT_TRACER_PYTHON`.
+pub(crate) fn python_tools_path() -> PathBuf {
+    workspace_root().join("target/pytools/bin/python")
+}
+
+/// Creates the virtualenv of [`PYTHON_PACKAGES`] where it is missing or incomplete.
+fn python_tools() -> Result<()> {
+    let python = python_tools_path();
+    if succeeds(Command::new(&python).args(["-c", PYTHON_IMPORTS])) {
+        return Ok(());
+    }
+    if !succeeds(Command::new("python3").args(["-c", "import ensurepip, venv"])) {
+        ensure_apt_packages(&["python3-venv"])?;
+    }
+    let venv = python.parent().and_then(Path::parent).expect("venv/bin/python");
+    run(Command::new("python3").arg("-m").arg("venv").arg(venv))?;
+    run(Command::new(&python)
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .args(PYTHON_PACKAGES))
 }
 
 /// Whether Debian package `p` is installed (not merely known, or removed with its config).
@@ -301,6 +329,7 @@ fn test(args: &[String]) -> Result<HostTests> {
     ])
     .arg("--test-threads=1")
     .args(args)
+    .env("PORT_TRACER_PYTHON", python_tools_path())
     .stdout(std::process::Stdio::piped());
     eprintln!("xtask: running {cmd:?}");
     let mut child = cmd.spawn().context("starting cargo test")?;

@@ -319,3 +319,31 @@ pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// Runs a Python script with the readers `cargo xtask setup` installs (pyarrow, DuckDB,
+/// prometheus_client) and returns its stdout; fails the test, saying how to get them, when
+/// they are missing. Host only: the VM guests have no Python.
+pub fn python(script: &str, args: &[&str]) -> String {
+    let python = std::env::var_os("PORT_TRACER_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/pytools/bin/python")
+        });
+    assert!(
+        python.exists(),
+        "{} is missing: run `cargo xtask setup` (it installs the Python readers the tests use)",
+        python.display()
+    );
+    let out = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("running python");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("python prints UTF-8")
+}
