@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
 
-use crate::{event::Proto, kernel::TierChoice, output::Format};
+use crate::{event::Proto, filter::Filter, kernel::TierChoice, output::Format};
 
 /// Trace every local port the kernel hands out and takes back (TCP and UDP, IPv4 and IPv6,
 /// every network namespace) and rebuild each port's lifetime: who held it, how it was
@@ -89,9 +89,7 @@ impl ExportArgs {
                 output: Some(self.output.clone()),
                 pid: None,
                 comm: None,
-                port: None,
-                proto: None,
-                netns: None,
+                sockets: SocketFilterArgs::default(),
             },
             rebuild: self.rebuild.clone(),
         }
@@ -124,6 +122,10 @@ pub struct RecordArgs {
     /// Stop after this long: seconds (`20`) or with a unit (`500ms`, `10s`, `2m`, `1h`).
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+
+    /// Record only matching sockets (`report` filters by process too).
+    #[command(flatten)]
+    pub sockets: SocketFilterArgs,
 
     #[command(flatten)]
     pub kernel: KernelArgs,
@@ -161,17 +163,38 @@ pub struct ViewArgs {
     #[arg(long)]
     pub comm: Option<String>,
 
-    /// Show only this local port or range of ports (`8080`, `32768-60999`).
+    #[command(flatten)]
+    pub sockets: SocketFilterArgs,
+}
+
+/// Which sockets are kept, by what every event of a socket carries (unlike its process:
+/// the kernel often reports releases from interrupt context).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SocketFilterArgs {
+    /// Only this local port or range of ports (`8080`, `32768-60999`).
     #[arg(long, value_name = "PORT|LO-HI", value_parser = parse_port_range)]
     pub port: Option<(u16, u16)>,
 
-    /// Show only this protocol.
+    /// Only this protocol.
     #[arg(long, value_enum)]
     pub proto: Option<ProtoArg>,
 
-    /// Show only this network namespace (its inode number, as in `ls -l /proc/PID/ns/net`).
+    /// Only this network namespace (its inode number, as in `ls -l /proc/PID/ns/net`).
     #[arg(long, value_name = "INODE")]
     pub netns: Option<u32>,
+}
+
+impl SocketFilterArgs {
+    /// The filter these select, or None when they select everything.
+    pub fn filter(&self) -> Option<Filter> {
+        let f = Filter {
+            ports: self.port,
+            proto: self.proto.map(Into::into),
+            netns: self.netns,
+            ..Filter::default()
+        };
+        (self.port.is_some() || self.proto.is_some() || self.netns.is_some()).then_some(f)
+    }
 }
 
 /// How the kernel side is set up.
@@ -304,7 +327,7 @@ mod tests {
     fn commands_and_live_options() {
         let c = Cli::try_parse_from(["port-tracer", "--port", "80", "-d", "2s"]).unwrap();
         assert!(c.cmd.is_none());
-        assert_eq!(c.live.view.port, Some((80, 80)));
+        assert_eq!(c.live.view.sockets.port, Some((80, 80)));
         let c =
             Cli::try_parse_from(["port-tracer", "record", "-o", "t.ptrace", "-d", "5"]).unwrap();
         assert!(

@@ -17,13 +17,15 @@ use tokio::{
 };
 
 use crate::{
+    analysis::Span,
     cli::{Args, KernelArgs, RebuildArgs, ViewArgs},
     clock::monotonic_ns,
     event::Event,
     filter::Filter,
-    kernel::{self, held, Kernel, LoadOptions},
+    kernel::{self, held, ranges::RangeFinder, Kernel, LoadOptions},
     lifetime::{HeldAtStart, Output, Tracker},
     output::{Sink, WallClock},
+    port_range::PortRange,
     reorder::Reorderer,
     summary::{Lost, Stats, Summary},
 };
@@ -60,6 +62,9 @@ pub(crate) struct Pipeline<W: Write> {
     shown: Shown<W>,
     undecodable: u64,
     lost_seen: u64,
+    /// Live tracing: finds the ranges of namespaces as their first events arrive.
+    ranges: Option<RangeFinder>,
+    span: Span,
 }
 
 /// How far [`Pipeline::process`] goes.
@@ -91,34 +96,37 @@ pub(crate) fn open_output(path: Option<&Path>) -> Result<Box<dyn Write + Send>> 
 pub(crate) type Out = BufWriter<Box<dyn Write + Send>>;
 
 impl Pipeline<Out> {
-    /// A pipeline writing what `view` asks for, with the times of `clock`.
+    /// A pipeline writing what `view` asks for, with the times of `clock`, for a run that
+    /// began at `start_ns`.
     pub(crate) fn new(
         view: &ViewArgs,
         rebuild: &RebuildArgs,
         clock: WallClock,
-        held_at_start: Vec<HeldAtStart>,
+        start_ns: u64,
     ) -> Result<Self> {
         let out = open_output(view.output.as_deref())?;
-        let mut tracker = Tracker::with_max_open(rebuild.max_lifetimes);
-        tracker.set_held_at_start(held_at_start);
+        let tracker = Tracker::with_max_open(rebuild.max_lifetimes);
         let filter = Filter {
             pid: view.pid,
             comm: view.comm.clone(),
-            ports: view.port,
-            proto: view.proto.map(Into::into),
-            netns: view.netns,
+            ..view.sockets.filter().unwrap_or_default()
         };
         Ok(Pipeline {
             reorder: Reorderer::new(rebuild.reorder_ms * 1_000_000),
             tracker,
             shown: Shown {
                 filter,
-                stats: Stats::default(),
+                stats: Stats::new(start_ns),
                 sink: Sink::new(BufWriter::with_capacity(1 << 16, out), view.format, clock),
                 write_error: None,
             },
             undecodable: 0,
             lost_seen: 0,
+            ranges: None,
+            span: Span {
+                start_ns,
+                end_ns: start_ns,
+            },
         })
     }
 }
@@ -129,6 +137,16 @@ impl<W: Write> Pipeline<W> {
         match Event::decode(bytes) {
             Ok(ev) => {
                 let ts = ev.ts_ns;
+                if let Some(finder) = &mut self.ranges {
+                    if !finder.tried(ev.ends.netns) {
+                        // Before the event reaches the analyses: their groups take the
+                        // range they find when they begin.
+                        if let Some(r) = finder.find(ev.ends.netns, ev.task.pid, ev.task.tid) {
+                            self.shown.stats.analysis.set_range(r);
+                        }
+                    }
+                }
+                self.span.end_ns = self.span.end_ns.max(ts);
                 self.reorder.push(ev);
                 Some(ts)
             }
@@ -139,9 +157,25 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
-    /// Sockets that held ports when tracing started (see [`Tracker::set_held_at_start`]).
+    /// Sockets that held ports when tracing started (see [`Tracker::set_held_at_start`]);
+    /// their namespaces' ranges are best known first.
     pub(crate) fn set_held_at_start(&mut self, held: Vec<HeldAtStart>) {
+        for h in &held {
+            if self.shown.filter.matches(&h.ends, &h.owner) {
+                self.shown.stats.analysis.held_at_start(h);
+            }
+        }
         self.tracker.set_held_at_start(held);
+    }
+
+    /// The ephemeral range of a namespace, best given before its first event.
+    pub(crate) fn set_range(&mut self, range: PortRange) {
+        self.shown.stats.analysis.set_range(range);
+    }
+
+    /// Finds namespaces' ranges itself, as their first events arrive (live tracing).
+    pub(crate) fn find_ranges(&mut self, finder: RangeFinder) {
+        self.ranges = Some(finder);
     }
 
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
@@ -194,9 +228,16 @@ impl<W: Write> Pipeline<W> {
         self.shown.write_error.is_some()
     }
 
-    /// Ends the run: everything held goes through, then the summary with the kernel's
-    /// lost counts; the first write error, if any, named by where the output went.
-    pub(crate) fn finish(mut self, lost_counts: &[u64], output: Option<&Path>) -> Result<()> {
+    /// Ends the run at `end_ns` (or its newest event, if later): everything held goes
+    /// through, then the summary with the kernel's lost counts; the first write error, if
+    /// any, named by where the output went.
+    pub(crate) fn finish(
+        mut self,
+        lost_counts: &[u64],
+        end_ns: u64,
+        output: Option<&Path>,
+    ) -> Result<()> {
+        self.span.end_ns = self.span.end_ns.max(end_ns);
         self.check_lost(lost_counts);
         self.process(Upto::End);
         let lost = Lost {
@@ -207,7 +248,13 @@ impl<W: Write> Pipeline<W> {
                 .collect(),
             undecodable: self.undecodable,
         };
-        let summary = Summary::new(&self.shown.stats, &self.tracker.counters, lost, 10);
+        let summary = Summary::new(
+            &self.shown.stats,
+            &self.tracker.counters,
+            lost,
+            self.span,
+            10,
+        );
         self.shown.write(|sink| sink.summary(&summary));
         self.flush();
         match self.shown.write_error {
@@ -311,7 +358,13 @@ pub async fn run(args: Args) -> Result<()> {
         lost: lost_counters,
         held_at_start,
     } = Traced::start(&args.kernel)?;
-    let mut p = Pipeline::new(&args.view, &args.rebuild, WallClock::now(), held_at_start)?;
+    let mut p = Pipeline::new(&args.view, &args.rebuild, WallClock::now(), monotonic_ns())?;
+    let mut finder = RangeFinder::new();
+    for r in held_ranges(&mut finder, &held_at_start) {
+        p.set_range(r);
+    }
+    p.set_held_at_start(held_at_start);
+    p.find_ranges(finder);
 
     let mut stop = Stop::install()?;
     announce(&kernel, "");
@@ -344,9 +397,22 @@ pub async fn run(args: Args) -> Result<()> {
     // Programs still run until `kernel` drops: take what they wrote so far.
     p.drain(ring.get_mut());
     let lost_counts = lost_counters.read()?;
-    let done = p.finish(&lost_counts, args.view.output.as_deref());
+    let done = p.finish(&lost_counts, monotonic_ns(), args.view.output.as_deref());
     drop(kernel);
     done
+}
+
+/// The ranges of the tracer's namespace and of those where sockets held ports at start.
+pub(crate) fn held_ranges(finder: &mut RangeFinder, held: &[HeldAtStart]) -> Vec<PortRange> {
+    let own = kernel::held::own_netns().unwrap_or(0);
+    let mut out = Vec::new();
+    for (netns, pid, tid) in std::iter::once((own, 0, 0)).chain(
+        held.iter()
+            .map(|h| (h.ends.netns, h.owner.pid, h.owner.tid)),
+    ) {
+        out.extend(finder.find(netns, pid, tid));
+    }
+    out
 }
 
 /// Loading parsed the kernel's BTF (tens of MB, freed by now): give those pages back

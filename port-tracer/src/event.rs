@@ -229,6 +229,20 @@ fn addr(family: Family, bytes: &[u8; 16]) -> IpAddr {
     }
 }
 
+/// The network namespace, pid and tid of a raw record, without decoding the rest (the
+/// recorder's per-record check for namespaces it has not seen).
+pub fn netns_and_thread(bytes: &[u8]) -> Option<(u32, u32, u32)> {
+    let field = |offset: usize| {
+        let b = bytes.get(offset..offset + 4)?;
+        Some(u32::from_ne_bytes(b.try_into().ok()?))
+    };
+    Some((
+        field(std::mem::offset_of!(PortEvent, netns))?,
+        field(std::mem::offset_of!(PortEvent, pid))?,
+        field(std::mem::offset_of!(PortEvent, tid))?,
+    ))
+}
+
 impl Event {
     /// Decodes one ring buffer record.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {

@@ -2,11 +2,13 @@
 //! port's lifetime.
 //!
 //! The core is pure: [`event`] decodes kernel records, [`reorder`] restores timestamp order,
-//! [`lifetime`] turns events into lifetimes, [`filter`] selects, [`summary`] counts. Around it sit the edges:
+//! [`lifetime`] turns events into lifetimes, [`filter`] selects, [`summary`] counts and
+//! [`analysis`] finds churn, range occupancy, failures and anti-patterns. Around it sit the edges:
 //! [`kernel`] (load, attach, maps), [`output`] (text, JSONL), [`trace_file`] (recorded traces),
 //! [`collector`] (the live loop), [`record`] (live to a trace file) and [`replay`] (a trace
 //! file through the same pipeline).
 
+pub mod analysis;
 pub mod cli;
 pub mod clock;
 pub mod collector;
@@ -15,6 +17,7 @@ pub mod filter;
 pub mod kernel;
 pub mod lifetime;
 pub mod output;
+pub mod port_range;
 pub mod record;
 pub mod reorder;
 pub mod replay;

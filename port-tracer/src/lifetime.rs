@@ -115,7 +115,8 @@ pub struct HeldAtStart {
 }
 
 impl HeldAtStart {
-    fn lifetime(&self) -> Lifetime {
+    /// Its lifetime, as the tracker emits it when it ends.
+    pub fn lifetime(&self) -> Lifetime {
         Lifetime {
             ends: self.ends,
             owner: self.owner,

@@ -9,6 +9,7 @@ use std::{
 
 mod export;
 mod jsonl;
+mod summary_text;
 
 use crate::{
     event::{Endpoints, Event, Kind, Origin, Task},
@@ -49,16 +50,35 @@ impl WallClock {
         mono_ns as i128 + self.offset_ns
     }
 
-    /// Local time of day, "HH:MM:SS.mmm".
-    pub fn time_of_day(&self, mono_ns: u64) -> String {
+    /// Local time of `mono_ns` and its milliseconds.
+    fn local(&self, mono_ns: u64) -> (libc::tm, u32) {
         let wall = self.wall_ns(mono_ns);
         let secs = wall.div_euclid(1_000_000_000) as libc::time_t;
         let ms = (wall.rem_euclid(1_000_000_000) / 1_000_000) as u32;
+        // SAFETY: tm is plain integers; localtime_r fills it from a valid time_t.
         let mut tm: libc::tm = unsafe { std::mem::zeroed() };
         unsafe { libc::localtime_r(&secs, &mut tm) };
+        (tm, ms)
+    }
+
+    /// Local time of day, "HH:MM:SS.mmm".
+    pub fn time_of_day(&self, mono_ns: u64) -> String {
+        let (tm, ms) = self.local(mono_ns);
         format!(
             "{:02}:{:02}:{:02}.{ms:03}",
             tm.tm_hour, tm.tm_min, tm.tm_sec
+        )
+    }
+
+    /// Local date and time, "YYYY-MM-DD HH:MM:SS.mmm".
+    pub fn date_time(&self, mono_ns: u64) -> String {
+        let (tm, _) = self.local(mono_ns);
+        format!(
+            "{}-{:02}-{:02} {}",
+            tm.tm_year + 1900,
+            tm.tm_mon + 1,
+            tm.tm_mday,
+            self.time_of_day(mono_ns)
         )
     }
 }
@@ -74,7 +94,7 @@ pub fn human_duration(ns: u64) -> String {
     }
 }
 
-fn endpoint(addr: IpAddr, port: u16) -> String {
+pub(crate) fn endpoint(addr: IpAddr, port: u16) -> String {
     match addr {
         IpAddr::V4(a) => format!("{a}:{port}"),
         IpAddr::V6(a) => format!("[{a}]:{port}"),
@@ -303,74 +323,14 @@ impl<W: Write> Sink<W> {
                 lost.insert("undecodable".into(), s.lost.undecodable.into());
                 lost.insert("total".into(), s.lost.total().into());
                 obj.insert("lost".into(), lost.into());
+                // Times in the summary are monotonic ns, as everywhere in the JSONL.
+                obj.insert(
+                    "realtime_offset_ns".into(),
+                    (self.clock.offset_ns as i64).into(),
+                );
                 writeln!(self.out, "{v}")
             }
-            Format::Text => {
-                let c = &s.stats;
-                writeln!(self.out, "\nSummary")?;
-                writeln!(
-                    self.out,
-                    "  events: {} (assign {}, release {}, time-wait {}, alloc-failure {})",
-                    c.events, c.assign, c.release, c.time_wait, c.alloc_failure
-                )?;
-                writeln!(
-                    self.out,
-                    "  lifetimes: {} ended, {} still held; {} allocations",
-                    c.lifetimes_ended, c.lifetimes_open, c.allocations
-                )?;
-                let reasons: Vec<String> = s
-                    .lost
-                    .by_reason
-                    .iter()
-                    .map(|(k, v)| format!("{k} {v}"))
-                    .collect();
-                writeln!(
-                    self.out,
-                    "  lost events: {} ({}, undecodable {})",
-                    s.lost.total(),
-                    reasons.join(", "),
-                    s.lost.undecodable
-                )?;
-                if s.tracker.unmatched > 0 {
-                    writeln!(
-                        self.out,
-                        "  events for sockets never seen assigned: {}",
-                        s.tracker.unmatched
-                    )?;
-                }
-                if s.tracker.evicted > 0 {
-                    writeln!(
-                        self.out,
-                        "  open lifetimes evicted (table full, see --max-lifetimes): {}",
-                        s.tracker.evicted
-                    )?;
-                }
-                if s.tracker.released_early > 0 {
-                    writeln!(
-                        self.out,
-                        "  events released early by a full reorder window (order not assured): {}",
-                        s.tracker.released_early
-                    )?;
-                }
-                if !s.top_processes.is_empty() {
-                    writeln!(self.out, "  top processes by allocations:")?;
-                    for t in &s.top_processes {
-                        writeln!(self.out, "    {:>8} {:>7} {}", t.allocations, t.pid, t.comm)?;
-                    }
-                }
-                if !s.lifetime_histogram.is_empty() {
-                    writeln!(self.out, "  lifetime distribution:")?;
-                    for b in &s.lifetime_histogram {
-                        writeln!(
-                            self.out,
-                            "    < {:>10} {:>8}",
-                            human_duration(b.lt_ns),
-                            b.count
-                        )?;
-                    }
-                }
-                Ok(())
-            }
+            Format::Text => summary_text::write(&mut self.out, s, &self.clock),
         }
     }
 

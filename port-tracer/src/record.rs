@@ -5,15 +5,21 @@
 use std::{fs::File, io::BufWriter, time::Duration};
 
 use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
 use port_tracer_common::lost;
 
 use crate::{
     cli::RecordArgs,
     clock::monotonic_ns,
-    collector::{announce, deadline, Stop, Traced},
-    kernel::{self, held},
+    collector::{announce, deadline, held_ranges, Stop, Traced},
+    event::{netns_and_thread, Event},
+    filter::Filter,
+    kernel::{
+        self,
+        ranges::{read_trimmed, RangeFinder},
+    },
     output::WallClock,
-    trace_file::{Metadata, PortRange, TraceWriter, RECORD_SIZE},
+    trace_file::{Metadata, TraceWriter, RECORD_SIZE},
 };
 
 /// Records waiting in memory are written as a block once they reach this size, between
@@ -30,6 +36,9 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     let writing = || format!("writing to {}", path.display());
     let file = File::create(path)
         .with_context(|| format!("cannot create trace file {}", path.display()))?;
+    let mut finder = RangeFinder::new();
+    let keep = args.sockets.filter();
+    let keep = keep.as_ref();
     let meta = Metadata {
         host: read_trimmed("/proc/sys/kernel/hostname"),
         kernel_release: kernel::kernel_release(),
@@ -39,7 +48,7 @@ pub async fn run(args: RecordArgs) -> Result<()> {
         lost_reasons: lost::NAMES.iter().map(|n| n.to_string()).collect(),
         realtime_offset_ns: WallClock::now().offset_ns as i64,
         started_ns: monotonic_ns(),
-        port_ranges: own_port_range().into_iter().collect(),
+        port_ranges: held_ranges(&mut finder, &held_at_start),
     };
     let mut w = TraceWriter::new(BufWriter::with_capacity(BLOCK_BYTES, file), &meta)
         .with_context(writing)?;
@@ -58,22 +67,14 @@ pub async fn run(args: RecordArgs) -> Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    w.push_record(&item);
-                    records += 1;
-                }
+                records += take(guard.get_inner_mut(), &mut w, &mut finder, keep).with_context(writing)?;
                 guard.clear_ready();
                 if w.pending_bytes() >= BLOCK_BYTES {
                     w.write_events().with_context(writing)?;
                 }
             }
             _ = tick.tick() => {
-                let ring = ring.get_mut();
-                while let Some(item) = ring.next() {
-                    w.push_record(&item);
-                    records += 1;
-                }
+                records += take(ring.get_mut(), &mut w, &mut finder, keep).with_context(writing)?;
                 w.write_events().with_context(writing)?;
                 let lost_now = lost_counters.read()?;
                 if lost_now != lost_written {
@@ -88,14 +89,10 @@ pub async fn run(args: RecordArgs) -> Result<()> {
         }
     }
 
-    let ring = ring.get_mut();
-    while let Some(item) = ring.next() {
-        w.push_record(&item);
-        records += 1;
-    }
+    records += take(ring.get_mut(), &mut w, &mut finder, keep).with_context(writing)?;
     let lost_now = lost_counters.read()?;
     w.write_lost(&lost_now).with_context(writing)?;
-    w.finish().with_context(writing)?;
+    w.finish(monotonic_ns()).with_context(writing)?;
     drop(kernel);
     let lost_total: u64 = lost_now.iter().sum();
     eprintln!(
@@ -105,23 +102,31 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     Ok(())
 }
 
-fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-/// The ephemeral range and reserved ports of the tracer's own network namespace.
-fn own_port_range() -> Option<PortRange> {
-    let range = read_trimmed("/proc/sys/net/ipv4/ip_local_port_range");
-    let mut it = range.split_whitespace().map(|p| p.parse::<u16>());
-    let (Some(Ok(low)), Some(Ok(high))) = (it.next(), it.next()) else {
-        return None;
-    };
-    Some(PortRange {
-        netns: held::own_netns().ok()?,
-        low,
-        high,
-        reserved: read_trimmed("/proc/sys/net/ipv4/ip_local_reserved_ports"),
-    })
+/// Moves what the ring buffer holds (what `keep` matches) to the trace, each namespace's
+/// range before its first record; returns how many records.
+fn take<W: std::io::Write>(
+    ring: &mut RingBuf<MapData>,
+    w: &mut TraceWriter<W>,
+    finder: &mut RangeFinder,
+    keep: Option<&Filter>,
+) -> std::io::Result<u64> {
+    let mut n = 0;
+    while let Some(item) = ring.next() {
+        if let Some(f) = keep {
+            // Undecodable records are kept: `report` counts them.
+            if Event::decode(&item).is_ok_and(|ev| !f.matches(&ev.ends, &ev.task)) {
+                continue;
+            }
+        }
+        if let Some((netns, pid, tid)) = netns_and_thread(&item) {
+            if !finder.tried(netns) {
+                if let Some(range) = finder.find(netns, pid, tid) {
+                    w.write_ranges(&[range])?;
+                }
+            }
+        }
+        w.push_record(&item);
+        n += 1;
+    }
+    Ok(n)
 }

@@ -24,7 +24,10 @@ pub fn run(args: ReportArgs) -> Result<()> {
     let clock = WallClock {
         offset_ns: r.meta.realtime_offset_ns.into(),
     };
-    let mut p = Pipeline::new(&args.view, &args.rebuild, clock, Vec::new())?;
+    let mut p = Pipeline::new(&args.view, &args.rebuild, clock, r.meta.started_ns)?;
+    for range in &r.meta.port_ranges {
+        p.set_range(range.clone());
+    }
     let mut lost_counts = vec![0u64; lost::COUNT as usize];
     let mut newest = 0u64;
     let mut ended = false;
@@ -45,7 +48,15 @@ pub fn run(args: ReportArgs) -> Result<()> {
                 p.check_lost(&lost_counts);
             }
             Ok(Some(Block::Held(held))) => p.set_held_at_start(held),
-            Ok(Some(Block::End)) => ended = true,
+            Ok(Some(Block::Ranges(ranges))) => {
+                for range in ranges {
+                    p.set_range(range);
+                }
+            }
+            Ok(Some(Block::End(end_ns))) => {
+                ended = true;
+                newest = newest.max(end_ns.unwrap_or(0));
+            }
             Ok(None) => break None,
             Err(e @ (TraceError::Truncated { .. } | TraceError::Corrupt { .. })) => break Some(e),
             Err(e) => bail!("{}: {e}", path.display()),
@@ -55,7 +66,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
         }
     };
     let good = r.offset;
-    p.finish(&lost_counts, args.view.output.as_deref())?;
+    p.finish(&lost_counts, newest, args.view.output.as_deref())?;
     if let Some(e) = damage {
         bail!(
             "{}: {e}; reported the {good} bytes before it, skipped the last {} bytes",

@@ -1,14 +1,14 @@
-//! What a run amounts to: counts over the outputs (after filtering), the tracker's
-//! work-arounds and the kernel's lost-event counters.
+//! What a run amounts to: counts and analyses over the outputs (after filtering), the
+//! tracker's work-arounds and the kernel's lost-event counters. Live tracing and `report`
+//! both end with this summary.
 
 use std::collections::BTreeMap;
-
-use foldhash::HashMap;
 
 use serde::Serialize;
 
 use crate::{
-    event::{Comm, Kind},
+    analysis::{Analysis, AnalysisReport, Span},
+    event::Kind,
     lifetime::{Counters, Output},
 };
 
@@ -55,52 +55,45 @@ impl Log2Histogram {
     }
 }
 
-/// Counts over what was shown.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+/// Counts and analyses over what was shown.
+#[derive(Clone, Debug, Default)]
 pub struct Stats {
-    pub events: u64,
-    pub assign: u64,
-    pub remote_update: u64,
-    pub release: u64,
-    pub time_wait: u64,
-    pub alloc_failure: u64,
-    /// Assignments that took a port from the kernel (all origins but inherited).
-    pub allocations: u64,
-    pub lifetimes_ended: u64,
-    pub lifetimes_open: u64,
-    #[serde(skip)]
-    pub allocations_by_task: HashMap<(u32, Comm), u64>,
-    #[serde(skip)]
+    pub counts: Counts,
     pub durations: Log2Histogram,
-    #[serde(skip)]
     pub time_waits: Log2Histogram,
+    pub analysis: Analysis,
 }
 
 impl Stats {
+    /// Counts for a run that started at `start_ns`.
+    pub fn new(start_ns: u64) -> Self {
+        Stats {
+            analysis: Analysis::new(start_ns),
+            ..Default::default()
+        }
+    }
+
     pub fn observe(&mut self, o: &Output) {
+        self.analysis.observe(o);
         match o {
             Output::Event(ev) => {
-                self.events += 1;
+                self.counts.events += 1;
                 match ev.kind {
                     Kind::Assign => {
-                        self.assign += 1;
+                        self.counts.assign += 1;
                         if ev.origin.is_allocation() {
-                            self.allocations += 1;
-                            *self
-                                .allocations_by_task
-                                .entry((ev.task.pid, ev.task.comm))
-                                .or_default() += 1;
+                            self.counts.allocations += 1;
                         }
                     }
-                    Kind::RemoteUpdate => self.remote_update += 1,
-                    Kind::Release => self.release += 1,
-                    Kind::TimeWait => self.time_wait += 1,
-                    Kind::AllocFailure => self.alloc_failure += 1,
+                    Kind::RemoteUpdate => self.counts.remote_update += 1,
+                    Kind::Release => self.counts.release += 1,
+                    Kind::TimeWait => self.counts.time_wait += 1,
+                    Kind::AllocFailure => self.counts.alloc_failure += 1,
                 }
             }
             Output::Lifetime(lt) => match lt.released_ns {
                 Some(_) => {
-                    self.lifetimes_ended += 1;
+                    self.counts.lifetimes_ended += 1;
                     if let Some(d) = lt.duration_ns() {
                         self.durations.add(d);
                     }
@@ -108,7 +101,7 @@ impl Stats {
                         self.time_waits.add(tw);
                     }
                 }
-                None => self.lifetimes_open += 1,
+                None => self.counts.lifetimes_open += 1,
             },
         }
     }
@@ -128,38 +121,56 @@ pub struct Bucket {
     pub count: u64,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Summary {
     #[serde(rename = "counters")]
-    pub stats: Stats,
+    pub stats: Counts,
     /// Signs of events the tracker never saw (over all sockets, not only those shown).
     pub tracker: Counters,
     pub lost: Lost,
     pub top_processes: Vec<TopTask>,
     pub lifetime_histogram: Vec<Bucket>,
     pub time_wait_histogram: Vec<Bucket>,
+    #[serde(flatten)]
+    pub analysis: AnalysisReport,
+}
+
+/// Events and lifetimes shown, by kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub events: u64,
+    pub assign: u64,
+    pub remote_update: u64,
+    pub release: u64,
+    pub time_wait: u64,
+    pub alloc_failure: u64,
+    /// Assignments that took a port from the kernel (all origins but inherited).
+    pub allocations: u64,
+    pub lifetimes_ended: u64,
+    pub lifetimes_open: u64,
 }
 
 impl Summary {
-    pub fn new(stats: &Stats, tracker: &Counters, lost: Lost, top: usize) -> Self {
-        let mut tasks: Vec<TopTask> = stats
-            .allocations_by_task
-            .iter()
-            .map(|(&(pid, comm), &allocations)| TopTask {
-                pid,
-                comm: comm.as_str().into_owned(),
-                allocations,
-            })
-            .collect();
-        tasks.sort_by(|a, b| b.allocations.cmp(&a.allocations).then(a.pid.cmp(&b.pid)));
-        tasks.truncate(top);
+    /// The summary of a run over `span`, `top` entries per list.
+    pub fn new(stats: &Stats, tracker: &Counters, lost: Lost, span: Span, top: usize) -> Self {
+        let analysis = stats.analysis.report(span, top);
         Summary {
-            stats: stats.clone(),
+            stats: stats.counts.clone(),
             tracker: tracker.clone(),
             lost,
-            top_processes: tasks,
+            top_processes: analysis
+                .churn
+                .by_process
+                .iter()
+                .map(|p| TopTask {
+                    pid: p.pid,
+                    comm: p.comm.clone(),
+                    allocations: p.allocations,
+                })
+                .collect(),
             lifetime_histogram: stats.durations.buckets(),
             time_wait_histogram: stats.time_waits.buckets(),
+            analysis,
         }
     }
 }

@@ -12,7 +12,9 @@
 //! (after the magic), payload included. Blocks: `EVENTS` (raw 104-byte kernel records,
 //! back to back, as the ring buffer delivered them), `LOST` (the kernel's cumulative
 //! lost-event counters, one u64 per reason), `HELD` (sockets holding ports at start, JSON),
-//! `END` (a clean end; a file without it was cut short).
+//! `RANGES` (ephemeral ranges of namespaces first seen after the start, JSON, written
+//! before the events of those namespaces), `END` (a clean end, with the monotonic time
+//! recording stopped as a u64; a file without it was cut short).
 
 use std::io::{self, Read, Write};
 
@@ -20,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Comm, Endpoints, Family, Proto, Task};
 use crate::lifetime::HeldAtStart;
+pub use crate::port_range::PortRange;
 
 pub const MAGIC: [u8; 8] = *b"PTRACE\r\n";
 /// The format version this build writes and the newest it reads.
@@ -36,6 +39,7 @@ pub enum Tag {
     Lost = 2,
     Held = 3,
     End = 4,
+    Ranges = 5,
 }
 
 impl Tag {
@@ -45,6 +49,7 @@ impl Tag {
             2 => Tag::Lost,
             3 => Tag::Held,
             4 => Tag::End,
+            5 => Tag::Ranges,
             _ => return None,
         })
     }
@@ -67,16 +72,6 @@ pub struct Metadata {
     pub started_ns: u64,
     /// The ephemeral port range of each network namespace read at start.
     pub port_ranges: Vec<PortRange>,
-}
-
-/// `net.ipv4.ip_local_port_range` and `ip_local_reserved_ports` of one namespace.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortRange {
-    pub netns: u32,
-    pub low: u16,
-    pub high: u16,
-    /// As the sysctl writes it, e.g. "8080,9000-9010" (empty: none).
-    pub reserved: String,
 }
 
 /// A socket holding a port at start, as stored in a `HELD` block.
@@ -229,10 +224,18 @@ impl<W: Write> TraceWriter<W> {
         self.block(Tag::Held, &payload)
     }
 
-    /// Ends the trace cleanly (pending records first) and flushes.
-    pub fn finish(&mut self) -> io::Result<()> {
+    /// Ephemeral ranges of namespaces not in the metadata; pending records go first, so
+    /// the ranges come before the events that follow.
+    pub fn write_ranges(&mut self, ranges: &[PortRange]) -> io::Result<()> {
         self.write_events()?;
-        self.block(Tag::End, &[])?;
+        let payload = serde_json::to_vec(ranges).expect("ranges serialize");
+        self.block(Tag::Ranges, &payload)
+    }
+
+    /// Ends the trace cleanly at monotonic `end_ns` (pending records first) and flushes.
+    pub fn finish(&mut self, end_ns: u64) -> io::Result<()> {
+        self.write_events()?;
+        self.block(Tag::End, &end_ns.to_le_bytes())?;
         self.out.flush()
     }
 
@@ -286,7 +289,9 @@ pub enum Block {
     Events(Vec<u8>),
     Lost(Vec<u64>),
     Held(Vec<HeldAtStart>),
-    End,
+    Ranges(Vec<PortRange>),
+    /// A clean end, with when recording stopped (monotonic ns).
+    End(Option<u64>),
 }
 
 /// Reads a trace block by block.
@@ -428,6 +433,14 @@ impl<R: Read> TraceReader<R> {
                         .collect(),
                 )
             }
+            Tag::Ranges => {
+                let ranges: Vec<PortRange> = serde_json::from_slice(&payload)
+                    .map_err(|e| corrupt(format!("port ranges: {e}")))?;
+                if ranges.iter().any(|r| r.low > r.high) {
+                    return Err(corrupt("port range with low above high".into()));
+                }
+                Block::Ranges(ranges)
+            }
             Tag::Held => {
                 let list: Vec<HeldSocket> = serde_json::from_slice(&payload)
                     .map_err(|e| corrupt(format!("held sockets: {e}")))?;
@@ -440,7 +453,11 @@ impl<R: Read> TraceReader<R> {
                         .collect::<Result<_, _>>()?,
                 )
             }
-            Tag::End => Block::End,
+            Tag::End => Block::End(match payload.len() {
+                0 => None,
+                8 => Some(u64::from_le_bytes(payload[..].try_into().expect("8 bytes"))),
+                len => return Err(corrupt(format!("end block of {len} bytes"))),
+            }),
         }))
     }
 }

@@ -125,6 +125,21 @@ fn tcp_connect_accept_and_passive_close() {
         2,
         "accepted sockets are not allocations"
     );
+    // The live summary has the report's analyses (same code): both ports, one range.
+    let summary = t.summary();
+    assert_eq!(summary["churn"]["allocations"], 2, "{summary:#}");
+    assert_eq!(summary["churn"]["by_process"][0]["pid"], my_pid());
+    let tcp = summary["occupancy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["proto"] == "tcp" && g["laddr"] == "127.0.0.1")
+        .unwrap_or_else(|| panic!("{summary:#}"));
+    assert_eq!(tcp["peak_ports"], 2, "{tcp:#}");
+    assert!(
+        tcp["range"]["size"].as_u64().unwrap() > 0,
+        "own netns range read"
+    );
 }
 
 #[test]
@@ -636,8 +651,13 @@ fn connect_variants_non_blocking_refused_and_bound_first() {
 /// Runs `port-tracer record` to `path` (tier from PORT_TRACER_TEST_ATTACH, as the VM
 /// matrix sets it) until `workload` returns, then stops it with SIGINT.
 fn record_while<T>(path: &std::path::Path, workload: impl FnOnce() -> T) -> T {
+    record_with(path, &[], workload)
+}
+
+/// [`record_while`] with more arguments for `record`.
+fn record_with<T>(path: &std::path::Path, args: &[&str], workload: impl FnOnce() -> T) -> T {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_port-tracer"));
-    cmd.arg("record").arg("--output").arg(path);
+    cmd.arg("record").arg("--output").arg(path).args(args);
     if let Ok(tier) = std::env::var("PORT_TRACER_TEST_ATTACH") {
         cmd.args(["--attach", &tier]);
     }
@@ -801,4 +821,198 @@ fn record_then_report_has_every_port() {
     );
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(&cut);
+}
+
+/// A TCP socket bound to 127.0.0.1:0 (with IP_BIND_ADDRESS_NO_PORT when `no_port`), then
+/// connected to `to`; returns its fd and local port.
+fn bind_then_connect(to: u16, no_port: bool) -> (i32, u16) {
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        if no_port {
+            let one: libc::c_int = 1;
+            assert_eq!(
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_IP,
+                    libc::IP_BIND_ADDRESS_NO_PORT,
+                    (&one as *const libc::c_int).cast(),
+                    4
+                ),
+                0
+            );
+        }
+        let any = loopback(0);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        assert_eq!(
+            libc::bind(fd, (&any as *const libc::sockaddr_in).cast(), len),
+            0
+        );
+        let dest = loopback(to);
+        assert_eq!(
+            libc::connect(fd, (&dest as *const libc::sockaddr_in).cast(), len),
+            0
+        );
+        (fd, local_port(fd))
+    }
+}
+
+#[test]
+fn report_finds_exhaustion_its_failure_and_bind_before_connect() {
+    require_root!();
+    let path = std::env::temp_dir().join(format!("port-tracer-analysis-{}.ptrace", my_pid()));
+    let (netns, held) = record_while(&path, || {
+        // A namespace whose ephemeral range is 10 ports, exhausted by 10 connections.
+        let exhaust = std::thread::spawn(|| {
+            let netns = enter_new_netns();
+            std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40009").unwrap();
+            let l = TcpListener::bind("127.0.0.1:50000").unwrap();
+            let clients: Vec<TcpStream> = (0..10)
+                .map(|_| TcpStream::connect("127.0.0.1:50000").unwrap())
+                .collect();
+            let mut held: Vec<u16> = clients
+                .iter()
+                .map(|c| port_of(c.local_addr().unwrap()))
+                .collect();
+            held.sort();
+            let err = TcpStream::connect("127.0.0.1:50000").unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{err}");
+            // The recorder reads the range through this thread: keep it a while.
+            std::thread::sleep(Duration::from_millis(1500));
+            // Reset, not TIME_WAIT: the ports are free again before recording stops.
+            clients.into_iter().for_each(reset_close);
+            drop(l);
+            (netns, held)
+        });
+        let (netns, held) = exhaust.join().unwrap();
+        // Three connections with bind(0) first, two with IP_BIND_ADDRESS_NO_PORT.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = port_of(l.local_addr().unwrap());
+        for no_port in [false, false, false, true, true] {
+            let (fd, _) = bind_then_connect(to, no_port);
+            drop(l.accept().unwrap());
+            unsafe { libc::close(fd) };
+        }
+        (netns, held)
+    });
+    assert_eq!(held, (40000..40010).collect::<Vec<u16>>());
+    let pid = my_pid().to_string();
+    let out = report(&[
+        path.as_os_str(),
+        "--format".as_ref(),
+        "jsonl".as_ref(),
+        "--pid".as_ref(),
+        pid.as_ref(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+
+    // The exhausted range: read from inside its namespace, full at the peak, held by us.
+    let groups = summary["occupancy"].as_array().unwrap();
+    let g = groups
+        .iter()
+        .find(|g| g["netns"] == netns && g["proto"] == "tcp" && g["laddr"] == "127.0.0.1")
+        .unwrap_or_else(|| panic!("no occupancy for netns {netns}: {summary:#}"));
+    assert_eq!(g["range"]["low"], 40000, "{g:#}");
+    assert_eq!(g["range"]["high"], 40009);
+    assert_eq!(g["range"]["size"], 10);
+    assert_eq!(g["peak_ports"], 10, "{g:#}");
+    assert_eq!(g["peak_ratio"], 1.0);
+    assert_eq!(g["top_holders_at_peak"][0]["pid"], my_pid(), "{g:#}");
+    assert_eq!(g["top_holders_at_peak"][0]["sockets"], 10);
+    assert_eq!(g["ports_held_at_end"], 0);
+
+    // The failure: who, towards where, which error.
+    let failures = &summary["failures"];
+    assert_eq!(failures["total"], 1, "{failures:#}");
+    let f = &failures["groups"][0];
+    assert_eq!(f["pid"], my_pid());
+    assert_eq!(f["netns"], netns);
+    assert_eq!(f["error"], "EADDRNOTAVAIL");
+    assert_eq!(f["raddr"], "127.0.0.1");
+    assert_eq!(f["rport"], 50000);
+
+    // Churn: 1 listener + 10 clients there; 1 listener + 5 clients here.
+    let churn = &summary["churn"];
+    assert_eq!(churn["allocations"], 17, "{churn:#}");
+    let in_netns = churn["by_netns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["key"].as_str() == Some(netns.to_string().as_str()))
+        .unwrap_or_else(|| panic!("{churn:#}"));
+    assert_eq!(in_netns["allocations"], 11);
+    assert_eq!(churn["by_process"][0]["pid"], my_pid());
+    assert!(churn["per_second"].as_f64().unwrap() > 0.0);
+
+    // bind(0) before connect: the three without IP_BIND_ADDRESS_NO_PORT, named with us.
+    let found: Vec<&serde_json::Value> = summary["anti_patterns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["pattern"] == "bind_before_connect")
+        .collect();
+    assert_eq!(found.len(), 1, "{summary:#}");
+    assert_eq!(found[0]["pid"], my_pid());
+    assert_eq!(found[0]["count"], 3);
+
+    // The text report says the same to people.
+    let out = report(&[path.as_os_str(), "--pid".as_ref(), pid.as_ref()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for needle in [
+        "Range occupancy",
+        &format!("netns {netns} tcp 127.0.0.1: peak 10 of 10 (100.0%, range 40000-40009)"),
+        "EADDRNOTAVAIL",
+        "127.0.0.1:50000",
+        "bind_before_connect",
+        "IP_BIND_ADDRESS_NO_PORT",
+        "Churn: 17 allocations",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn record_keeps_only_the_sockets_its_filters_select() {
+    require_root!();
+    let path = std::env::temp_dir().join(format!("port-tracer-filtered-{}.ptrace", my_pid()));
+    let (tcp, udp) = record_with(&path, &["--proto", "udp"], || {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let tcp = port_of(c.local_addr().unwrap());
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let udp = port_of(u.local_addr().unwrap());
+        (tcp, udp)
+    });
+    let pid = my_pid().to_string();
+    let out = report(&[
+        path.as_os_str(),
+        "--format".as_ref(),
+        "jsonl".as_ref(),
+        "--pid".as_ref(),
+        pid.as_ref(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = Trace {
+        records: String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+    };
+    assert_eq!(t.lifetime("udp", udp)["origin"], "bind_ephemeral");
+    assert!(t.lifetimes("tcp", tcp).is_empty(), "TCP was not recorded");
+    assert!(t.of_type("lifetime").all(|l| l["proto"] == "udp"));
+    assert_eq!(t.summary()["counters"]["allocations"], 1);
+    let _ = std::fs::remove_file(&path);
 }

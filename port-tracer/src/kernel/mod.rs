@@ -5,6 +5,7 @@ mod attach_kprobe;
 pub mod held;
 pub mod hooks;
 pub mod offsets;
+pub mod ranges;
 #[cfg(test)]
 mod stack_check;
 mod tracepoint;

@@ -190,7 +190,10 @@ fn accepted_sockets_share_the_port_each_with_its_own_lifetime() {
     for o in evs_and_lifetimes(&mut Tracker::new(), &events) {
         stats.observe(&o);
     }
-    assert_eq!(stats.allocations, 1, "inherited ports are not allocations");
+    assert_eq!(
+        stats.counts.allocations, 1,
+        "inherited ports are not allocations"
+    );
 }
 
 #[test]

@@ -39,17 +39,28 @@ fn held() -> HeldAtStart {
     }
 }
 
-/// A trace with two event blocks, a lost block, a held block, and the end.
+fn range() -> PortRange {
+    PortRange {
+        netns: 4026532000,
+        low: 40000,
+        high: 40009,
+        reserved: String::new(),
+    }
+}
+
+/// A trace with a held block, three event blocks, a range block written between the
+/// records it splits, a lost block, and the end.
 fn sample() -> Vec<u8> {
     let mut w = TraceWriter::new(Vec::new(), &meta()).unwrap();
     w.write_held(&[held()]).unwrap();
     w.push_record(&record(1));
+    w.write_ranges(&[range()]).unwrap();
     w.push_record(&record(2));
     w.write_events().unwrap();
     w.write_events().unwrap(); // nothing pending: no block
     w.write_lost(&[0, 3]).unwrap();
     w.push_record(&record(3));
-    w.finish().unwrap();
+    w.finish(99).unwrap();
     w.out
 }
 
@@ -75,16 +86,16 @@ fn round_trip() {
     assert_eq!(r.meta, meta());
     let (blocks, end) = read_all(&bytes);
     assert_eq!(end, bytes.len() as u64);
-    let mut two = record(1);
-    two.extend(record(2));
     assert_eq!(
         blocks.unwrap(),
         vec![
             Block::Held(vec![held()]),
-            Block::Events(two),
+            Block::Events(record(1)),
+            Block::Ranges(vec![range()]),
+            Block::Events(record(2)),
             Block::Lost(vec![0, 3]),
             Block::Events(record(3)),
-            Block::End,
+            Block::End(Some(99)),
         ]
     );
 }

@@ -1,0 +1,95 @@
+//! Known ways of burning ports, named with the processes that do them.
+
+use foldhash::HashMap;
+use serde::Serialize;
+
+use crate::{
+    event::{Comm, Origin, Proto},
+    lifetime::Lifetime,
+};
+
+use super::occupancy::GroupReport;
+
+/// One anti-pattern seen in one process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Stable identifier, e.g. `bind_before_connect`.
+    pub pattern: &'static str,
+    pub pid: u32,
+    pub comm: String,
+    /// How many lifetimes showed it.
+    pub count: u64,
+    /// What it costs and what to do instead.
+    pub advice: &'static str,
+}
+
+const BIND_BEFORE_CONNECT: &str = "bind_before_connect";
+const BIND_BEFORE_CONNECT_ADVICE: &str = "bind() to port 0 before connect() takes the port \
+    from the bind path, where it cannot be shared with connections to other destinations: \
+    set IP_BIND_ADDRESS_NO_PORT before bind() so connect() picks the port";
+const TIME_WAIT_BOUND: &str = "time_wait_bound_range";
+const TIME_WAIT_BOUND_ADVICE: &str = "most of the range's ports at its peak were in \
+    TIME_WAIT: this process closes first (active close) at a high rate; reuse connections \
+    (keep-alive, pooling), let the peer close first, or enable net.ipv4.tcp_tw_reuse for \
+    outgoing connections";
+
+/// A range this full at its peak, mostly in TIME_WAIT, is reported.
+const TIME_WAIT_BOUND_RATIO: f64 = 0.5;
+
+#[derive(Clone, Debug, Default)]
+pub struct AntiPatterns {
+    bind_before_connect: HashMap<(u32, Comm), u64>,
+}
+
+impl AntiPatterns {
+    pub fn ended(&mut self, lt: &Lifetime) {
+        // A TCP port from bind(0) that then connected: with IP_BIND_ADDRESS_NO_PORT the
+        // kernel would have assigned it at connect (origin `connect`).
+        if lt.ends.proto == Proto::Tcp && lt.origin == Origin::BindEphemeral && lt.ends.rport != 0 {
+            *self
+                .bind_before_connect
+                .entry((lt.owner.pid, lt.owner.comm))
+                .or_default() += 1;
+        }
+    }
+
+    /// Findings, most frequent first; `occupancy` names the processes holding ranges
+    /// that were filled mostly by TIME_WAIT.
+    pub fn report(&self, occupancy: &[GroupReport]) -> Vec<Finding> {
+        let mut out: Vec<Finding> = self
+            .bind_before_connect
+            .iter()
+            .map(|(&(pid, comm), &count)| Finding {
+                pattern: BIND_BEFORE_CONNECT,
+                pid,
+                comm: comm.as_str().into_owned(),
+                count,
+                advice: BIND_BEFORE_CONNECT_ADVICE,
+            })
+            .collect();
+        for g in occupancy {
+            let tw_bound = g.peak_ratio.is_some_and(|r| r >= TIME_WAIT_BOUND_RATIO)
+                && g.time_wait_share_at_peak
+                    .is_some_and(|s| s >= TIME_WAIT_BOUND_RATIO);
+            if !tw_bound {
+                continue;
+            }
+            for h in &g.top_holders_at_peak {
+                let seen = out
+                    .iter()
+                    .any(|f| f.pattern == TIME_WAIT_BOUND && f.pid == h.pid && f.comm == h.comm);
+                if !seen {
+                    out.push(Finding {
+                        pattern: TIME_WAIT_BOUND,
+                        pid: h.pid,
+                        comm: h.comm.clone(),
+                        count: h.sockets.into(),
+                        advice: TIME_WAIT_BOUND_ADVICE,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| b.count.cmp(&a.count).then(a.pid.cmp(&b.pid)));
+        out
+    }
+}

@@ -1,0 +1,129 @@
+//! Allocation failures (EADDRNOTAVAIL, EADDRINUSE, EAGAIN): when, who, towards where.
+
+use std::net::IpAddr;
+
+use foldhash::HashMap;
+use serde::Serialize;
+
+use crate::{
+    event::{Comm, Event, Proto},
+    output::errno_name,
+};
+
+/// Distinct (process, destination, errno) kept; failures beyond are counted in `other`.
+const MAX_KINDS: usize = 10_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Kind {
+    pid: u32,
+    comm: Comm,
+    netns: u32,
+    proto: Proto,
+    errno: i32,
+    laddr: IpAddr,
+    raddr: IpAddr,
+    rport: u16,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    count: u64,
+    first_ns: u64,
+    last_ns: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Failures {
+    total: u64,
+    kinds: HashMap<Kind, Seen>,
+    /// Failures of kinds past [`MAX_KINDS`].
+    other: u64,
+}
+
+/// Failures of one process towards one destination with one error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FailureGroup {
+    pub pid: u32,
+    pub comm: String,
+    pub netns: u32,
+    pub proto: &'static str,
+    pub errno: i32,
+    pub error: &'static str,
+    pub laddr: IpAddr,
+    /// Destination (`0.0.0.0`/`::` and 0 for bind and autobind failures).
+    pub raddr: IpAddr,
+    pub rport: u16,
+    pub count: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FailureReport {
+    pub total: u64,
+    /// Most frequent first.
+    pub groups: Vec<FailureGroup>,
+    /// Failures not in `groups` (past the limit of distinct kinds kept or shown).
+    pub not_shown: u64,
+}
+
+impl Failures {
+    pub fn failed(&mut self, ev: &Event) {
+        self.total += 1;
+        let kind = Kind {
+            pid: ev.task.pid,
+            comm: ev.task.comm,
+            netns: ev.ends.netns,
+            proto: ev.ends.proto,
+            errno: ev.errno,
+            laddr: ev.ends.laddr,
+            raddr: ev.ends.raddr,
+            rport: ev.ends.rport,
+        };
+        if let Some(seen) = self.kinds.get_mut(&kind) {
+            seen.count += 1;
+            seen.last_ns = ev.ts_ns;
+        } else if self.kinds.len() < MAX_KINDS {
+            self.kinds.insert(
+                kind,
+                Seen {
+                    count: 1,
+                    first_ns: ev.ts_ns,
+                    last_ns: ev.ts_ns,
+                },
+            );
+        } else {
+            self.other += 1;
+        }
+    }
+
+    /// The `top` most frequent kinds.
+    pub fn report(&self, top: usize) -> FailureReport {
+        let mut groups: Vec<FailureGroup> = self
+            .kinds
+            .iter()
+            .map(|(k, s)| FailureGroup {
+                pid: k.pid,
+                comm: k.comm.as_str().into_owned(),
+                netns: k.netns,
+                proto: k.proto.as_str(),
+                errno: k.errno,
+                error: errno_name(k.errno),
+                laddr: k.laddr,
+                raddr: k.raddr,
+                rport: k.rport,
+                count: s.count,
+                first_ns: s.first_ns,
+                last_ns: s.last_ns,
+            })
+            .collect();
+        groups.sort_by(|a, b| b.count.cmp(&a.count).then(a.first_ns.cmp(&b.first_ns)));
+        groups.truncate(top);
+        let shown: u64 = groups.iter().map(|g| g.count).sum();
+        FailureReport {
+            total: self.total,
+            not_shown: self.total - shown,
+            groups,
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! Ephemeral range occupancy: how many distinct ports of a namespace's range were held at
+//! once, per (netns, protocol, local address) and over all local addresses; when the peak
+//! was, who held the ports then and how much of them sat in TIME_WAIT.
+//!
+//! The level changes at each assignment and release, in timestamp order. Who held what at
+//! the peak is only known when those lifetimes end: every lifetime that spans the final
+//! peak ends after it, so counting the lifetimes that span the peak current at their end
+//! (and starting over when a higher peak comes) counts exactly the final peak's holders.
+
+use std::net::IpAddr;
+
+use foldhash::{HashMap, HashMapExt};
+use serde::Serialize;
+
+use crate::{
+    event::{Comm, Event, Origin, Proto},
+    lifetime::{HeldAtStart, HeldKey, Lifetime},
+    port_range::PortRange,
+};
+
+use super::{
+    timeline::{Series, Timeline},
+    Span,
+};
+
+/// Width of the timelines' buckets before they coarsen.
+const TIMELINE_NS: u64 = 1_000_000_000;
+
+/// Ports held in one namespace, protocol and local address (`None`: all addresses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct GroupKey {
+    netns: u32,
+    proto: Proto,
+    laddr: Option<IpAddr>,
+}
+
+/// A socket holding a port: the groups it counts in.
+#[derive(Clone, Copy, Debug)]
+struct Holder {
+    groups: [u32; 2],
+    lport: u16,
+}
+
+#[derive(Clone, Debug, Default)]
+struct AtPeak {
+    sockets: u32,
+    time_wait: u32,
+    by_process: HashMap<(u32, Comm), u32>,
+}
+
+#[derive(Clone, Debug)]
+struct Group {
+    key: GroupKey,
+    /// The namespace's range when the group began; `None`: unknown, every port counts.
+    range: Option<PortRange>,
+    /// Sockets holding each port (several can share one).
+    ports: HashMap<u16, u32>,
+    /// Distinct ports held that count (in the range, when known).
+    level: u32,
+    peak: u32,
+    peak_ns: Option<u64>,
+    at_peak: AtPeak,
+    port_time_ns: u128,
+    time_wait_ns: u128,
+    timeline: Timeline,
+}
+
+impl Group {
+    fn counts(&self, port: u16) -> bool {
+        self.range.as_ref().is_none_or(|r| r.contains(port))
+    }
+
+    fn hold(&mut self, port: u16, ts: u64) {
+        let n = self.ports.entry(port).or_default();
+        *n += 1;
+        if *n == 1 && self.counts(port) {
+            self.level += 1;
+            self.timeline.set(ts, self.level);
+            if self.level > self.peak {
+                self.peak = self.level;
+                self.peak_ns = Some(ts);
+                self.at_peak = AtPeak::default();
+            }
+        }
+    }
+
+    fn unhold(&mut self, port: u16, ts: u64) {
+        let Some(n) = self.ports.get_mut(&port) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            self.ports.remove(&port);
+            if self.counts(port) {
+                self.level -= 1;
+                self.timeline.set(ts, self.level);
+            }
+        }
+    }
+
+    /// A lifetime of a port in this group ended at `end_ns` (or was cut off then, still
+    /// open: at the end of the run, or evicted).
+    fn ended(&mut self, lt: &Lifetime, start_ns: u64, end_ns: u64) {
+        if !self.counts(lt.ends.lport) {
+            return;
+        }
+        if let Some(p) = self.peak_ns {
+            let spans_peak =
+                lt.assigned_ns.is_none_or(|a| a <= p) && lt.released_ns.is_none_or(|r| r > p);
+            if spans_peak {
+                self.at_peak.sockets += 1;
+                if lt.time_wait_ns_start.is_some_and(|t| t <= p) {
+                    self.at_peak.time_wait += 1;
+                }
+                *self
+                    .at_peak
+                    .by_process
+                    .entry((lt.owner.pid, lt.owner.comm))
+                    .or_default() += 1;
+            }
+        }
+        let assigned = lt.assigned_ns.unwrap_or(start_ns);
+        self.port_time_ns += u128::from(end_ns.saturating_sub(assigned));
+        if let Some(t) = lt.time_wait_ns_start {
+            self.time_wait_ns += u128::from(end_ns.saturating_sub(t));
+        }
+    }
+}
+
+/// Occupancy of every namespace's ranges, fed assignments and ended lifetimes in order.
+#[derive(Clone, Debug, Default)]
+pub struct Occupancy {
+    ranges: HashMap<u32, PortRange>,
+    groups: Vec<Group>,
+    group_of: HashMap<GroupKey, u32>,
+    /// Open holders by (sock_id, assigned_ns), which names one lifetime.
+    holders: HashMap<(u64, u64), Holder>,
+    preexisting: HashMap<HeldKey, Holder>,
+    start_ns: u64,
+    now_ns: u64,
+}
+
+/// One process's sockets at a peak.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PeakHolder {
+    pub pid: u32,
+    pub comm: String,
+    pub sockets: u32,
+}
+
+/// The ephemeral range of one group, as reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RangeSize {
+    pub low: u16,
+    pub high: u16,
+    /// Ports the kernel hands out: the range minus reserved ports.
+    pub size: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GroupReport {
+    pub netns: u32,
+    pub proto: &'static str,
+    /// `None`: all local addresses of this namespace and protocol together.
+    pub laddr: Option<IpAddr>,
+    /// `None` when the namespace's range could not be read: then every port counts.
+    pub range: Option<RangeSize>,
+    /// Most distinct ports held at once (in the range, when known).
+    pub peak_ports: u32,
+    pub peak_ns: Option<u64>,
+    /// `peak_ports` / range size.
+    pub peak_ratio: Option<f64>,
+    pub ports_held_at_end: u32,
+    /// Sockets holding those ports at the peak (several can share a port).
+    pub sockets_at_peak: u32,
+    /// Share of the sockets at the peak that were in TIME_WAIT.
+    pub time_wait_share_at_peak: Option<f64>,
+    /// Share of the port-time spent in TIME_WAIT (lifetimes still open at the end count
+    /// up to their last event).
+    pub time_wait_share_of_port_time: Option<f64>,
+    pub top_holders_at_peak: Vec<PeakHolder>,
+    /// Most distinct ports held, per time bucket.
+    pub over_time: Series,
+}
+
+impl Occupancy {
+    pub fn new(start_ns: u64) -> Self {
+        Occupancy {
+            start_ns,
+            now_ns: start_ns,
+            ..Default::default()
+        }
+    }
+
+    /// The range of a namespace; groups begun before it was known keep counting every port.
+    pub fn set_range(&mut self, range: PortRange) {
+        self.ranges.insert(range.netns, range);
+    }
+
+    pub fn knows_range(&self, netns: u32) -> bool {
+        self.ranges.contains_key(&netns)
+    }
+
+    fn group(&mut self, netns: u32, proto: Proto, laddr: Option<IpAddr>) -> u32 {
+        let key = GroupKey {
+            netns,
+            proto,
+            laddr,
+        };
+        if let Some(&g) = self.group_of.get(&key) {
+            return g;
+        }
+        let g = self.groups.len() as u32;
+        self.groups.push(Group {
+            key,
+            range: self.ranges.get(&netns).cloned(),
+            ports: HashMap::new(),
+            level: 0,
+            peak: 0,
+            peak_ns: None,
+            at_peak: AtPeak::default(),
+            port_time_ns: 0,
+            time_wait_ns: 0,
+            timeline: Timeline::new(TIMELINE_NS),
+        });
+        self.group_of.insert(key, g);
+        g
+    }
+
+    fn hold(&mut self, netns: u32, proto: Proto, laddr: IpAddr, port: u16, ts: u64) -> Holder {
+        let groups = [
+            self.group(netns, proto, Some(laddr)),
+            self.group(netns, proto, None),
+        ];
+        for g in groups {
+            self.groups[g as usize].hold(port, ts);
+        }
+        Holder {
+            groups,
+            lport: port,
+        }
+    }
+
+    /// A socket holding a port when tracing started.
+    pub fn held_at_start(&mut self, h: &HeldAtStart) {
+        let e = &h.ends;
+        let holder = self.hold(e.netns, e.proto, e.laddr, e.lport, self.start_ns);
+        self.preexisting.insert(HeldKey::of(e), holder);
+    }
+
+    /// Time goes on: lifetimes cut off still open end at the last time seen.
+    pub fn seen(&mut self, ts_ns: u64) {
+        self.now_ns = self.now_ns.max(ts_ns);
+    }
+
+    /// An assignment (accepted sockets share their listener's port: they do not count).
+    pub fn assigned(&mut self, ev: &Event) {
+        if ev.origin == Origin::Inherited {
+            return;
+        }
+        let e = &ev.ends;
+        let holder = self.hold(e.netns, e.proto, e.laddr, e.lport, ev.ts_ns);
+        self.holders.insert((ev.sock_id, ev.ts_ns), holder);
+    }
+
+    /// A lifetime the tracker emitted: ended, or cut off still open (at the end, or evicted).
+    pub fn ended(&mut self, lt: &Lifetime) {
+        let holder = match lt.assigned_ns {
+            Some(a) => self.holders.remove(&(lt.sock_id, a)),
+            None if lt.origin == Origin::Preexisting => {
+                self.preexisting.remove(&HeldKey::of(&lt.ends))
+            }
+            None => None,
+        };
+        let Some(holder) = holder else { return };
+        let ts = lt.released_ns.unwrap_or(self.now_ns);
+        self.now_ns = self.now_ns.max(ts);
+        for g in holder.groups {
+            let group = &mut self.groups[g as usize];
+            group.ended(lt, self.start_ns, ts);
+            if lt.released_ns.is_some() {
+                group.unhold(holder.lport, ts);
+            }
+        }
+    }
+
+    /// Groups, fullest first (all-address groups only where a namespace and protocol have
+    /// several addresses); at most `top`, with `top` holders each.
+    pub fn report(&self, span: Span, top: usize) -> Vec<GroupReport> {
+        let mut addresses: HashMap<(u32, Proto), u32> = HashMap::new();
+        for g in &self.groups {
+            if g.key.laddr.is_some() {
+                *addresses.entry((g.key.netns, g.key.proto)).or_default() += 1;
+            }
+        }
+        let mut out: Vec<GroupReport> = self
+            .groups
+            .iter()
+            .filter(|g| g.key.laddr.is_some() || addresses[&(g.key.netns, g.key.proto)] > 1)
+            .map(|g| {
+                let range = g.range.as_ref().map(|r| RangeSize {
+                    low: r.low,
+                    high: r.high,
+                    size: r.size(),
+                });
+                let mut holders: Vec<PeakHolder> = g
+                    .at_peak
+                    .by_process
+                    .iter()
+                    .map(|(&(pid, comm), &sockets)| PeakHolder {
+                        pid,
+                        comm: comm.as_str().into_owned(),
+                        sockets,
+                    })
+                    .collect();
+                holders.sort_by(|a, b| b.sockets.cmp(&a.sockets).then(a.pid.cmp(&b.pid)));
+                holders.truncate(top);
+                let share = |part: f64, whole: f64| (whole > 0.0).then(|| part / whole);
+                GroupReport {
+                    netns: g.key.netns,
+                    proto: g.key.proto.as_str(),
+                    laddr: g.key.laddr,
+                    peak_ratio: range
+                        .as_ref()
+                        .and_then(|r| share(g.peak.into(), r.size.into())),
+                    range,
+                    peak_ports: g.peak,
+                    peak_ns: g.peak_ns,
+                    ports_held_at_end: g.level,
+                    sockets_at_peak: g.at_peak.sockets,
+                    time_wait_share_at_peak: share(
+                        g.at_peak.time_wait.into(),
+                        g.at_peak.sockets.into(),
+                    ),
+                    time_wait_share_of_port_time: share(
+                        g.time_wait_ns as f64,
+                        g.port_time_ns as f64,
+                    ),
+                    top_holders_at_peak: holders,
+                    over_time: g.timeline.series(span.end_ns),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            let ratio = |g: &GroupReport| g.peak_ratio.unwrap_or(-1.0);
+            ratio(b)
+                .total_cmp(&ratio(a))
+                .then(b.peak_ports.cmp(&a.peak_ports))
+                .then((a.netns, a.proto, a.laddr).cmp(&(b.netns, b.proto, b.laddr)))
+        });
+        out.truncate(top);
+        out
+    }
+}

@@ -1,0 +1,270 @@
+//! The summary for people: counts, then what the analyses found, one section each.
+
+use std::io::{self, Write};
+
+use crate::{
+    analysis::{churn::Count, occupancy::GroupReport, timeline::Series},
+    summary::{Bucket, Summary},
+};
+
+use super::{endpoint, human_duration, WallClock};
+
+/// Marks of a timeline, lowest to highest.
+const SPARKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+/// Marks per timeline.
+const TIMELINE_WIDTH: usize = 60;
+
+fn rate(r: Option<f64>) -> String {
+    match r {
+        Some(r) if r >= 10.0 => format!("{r:.0}/s"),
+        Some(r) => format!("{r:.2}/s"),
+        None => "-".into(),
+    }
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.1}%", share * 100.0)
+}
+
+fn counts(c: &[Count]) -> String {
+    c.iter()
+        .map(|c| format!("{} {}", c.key, c.allocations))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One mark per bucket group, scaled to the highest shown.
+pub(crate) fn sparkline(s: &Series) -> (String, u64) {
+    let values = s.resampled(TIMELINE_WIDTH);
+    let top = values.iter().copied().max().unwrap_or(0);
+    let line = values
+        .iter()
+        .map(|&v| match top {
+            0 => SPARKS[0],
+            _ => SPARKS[(v as usize * (SPARKS.len() - 1)).div_ceil(top as usize)],
+        })
+        .collect();
+    let per = s.max.len().div_ceil(TIMELINE_WIDTH).max(1) as u64 * s.bucket_ns;
+    (line, per)
+}
+
+fn histogram(out: &mut impl Write, title: &str, buckets: &[Bucket]) -> io::Result<()> {
+    if buckets.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "{title}")?;
+    for b in buckets {
+        writeln!(out, "    < {:>10} {:>8}", human_duration(b.lt_ns), b.count)?;
+    }
+    Ok(())
+}
+
+fn occupancy(out: &mut impl Write, g: &GroupReport, clock: &WallClock) -> io::Result<()> {
+    let place = match g.laddr {
+        Some(a) => a.to_string(),
+        None => "all addresses".into(),
+    };
+    let of_range = match (&g.range, g.peak_ratio) {
+        (Some(r), Some(ratio)) => format!(
+            " of {} ({}, range {}-{})",
+            r.size,
+            percent(ratio),
+            r.low,
+            r.high
+        ),
+        _ => " (range unknown: all ports counted)".into(),
+    };
+    let when = g
+        .peak_ns
+        .map(|t| format!(" at {}", clock.time_of_day(t)))
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "  netns {} {} {place}: peak {}{of_range}{when}; {} held at the end",
+        g.netns, g.proto, g.peak_ports, g.ports_held_at_end
+    )?;
+    let mut at_peak = format!("{} sockets at the peak", g.sockets_at_peak);
+    if let Some(s) = g.time_wait_share_at_peak {
+        at_peak += &format!(", {} in TIME_WAIT", percent(s));
+    }
+    if let Some(s) = g.time_wait_share_of_port_time {
+        at_peak += &format!("; TIME_WAIT {} of all port-time", percent(s));
+    }
+    writeln!(out, "    {at_peak}")?;
+    if !g.top_holders_at_peak.is_empty() {
+        let holders: Vec<String> = g
+            .top_holders_at_peak
+            .iter()
+            .map(|h| format!("{} pid {} ({})", h.sockets, h.pid, h.comm))
+            .collect();
+        writeln!(out, "    holders at the peak: {}", holders.join(", "))?;
+    }
+    if g.over_time.max.len() > 1 {
+        let (line, per) = sparkline(&g.over_time);
+        let top = g.over_time.max.iter().max().copied().unwrap_or(0);
+        writeln!(
+            out,
+            "    over time (each mark {}, top {top}): {line}",
+            human_duration(per)
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes `s` as text, times of day from `clock`.
+pub(crate) fn write(out: &mut impl Write, s: &Summary, clock: &WallClock) -> io::Result<()> {
+    let c = &s.stats;
+    let a = &s.analysis;
+    writeln!(out, "\nSummary")?;
+    writeln!(
+        out,
+        "  span: {} to {} ({})",
+        clock.date_time(a.span.start_ns),
+        clock.time_of_day(a.span.end_ns),
+        human_duration(a.span.end_ns.saturating_sub(a.span.start_ns))
+    )?;
+    writeln!(
+        out,
+        "  events: {} (assign {}, release {}, time-wait {}, alloc-failure {})",
+        c.events, c.assign, c.release, c.time_wait, c.alloc_failure
+    )?;
+    writeln!(
+        out,
+        "  lifetimes: {} ended, {} still held; {} allocations",
+        c.lifetimes_ended, c.lifetimes_open, c.allocations
+    )?;
+    let reasons: Vec<String> = s
+        .lost
+        .by_reason
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    writeln!(
+        out,
+        "  lost events: {} ({}, undecodable {})",
+        s.lost.total(),
+        reasons.join(", "),
+        s.lost.undecodable
+    )?;
+    if s.tracker.unmatched > 0 {
+        writeln!(
+            out,
+            "  events for sockets never seen assigned: {}",
+            s.tracker.unmatched
+        )?;
+    }
+    if s.tracker.evicted > 0 {
+        writeln!(
+            out,
+            "  open lifetimes evicted (table full, see --max-lifetimes): {}",
+            s.tracker.evicted
+        )?;
+    }
+    if s.tracker.released_early > 0 {
+        writeln!(
+            out,
+            "  events released early by a full reorder window (order not assured): {}",
+            s.tracker.released_early
+        )?;
+    }
+
+    let ch = &a.churn;
+    let busiest = ch
+        .peak_second_ns
+        .map(|t| {
+            format!(
+                " (busiest second: {} at {})",
+                ch.peak_per_second,
+                clock.time_of_day(t)
+            )
+        })
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "\nChurn: {} allocations, {}{busiest}",
+        ch.allocations,
+        rate(ch.per_second)
+    )?;
+    if ch.allocations > 0 {
+        writeln!(out, "  by protocol: {}", counts(&ch.by_proto))?;
+        writeln!(out, "  by origin: {}", counts(&ch.by_origin))?;
+        writeln!(out, "  by netns: {}", counts(&ch.by_netns))?;
+        writeln!(out, "  by cgroup id: {}", counts(&ch.by_cgroup))?;
+        writeln!(out, "  top processes:")?;
+        for p in &ch.by_process {
+            writeln!(
+                out,
+                "    {:>8} {:>9} {:>7} {}",
+                p.allocations,
+                rate(p.per_second),
+                p.pid,
+                p.comm
+            )?;
+        }
+    }
+
+    if !a.occupancy.is_empty() {
+        writeln!(
+            out,
+            "\nRange occupancy: most distinct ports of the ephemeral range held at once"
+        )?;
+        for g in &a.occupancy {
+            occupancy(out, g, clock)?;
+        }
+    }
+
+    let f = &a.failures;
+    if f.total > 0 {
+        writeln!(out, "\nAllocation failures: {}", f.total)?;
+        writeln!(
+            out,
+            "    {:>6}  {:<12} {:<12} {:>7} {:<15} {:<4} {:<14} destination",
+            "count", "first", "last", "pid", "comm", "prot", "error"
+        )?;
+        for g in &f.groups {
+            let dest = if g.rport == 0 {
+                format!("(local {})", g.laddr)
+            } else {
+                endpoint(g.raddr, g.rport)
+            };
+            writeln!(
+                out,
+                "    {:>6}  {:<12} {:<12} {:>7} {:<15} {:<4} {:<14} {dest}",
+                g.count,
+                clock.time_of_day(g.first_ns),
+                clock.time_of_day(g.last_ns),
+                g.pid,
+                g.comm,
+                g.proto,
+                g.error
+            )?;
+        }
+        if f.not_shown > 0 {
+            writeln!(out, "    ... and {} more", f.not_shown)?;
+        }
+    }
+
+    histogram(
+        out,
+        "\nLifetimes (assignment to release):",
+        &s.lifetime_histogram,
+    )?;
+    histogram(out, "\nTime in TIME_WAIT:", &s.time_wait_histogram)?;
+    histogram(
+        out,
+        "\nPort reuse interval (release to the next assignment of the same port):",
+        &a.port_reuse_histogram,
+    )?;
+
+    if !a.anti_patterns.is_empty() {
+        writeln!(out, "\nAnti-patterns:")?;
+        for p in &a.anti_patterns {
+            writeln!(
+                out,
+                "  {} pid {} ({}): {} sockets: {}",
+                p.pattern, p.pid, p.comm, p.count, p.advice
+            )?;
+        }
+    }
+    Ok(())
+}
