@@ -5,7 +5,7 @@
 //! [`lifetime`] turns events into lifetimes, [`filter`] selects, [`summary`] counts. Around it sit the edges:
 //! [`kernel`] (load, attach, maps), [`output`] (text, JSONL), [`trace_file`] (recorded traces),
 //! [`collector`] (the live loop), [`record`] (live to a trace file) and [`replay`] (a trace
-//! file through the same pipeline).
+//! file through the same pipeline); [`metrics`] serves live counts to Prometheus.
 
 pub mod cli;
 pub mod clock;
@@ -14,6 +14,7 @@ pub mod event;
 pub mod filter;
 pub mod kernel;
 pub mod lifetime;
+pub mod metrics;
 pub mod output;
 pub mod record;
 pub mod reorder;

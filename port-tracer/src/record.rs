@@ -112,7 +112,7 @@ fn read_trimmed(path: &str) -> String {
 }
 
 /// The ephemeral range and reserved ports of the tracer's own network namespace.
-fn own_port_range() -> Option<PortRange> {
+pub(crate) fn own_port_range() -> Option<PortRange> {
     let range = read_trimmed("/proc/sys/net/ipv4/ip_local_port_range");
     let mut it = range.split_whitespace().map(|p| p.parse::<u16>());
     let (Some(Ok(low)), Some(Ok(high))) = (it.next(), it.next()) else {
