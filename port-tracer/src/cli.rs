@@ -1,6 +1,6 @@
 //! Command line.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
@@ -105,6 +105,12 @@ pub struct Args {
     /// Stop after this long: seconds (`20`) or with a unit (`500ms`, `10s`, `2m`, `1h`).
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics while tracing (IP:PORT, e.g.
+    /// 127.0.0.1:9464; port 0 picks a free one). They count what the filters show. The
+    /// endpoint has no authentication: keep it on loopback or behind a firewall.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 
     #[command(flatten)]
     pub kernel: KernelArgs,

@@ -24,6 +24,7 @@ use crate::{
     filter::Filter,
     kernel::{self, held, ranges::RangeFinder, Kernel, LoadOptions},
     lifetime::{HeldAtStart, Output, Tracker},
+    metrics::{self, Publisher},
     output::{Sink, WallClock},
     port_range::PortRange,
     reorder::Reorderer,
@@ -34,6 +35,8 @@ use crate::{
 struct Shown<W: Write> {
     filter: Filter,
     stats: Stats,
+    /// With `--metrics`: the same outputs counted for the metrics endpoint.
+    metrics: Option<Box<metrics::Counts>>,
     sink: Sink<W>,
     /// The first write error; nothing more is written after it.
     write_error: Option<io::Error>,
@@ -50,6 +53,9 @@ impl<W: Write> Shown<W> {
     fn take(&mut self, o: Output) {
         if self.filter.matches_output(&o) {
             self.stats.observe(&o);
+            if let Some(m) = &mut self.metrics {
+                m.observe(&o);
+            }
             self.write(|sink| sink.write(&o));
         }
     }
@@ -117,6 +123,7 @@ impl Pipeline<Out> {
             shown: Shown {
                 filter,
                 stats: Stats::new(start_ns),
+                metrics: None,
                 sink: Sink::new(BufWriter::with_capacity(1 << 16, out), view.format, clock),
                 write_error: None,
             },
@@ -218,6 +225,25 @@ impl<W: Write> Pipeline<W> {
             self.lost_seen = total;
             self.tracker.mark_lossy();
         }
+    }
+
+    /// Counts what is shown into `counts` too, for the metrics endpoint.
+    pub(crate) fn count_metrics(&mut self, counts: metrics::Counts) {
+        self.shown.metrics = Some(Box::new(counts));
+    }
+
+    /// The metrics now, with the kernel's lost counts `lost_counts`; None without
+    /// [`Pipeline::count_metrics`].
+    pub(crate) fn metrics_snapshot(&mut self, lost_counts: &[u64]) -> Option<metrics::Snapshot> {
+        let lost = lost::NAMES
+            .iter()
+            .copied()
+            .zip(lost_counts.iter().copied())
+            .chain([("undecodable", self.undecodable)])
+            .collect();
+        let mut snapshot = self.shown.metrics.as_mut()?.snapshot(lost);
+        snapshot.occupancy = metrics::Occupancy::of(self.shown.stats.analysis.occupancy.current());
+        Some(snapshot)
     }
 
     pub(crate) fn flush(&mut self) {
@@ -352,6 +378,11 @@ impl Traced {
 
 /// Runs the live tracer until a signal or the deadline.
 pub async fn run(args: Args) -> Result<()> {
+    // Before loading: a bad metrics address fails fast.
+    let metrics_listener = match args.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let Traced {
         kernel,
         mut ring,
@@ -365,6 +396,11 @@ pub async fn run(args: Args) -> Result<()> {
     }
     p.set_held_at_start(held_at_start);
     p.find_ranges(finder);
+    let publisher = metrics_listener.map(|listener| {
+        p.count_metrics(metrics::Counts::default());
+        let first = p.metrics_snapshot(&[0; lost::NAMES.len()]);
+        Publisher::serve(listener, first.unwrap_or_default())
+    });
 
     let mut stop = Stop::install()?;
     announce(&kernel, "");
@@ -382,9 +418,13 @@ pub async fn run(args: Args) -> Result<()> {
             }
             _ = tick.tick() => {
                 p.drain(ring.get_mut());
-                p.check_lost(&lost_counters.read()?);
+                let lost_counts = lost_counters.read()?;
+                p.check_lost(&lost_counts);
                 p.process(Upto::InOrder(monotonic_ns()));
                 p.flush();
+                if let (Some(publisher), Some(s)) = (&publisher, p.metrics_snapshot(&lost_counts)) {
+                    publisher.publish(s);
+                }
             }
             _ = stop.wait() => break,
             _ = &mut deadline => break,

@@ -6,7 +6,7 @@
 //! [`analysis`] finds churn, range occupancy, failures and anti-patterns. Around it sit the edges:
 //! [`kernel`] (load, attach, maps), [`output`] (text, JSONL), [`trace_file`] (recorded traces),
 //! [`collector`] (the live loop), [`record`] (live to a trace file) and [`replay`] (a trace
-//! file through the same pipeline).
+//! file through the same pipeline); [`metrics`] serves live counts to Prometheus.
 
 pub mod analysis;
 pub mod cli;
@@ -16,6 +16,7 @@ pub mod event;
 pub mod filter;
 pub mod kernel;
 pub mod lifetime;
+pub mod metrics;
 pub mod output;
 pub mod port_range;
 pub mod record;

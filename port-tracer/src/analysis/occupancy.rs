@@ -53,6 +53,8 @@ struct Group {
     key: GroupKey,
     /// The namespace's range when the group began; `None`: unknown, every port counts.
     range: Option<PortRange>,
+    /// Its size (see [`PortRange::size`]).
+    size: Option<u32>,
     /// Sockets holding each port (several can share one).
     ports: HashMap<u16, u32>,
     /// Distinct ports held that count (in the range, when known).
@@ -140,6 +142,18 @@ pub struct Occupancy {
     now_ns: u64,
 }
 
+/// Ports of a range held now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Current {
+    pub netns: u32,
+    pub proto: Proto,
+    /// `None`: all local addresses together.
+    pub laddr: Option<IpAddr>,
+    /// Distinct ports held (in the range, when known).
+    pub ports: u32,
+    pub range_size: Option<u32>,
+}
+
 /// One process's sockets at a peak.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PeakHolder {
@@ -211,9 +225,11 @@ impl Occupancy {
             return g;
         }
         let g = self.groups.len() as u32;
+        let range = self.ranges.get(&netns).cloned();
         self.groups.push(Group {
             key,
-            range: self.ranges.get(&netns).cloned(),
+            size: range.as_ref().map(PortRange::size),
+            range,
             ports: HashMap::new(),
             level: 0,
             peak: 0,
@@ -284,6 +300,17 @@ impl Occupancy {
         }
     }
 
+    /// How full each range is now, every group (all-address ones included).
+    pub fn current(&self) -> impl Iterator<Item = Current> + '_ {
+        self.groups.iter().map(|g| Current {
+            netns: g.key.netns,
+            proto: g.key.proto,
+            laddr: g.key.laddr,
+            ports: g.level,
+            range_size: g.size,
+        })
+    }
+
     /// Groups, fullest first (all-address groups only where a namespace and protocol have
     /// several addresses); at most `top`, with `top` holders each.
     pub fn report(&self, span: Span, top: usize) -> Vec<GroupReport> {
@@ -298,10 +325,10 @@ impl Occupancy {
             .iter()
             .filter(|g| g.key.laddr.is_some() || addresses[&(g.key.netns, g.key.proto)] > 1)
             .map(|g| {
-                let range = g.range.as_ref().map(|r| RangeSize {
+                let range = g.range.as_ref().zip(g.size).map(|(r, size)| RangeSize {
                     low: r.low,
                     high: r.high,
-                    size: r.size(),
+                    size,
                 });
                 let mut holders: Vec<PeakHolder> = g
                     .at_peak

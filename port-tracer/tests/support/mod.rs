@@ -33,6 +33,8 @@ macro_rules! require_root {
 pub struct Tracer {
     child: Child,
     out: PathBuf,
+    /// What it wrote to stderr up to saying that it traces.
+    pub startup: Vec<String>,
 }
 
 /// Records written by a tracer run.
@@ -77,8 +79,12 @@ impl Tracer {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start port-tracer");
-        let mut tracer = Tracer { child, out };
-        wait_until_tracing(&mut tracer.child);
+        let mut tracer = Tracer {
+            child,
+            out,
+            startup: Vec::new(),
+        };
+        tracer.startup = wait_until_tracing(&mut tracer.child);
         tracer
     }
 

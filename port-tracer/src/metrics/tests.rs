@@ -1,0 +1,244 @@
+use super::{counts::ORIGINS, encode, *};
+use crate::{
+    event::{Event, Kind, Origin, Proto, Task},
+    lifetime::{Lifetime, Output},
+    testing::ends,
+};
+
+const NETNS: u32 = 7;
+
+fn event(kind: Kind, proto: Proto, lport: u16, origin: Origin) -> Event {
+    let mut e = ends(lport);
+    e.proto = proto;
+    Event {
+        ts_ns: 1,
+        kind,
+        sock_id: u64::from(lport),
+        time_wait_sock: false,
+        tw_cancel: false,
+        ends: e,
+        origin,
+        errno: 0,
+        task: Task::default(),
+    }
+}
+
+fn assign(proto: Proto, lport: u16, origin: Origin) -> Output {
+    Output::Event(event(Kind::Assign, proto, lport, origin))
+}
+
+fn ended(proto: Proto, lport: u16, origin: Origin, assigned: Option<u64>, ns: u64) -> Output {
+    let mut e = ends(lport);
+    e.proto = proto;
+    Output::Lifetime(Lifetime {
+        ends: e,
+        owner: Task::default(),
+        origin,
+        sock_id: u64::from(lport),
+        assigned_ns: assigned,
+        released_ns: Some(assigned.unwrap_or(0) + ns),
+        time_wait_ns_start: None,
+        lossy: false,
+    })
+}
+
+fn count(rows: &[(Proto, Origin, u64)], proto: Proto, origin: Origin) -> Option<u64> {
+    rows.iter()
+        .find(|r| r.0 == proto && r.1 == origin)
+        .map(|r| r.2)
+}
+
+#[test]
+fn origins_are_listed_in_discriminant_order() {
+    for (i, o) in ORIGINS.iter().enumerate() {
+        assert_eq!(*o as usize, i, "{o:?}");
+    }
+}
+
+#[test]
+fn allocations_and_releases_by_proto_and_origin() {
+    let mut c = Counts::default();
+    c.observe(&assign(Proto::Tcp, 40000, Origin::Connect));
+    c.observe(&assign(Proto::Tcp, 40001, Origin::Connect));
+    c.observe(&assign(Proto::Tcp, 8080, Origin::Inherited));
+    c.observe(&assign(Proto::Udp, 5353, Origin::Bind));
+    c.observe(&ended(Proto::Tcp, 40000, Origin::Connect, Some(10), 5));
+    c.observe(&ended(Proto::Udp, 6000, Origin::Preexisting, None, 5));
+    let s = c.snapshot(vec![]);
+    assert_eq!(count(&s.allocations, Proto::Tcp, Origin::Connect), Some(2));
+    assert_eq!(count(&s.allocations, Proto::Udp, Origin::Bind), Some(1));
+    assert_eq!(count(&s.allocations, Proto::Udp, Origin::Connect), Some(0));
+    // Accepted sockets share a port: no allocation, and no series for one.
+    assert_eq!(count(&s.allocations, Proto::Tcp, Origin::Inherited), None);
+    assert_eq!(s.allocations.len(), 8, "2 protocols x 4 allocating origins");
+    assert_eq!(count(&s.releases, Proto::Tcp, Origin::Connect), Some(1));
+    assert_eq!(count(&s.releases, Proto::Udp, Origin::Preexisting), Some(1));
+    assert_eq!(s.releases.len(), 14);
+}
+
+#[test]
+fn failures_by_errno_name() {
+    let mut c = Counts::default();
+    let mut f = event(Kind::AllocFailure, Proto::Tcp, 0, Origin::Connect);
+    f.errno = libc::EADDRNOTAVAIL;
+    c.observe(&Output::Event(f));
+    c.observe(&Output::Event(f));
+    f.errno = libc::EPERM;
+    c.observe(&Output::Event(f));
+    f.errno = libc::EACCES; // also shown as "error": merged with EPERM
+    c.observe(&Output::Event(f));
+    let s = c.snapshot(vec![]);
+    assert_eq!(
+        s.failures,
+        vec![(Proto::Tcp, "EADDRNOTAVAIL", 2), (Proto::Tcp, "error", 2)]
+    );
+}
+
+#[test]
+fn live_ports_go_up_and_down() {
+    let mut c = Counts::default();
+    c.observe(&assign(Proto::Tcp, 40000, Origin::Connect));
+    c.observe(&assign(Proto::Tcp, 8080, Origin::Inherited));
+    c.observe(&assign(Proto::Udp, 5353, Origin::Bind));
+    assert_eq!(
+        c.snapshot(vec![]).live_ports,
+        vec![(Proto::Tcp, NETNS, 2), (Proto::Udp, NETNS, 1)]
+    );
+    c.observe(&ended(Proto::Tcp, 40000, Origin::Connect, Some(1), 1));
+    // Held before tracing: its start was never counted, so its end is not either.
+    c.observe(&ended(Proto::Tcp, 22, Origin::Preexisting, None, 1));
+    c.observe(&ended(Proto::Udp, 5353, Origin::Bind, Some(1), 1));
+    assert_eq!(
+        c.snapshot(vec![]).live_ports,
+        vec![(Proto::Tcp, NETNS, 1)],
+        "a namespace with nothing live leaves the gauge"
+    );
+}
+
+#[test]
+fn histogram_buckets_are_powers_of_two_seconds() {
+    let mut c = Counts::default();
+    // 1 µs is above 2^-20 s (0.95 µs): the 2^-19 s bucket.
+    c.observe(&ended(Proto::Tcp, 1, Origin::Bind, Some(0), 1_000));
+    // Exactly 1 s: within the 1 s bucket (`le` is inclusive).
+    c.observe(&ended(Proto::Tcp, 2, Origin::Bind, Some(0), 1_000_000_000));
+    c.observe(&ended(Proto::Tcp, 3, Origin::Bind, Some(0), 1_000_000_001));
+    // A day: beyond the last bound.
+    c.observe(&ended(
+        Proto::Tcp,
+        4,
+        Origin::Bind,
+        Some(0),
+        86_400_000_000_000,
+    ));
+    let h = c.snapshot(vec![]).lifetimes;
+    assert_eq!(h.count, 4);
+    assert!(
+        (h.sum_seconds - 86_402.000001001).abs() < 1e-6,
+        "{}",
+        h.sum_seconds
+    );
+    let at = |le: f64| h.buckets.iter().find(|b| b.0 == le).map(|b| b.1);
+    assert_eq!(h.buckets.first().map(|b| b.0), Some(2f64.powi(-20)));
+    assert_eq!(at(2f64.powi(-20)), Some(0));
+    assert_eq!(at(2f64.powi(-19)), Some(1));
+    assert_eq!(at(1.0), Some(1));
+    assert_eq!(at(2.0), Some(1));
+    assert_eq!(at(f64::INFINITY), Some(1));
+    assert_eq!(h.buckets.iter().map(|b| b.1).sum::<u64>(), 4);
+}
+
+#[test]
+fn occupancy_gauges_come_from_the_occupancy_analysis() {
+    let mut a = crate::analysis::occupancy::Occupancy::new(0);
+    a.set_range(crate::port_range::PortRange {
+        netns: NETNS,
+        low: 40000,
+        high: 40009,
+        reserved: "40009".into(),
+    });
+    for (proto, port) in [(Proto::Tcp, 40000), (Proto::Tcp, 8080), (Proto::Udp, 40001)] {
+        if let Output::Event(ev) = assign(proto, port, Origin::Connect) {
+            a.assigned(&ev);
+        }
+    }
+    let mut unknown = event(Kind::Assign, Proto::Tcp, 40002, Origin::Connect);
+    unknown.ends.netns = NETNS + 1;
+    a.assigned(&unknown);
+    let gauges = Occupancy::of(a.current());
+    // 9 ports (one reserved); the namespace without a known range has no gauge.
+    assert_eq!(
+        gauges,
+        vec![
+            Occupancy {
+                netns: NETNS,
+                proto: Proto::Tcp,
+                laddr: "*".into(),
+                ratio: 1.0 / 9.0
+            },
+            Occupancy {
+                netns: NETNS,
+                proto: Proto::Tcp,
+                laddr: "127.0.0.1".into(),
+                ratio: 1.0 / 9.0
+            },
+            Occupancy {
+                netns: NETNS,
+                proto: Proto::Udp,
+                laddr: "*".into(),
+                ratio: 1.0 / 9.0
+            },
+            Occupancy {
+                netns: NETNS,
+                proto: Proto::Udp,
+                laddr: "127.0.0.1".into(),
+                ratio: 1.0 / 9.0
+            },
+        ]
+    );
+}
+
+#[test]
+fn the_exposition_has_every_family() {
+    let mut c = Counts::default();
+    c.observe(&assign(Proto::Tcp, 40000, Origin::Connect));
+    c.observe(&ended(
+        Proto::Udp,
+        5353,
+        Origin::Bind,
+        Some(0),
+        3_000_000_000,
+    ));
+    let mut snapshot = c.snapshot(vec![("ringbuf_full", 3), ("undecodable", 0)]);
+    snapshot.occupancy = vec![Occupancy {
+        netns: NETNS,
+        proto: Proto::Tcp,
+        laddr: "*".into(),
+        ratio: 0.1,
+    }];
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(snapshot));
+    let text = encode::text(&encode::registry(shared)).unwrap();
+    for line in [
+        "# TYPE port_tracer_allocations_total counter",
+        "port_tracer_allocations_total{proto=\"tcp\",origin=\"connect\"} 1",
+        "port_tracer_allocations_total{proto=\"udp\",origin=\"bind\"} 0",
+        "port_tracer_releases_total{proto=\"udp\",origin=\"bind\"} 1",
+        "# TYPE port_tracer_allocation_failures_total counter",
+        "# TYPE port_tracer_live_ports gauge",
+        "port_tracer_live_ports{proto=\"tcp\",netns=\"7\"} 1",
+        "port_tracer_lost_events_total{reason=\"ringbuf_full\"} 3",
+        "port_tracer_lost_events_total{reason=\"undecodable\"} 0",
+        "# TYPE port_tracer_lifetime_seconds histogram",
+        "port_tracer_lifetime_seconds_count 1",
+        "port_tracer_lifetime_seconds_sum 3.0",
+        "port_tracer_lifetime_seconds_bucket{le=\"2\"} 0",
+        "port_tracer_lifetime_seconds_bucket{le=\"4\"} 1",
+        "port_tracer_lifetime_seconds_bucket{le=\"+Inf\"} 1",
+        "port_tracer_range_occupancy_ratio{netns=\"7\",proto=\"tcp\",laddr=\"*\"} 0.1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
+}
