@@ -23,7 +23,10 @@ fn rate(r: Option<f64>) -> String {
 }
 
 fn percent(share: f64) -> String {
-    format!("{:.1}%", share * 100.0)
+    match share * 100.0 {
+        p if p > 0.0 && p < 1.0 => format!("{p:.2}%"),
+        p => format!("{p:.1}%"),
+    }
 }
 
 fn counts(c: &[Count]) -> String {
@@ -61,6 +64,7 @@ fn histogram(out: &mut impl Write, title: &str, buckets: &[Bucket]) -> io::Resul
 
 fn occupancy(out: &mut impl Write, g: &GroupReport, clock: &WallClock) -> io::Result<()> {
     let place = match g.laddr {
+        Some(std::net::IpAddr::V6(a)) => format!("[{a}]"),
         Some(a) => a.to_string(),
         None => "all addresses".into(),
     };
