@@ -10,7 +10,10 @@
 //! Reports, as the median of `--runs` runs: events/s, ns/event, and heap bytes per live
 //! port at the storm's peak (a counting allocator sees every allocation of the pipeline).
 //!
-//! `cargo bench -p port-tracer --bench collector [-- --connections N --hold N --runs N]`
+//! `--summary` also feeds every output to the summary's counts and analyses (churn, range
+//! occupancy, reuse, ...), as live tracing and `report` do.
+//!
+//! `cargo bench -p port-tracer --bench collector [-- --connections N --hold N --runs N --summary]`
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -23,6 +26,7 @@ use port_tracer::{
     event::Event,
     lifetime::{Output, Tracker},
     reorder::Reorderer,
+    summary::Stats,
 };
 use port_tracer_common::{flags, EventKind, Origin, PortEvent, AF_INET, IPPROTO_TCP};
 
@@ -56,6 +60,8 @@ struct Params {
     runs: usize,
     /// Synthetic time between connections, ns (sets the reorder window's depth in events).
     spacing_ns: u64,
+    /// Also feed the summary (counts and analyses).
+    summary: bool,
 }
 
 fn params() -> Params {
@@ -64,6 +70,7 @@ fn params() -> Params {
         hold: 1_000_000,
         runs: 5,
         spacing_ns: 400,
+        summary: false,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -73,6 +80,11 @@ fn params() -> Params {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("{} needs a number", args[i]))
         };
+        if args[i] == "--summary" {
+            p.summary = true;
+            i += 1;
+            continue;
+        }
         match args[i].as_str() {
             "--connections" => p.connections = value(),
             "--hold" => p.hold = value(),
@@ -239,7 +251,7 @@ struct RunResult {
 /// loop does, reconstruct.
 /// `tracker` is fresh (cold: its tables grow during the run, as in a tracer's first
 /// minutes) or has run the storm before (warm: the steady state of a long-running tracer).
-fn run(records: &[PortEvent], tracker: &mut Tracker) -> RunResult {
+fn run(records: &[PortEvent], tracker: &mut Tracker, mut stats: Option<&mut Stats>) -> RunResult {
     const BATCH: usize = 4096;
     let base = LIVE_BYTES.load(Ordering::Relaxed);
     let mut reorder = Reorderer::new(50_000_000);
@@ -247,14 +259,19 @@ fn run(records: &[PortEvent], tracker: &mut Tracker) -> RunResult {
     let (mut lifetimes, mut events) = (0u64, 0u64);
     let mut peak = (0usize, 0usize);
     let start = Instant::now();
-    let mut emit = |o: Output| match o {
-        Output::Lifetime(l) => {
-            lifetimes += 1;
-            black_box(&l);
+    let mut emit = |o: Output| {
+        if let Some(s) = stats.as_deref_mut() {
+            s.observe(&o);
         }
-        Output::Event(e) => {
-            events += 1;
-            black_box(&e);
+        match o {
+            Output::Lifetime(l) => {
+                lifetimes += 1;
+                black_box(&l);
+            }
+            Output::Event(e) => {
+                events += 1;
+                black_box(&e);
+            }
         }
     };
     for (n, chunk) in records.chunks(BATCH).enumerate() {
@@ -303,7 +320,8 @@ fn main() {
     let p = params();
     let records = storm(&p);
     println!(
-        "collector benchmark: {} connections, TIME_WAIT hold {} connections, {} records ({} MB), {} runs",
+        "collector benchmark{}: {} connections, TIME_WAIT hold {} connections, {} records ({} MB), {} runs",
+        if p.summary { " with the summary's analyses" } else { "" },
         p.connections,
         p.hold,
         records.len(),
@@ -313,8 +331,9 @@ fn main() {
     let (mut cold, mut warm) = (Vec::new(), Vec::new());
     for i in 0..p.runs {
         let mut tracker = Tracker::new();
-        let c = run(&records, &mut tracker);
-        let w = run(&records, &mut tracker);
+        let mut stats = p.summary.then(|| Stats::new(0));
+        let c = run(&records, &mut tracker, stats.as_mut());
+        let w = run(&records, &mut tracker, stats.as_mut());
         for (what, r) in [("cold", &c), ("warm", &w)] {
             println!(
                 "  run {} {what}: {:.3} s, {:.2} M events/s, {:.1} ns/event, peak {} live ports, {} lifetimes",

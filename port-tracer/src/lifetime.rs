@@ -36,11 +36,29 @@ pub struct Lifetime {
     pub time_wait_ns_start: Option<u64>,
     /// Events were lost while this lifetime was open: it may be incomplete.
     pub lossy: bool,
+    /// `ends.laddr` was the wildcard when the port was assigned; connect() chose it later.
+    pub laddr_learnt: bool,
 }
 
 impl Lifetime {
     pub fn duration_ns(&self) -> Option<u64> {
         Some(self.released_ns?.saturating_sub(self.assigned_ns?))
+    }
+
+    /// Takes the peer from a later view of the socket (see [`Endpoints::learn_peer`]).
+    pub fn learn_peer(&mut self, other: &Endpoints) {
+        let wildcard = self.ends.laddr.is_unspecified();
+        self.ends.learn_peer(other);
+        self.laddr_learnt |= wildcard && !self.ends.laddr.is_unspecified();
+    }
+
+    /// The local address when the port was assigned.
+    pub fn assigned_laddr(&self) -> std::net::IpAddr {
+        match (self.laddr_learnt, self.ends.laddr) {
+            (false, a) => a,
+            (true, std::net::IpAddr::V4(_)) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            (true, std::net::IpAddr::V6(_)) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        }
     }
 
     /// Time spent in TIME_WAIT, once it ended.
@@ -126,6 +144,7 @@ impl HeldAtStart {
             released_ns: None,
             time_wait_ns_start: None,
             lossy: false,
+            laddr_learnt: false,
         }
     }
 }
@@ -299,6 +318,7 @@ impl Tracker {
                     released_ns: None,
                     time_wait_ns_start: None,
                     lossy: false,
+                    laddr_learnt: false,
                 }
             }
         }
@@ -403,6 +423,7 @@ impl Tracker {
                 released_ns: None,
                 time_wait_ns_start: None,
                 lossy: false,
+                laddr_learnt: false,
             },
             emit,
         );
@@ -417,7 +438,7 @@ impl Tracker {
             return;
         };
         self.unindex(id);
-        self.get(id).ends.learn_peer(&ev.ends);
+        self.get(id).learn_peer(&ev.ends);
         self.index(id);
         let ev = self.attributed(id, ev);
         emit(Output::Event(ev));
@@ -433,7 +454,7 @@ impl Tracker {
                 if lt.ends.rport == 0 && ev.ends.rport != 0 {
                     // Learnt the peer only now (e.g. bound before connect, on a tier that
                     // does not see connect itself): keep it, as a remote update would.
-                    lt.ends.learn_peer(&ev.ends);
+                    lt.learn_peer(&ev.ends);
                 }
                 let ev = self.attributed(id, ev);
                 self.close(id, ev.ts_ns, emit);

@@ -370,6 +370,7 @@ mod tests {
             released_ns: Some(350),
             time_wait_ns_start: Some(300),
             lossy: false,
+            laddr_learnt: false,
         };
         let mut sink = Sink::new(Vec::new(), Format::Jsonl, WallClock { offset_ns: 0 });
         sink.write(&Output::Lifetime(lt)).unwrap();
@@ -395,6 +396,7 @@ mod tests {
             released_ns: None,
             time_wait_ns_start: None,
             lossy: true,
+            laddr_learnt: false,
         };
         let mut sink = Sink::new(Vec::new(), Format::Jsonl, WallClock { offset_ns: 0 });
         sink.write(&Output::Lifetime(lt)).unwrap();

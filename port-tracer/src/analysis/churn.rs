@@ -1,25 +1,36 @@
 //! Churn: how fast ports are handed out, and to whom.
 
-use std::collections::BTreeMap;
-
 use foldhash::HashMap;
 use serde::Serialize;
 
-use crate::event::{Comm, Event, Origin};
+use crate::event::{Comm, Event, Origin, Proto};
 
 use super::Span;
 
-/// Allocations counted by who made them and how.
+/// Who made an allocation and how: every dimension churn is reported by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Cell {
+    pid: u32,
+    comm: Comm,
+    cgroup: u64,
+    netns: u32,
+    proto: Proto,
+    origin: Origin,
+}
+
+/// Allocations counted by who made them and how. One count per distinct [`Cell`], summed
+/// per dimension only for the report: one table update per allocation (none when it
+/// repeats the last cell, as storms do), not one per dimension.
 #[derive(Clone, Debug, Default)]
 pub struct Churn {
     total: u64,
-    by_process: HashMap<(u32, Comm), u64>,
-    by_cgroup: HashMap<u64, u64>,
-    by_netns: HashMap<u32, u64>,
-    by_proto: BTreeMap<&'static str, u64>,
-    by_origin: BTreeMap<Origin, u64>,
-    /// Allocations per whole second of the monotonic clock: the busiest one is the peak.
-    per_second: HashMap<u64, u64>,
+    cells: Vec<(Cell, u64)>,
+    index: HashMap<Cell, usize>,
+    last: Option<(Cell, usize)>,
+    /// The second being counted (monotonic clock) and its allocations so far.
+    second: (u64, u64),
+    /// The busiest second before it.
+    peak: (u64, u64),
 }
 
 /// Allocations of one kind of thing (a protocol, an origin, a netns, a cgroup).
@@ -59,19 +70,55 @@ impl Churn {
     /// Counts an assignment that took a port from the kernel.
     pub fn allocation(&mut self, ev: &Event) {
         self.total += 1;
-        *self
-            .by_process
-            .entry((ev.task.pid, ev.task.comm))
-            .or_default() += 1;
-        *self.by_cgroup.entry(ev.task.cgroup_id).or_default() += 1;
-        *self.by_netns.entry(ev.ends.netns).or_default() += 1;
-        *self.by_proto.entry(ev.ends.proto.as_str()).or_default() += 1;
-        *self.by_origin.entry(ev.origin).or_default() += 1;
-        *self.per_second.entry(ev.ts_ns / 1_000_000_000).or_default() += 1;
+        let cell = Cell {
+            pid: ev.task.pid,
+            comm: ev.task.comm,
+            cgroup: ev.task.cgroup_id,
+            netns: ev.ends.netns,
+            proto: ev.ends.proto,
+            origin: ev.origin,
+        };
+        let i = match self.last {
+            Some((c, i)) if c == cell => i,
+            _ => {
+                let i = *self.index.entry(cell).or_insert_with(|| {
+                    self.cells.push((cell, 0));
+                    self.cells.len() - 1
+                });
+                self.last = Some((cell, i));
+                i
+            }
+        };
+        self.cells[i].1 += 1;
+        let second = ev.ts_ns / 1_000_000_000;
+        if second == self.second.0 {
+            self.second.1 += 1;
+        } else {
+            self.peak = self.busiest();
+            self.second = (second, 1);
+        }
+    }
+
+    /// The busiest second so far: (second, allocations).
+    fn busiest(&self) -> (u64, u64) {
+        if self.second.1 > self.peak.1 {
+            self.second
+        } else {
+            self.peak
+        }
     }
 
     pub fn total(&self) -> u64 {
         self.total
+    }
+
+    /// Allocations summed by `key`.
+    fn by<K: std::hash::Hash + Eq>(&self, key: impl Fn(&Cell) -> K) -> HashMap<K, u64> {
+        let mut out: HashMap<K, u64> = HashMap::default();
+        for (cell, n) in &self.cells {
+            *out.entry(key(cell)).or_default() += n;
+        }
+        out
     }
 
     /// Rates over `span`; at most `top` entries per process and per cgroup.
@@ -91,9 +138,9 @@ impl Churn {
             v
         };
         let mut by_process: Vec<ProcessCount> = self
-            .by_process
-            .iter()
-            .map(|(&(pid, comm), &allocations)| ProcessCount {
+            .by(|c| (c.pid, c.comm))
+            .into_iter()
+            .map(|((pid, comm), allocations)| ProcessCount {
                 pid,
                 comm: comm.as_str().into_owned(),
                 allocations,
@@ -102,43 +149,26 @@ impl Churn {
             .collect();
         by_process.sort_by(|a, b| b.allocations.cmp(&a.allocations).then(a.pid.cmp(&b.pid)));
         by_process.truncate(top);
-        let peak = self
-            .per_second
-            .iter()
-            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)));
+        let (peak_second, peak_count) = self.busiest();
         ChurnReport {
             allocations: self.total,
             per_second: rate(self.total),
-            peak_per_second: peak.map_or(0, |(_, &n)| n),
-            peak_second_ns: peak.map(|(&s, _)| s * 1_000_000_000),
+            peak_per_second: peak_count,
+            peak_second_ns: (peak_count > 0).then_some(peak_second * 1_000_000_000),
             by_proto: counts(
-                self.by_proto
-                    .iter()
-                    .map(|(k, &n)| (k.to_string(), n))
+                self.by(|c| c.proto.as_str().to_string())
+                    .into_iter()
                     .collect(),
                 usize::MAX,
             ),
             by_origin: counts(
-                self.by_origin
-                    .iter()
-                    .map(|(k, &n)| (k.as_str().to_string(), n))
+                self.by(|c| c.origin.as_str().to_string())
+                    .into_iter()
                     .collect(),
                 usize::MAX,
             ),
-            by_netns: counts(
-                self.by_netns
-                    .iter()
-                    .map(|(k, &n)| (k.to_string(), n))
-                    .collect(),
-                top,
-            ),
-            by_cgroup: counts(
-                self.by_cgroup
-                    .iter()
-                    .map(|(k, &n)| (k.to_string(), n))
-                    .collect(),
-                top,
-            ),
+            by_netns: counts(self.by(|c| c.netns.to_string()).into_iter().collect(), top),
+            by_cgroup: counts(self.by(|c| c.cgroup.to_string()).into_iter().collect(), top),
             by_process,
         }
     }

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::{
     event::{Comm, Event, Origin, Proto},
-    lifetime::{HeldAtStart, HeldKey, Lifetime},
+    lifetime::{HeldAtStart, Lifetime},
     port_range::PortRange,
 };
 
@@ -32,13 +32,6 @@ struct GroupKey {
     netns: u32,
     proto: Proto,
     laddr: Option<IpAddr>,
-}
-
-/// A socket holding a port: the groups it counts in.
-#[derive(Clone, Copy, Debug)]
-struct Holder {
-    groups: [u32; 2],
-    lport: u16,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -135,9 +128,8 @@ pub struct Occupancy {
     ranges: HashMap<u32, PortRange>,
     groups: Vec<Group>,
     group_of: HashMap<GroupKey, u32>,
-    /// Open holders by (sock_id, assigned_ns), which names one lifetime.
-    holders: HashMap<(u64, u64), Holder>,
-    preexisting: HashMap<HeldKey, Holder>,
+    /// The last address's groups (specific, all addresses): most events repeat it.
+    last: Option<(GroupKey, [u32; 2])>,
     start_ns: u64,
     now_ns: u64,
 }
@@ -243,25 +235,36 @@ impl Occupancy {
         g
     }
 
-    fn hold(&mut self, netns: u32, proto: Proto, laddr: IpAddr, port: u16, ts: u64) -> Holder {
-        let groups = [
+    /// The groups of an address: its own and all addresses'.
+    fn groups_of(&mut self, netns: u32, proto: Proto, laddr: IpAddr) -> [u32; 2] {
+        let key = GroupKey {
+            netns,
+            proto,
+            laddr: Some(laddr),
+        };
+        if let Some((k, g)) = self.last {
+            if k == key {
+                return g;
+            }
+        }
+        let g = [
             self.group(netns, proto, Some(laddr)),
             self.group(netns, proto, None),
         ];
-        for g in groups {
+        self.last = Some((key, g));
+        g
+    }
+
+    fn hold(&mut self, netns: u32, proto: Proto, laddr: IpAddr, port: u16, ts: u64) {
+        for g in self.groups_of(netns, proto, laddr) {
             self.groups[g as usize].hold(port, ts);
-        }
-        Holder {
-            groups,
-            lport: port,
         }
     }
 
     /// A socket holding a port when tracing started.
     pub fn held_at_start(&mut self, h: &HeldAtStart) {
         let e = &h.ends;
-        let holder = self.hold(e.netns, e.proto, e.laddr, e.lport, self.start_ns);
-        self.preexisting.insert(HeldKey::of(e), holder);
+        self.hold(e.netns, e.proto, e.laddr, e.lport, self.start_ns);
     }
 
     /// Time goes on: lifetimes cut off still open end at the last time seen.
@@ -275,27 +278,26 @@ impl Occupancy {
             return;
         }
         let e = &ev.ends;
-        let holder = self.hold(e.netns, e.proto, e.laddr, e.lport, ev.ts_ns);
-        self.holders.insert((ev.sock_id, ev.ts_ns), holder);
+        self.hold(e.netns, e.proto, e.laddr, e.lport, ev.ts_ns);
     }
 
     /// A lifetime the tracker emitted: ended, or cut off still open (at the end, or evicted).
+    /// It counted from its assignment, or from the start if held then; the tracker emits
+    /// each lifetime once, so no table of holders is needed to pair the two.
     pub fn ended(&mut self, lt: &Lifetime) {
-        let holder = match lt.assigned_ns {
-            Some(a) => self.holders.remove(&(lt.sock_id, a)),
-            None if lt.origin == Origin::Preexisting => {
-                self.preexisting.remove(&HeldKey::of(&lt.ends))
-            }
-            None => None,
-        };
-        let Some(holder) = holder else { return };
+        let counted = lt.origin != Origin::Inherited
+            && (lt.assigned_ns.is_some() || lt.origin == Origin::Preexisting);
+        if !counted {
+            return;
+        }
         let ts = lt.released_ns.unwrap_or(self.now_ns);
         self.now_ns = self.now_ns.max(ts);
-        for g in holder.groups {
+        let e = &lt.ends;
+        for g in self.groups_of(e.netns, e.proto, lt.assigned_laddr()) {
             let group = &mut self.groups[g as usize];
             group.ended(lt, self.start_ns, ts);
             if lt.released_ns.is_some() {
-                group.unhold(holder.lport, ts);
+                group.unhold(e.lport, ts);
             }
         }
     }

@@ -56,6 +56,7 @@ fn ended(sock: u64, lport: u16, from: u64, tw: Option<u64>, to: Option<u64>, pid
         released_ns: to,
         time_wait_ns_start: tw,
         lossy: false,
+        laddr_learnt: false,
     })
 }
 
@@ -256,6 +257,7 @@ fn bind_zero_before_connect_is_named_with_its_process() {
             released_ns: Some(2),
             time_wait_ns_start: None,
             lossy: false,
+            laddr_learnt: false,
         })
     };
     feed(

@@ -39,6 +39,7 @@ fn ended(proto: Proto, lport: u16, origin: Origin, assigned: Option<u64>, ns: u6
         released_ns: Some(assigned.unwrap_or(0) + ns),
         time_wait_ns_start: None,
         lossy: false,
+        laddr_learnt: false,
     })
 }
 

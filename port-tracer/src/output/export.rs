@@ -214,6 +214,7 @@ mod tests {
             released_ns: Some(5_000),
             time_wait_ns_start: Some(3_000),
             lossy: false,
+            laddr_learnt: false,
         }
     }
 
