@@ -1,9 +1,10 @@
-//! Developer workflow: `cargo xtask setup | build | run | test | vm-test | bench`.
+//! Developer workflow: `cargo xtask setup | build | run | test | vm-test | bench | fuzz`.
 //!
 //! `setup` installs what building the kernel programs needs on a fresh Debian machine and is
 //! fast when everything is present; every other command runs it first.
 
 mod bench;
+mod fuzz;
 mod vm;
 
 use std::{
@@ -52,6 +53,9 @@ enum Cmd {
     /// alternating rounds; prints a table (also in target/bench/). `--soak SECONDS`: port-tracer's
     /// memory through a long TIME_WAIT storm instead.
     Bench(bench::Options),
+    /// Set up, then fuzz the trace decoder and the reconstruction behind it (cargo-fuzz on
+    /// the nightly toolchain, installed if missing; one job, bounded time per target).
+    Fuzz(fuzz::Options),
 }
 
 /// Debian packages bpf-linker builds against.
@@ -117,6 +121,10 @@ fn xtask(cli: Cli) -> Result<()> {
         Cmd::Bench(opts) => {
             setup()?;
             bench::run_bench(&opts)
+        }
+        Cmd::Fuzz(opts) => {
+            setup()?;
+            fuzz::run_fuzz(&opts)
         }
         Cmd::VmTest(opts) => {
             setup()?;
@@ -264,7 +272,11 @@ fn setup() -> Result<()> {
 
 /// Python packages the tests read our outputs back with: other tools' readers, not ours
 /// (Parquet through pyarrow and DuckDB, metrics through the Prometheus text parser).
-const PYTHON_PACKAGES: &[&str] = &["pyarrow==26.0.1", "duckdb==2.0.1", "prometheus-client==0.26.0"];
+const PYTHON_PACKAGES: &[&str] = &[
+    "pyarrow==26.0.1",
+    "duckdb==2.0.1",
+    "prometheus-client==0.26.0",
+];
 const PYTHON_IMPORTS: &str = "import pyarrow.parquet, duckdb, prometheus_client.parser";
 
 /// The virtualenv holding [`PYTHON_PACKAGES`]; tests find it through `PORT_TRACER_PYTHON`.
@@ -281,7 +293,10 @@ fn python_tools() -> Result<()> {
     if !succeeds(Command::new("python3").args(["-c", "import ensurepip, venv"])) {
         ensure_apt_packages(&["python3-venv"])?;
     }
-    let venv = python.parent().and_then(Path::parent).expect("venv/bin/python");
+    let venv = python
+        .parent()
+        .and_then(Path::parent)
+        .expect("venv/bin/python");
     run(Command::new("python3").arg("-m").arg("venv").arg(venv))?;
     run(Command::new(&python)
         .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
