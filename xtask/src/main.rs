@@ -272,11 +272,7 @@ fn setup() -> Result<()> {
 
 /// Python packages the tests read our outputs back with: other tools' readers, not ours
 /// (Parquet through pyarrow and DuckDB, metrics through the Prometheus text parser).
-const PYTHON_PACKAGES: &[&str] = &[
-    "pyarrow==26.0.1",
-    "duckdb==2.0.1",
-    "prometheus-client==0.26.0",
-];
+const PYTHON_PACKAGES: &[&str] = &["pyarrow==26.0.1", "duckdb==2.0.1", "prometheus-client==0.26.0"];
 const PYTHON_IMPORTS: &str = "import pyarrow.parquet, duckdb, prometheus_client.parser";
 
 /// The virtualenv holding [`PYTHON_PACKAGES`]; tests find it through `PORT_TRACER_PYTHON`.
@@ -293,10 +289,7 @@ fn python_tools() -> Result<()> {
     if !succeeds(Command::new("python3").args(["-c", "import ensurepip, venv"])) {
         ensure_apt_packages(&["python3-venv"])?;
     }
-    let venv = python
-        .parent()
-        .and_then(Path::parent)
-        .expect("venv/bin/python");
+    let venv = python.parent().and_then(Path::parent).expect("venv/bin/python");
     run(Command::new("python3").arg("-m").arg("venv").arg(venv))?;
     run(Command::new(&python)
         .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
