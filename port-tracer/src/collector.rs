@@ -220,7 +220,8 @@ impl<W: Write> Pipeline<W> {
 
     /// Marks open lifetimes when the kernel reports new losses.
     pub(crate) fn check_lost(&mut self, counts: &[u64]) {
-        let total: u64 = counts.iter().sum();
+        // Counts from a damaged trace can be anything: add them without overflow.
+        let total = counts.iter().fold(0u64, |sum, &c| sum.saturating_add(c));
         if total > self.lost_seen {
             self.lost_seen = total;
             self.tracker.mark_lossy();

@@ -4,7 +4,8 @@
 //! The core is pure: [`event`] decodes kernel records, [`reorder`] restores timestamp order,
 //! [`lifetime`] turns events into lifetimes, [`filter`] selects, [`summary`] counts and
 //! [`analysis`] finds churn, range occupancy, failures and anti-patterns. Around it sit the edges:
-//! [`kernel`] (load, attach, maps), [`output`] (text, JSONL), [`trace_file`] (recorded traces),
+//! [`kernel`] (load, attach, maps), [`output`] (text, JSONL), [`trace_file`] (recorded traces;
+//! [`trace_check`] reads any bytes as one, for the fuzzers and their regression test),
 //! [`collector`] (the live loop), [`record`] (live to a trace file) and [`replay`] (a trace
 //! file through the same pipeline); [`metrics`] serves live counts to Prometheus.
 
@@ -23,6 +24,7 @@ pub mod record;
 pub mod reorder;
 pub mod replay;
 pub mod summary;
+pub mod trace_check;
 pub mod trace_file;
 
 /// Values the unit tests share.

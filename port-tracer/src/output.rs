@@ -75,7 +75,7 @@ impl WallClock {
         let (tm, _) = self.local(mono_ns);
         format!(
             "{}-{:02}-{:02} {}",
-            tm.tm_year + 1900,
+            i64::from(tm.tm_year) + 1900,
             tm.tm_mon + 1,
             tm.tm_mday,
             self.time_of_day(mono_ns)

@@ -22,7 +22,7 @@ pub struct Lost {
 
 impl Lost {
     pub fn total(&self) -> u64 {
-        self.by_reason.values().sum::<u64>() + self.undecodable
+        (self.by_reason.values()).fold(self.undecodable, |sum, &n| sum.saturating_add(n))
     }
 }
 

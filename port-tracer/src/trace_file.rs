@@ -317,6 +317,21 @@ fn read_full(r: &mut impl Read, buf: &mut [u8], offset: u64) -> Result<bool, Tra
     Ok(true)
 }
 
+/// Reads the `len` bytes of a payload that starts at `offset` (where a shortfall is
+/// reported). Grows with what arrives: a corrupt length in a short file must not allocate
+/// up to [`MAX_BLOCK`] before finding out.
+fn read_payload(r: &mut impl Read, len: u32, offset: u64) -> Result<Vec<u8>, TraceError> {
+    let mut payload = Vec::new();
+    r.by_ref()
+        .take(len.into())
+        .read_to_end(&mut payload)
+        .map_err(|e| TraceError::Io(e.to_string()))?;
+    if payload.len() < len as usize {
+        return Err(TraceError::Truncated { offset });
+    }
+    Ok(payload)
+}
+
 impl<R: Read> TraceReader<R> {
     /// Reads and checks the header.
     pub fn new(mut r: R) -> Result<Self, TraceError> {
@@ -350,10 +365,7 @@ impl<R: Read> TraceReader<R> {
                 what: format!("metadata length {meta_len}"),
             });
         }
-        let mut meta = vec![0u8; meta_len as usize];
-        if !read_full(&mut r, &mut meta, 16)? && meta_len > 0 {
-            return Err(TraceError::Truncated { offset: 16 });
-        }
+        let meta = read_payload(&mut r, meta_len, 16)?;
         let mut crc = [0u8; 4];
         let crc_at = 16 + meta_len as u64;
         if !read_full(&mut r, &mut crc, crc_at)? {
@@ -402,18 +414,14 @@ impl<R: Read> TraceReader<R> {
         if len > MAX_BLOCK {
             return Err(corrupt(format!("block length {len}")));
         }
-        let mut payload = vec![0u8; len as usize];
-        if len > 0 && !read_full(&mut self.r, &mut payload, at)? {
-            return Err(TraceError::Truncated { offset: at });
-        }
+        let payload = read_payload(&mut self.r, len, at)?;
         let mut crc = crc32fast::Hasher::new();
         crc.update(&head[..8]);
         crc.update(&payload);
         if crc.finalize() != u32::from_le_bytes(head[8..12].try_into().expect("4 bytes")) {
             return Err(corrupt("block checksum mismatch".into()));
         }
-        self.offset = at + 12 + len as u64;
-        Ok(Some(match tag {
+        let block = match tag {
             Tag::Events => {
                 if !payload.len().is_multiple_of(RECORD_SIZE) {
                     return Err(corrupt(format!(
@@ -458,7 +466,11 @@ impl<R: Read> TraceReader<R> {
                 8 => Some(u64::from_le_bytes(payload[..].try_into().expect("8 bytes"))),
                 len => return Err(corrupt(format!("end block of {len} bytes"))),
             }),
-        }))
+        };
+        // Only now: a block whose checksum holds but whose payload does not parse is
+        // damage, and `offset` must keep pointing at it (what a reader reports as good).
+        self.offset = at + 12 + len as u64;
+        Ok(Some(block))
     }
 }
 

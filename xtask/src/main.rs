@@ -1,9 +1,10 @@
-//! Developer workflow: `cargo xtask setup | build | run | test | vm-test | bench`.
+//! Developer workflow: `cargo xtask setup | build | run | test | vm-test | bench | fuzz`.
 //!
 //! `setup` installs what building the kernel programs needs on a fresh Debian machine and is
 //! fast when everything is present; every other command runs it first.
 
 mod bench;
+mod fuzz;
 mod vm;
 
 use std::{
@@ -52,6 +53,9 @@ enum Cmd {
     /// alternating rounds; prints a table (also in target/bench/). `--soak SECONDS`: port-tracer's
     /// memory through a long TIME_WAIT storm instead.
     Bench(bench::Options),
+    /// Set up, then fuzz the trace decoder and the reconstruction behind it (cargo-fuzz on
+    /// the nightly toolchain, installed if missing; one job, bounded time per target).
+    Fuzz(fuzz::Options),
 }
 
 /// Debian packages bpf-linker builds against.
@@ -117,6 +121,10 @@ fn xtask(cli: Cli) -> Result<()> {
         Cmd::Bench(opts) => {
             setup()?;
             bench::run_bench(&opts)
+        }
+        Cmd::Fuzz(opts) => {
+            setup()?;
+            fuzz::run_fuzz(&opts)
         }
         Cmd::VmTest(opts) => {
             setup()?;

@@ -65,7 +65,8 @@ impl Timeline {
             let k = ((self.start + j as u64) / 2 - start) as usize;
             max[k] = max[k].max(m);
         }
-        self.width_ns *= 2;
+        // Saturating: a damaged trace's times can be anything.
+        self.width_ns = self.width_ns.saturating_mul(2);
         self.start = start;
         self.max = max;
     }

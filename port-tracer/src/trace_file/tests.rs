@@ -176,3 +176,37 @@ fn foreign_and_newer_files_are_refused() {
     let e = TraceReader::new(&w.out[..]).err().unwrap().to_string();
     assert!(e.contains("records of 96 bytes"), "{e}");
 }
+
+#[test]
+fn a_block_that_does_not_parse_is_reported_at_its_start() {
+    // Checksums hold, the payload does not parse: before the fix the reader's offset had
+    // already moved past the block, so `report` called the bad block "good bytes".
+    let mut w = TraceWriter::new(Vec::new(), &meta()).unwrap();
+    let start = w.out.len() as u64;
+    w.block(Tag::Held, b"[{\"not\": \"a socket\"}]").unwrap();
+    w.block(Tag::Events, &[0u8; RECORD_SIZE + 1]).unwrap();
+    let bytes = w.out;
+    let mut r = TraceReader::new(&bytes[..]).unwrap();
+    let e = r.next_block().unwrap_err();
+    assert!(
+        matches!(e, TraceError::Corrupt { offset, .. } if offset == start),
+        "{e}"
+    );
+    assert_eq!(r.offset, start);
+}
+
+#[test]
+fn a_length_beyond_the_file_is_truncation_at_the_block() {
+    let mut bytes = sample();
+    let header_len = TraceReader::new(&bytes[..]).unwrap().offset as usize;
+    bytes.truncate(header_len + 12);
+    // A block claiming 60 MiB in a file that ends after its head.
+    bytes[header_len + 4..header_len + 8].copy_from_slice(&(60u32 << 20).to_le_bytes());
+    let mut r = TraceReader::new(&bytes[..]).unwrap();
+    assert_eq!(
+        r.next_block().unwrap_err(),
+        TraceError::Truncated {
+            offset: header_len as u64
+        }
+    );
+}
