@@ -11,9 +11,12 @@ use crate::{event::Proto, filter::Filter, kernel::TierChoice, output::Format};
 /// obtained, from when to when, including TIME_WAIT.
 ///
 /// Without a command: trace live until Ctrl-C, SIGTERM or --duration; then print the
-/// lifetimes still open and a summary (events, lifetimes, lost events by reason, top
-/// processes, lifetime histogram). `record` writes the raw events to a trace file instead,
-/// `report` rebuilds lifetimes from one. Tracing needs root.
+/// lifetimes still open and a summary: events, lost events by reason, churn (allocations
+/// per second by process, cgroup, netns, protocol, origin), ephemeral range occupancy
+/// (peak ports held against the range, holders and TIME_WAIT share at the peak),
+/// allocation failures, lifetime / TIME_WAIT / port reuse distributions and anti-patterns.
+/// `record` writes the raw events to a trace file instead, `report` rebuilds lifetimes
+/// and the same summary from one. Tracing needs root.
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "port-tracer",
@@ -33,12 +36,15 @@ pub enum Cmd {
     /// Record the raw events to a binary trace file (the cheapest way to trace).
     ///
     /// The file also carries what analysis needs later: host, kernel, tier, clock mapping,
-    /// port range, sockets held at start, lost counts. It is flushed every --drain-ms:
+    /// port range of every namespace seen, sockets held at start, lost counts. It is flushed every --drain-ms:
     /// after a crash it reads up to its last complete block.
     Record(RecordArgs),
-    /// Rebuild lifetimes from a recorded trace, as the live mode shows them.
+    /// Rebuild lifetimes and the summary's analyses from a recorded trace.
     ///
-    /// Same formats, filters and summary as live tracing. A trace cut short or damaged is
+    /// Same formats, filters and summary as live tracing: churn, range occupancy per
+    /// namespace and address, allocation failures, distributions, anti-patterns. `--port N`
+    /// gives the history of one port: every holder, when, for how long, TIME_WAIT
+    /// included. A trace cut short or damaged is
     /// used up to its last complete block; the report then says where it stopped and how
     /// much it skipped, and exits with status 1.
     Report(ReportArgs),
