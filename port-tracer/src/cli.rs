@@ -36,8 +36,8 @@ pub enum Cmd {
     /// Record the raw events to a binary trace file (the cheapest way to trace).
     ///
     /// The file also carries what analysis needs later: host, kernel, tier, clock mapping,
-    /// port range of every namespace seen, sockets held at start, lost counts. It is flushed every --drain-ms:
-    /// after a crash it reads up to its last complete block.
+    /// the port range of every namespace seen, sockets held at start, lost counts. It is
+    /// flushed every --drain-ms: after a crash it reads up to its last complete block.
     Record(RecordArgs),
     /// Rebuild lifetimes and the summary's analyses from a recorded trace.
     ///
