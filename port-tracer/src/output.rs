@@ -7,6 +7,7 @@ use std::{
     net::IpAddr,
 };
 
+pub mod columns;
 mod export;
 mod jsonl;
 
@@ -138,7 +139,7 @@ impl<W: Write> Sink<W> {
                 "{:<12} {:<13} {:<5} {:<28} {:<28} {:>7} {:<16} {:<14} HELD",
                 "TIME", "EVENT", "PROTO", "LOCAL", "REMOTE", "PID", "COMM", "ORIGIN"
             ),
-            Format::Csv => writeln!(self.out, "{}", export::CSV_HEADER),
+            Format::Csv => writeln!(self.out, "{}", export::csv_header()),
             Format::ChromeTrace => self.out.write_all(export::ChromeTrace::START.as_bytes()),
             Format::Jsonl => Ok(()),
         }
