@@ -305,6 +305,7 @@ impl Traced {
 
 /// Runs the live tracer until a signal or the deadline.
 pub async fn run(args: Args) -> Result<()> {
+    args.view.check()?;
     let Traced {
         kernel,
         mut ring,

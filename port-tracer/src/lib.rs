@@ -3,9 +3,9 @@
 //!
 //! The core is pure: [`event`] decodes kernel records, [`reorder`] restores timestamp order,
 //! [`lifetime`] turns events into lifetimes, [`filter`] selects, [`summary`] counts. Around it sit the edges:
-//! [`kernel`] (load, attach, maps), [`output`] (text, JSONL), [`trace_file`] (recorded traces),
-//! [`collector`] (the live loop), [`record`] (live to a trace file) and [`replay`] (a trace
-//! file through the same pipeline).
+//! [`kernel`] (load, attach, maps), [`output`] (text, JSONL, CSV, Parquet, Chrome trace),
+//! [`trace_file`] (recorded traces), [`collector`] (the live loop), [`record`] (live to a
+//! trace file) and [`replay`] (a trace file through the same pipeline).
 
 pub mod cli;
 pub mod clock;
