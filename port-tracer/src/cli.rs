@@ -48,11 +48,15 @@ pub enum Cmd {
     /// used up to its last complete block; the report then says where it stopped and how
     /// much it skipped, and exits with status 1.
     Report(ReportArgs),
-    /// Convert a recorded trace's lifetimes for other tools (JSONL, CSV, Chrome trace).
+    /// Convert a recorded trace's lifetimes for other tools (JSONL, CSV, Parquet, Chrome trace).
     ///
     /// `jsonl`: the live mode's records; `csv`: one row per lifetime with the JSONL field
-    /// names as columns; `chrome-trace`: Trace Event Format JSON for the Perfetto UI (a
-    /// track per port under its process, a slice per lifetime, TIME_WAIT inside it).
+    /// names as columns; `parquet`: the same rows and columns, typed (unsigned integers,
+    /// UTF-8 strings, null where unknown), for DuckDB, pandas or Spark, e.g.
+    /// `duckdb -c "select comm, count(*) from 'out.parquet' group by 1"` or pandas'
+    /// `pd.read_parquet("out.parquet")`; `chrome-trace`:
+    /// Trace Event Format JSON for the Perfetto UI (a track per port under its process, a
+    /// slice per lifetime, TIME_WAIT inside it).
     Export(ExportArgs),
 }
 
@@ -78,6 +82,7 @@ pub struct ExportArgs {
 pub enum ExportFormat {
     Jsonl,
     Csv,
+    Parquet,
     ChromeTrace,
 }
 
@@ -90,6 +95,7 @@ impl ExportArgs {
                 format: match self.format {
                     ExportFormat::Jsonl => Format::Jsonl,
                     ExportFormat::Csv => Format::Csv,
+                    ExportFormat::Parquet => Format::Parquet,
                     ExportFormat::ChromeTrace => Format::ChromeTrace,
                 },
                 output: Some(self.output.clone()),
@@ -159,7 +165,8 @@ pub struct ReportArgs {
 /// What is shown, and where.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ViewArgs {
-    /// Output format: `text` (aligned columns) or `jsonl` (JSON Lines, schema in README).
+    /// Output format: `text` (aligned columns), `jsonl` (JSON Lines, schema in README), or a
+    /// table of lifetimes for other tools (`parquet` needs --output).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
@@ -206,6 +213,17 @@ impl SocketFilterArgs {
             ..Filter::default()
         };
         (self.port.is_some() || self.proto.is_some() || self.netns.is_some()).then_some(f)
+    }
+}
+
+impl ViewArgs {
+    /// Refuses, before anything is traced or read, what cannot be written: Parquet is a
+    /// binary file, not something for a terminal or a pipe.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.format == Format::Parquet && self.output.is_none() {
+            anyhow::bail!("--format parquet writes a binary file: name it with --output FILE");
+        }
+        Ok(())
     }
 }
 
@@ -348,5 +366,32 @@ mod tests {
         let c = Cli::try_parse_from(["port-tracer", "report", "t.ptrace", "--format", "jsonl"])
             .unwrap();
         assert!(matches!(c.cmd, Some(Cmd::Report(r)) if r.view.format == Format::Jsonl));
+    }
+
+    #[test]
+    fn parquet_needs_an_output_file() {
+        let c = Cli::try_parse_from(["port-tracer", "--format", "parquet"]).unwrap();
+        let e = c.live.view.check().unwrap_err().to_string();
+        assert!(e.contains("--output"), "{e}");
+        let c =
+            Cli::try_parse_from(["port-tracer", "--format", "parquet", "-o", "x.parquet"]).unwrap();
+        assert!(c.live.view.check().is_ok());
+        let c = Cli::try_parse_from(["port-tracer", "export", "t.ptrace", "--format", "parquet"])
+            .unwrap_err();
+        assert!(c.to_string().contains("--output"), "{c}");
+        let c = Cli::try_parse_from([
+            "port-tracer",
+            "export",
+            "t.ptrace",
+            "--format",
+            "parquet",
+            "-o",
+            "x.parquet",
+        ])
+        .unwrap();
+        let Some(Cmd::Export(e)) = c.cmd else {
+            panic!("an export")
+        };
+        assert_eq!(e.as_report().view.format, Format::Parquet);
     }
 }

@@ -379,6 +379,7 @@ impl Traced {
 
 /// Runs the live tracer until a signal or the deadline.
 pub async fn run(args: Args) -> Result<()> {
+    args.view.check()?;
     // Before loading: a bad metrics address fails fast.
     let metrics_listener = match args.metrics {
         Some(addr) => Some(metrics::bind(addr).await?),

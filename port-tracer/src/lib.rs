@@ -3,11 +3,12 @@
 //!
 //! The core is pure: [`event`] decodes kernel records, [`reorder`] restores timestamp order,
 //! [`lifetime`] turns events into lifetimes, [`filter`] selects, [`summary`] counts and
-//! [`analysis`] finds churn, range occupancy, failures and anti-patterns. Around it sit the edges:
-//! [`kernel`] (load, attach, maps), [`output`] (text, JSONL), [`trace_file`] (recorded traces;
-//! [`trace_check`] reads any bytes as one, for the fuzzers and their regression test),
-//! [`collector`] (the live loop), [`record`] (live to a trace file) and [`replay`] (a trace
-//! file through the same pipeline); [`metrics`] serves live counts to Prometheus.
+//! [`analysis`] finds churn, range occupancy, failures and anti-patterns. Around it sit the
+//! edges: [`kernel`] (load, attach, maps), [`output`] (text, JSONL, CSV, Parquet, Chrome
+//! trace), [`trace_file`] (recorded traces; [`trace_check`] reads any bytes as one, for the
+//! fuzzers and their regression test), [`collector`] (the live loop), [`record`] (live to a
+//! trace file) and [`replay`] (a trace file through the same pipeline); [`metrics`] serves
+//! live counts to Prometheus.
 
 pub mod analysis;
 pub mod cli;

@@ -1,5 +1,6 @@
-//! Output edge: text for people, JSON Lines for machines. The JSONL schema is documented in
-//! the README; field names here are that schema.
+//! Output edge: text for people, JSON Lines for machines, and data files for other tools
+//! (CSV, Parquet, Chrome trace). The JSONL schema is documented in the README; field names
+//! here are that schema.
 
 use std::{
     fmt::Write as _,
@@ -7,8 +8,10 @@ use std::{
     net::IpAddr,
 };
 
+pub mod columns;
 mod export;
 mod jsonl;
+pub mod parquet;
 mod summary_text;
 
 use crate::{
@@ -25,6 +28,9 @@ pub enum Format {
     Jsonl,
     /// CSV: one row per lifetime, the JSONL lifetime fields as columns.
     Csv,
+    /// Parquet (needs --output): one row per lifetime, the JSONL lifetime fields as typed
+    /// columns, for DuckDB, pandas or Spark.
+    Parquet,
     /// Chrome Trace Event Format (opens in the Perfetto UI): a track per port under its
     /// process, a slice per lifetime, TIME_WAIT as a slice inside it.
     ChromeTrace,
@@ -109,6 +115,7 @@ pub struct Sink<W: Write> {
     header_done: bool,
     line: jsonl::Line,
     chrome: export::ChromeTrace,
+    parquet: parquet::ParquetTable,
 }
 
 impl<W: Write> Sink<W> {
@@ -120,6 +127,7 @@ impl<W: Write> Sink<W> {
             header_done: false,
             line: jsonl::Line(Vec::with_capacity(Self::BLOCK + 1024)),
             chrome: export::ChromeTrace::default(),
+            parquet: parquet::ParquetTable::new(parquet::ROW_GROUP_ROWS),
         }
     }
 
@@ -158,9 +166,9 @@ impl<W: Write> Sink<W> {
                 "{:<12} {:<13} {:<5} {:<28} {:<28} {:>7} {:<16} {:<14} HELD",
                 "TIME", "EVENT", "PROTO", "LOCAL", "REMOTE", "PID", "COMM", "ORIGIN"
             ),
-            Format::Csv => writeln!(self.out, "{}", export::CSV_HEADER),
+            Format::Csv => writeln!(self.out, "{}", export::csv_header()),
             Format::ChromeTrace => self.out.write_all(export::ChromeTrace::START.as_bytes()),
-            Format::Jsonl => Ok(()),
+            Format::Jsonl | Format::Parquet => Ok(()),
         }
     }
 
@@ -198,7 +206,7 @@ impl<W: Write> Sink<W> {
 
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         match self.format {
-            Format::Csv => Ok(()),
+            Format::Csv | Format::Parquet => Ok(()),
             Format::ChromeTrace => {
                 self.header()?;
                 let text = self.chrome.event(&self.clock, ev);
@@ -250,6 +258,7 @@ impl<W: Write> Sink<W> {
                 self.header()?;
                 self.out.write_all(export::csv_row(lt).as_bytes())
             }
+            Format::Parquet => self.parquet.push(lt, &mut self.out),
             Format::ChromeTrace => {
                 self.header()?;
                 let text = self.chrome.lifetime(&self.clock, lt);
@@ -308,6 +317,7 @@ impl<W: Write> Sink<W> {
             // Data files for other tools: no summary record (an empty run still gets its
             // header, or a valid empty array).
             Format::Csv => self.header(),
+            Format::Parquet => self.parquet.finish(&mut self.out),
             Format::ChromeTrace => {
                 self.header()?;
                 self.out.write_all(export::ChromeTrace::END.as_bytes())

@@ -16,6 +16,7 @@ use crate::{
 /// Reports a trace. A damaged trace is reported up to its last good block, then the
 /// damage is the error (non-zero exit).
 pub fn run(args: ReportArgs) -> Result<()> {
+    args.view.check()?;
     let path = &args.trace;
     let file = File::open(path).with_context(|| format!("cannot open trace {}", path.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);

@@ -164,3 +164,107 @@ fn bad_trace_files_are_refused_clearly() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A trace of no events in which one TCP listener held port 8443 from the start: what
+/// `export` turns into one lifetime, without root.
+fn trace_holding_one_listener(path: &std::path::Path) {
+    use port_tracer::{
+        event::{Comm, Endpoints, Family, Proto, Task},
+        lifetime::HeldAtStart,
+        trace_file::{Metadata, TraceWriter, RECORD_SIZE},
+    };
+    let meta = Metadata {
+        host: "h".into(),
+        kernel_release: "6.18.0".into(),
+        tier: "tracepoint".into(),
+        port_tracer_version: env!("CARGO_PKG_VERSION").into(),
+        record_size: RECORD_SIZE as u32,
+        lost_reasons: Vec::new(),
+        realtime_offset_ns: 0,
+        started_ns: 0,
+        port_ranges: Vec::new(),
+    };
+    let mut w = TraceWriter::new(std::fs::File::create(path).unwrap(), &meta).unwrap();
+    let held = HeldAtStart {
+        ends: Endpoints {
+            proto: Proto::Tcp,
+            family: Family::Ipv6,
+            netns: 1,
+            laddr: "::".parse().unwrap(),
+            lport: 8443,
+            raddr: "::".parse().unwrap(),
+            rport: 0,
+        },
+        owner: Task {
+            pid: 42,
+            comm: Comm::new("nginx"),
+            ..Default::default()
+        },
+        listening: true,
+    };
+    w.write_held(&[held]).unwrap();
+    w.finish(0).unwrap();
+}
+
+#[test]
+fn parquet_is_written_to_a_file_only() {
+    let dir = std::env::temp_dir().join(format!("port-tracer-cli-pq-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("held.ptrace");
+    trace_holding_one_listener(&trace);
+    let needs_file = "--format parquet writes a binary file: name it with --output FILE";
+
+    // Refused before anything is traced or read, in one line.
+    for args in [
+        vec!["--format", "parquet", "--duration", "1"],
+        vec!["report", trace.to_str().unwrap(), "--format", "parquet"],
+    ] {
+        let out = tracer().args(&args).output().unwrap();
+        assert_clean_error(&out, 1, needs_file);
+        assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+        assert!(out.stdout.is_empty());
+    }
+    let out = tracer()
+        .args(["export", trace.to_str().unwrap(), "--format", "parquet"])
+        .output()
+        .unwrap();
+    assert_clean_error(&out, 2, "--output");
+
+    let export = |to: &str| {
+        tracer()
+            .args(["export", trace.to_str().unwrap(), "--format", "parquet"])
+            .args(["--output", to])
+            .output()
+            .unwrap()
+    };
+    let out = export("/dev/full");
+    assert_clean_error(&out, 1, "writing to /dev/full: No space left on device");
+
+    let file = dir.join("held.parquet");
+    let out = export(file.to_str().unwrap());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(std::fs::File::open(&file).unwrap()).unwrap();
+    let rows: Vec<String> = reader
+        .get_row_iter(None)
+        .unwrap()
+        .map(|r| r.unwrap().to_string())
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    for field in [
+        "laddr: \"::\"",
+        "lport: 8443",
+        "pid: 42",
+        "comm: \"nginx\"",
+        "origin: \"preexisting\"",
+        "assigned_ns: null",
+        "released_ns: null",
+    ] {
+        assert!(rows[0].contains(field), "{field} in {}", rows[0]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -648,30 +648,6 @@ fn connect_variants_non_blocking_refused_and_bound_first() {
     assert_eq!(t.summary()["lost"]["total"], 0);
 }
 
-/// Runs `port-tracer record` to `path` (tier from PORT_TRACER_TEST_ATTACH, as the VM
-/// matrix sets it) until `workload` returns, then stops it with SIGINT.
-fn record_while<T>(path: &std::path::Path, workload: impl FnOnce() -> T) -> T {
-    record_with(path, &[], workload)
-}
-
-/// [`record_while`] with more arguments for `record`.
-fn record_with<T>(path: &std::path::Path, args: &[&str], workload: impl FnOnce() -> T) -> T {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_port-tracer"));
-    cmd.arg("record").arg("--output").arg(path).args(args);
-    if let Ok(tier) = std::env::var("PORT_TRACER_TEST_ATTACH") {
-        cmd.args(["--attach", &tier]);
-    }
-    let mut child = cmd
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start port-tracer record");
-    wait_until_tracing(&mut child);
-    let out = workload();
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    assert!(child.wait().unwrap().success());
-    out
-}
-
 fn report(args: &[&std::ffi::OsStr]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_port-tracer"))
         .arg("report")
@@ -680,39 +656,12 @@ fn report(args: &[&std::ffi::OsStr]) -> std::process::Output {
         .expect("run port-tracer report")
 }
 
-/// Runs `port-tracer export TRACE --format FORMAT --output OUT` and returns what it wrote.
-fn export(trace: &std::path::Path, format: &str, out: &std::path::Path) -> String {
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_port-tracer"))
-        .arg("export")
-        .arg(trace)
-        .args(["--format", format, "--output"])
-        .arg(out)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    std::fs::read_to_string(out).unwrap()
-}
-
 #[test]
 fn record_then_report_has_every_port() {
     require_root!();
     let path = std::env::temp_dir().join(format!("port-tracer-test-{}.ptrace", my_pid()));
     let (server, client, udp) = record_while(&path, || {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let server = port_of(l.local_addr().unwrap());
-        let c = TcpStream::connect(("127.0.0.1", server)).unwrap();
-        let client = port_of(c.local_addr().unwrap());
-        let (a, _) = l.accept().unwrap();
-        reset_close(c);
-        drop(a);
-        drop(l);
-        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let udp = port_of(u.local_addr().unwrap());
-        drop(u);
+        let (server, client, udp) = listener_client_udp();
         // Many more, so that the trace spans several blocks.
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         for _ in 0..2000 {
@@ -767,7 +716,8 @@ fn record_then_report_has_every_port() {
 
     // Exports: every port in the CSV, and the Chrome trace is one JSON array with slices.
     let csv = path.with_extension("csv");
-    let text = export(&path, "csv", &csv);
+    export(&path, "csv", &csv);
+    let text = std::fs::read_to_string(&csv).unwrap();
     let mut rows = text.lines();
     let header: Vec<&str> = rows.next().unwrap().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
@@ -786,8 +736,9 @@ fn record_then_report_has_every_port() {
         .iter()
         .any(|r| r[col("proto")] == "udp" && r[col("lport")] == udp.to_string()));
     let chrome = path.with_extension("json");
+    export(&path, "chrome-trace", &chrome);
     let v: serde_json::Value =
-        serde_json::from_str(&export(&path, "chrome-trace", &chrome)).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(&chrome).unwrap()).unwrap();
     let slices = v
         .as_array()
         .unwrap()

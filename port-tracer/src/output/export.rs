@@ -7,11 +7,17 @@ use std::{collections::HashSet, fmt::Write as _};
 use crate::{
     event::{Event, Kind},
     lifetime::Lifetime,
-    output::{errno_name, WallClock},
+    output::{
+        columns::{Value, LIFETIME_COLUMNS},
+        errno_name, WallClock,
+    },
 };
 
-/// CSV columns: the lifetime fields of the JSONL schema, in its order.
-pub const CSV_HEADER: &str = "proto,family,laddr,lport,raddr,rport,netns,pid,tid,uid,comm,cgroup_id,origin,sock_id,assigned_ns,released_ns,duration_ns,time_wait_start_ns,time_wait_ns,lossy";
+/// The CSV header line: the lifetime table's column names.
+pub fn csv_header() -> String {
+    let names: Vec<&str> = LIFETIME_COLUMNS.iter().map(|c| c.name).collect();
+    names.join(",")
+}
 
 /// A CSV field: quoted when it holds a comma, a quote or a line break (RFC 4180).
 fn csv_field(s: &str) -> String {
@@ -22,37 +28,26 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-fn opt(v: Option<u64>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_default()
-}
-
-/// One CSV row (with its line break) for a lifetime.
+/// One CSV row (with its line break) for a lifetime; unknown values are empty fields.
 pub fn csv_row(lt: &Lifetime) -> String {
-    let e = &lt.ends;
-    let t = &lt.owner;
-    format!(
-        "{},{},{},{},{},{},{},{},{},{},{},{},{},{:#x},{},{},{},{},{},{}\n",
-        e.proto.as_str(),
-        e.family.as_str(),
-        e.laddr,
-        e.lport,
-        e.raddr,
-        e.rport,
-        e.netns,
-        t.pid,
-        t.tid,
-        t.uid,
-        csv_field(&t.comm.as_str()),
-        t.cgroup_id,
-        lt.origin.as_str(),
-        lt.sock_id,
-        opt(lt.assigned_ns),
-        opt(lt.released_ns),
-        opt(lt.duration_ns()),
-        opt(lt.time_wait_ns_start),
-        opt(lt.time_wait_ns()),
-        lt.lossy,
-    )
+    let mut row = String::new();
+    for (i, column) in LIFETIME_COLUMNS.iter().enumerate() {
+        if i > 0 {
+            row.push(',');
+        }
+        match (column.value)(lt) {
+            Value::Text(s) => row.push_str(&csv_field(&s)),
+            Value::Uint(v) => {
+                let _ = write!(row, "{v}");
+            }
+            Value::Null => {}
+            Value::Bool(b) => {
+                let _ = write!(row, "{b}");
+            }
+        }
+    }
+    row.push('\n');
+    row
 }
 
 /// Trace Event Format records, written as the elements of one JSON array.
@@ -225,7 +220,10 @@ mod tests {
             row,
             "tcp,ipv4,127.0.0.1,40000,127.0.0.1,80,7,9,10,0,\"a,\"\"b\",0,connect,0x10,1000,5000,4000,3000,2000,false\n"
         );
-        assert_eq!(CSV_HEADER.split(',').count(), 20);
+        assert_eq!(
+            csv_header(),
+            "proto,family,laddr,lport,raddr,rport,netns,pid,tid,uid,comm,cgroup_id,origin,sock_id,assigned_ns,released_ns,duration_ns,time_wait_start_ns,time_wait_ns,lossy"
+        );
         let open = Lifetime {
             released_ns: None,
             ..lt()

@@ -6,7 +6,7 @@ use std::{
     io::{BufRead, BufReader},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
@@ -324,6 +324,64 @@ pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     f()
+}
+
+/// A TCP listener on an ephemeral port (bind 0 + listen), a client connected to it and
+/// accepted (the client reset, so no TIME_WAIT), and a UDP socket bound to port 0, all
+/// closed again; their ports (listener, client, udp) from getsockname.
+pub fn listener_client_udp() -> (u16, u16, u16) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = port_of(l.local_addr().unwrap());
+    let c = TcpStream::connect(("127.0.0.1", listener)).unwrap();
+    let client = port_of(c.local_addr().unwrap());
+    let (a, _) = l.accept().unwrap();
+    reset_close(c);
+    drop((a, l));
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp = port_of(u.local_addr().unwrap());
+    drop(u);
+    (listener, client, udp)
+}
+
+/// Runs `port-tracer record` to `path` (tier from PORT_TRACER_TEST_ATTACH, as the VM
+/// matrix sets it) until `workload` returns, then stops it with SIGINT.
+pub fn record_while<T>(path: &Path, workload: impl FnOnce() -> T) -> T {
+    record_with(path, &[], workload)
+}
+
+/// [`record_while`] with more arguments for `record`.
+pub fn record_with<T>(path: &Path, args: &[&str], workload: impl FnOnce() -> T) -> T {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_port-tracer"));
+    cmd.arg("record").arg("--output").arg(path).args(args);
+    if let Ok(tier) = std::env::var("PORT_TRACER_TEST_ATTACH") {
+        cmd.args(["--attach", &tier]);
+    }
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start port-tracer record");
+    wait_until_tracing(&mut child);
+    let out = workload();
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert!(child.wait().unwrap().success());
+    out
+}
+
+/// Runs `port-tracer export TRACE --format FORMAT --output OUT`, failing the test with its
+/// stderr when it fails.
+pub fn export(trace: &Path, format: &str, out: &Path) {
+    let run = Command::new(env!("CARGO_BIN_EXE_port-tracer"))
+        .arg("export")
+        .arg(trace)
+        .args(["--format", format, "--output"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
 }
 
 /// Runs a Python script with the readers `cargo xtask setup` installs (pyarrow, DuckDB,

@@ -1,0 +1,230 @@
+//! Parquet: the lifetime table of [`super::columns`] (one row per lifetime, the JSONL
+//! lifetime fields as columns), through the parquet crate's low-level column writer.
+//!
+//! Rows are buffered column by column and written as a row group every
+//! [`ROW_GROUP_ROWS`], so memory stays bounded however long the trace. The parquet writer
+//! writes into a byte buffer that is handed to the real output after each row group: its
+//! errors are then plain I/O errors of that output, and the writer never owns it.
+
+use std::{
+    io::{self, Write},
+    sync::Arc,
+};
+
+use ::parquet::{
+    basic::{LogicalType, Repetition, Type as PhysicalType},
+    data_type::{BoolType, ByteArray, ByteArrayType, Int32Type, Int64Type},
+    errors::ParquetError,
+    file::{properties::WriterProperties, writer::SerializedFileWriter},
+    schema::types::Type,
+};
+
+use crate::{
+    lifetime::Lifetime,
+    output::columns::{ColumnType, Value, LIFETIME_COLUMNS},
+};
+
+/// Rows per row group: groups large enough for readers to scan efficiently, while the cells
+/// buffered for one (some 530 bytes a row, mostly the text cells) stay near 35 MB.
+pub const ROW_GROUP_ROWS: usize = 1 << 16;
+
+/// One column's cells of the current row group, in its Parquet physical type (unsigned
+/// values keep their bits; their logical type says they are unsigned).
+enum Cells {
+    Text(Vec<ByteArray>),
+    Int32(Vec<i32>),
+    /// `defs` (1 present, 0 null) for nullable columns; `values` holds only those present.
+    Int64 {
+        values: Vec<i64>,
+        defs: Option<Vec<i16>>,
+    },
+    Bool(Vec<bool>),
+}
+
+impl Cells {
+    fn new(ty: ColumnType) -> Self {
+        match ty {
+            ColumnType::Text => Cells::Text(Vec::new()),
+            ColumnType::U16 | ColumnType::U32 => Cells::Int32(Vec::new()),
+            ColumnType::U64 => Cells::Int64 {
+                values: Vec::new(),
+                defs: None,
+            },
+            ColumnType::OptionalU64 => Cells::Int64 {
+                values: Vec::new(),
+                defs: Some(Vec::new()),
+            },
+            ColumnType::Bool => Cells::Bool(Vec::new()),
+        }
+    }
+
+    fn push(&mut self, value: Value) {
+        match (self, value) {
+            (Cells::Text(v), Value::Text(s)) => v.push(s.into_owned().into_bytes().into()),
+            (Cells::Int32(v), Value::Uint(x)) => v.push(x as u32 as i32),
+            (Cells::Int64 { values, defs }, Value::Uint(x)) => {
+                values.push(x as i64);
+                if let Some(defs) = defs {
+                    defs.push(1);
+                }
+            }
+            (
+                Cells::Int64 {
+                    defs: Some(defs), ..
+                },
+                Value::Null,
+            ) => defs.push(0),
+            (Cells::Bool(v), Value::Bool(b)) => v.push(b),
+            (_, value) => unreachable!("{value:?} does not fit its column's declared type"),
+        }
+    }
+
+    fn clear(&mut self) {
+        match self {
+            Cells::Text(v) => v.clear(),
+            Cells::Int32(v) => v.clear(),
+            Cells::Int64 { values, defs } => {
+                values.clear();
+                if let Some(defs) = defs {
+                    defs.clear();
+                }
+            }
+            Cells::Bool(v) => v.clear(),
+        }
+    }
+}
+
+/// The Parquet type of a column.
+fn field(name: &str, ty: ColumnType) -> Result<Type, ParquetError> {
+    let (physical, logical) = match ty {
+        ColumnType::Text => (PhysicalType::BYTE_ARRAY, Some(LogicalType::String)),
+        ColumnType::U16 => (PhysicalType::INT32, Some(LogicalType::integer(16, false))),
+        ColumnType::U32 => (PhysicalType::INT32, Some(LogicalType::integer(32, false))),
+        ColumnType::U64 | ColumnType::OptionalU64 => {
+            (PhysicalType::INT64, Some(LogicalType::integer(64, false)))
+        }
+        ColumnType::Bool => (PhysicalType::BOOLEAN, None),
+    };
+    let repetition = if ty == ColumnType::OptionalU64 {
+        Repetition::OPTIONAL
+    } else {
+        Repetition::REQUIRED
+    };
+    Type::primitive_type_builder(name, physical)
+        .with_repetition(repetition)
+        .with_logical_type(logical)
+        .build()
+}
+
+/// The schema: a message of the lifetime columns.
+fn schema() -> Result<Type, ParquetError> {
+    let fields = LIFETIME_COLUMNS
+        .iter()
+        .map(|c| field(c.name, c.ty).map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    Type::group_type_builder("lifetime")
+        .with_fields(fields)
+        .build()
+}
+
+/// Lifetimes on their way to a Parquet file.
+pub struct ParquetTable {
+    max_rows: usize,
+    rows: usize,
+    cells: Vec<Cells>,
+    /// Started with the first row group (or at the end of an empty run).
+    writer: Option<SerializedFileWriter<Vec<u8>>>,
+    finished: bool,
+}
+
+impl ParquetTable {
+    /// A table that writes a row group every `max_rows` rows (at least one).
+    pub fn new(max_rows: usize) -> Self {
+        ParquetTable {
+            max_rows: max_rows.max(1),
+            rows: 0,
+            cells: LIFETIME_COLUMNS.iter().map(|c| Cells::new(c.ty)).collect(),
+            writer: None,
+            finished: false,
+        }
+    }
+
+    /// Adds a lifetime's row; writes the row group to `out` when it is full.
+    pub fn push(&mut self, lt: &Lifetime, out: &mut impl Write) -> io::Result<()> {
+        for (column, cells) in LIFETIME_COLUMNS.iter().zip(&mut self.cells) {
+            cells.push((column.value)(lt));
+        }
+        self.rows += 1;
+        if self.rows >= self.max_rows {
+            self.write_row_group(out)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the rows left and the footer. Only the first call writes.
+    pub fn finish(&mut self, out: &mut impl Write) -> io::Result<()> {
+        if self.finished {
+            return Ok(());
+        }
+        self.finished = true;
+        if self.rows > 0 {
+            self.write_row_group(out)?;
+        }
+        let writer = started(&mut self.writer)?;
+        writer.finish()?;
+        hand_over(writer, out)
+    }
+
+    fn write_row_group(&mut self, out: &mut impl Write) -> io::Result<()> {
+        let writer = started(&mut self.writer)?;
+        let mut group = writer.next_row_group()?;
+        for cells in &mut self.cells {
+            let mut column = group
+                .next_column()?
+                .ok_or_else(|| io::Error::other("parquet schema has fewer columns than rows"))?;
+            match cells {
+                Cells::Text(v) => column.typed::<ByteArrayType>().write_batch(v, None, None),
+                Cells::Int32(v) => column.typed::<Int32Type>().write_batch(v, None, None),
+                Cells::Int64 { values, defs } => {
+                    column
+                        .typed::<Int64Type>()
+                        .write_batch(values, defs.as_deref(), None)
+                }
+                Cells::Bool(v) => column.typed::<BoolType>().write_batch(v, None, None),
+            }?;
+            column.close()?;
+            cells.clear();
+        }
+        group.close()?;
+        self.rows = 0;
+        hand_over(writer, out)
+    }
+}
+
+/// The file writer, started on first use.
+fn started(
+    writer: &mut Option<SerializedFileWriter<Vec<u8>>>,
+) -> io::Result<&mut SerializedFileWriter<Vec<u8>>> {
+    let w = match writer.take() {
+        Some(w) => w,
+        None => SerializedFileWriter::new(
+            Vec::new(),
+            Arc::new(schema()?),
+            Arc::new(WriterProperties::builder().build()),
+        )?,
+    };
+    Ok(writer.insert(w))
+}
+
+/// Moves what the writer produced so far to `out`. Taking bytes out of its buffer leaves
+/// its own count of bytes written, which the footer's offsets come from, untouched.
+fn hand_over(writer: &mut SerializedFileWriter<Vec<u8>>, out: &mut impl Write) -> io::Result<()> {
+    writer.flush()?;
+    let bytes = writer.inner_mut();
+    out.write_all(bytes)?;
+    bytes.clear();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
