@@ -648,6 +648,29 @@ fn connect_variants_non_blocking_refused_and_bound_first() {
     assert_eq!(t.summary()["lost"]["total"], 0);
 }
 
+/// `report TRACE --format jsonl --pid <this process>`, which must succeed.
+fn my_report(path: &std::path::Path) -> Trace {
+    let pid = my_pid().to_string();
+    let out = report(&[
+        path.as_os_str(),
+        "--format".as_ref(),
+        "jsonl".as_ref(),
+        "--pid".as_ref(),
+        pid.as_ref(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Trace {
+        records: String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+    }
+}
+
 fn report(args: &[&std::ffi::OsStr]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_port-tracer"))
         .arg("report")
@@ -673,24 +696,7 @@ fn record_then_report_has_every_port() {
         (server, client, udp)
     });
     let pid = my_pid().to_string();
-    let out = report(&[
-        path.as_os_str(),
-        "--format".as_ref(),
-        "jsonl".as_ref(),
-        "--pid".as_ref(),
-        pid.as_ref(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let t = Trace {
-        records: String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect(),
-    };
+    let t = my_report(&path);
     // The 2000 later connections may reuse the client's port (towards another listener).
     let to_server: Vec<_> = t
         .lifetimes("tcp", client)
@@ -848,20 +854,8 @@ fn report_finds_exhaustion_its_failure_and_bind_before_connect() {
     });
     assert_eq!(held, (40000..40010).collect::<Vec<u16>>());
     let pid = my_pid().to_string();
-    let out = report(&[
-        path.as_os_str(),
-        "--format".as_ref(),
-        "jsonl".as_ref(),
-        "--pid".as_ref(),
-        pid.as_ref(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let t = my_report(&path);
+    let summary = t.summary();
 
     // The exhausted range: read from inside its namespace, full at the peak, held by us.
     let groups = summary["occupancy"].as_array().unwrap();
@@ -942,25 +936,7 @@ fn record_keeps_only_the_sockets_its_filters_select() {
         let udp = port_of(u.local_addr().unwrap());
         (tcp, udp)
     });
-    let pid = my_pid().to_string();
-    let out = report(&[
-        path.as_os_str(),
-        "--format".as_ref(),
-        "jsonl".as_ref(),
-        "--pid".as_ref(),
-        pid.as_ref(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let t = Trace {
-        records: String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect(),
-    };
+    let t = my_report(&path);
     assert_eq!(t.lifetime("udp", udp)["origin"], "bind_ephemeral");
     assert!(t.lifetimes("tcp", tcp).is_empty(), "TCP was not recorded");
     assert!(t.of_type("lifetime").all(|l| l["proto"] == "udp"));
