@@ -452,7 +452,7 @@ pub(crate) fn held_ranges(finder: &mut RangeFinder, held: &[HeldAtStart]) -> Vec
         held.iter()
             .map(|h| (h.ends.netns, h.owner.pid, h.owner.tid)),
     ) {
-        out.extend(finder.find(netns, pid, tid));
+        out.extend(finder.find_anywhere(netns, pid, tid));
     }
     out
 }

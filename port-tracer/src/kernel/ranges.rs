@@ -1,7 +1,7 @@
 //! Each network namespace's ephemeral port range, read from inside it: the sysctls under
 //! /proc/sys/net are those of the reading thread's namespace.
 
-use std::{collections::HashSet, io, os::fd::AsRawFd, os::unix::fs::MetadataExt, path::PathBuf};
+use std::{collections::HashSet, os::fd::AsRawFd, os::unix::fs::MetadataExt, path::PathBuf};
 
 use crate::port_range::PortRange;
 
@@ -30,19 +30,19 @@ pub fn own() -> Option<PortRange> {
 
 /// The range of the namespace `path` opens, if it is `netns`.
 fn read_in(netns: u32, path: PathBuf) -> Option<PortRange> {
+    let file = std::fs::File::open(&path).ok()?;
+    if file.metadata().ok()?.ino() as u32 != netns {
+        return None;
+    }
     // setns() changes only the calling thread: do it in a thread of its own.
-    std::thread::spawn(move || -> io::Result<Option<PortRange>> {
-        let file = std::fs::File::open(&path)?;
-        if file.metadata()?.ino() as u32 != netns {
-            return Ok(None);
-        }
+    std::thread::spawn(move || {
+        // SAFETY: a valid namespace fd; only this short-lived thread moves.
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
+            return None;
         }
-        Ok(read_here(netns))
+        read_here(netns)
     })
     .join()
-    .ok()?
     .ok()?
 }
 
@@ -68,21 +68,41 @@ impl RangeFinder {
     }
 
     /// The range of `netns`, where thread `pid`/`tid` was when it made an event; None when
-    /// already looked for, or not found (the namespace is gone, or nothing opens it).
+    /// already looked for, or not found (the thread left or ended, and no /run/netns name
+    /// opens it). Cheap enough for the collector's loop: no scan of every process.
     pub fn find(&mut self, netns: u32, pid: u32, tid: u32) -> Option<PortRange> {
+        self.find_in(netns, pid, tid, false)
+    }
+
+    /// [`RangeFinder::find`], falling back to a scan of every thread (at start only: it
+    /// reads all of /proc).
+    pub fn find_anywhere(&mut self, netns: u32, pid: u32, tid: u32) -> Option<PortRange> {
+        self.find_in(netns, pid, tid, true)
+    }
+
+    fn find_in(&mut self, netns: u32, pid: u32, tid: u32, scan: bool) -> Option<PortRange> {
         if !self.tried.insert(netns) {
             return None;
         }
         if Some(netns) == self.own {
             return own();
         }
+        let mut paths = Vec::new();
         if pid != 0 {
-            let path = PathBuf::from(format!("/proc/{pid}/task/{tid}/ns/net"));
+            paths.push(PathBuf::from(format!("/proc/{pid}/task/{tid}/ns/net")));
+            paths.push(PathBuf::from(format!("/proc/{pid}/ns/net")));
+        }
+        let named = std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten();
+        paths.extend(named.map(|e| e.path()));
+        for path in paths {
             if let Some(r) = read_in(netns, path) {
                 return Some(r);
             }
         }
-        let path = held::namespaces().remove(&netns)?;
+        let path = scan.then(|| held::namespaces().remove(&netns)).flatten()?;
         read_in(netns, path)
     }
 }
