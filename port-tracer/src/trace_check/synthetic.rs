@@ -145,8 +145,9 @@ pub fn synthesize(data: &[u8]) -> (Vec<u8>, ReplayLimits) {
     // Writes go to memory: they cannot fail.
     let mut w = TraceWriter::new(&mut out, &metadata()).expect("writing to memory");
     let mut clock = 1_000_000_000u64;
+    let end_ns = u64::from(d.byte()) << 32;
     while !d.0.is_empty() {
-        match d.byte() % 8 {
+        match d.byte() % 9 {
             0..=4 => w.push_record(&record(&mut d, &mut clock)),
             5 => w.write_events().expect("writing to memory"),
             6 => {
@@ -158,6 +159,17 @@ pub fn synthesize(data: &[u8]) -> (Vec<u8>, ReplayLimits) {
                     .collect();
                 w.write_lost(&counts).expect("writing to memory");
             }
+            7 => {
+                // Namespace 1's range arrives mid-trace; sometimes a tiny one, filled at once.
+                let (low, span) = (40000 + u16::from(d.byte()), u16::from(d.byte() % 8));
+                let range = PortRange {
+                    netns: 1,
+                    low,
+                    high: low + span,
+                    reserved: format!("{low}"),
+                };
+                w.write_ranges(&[range]).expect("writing to memory");
+            }
             _ => {
                 let held: Vec<HeldAtStart> =
                     (0..1 + d.byte() % 3).map(|_| held_socket(&mut d)).collect();
@@ -166,8 +178,7 @@ pub fn synthesize(data: &[u8]) -> (Vec<u8>, ReplayLimits) {
         }
     }
     if ends_cleanly {
-        w.finish(u64::from(d.byte()) << 32)
-            .expect("writing to memory");
+        w.finish(end_ns).expect("writing to memory");
     } else {
         w.write_events().expect("writing to memory");
     }
