@@ -494,8 +494,18 @@ impl Tracker {
     fn release_time_wait(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
         let tw = ev.sock_id;
         if !self.by_tw.contains_key(&tw) {
-            // A TIME_WAIT socket from before the start (or missed): it ends now.
+            // A TIME_WAIT socket from before the start (or missed). A cancel may be a
+            // re-arm, or the timer's own expiry (which cancels, then runs the handler):
+            // decided as for any TIME_WAIT socket, so its final release is not a second,
+            // unmatched one.
             let lt = self.unseen(ev);
+            if ev.tw_cancel {
+                let id = self.open(lt, emit);
+                self.by_tw.insert(tw, id);
+                self.pending_cancel.insert(tw, *ev);
+                self.cancel_queue.push_back((ev.ts_ns, tw));
+                return;
+            }
             let id = self.insert(lt);
             self.end_time_wait(id, ev, emit);
             return;

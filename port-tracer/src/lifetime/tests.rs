@@ -361,6 +361,37 @@ fn time_wait_held_at_start_ends_as_a_preexisting_lifetime() {
 }
 
 #[test]
+fn time_wait_held_at_start_expiring_is_one_release() {
+    // At expiry the kernel cancels the timer, then runs its handler: two events.
+    let mut t = Tracker::new();
+    let cancel = E::tw_end(9, 0xb, 40000, 80, true);
+    let expire = E::tw_end(10, 0xb, 40000, 80, false);
+    t.set_held_at_start([HeldAtStart {
+        ends: expire.0.ends,
+        owner: Task::default(),
+        listening: false,
+    }]);
+    let (_, lts) = run(&mut t, &[cancel, expire]);
+    assert_eq!(lts.len(), 1, "{lts:?}");
+    assert_eq!(
+        (lts[0].origin, lts[0].released_ns),
+        (Origin::Preexisting, Some(10))
+    );
+    assert_eq!(t.counters.unmatched, 0);
+    // A cancel alone (the socket killed early) ends it after the re-arm grace.
+    let mut t = Tracker::new();
+    t.set_held_at_start([HeldAtStart {
+        ends: cancel.0.ends,
+        owner: Task::default(),
+        listening: false,
+    }]);
+    let (_, lts) = run(&mut t, &[cancel]);
+    assert_eq!(lts.len(), 1, "{lts:?}");
+    assert_eq!(lts[0].released_ns, Some(9));
+    assert_eq!(t.counters.unmatched, 0);
+}
+
+#[test]
 fn new_port_on_a_socket_without_release_flags_the_old_lifetime() {
     let mut t = Tracker::new();
     let (_, lts) = run(
