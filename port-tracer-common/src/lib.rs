@@ -69,6 +69,12 @@ pub mod flags {
     pub const TW_CANCEL: u8 = 1 << 1;
     /// Assign of a socket that already had its port: carries the remote endpoint only.
     pub const REMOTE_UPDATE: u8 = 1 << 2;
+    /// TIME_WAIT timer armed (tracepoint tier): the program told a re-arm from a first arm,
+    /// and [`TW_REARM`] says which. Traces written before it existed lack both bits.
+    pub const TW_ARM_KNOWN: u8 = 1 << 3;
+    /// With [`TW_ARM_KNOWN`]: the timer was re-armed (its cancel came just before, on the
+    /// same CPU, inside one `mod_timer`); without: a new TIME_WAIT socket's first arm.
+    pub const TW_REARM: u8 = 1 << 4;
 }
 
 /// Indices of the per-CPU `LOST` counter array: one per place that can drop an event.
@@ -126,10 +132,17 @@ pub struct PortEvent {
     pub errno: i32,
     pub flags: u8,
     pub _pad: [u8; 3],
+    /// The process's name: its thread group leader's `comm`, as `ps` and /proc/PID/comm
+    /// show it.
     pub comm: [u8; COMM_LEN],
+    /// The name of the thread that triggered the event (threads may name themselves).
+    pub thread: [u8; COMM_LEN],
 }
 
-const _: () = assert!(core::mem::size_of::<PortEvent>() == 104);
+const _: () = assert!(core::mem::size_of::<PortEvent>() == 120);
+
+/// Size of a record before `thread` was added (trace format version 1).
+pub const PORT_EVENT_V1_SIZE: usize = 104;
 
 impl PortEvent {
     pub const fn zeroed() -> Self {
@@ -153,6 +166,7 @@ impl PortEvent {
             flags: 0,
             _pad: [0; 3],
             comm: [0; COMM_LEN],
+            thread: [0; COMM_LEN],
         }
     }
 }
@@ -192,11 +206,14 @@ pub struct KernelOffsets {
     pub tw_timer: u32,
     /// sock_common.skc_state (a byte).
     pub skc_state: u32,
+    // task_struct.group_leader and task_struct.comm: the process's name
+    pub task_group_leader: u32,
+    pub task_comm: u32,
     /// Address of `tw_timer_handler`, the TIME_WAIT timer's callback.
     pub tw_timer_handler: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 104);
 
 /// Settings of the kernel programs, set by userspace before load.
 #[repr(C)]

@@ -5,7 +5,7 @@ use aya_ebpf::helpers::{
     bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel,
     generated::bpf_get_current_task,
 };
-use port_tracer_common::{EventKind, Origin, PortEvent, AF_INET, AF_INET6};
+use port_tracer_common::{EventKind, Origin, PortEvent, AF_INET, AF_INET6, COMM_LEN};
 
 /// Reads the offset field `$f` of the global `OFFSETS`.
 macro_rules! off {
@@ -27,6 +27,21 @@ pub fn tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
+/// The current process's name (its thread group leader's `comm`, what `ps` shows) and the
+/// current thread's. A thread's own name says little to someone looking for a process.
+#[inline(always)]
+pub fn current_names(pid: u32, tid: u32) -> ([u8; COMM_LEN], [u8; COMM_LEN]) {
+    let thread = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    if pid == tid {
+        return (thread, thread);
+    }
+    let task = unsafe { bpf_get_current_task() };
+    let process = read::<u64>(task, off!(task_group_leader))
+        .and_then(|leader| read::<[u8; COMM_LEN]>(leader, off!(task_comm)))
+        .unwrap_or(thread);
+    (process, thread)
+}
+
 /// Timestamp and the current task's identity.
 #[inline(always)]
 pub fn fill_task(ev: &mut PortEvent) {
@@ -36,9 +51,7 @@ pub fn fill_task(ev: &mut PortEvent) {
     ev.tid = pid_tgid as u32;
     ev.uid = bpf_get_current_uid_gid() as u32;
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    if let Ok(comm) = bpf_get_current_comm() {
-        ev.comm = comm;
-    }
+    (ev.comm, ev.thread) = current_names(ev.pid, ev.tid);
 }
 
 /// Family of the socket at `sk`.

@@ -46,6 +46,11 @@ static SYSCALLS: HashMap<u32, syscalls::Pending> = HashMap::with_max_entries(163
 #[map]
 static CONNECTING: HashMap<u64, tcp_state::Connecting> = HashMap::with_max_entries(65536, 0);
 
+/// Per CPU: the TIME_WAIT timer whose cancel was this CPU's last timer event (0: none), to
+/// tell a re-arm from a first arm (see `time_wait`).
+#[map]
+static TW_CANCELLED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Threads inside bind() (fentry and kprobe tiers), to tell bind(0) from autobind.
 #[map]
 static BINDING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);

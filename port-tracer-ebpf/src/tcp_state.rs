@@ -7,8 +7,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_ns,
     },
     macros::raw_tracepoint,
     programs::RawTracePointContext,
@@ -17,7 +17,7 @@ use port_tracer_common::{flags, lost, EventKind, Origin, PortEvent, IPPROTO_TCP}
 
 use crate::{
     emit::{count_lost, emit},
-    kernel::{fill_event, fill_sock, off, read, sock_num, sock_protocol},
+    kernel::{current_names, fill_event, fill_sock, off, read, sock_num, sock_protocol},
     CONNECTING,
 };
 
@@ -38,10 +38,12 @@ pub struct Connecting {
     /// The socket was bound before connect: no new port, only the remote endpoint.
     pub had_port: u16,
     pub _pad: u16,
+    /// The process's name and the thread's (see `kernel::current_names`).
     pub comm: [u8; 16],
+    pub thread: [u8; 16],
 }
 
-const _: () = assert!(core::mem::size_of::<Connecting>() == 48);
+const _: () = assert!(core::mem::size_of::<Connecting>() == 64);
 
 /// The local port in `inet_sport` (host order): still set after the port was put back.
 #[inline(always)]
@@ -119,6 +121,7 @@ pub fn fill_connecting(ev: &mut PortEvent, sk: u64, c: &Connecting) -> Result<()
     ev.tid = c.tid;
     ev.uid = c.uid;
     ev.comm = c.comm;
+    ev.thread = c.thread;
     ev.origin = Origin::Connect as u8;
     ev.proto = IPPROTO_TCP;
     Ok(())
@@ -135,15 +138,18 @@ pub fn start_connect(sk: u64) {
 #[inline(always)]
 fn try_start_connect(sk: u64) -> Result<(), i32> {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let (pid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let (comm, thread) = current_names(pid, tid);
     let c = Connecting {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
+        pid,
+        tid,
         uid: bpf_get_current_uid_gid() as u32,
         had_port: (sock_num(sk)? != 0) as u16,
         _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm,
+        thread,
     };
     if CONNECTING.insert(sk, c, 0).is_err() {
         count_lost(lost::MAP_FULL);

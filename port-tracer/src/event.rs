@@ -146,7 +146,11 @@ pub struct Task {
     pub tid: u32,
     pub uid: u32,
     pub cgroup_id: u64,
+    /// The process's name (its thread group leader's, as `ps` and /proc/PID/comm show).
     pub comm: Comm,
+    /// The thread's own name (empty when not known: sockets held at start, traces
+    /// recorded before it was traced).
+    pub thread: Comm,
 }
 
 impl Task {
@@ -191,6 +195,9 @@ pub struct Event {
     pub time_wait_sock: bool,
     /// Release of a TIME_WAIT socket by timer cancellation (maybe a re-arm).
     pub tw_cancel: bool,
+    /// TIME_WAIT timer armed: `Some(true)` a re-arm of the same socket, `Some(false)` a new
+    /// TIME_WAIT socket; `None` when the source does not say (other tiers, older traces).
+    pub tw_rearm: Option<bool>,
     pub ends: Endpoints,
     pub origin: Origin,
     pub errno: i32,
@@ -279,6 +286,8 @@ impl Event {
             sock_id: raw.sock_id,
             time_wait_sock: raw.flags & flags::TIME_WAIT_SOCK != 0,
             tw_cancel: raw.flags & flags::TW_CANCEL != 0,
+            tw_rearm: (raw.flags & flags::TW_ARM_KNOWN != 0)
+                .then_some(raw.flags & flags::TW_REARM != 0),
             ends: Endpoints {
                 proto,
                 family,
@@ -296,6 +305,7 @@ impl Event {
                 uid: raw.uid,
                 cgroup_id: raw.cgroup_id,
                 comm: Comm(raw.comm),
+                thread: Comm(raw.thread),
             },
         })
     }
@@ -316,7 +326,7 @@ mod tests {
         raw.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         raw.lport = 40000;
         raw.comm[..4].copy_from_slice(b"curl");
-        let bytes: [u8; 104] = unsafe { std::mem::transmute(raw) };
+        let bytes: [u8; RECORD_SIZE] = unsafe { std::mem::transmute(raw) };
         let ev = Event::decode(&bytes).unwrap();
         assert_eq!(ev.kind, Kind::Assign);
         assert_eq!(ev.origin, Origin::Connect);
@@ -330,12 +340,12 @@ mod tests {
         assert_eq!(Event::decode(&[0u8; 10]), Err(DecodeError::Size(10)));
         let mut raw = PortEvent::zeroed();
         raw.kind = 9;
-        let bytes: [u8; 104] = unsafe { std::mem::transmute(raw) };
+        let bytes: [u8; RECORD_SIZE] = unsafe { std::mem::transmute(raw) };
         assert_eq!(Event::decode(&bytes), Err(DecodeError::Kind(9)));
         raw.kind = 1;
         raw.proto = IPPROTO_UDP;
         raw.family = 1;
-        let bytes: [u8; 104] = unsafe { std::mem::transmute(raw) };
+        let bytes: [u8; RECORD_SIZE] = unsafe { std::mem::transmute(raw) };
         assert_eq!(Event::decode(&bytes), Err(DecodeError::Family(1)));
     }
 

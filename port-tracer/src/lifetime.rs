@@ -87,7 +87,19 @@ pub struct Counters {
     pub unmatched: u64,
     /// Lifetimes ended without their release: the socket got another port.
     pub release_missing: u64,
+    /// TIME_WAIT timers re-armed (FIN_WAIT2 -> TIME_WAIT, a retransmitted FIN): the same
+    /// socket goes on.
     pub time_wait_rearm: u64,
+    /// TIME_WAIT sockets killed by a new connection that reused their 4-tuple
+    /// (`net.ipv4.tcp_tw_reuse`): each ends where that connection's lifetime begins.
+    pub time_wait_reused: u64,
+    /// TIME_WAIT timer arms where the tracepoint tier had to guess whether the socket was
+    /// re-armed or new: from its endpoints alone (traces recorded before the kernel side
+    /// marked re-arms), or where that mark and the endpoints disagreed (the endpoints win).
+    pub time_wait_guessed: u64,
+    /// Accepted sockets whose listener's owner was not known (the listener was neither
+    /// traced nor held at start): emitted without an owner, marked lossy.
+    pub owner_unknown: u64,
     /// Open lifetimes pushed out, oldest first, when the table was full: each was emitted
     /// still open and marked lossy; its release, if it comes, counts as unmatched.
     pub evicted: u64,
@@ -130,10 +142,15 @@ pub struct HeldAtStart {
     pub owner: Task,
     /// A TCP listener: its accepted sockets belong to its owner.
     pub listening: bool,
+    /// A TIME_WAIT socket (no process holds one).
+    pub time_wait: bool,
+    /// When the snapshot found it (monotonic ns; 0 when not known).
+    pub seen_ns: u64,
 }
 
 impl HeldAtStart {
-    /// Its lifetime, as the tracker emits it when it ends.
+    /// Its lifetime, as the tracker emits it when it ends: a TIME_WAIT socket is in
+    /// TIME_WAIT since at least the snapshot.
     pub fn lifetime(&self) -> Lifetime {
         Lifetime {
             ends: self.ends,
@@ -142,7 +159,7 @@ impl HeldAtStart {
             sock_id: 0,
             assigned_ns: None,
             released_ns: None,
-            time_wait_ns_start: None,
+            time_wait_ns_start: self.time_wait.then_some(self.seen_ns),
             lossy: false,
             laddr_learnt: false,
         }
@@ -166,8 +183,9 @@ pub struct Tracker {
     cancel_queue: VecDeque<(u64, u64)>,
     /// Sockets held at start and not yet seen in an event.
     held_at_start: HashMap<HeldKey, HeldAtStart>,
-    /// Owners of TCP listeners held at start, by (netns, port).
-    held_listeners: HashMap<(u32, u16), Task>,
+    /// Owners of TCP listeners not in `bound_tcp`, by (netns, port): held at start, or
+    /// evicted while open; accepted sockets take their owner from here.
+    listener_owners: HashMap<(u32, u16), Task>,
     pub counters: Counters,
 }
 
@@ -195,7 +213,7 @@ impl Tracker {
             pending_cancel: HashMap::default(),
             cancel_queue: VecDeque::new(),
             held_at_start: HashMap::default(),
-            held_listeners: HashMap::default(),
+            listener_owners: HashMap::default(),
             counters: Counters::default(),
         }
     }
@@ -205,7 +223,7 @@ impl Tracker {
     pub fn set_held_at_start(&mut self, held: impl IntoIterator<Item = HeldAtStart>) {
         for h in held {
             if h.listening {
-                self.held_listeners
+                self.listener_owners
                     .insert((h.ends.netns, h.ends.lport), h.owner);
             }
             self.held_at_start.insert(HeldKey::of(&h.ends), h);
@@ -361,6 +379,15 @@ impl Tracker {
         for (_, id) in ages {
             self.unindex(id);
             let mut lt = self.slots[id].take().expect("open lifetime");
+            if lt.ends.proto == Proto::Tcp && lt.ends.rport == 0 && lt.time_wait_ns_start.is_none()
+            {
+                // A listener, maybe: its accepted sockets still need their owner. Bounded by
+                // the table size; a new bind of the port replaces it.
+                if self.listener_owners.len() < self.max_open {
+                    self.listener_owners
+                        .insert((lt.ends.netns, lt.ends.lport), lt.owner);
+                }
+            }
             self.free.push(id);
             if self.by_sock.get(&lt.sock_id) == Some(&id) {
                 self.by_sock.remove(&lt.sock_id);
@@ -403,15 +430,27 @@ impl Tracker {
             }
         }
         // Created after the programs were attached but before the snapshot: not "held".
-        self.held_at_start.remove(&HeldKey::of(&ev.ends));
+        // Not so a TIME_WAIT socket of the same 4-tuple: this connection reuses it, and
+        // the kernel kills it just after (see `release_time_wait`).
+        let key = HeldKey::of(&ev.ends);
+        if self.held_at_start.get(&key).is_some_and(|h| !h.time_wait) {
+            self.held_at_start.remove(&key);
+        }
         let mut owner = ev.task;
+        let mut lossy = false;
         if ev.origin == Origin::Inherited && !owner.is_known() {
             let listener = (ev.ends.netns, ev.ends.lport);
             if let Some(&lid) = self.bound_tcp.get(&listener) {
                 owner = self.get(lid).owner;
-            } else if let Some(&held) = self.held_listeners.get(&listener) {
-                owner = held;
+            } else if let Some(&known) = self.listener_owners.get(&listener) {
+                owner = known;
+            } else {
+                self.counters.owner_unknown += 1;
+                lossy = true;
             }
+        } else if ev.ends.proto == Proto::Tcp && ev.ends.rport == 0 {
+            // A new bound TCP socket on this port: it is the one to ask from now on.
+            self.listener_owners.remove(&(ev.ends.netns, ev.ends.lport));
         }
         let id = self.open(
             Lifetime {
@@ -422,7 +461,7 @@ impl Tracker {
                 assigned_ns: Some(ev.ts_ns),
                 released_ns: None,
                 time_wait_ns_start: None,
-                lossy: false,
+                lossy,
                 laddr_learnt: false,
             },
             emit,
@@ -469,15 +508,60 @@ impl Tracker {
         }
     }
 
+    /// Whether a TIME_WAIT timer armed for `ev.ends` re-arms the TIME_WAIT socket whose
+    /// lifetime has endpoints `held`, at the same address, rather than starting a new
+    /// one there (the kernel recycles a dead TIME_WAIT socket's memory at once, often for
+    /// another 4-tuple).
+    fn is_rearm(&mut self, held: &Endpoints, ev: &Event) -> bool {
+        // A re-arm keeps the 4-tuple, and no other socket can hold it meanwhile: a live
+        // one entering TIME_WAIT now is a new TIME_WAIT socket.
+        let by_endpoints = *held == ev.ends && !self.by_tuple.contains_key(&ev.ends);
+        match ev.tw_rearm {
+            Some(kernel) => {
+                if kernel && !by_endpoints {
+                    self.counters.time_wait_guessed += 1;
+                }
+                kernel && by_endpoints
+            }
+            None => {
+                if by_endpoints {
+                    self.counters.time_wait_guessed += 1;
+                }
+                by_endpoints
+            }
+        }
+    }
+
     fn time_wait(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
         let tw = ev.sock_id;
-        if self.pending_cancel.remove(&tw).is_some() || self.by_tw.contains_key(&tw) {
-            self.counters.time_wait_rearm += 1;
-            return;
+        if let Some(&old) = self.by_tw.get(&tw) {
+            let held = self.get(old).ends;
+            if self.is_rearm(&held, ev) {
+                self.pending_cancel.remove(&tw);
+                self.counters.time_wait_rearm += 1;
+                return;
+            }
+            // A new TIME_WAIT socket at the address of one that died: its cancel was its
+            // end (or, without one, its end was missed).
+            self.by_tw.remove(&tw);
+            match self.pending_cancel.remove(&tw) {
+                Some(cancel) => self.end_time_wait(old, &cancel, emit),
+                None => {
+                    self.counters.release_missing += 1;
+                    self.get(old).lossy = true;
+                    self.close(old, ev.ts_ns, emit);
+                }
+            }
         }
         let id = match self.by_tuple.get(&ev.ends).copied() {
             Some(id) => {
                 self.unindex(id);
+                // The snapshot at start saw this very socket in TIME_WAIT (it entered it
+                // between attaching and the snapshot): not a socket of its own.
+                let key = HeldKey::of(&ev.ends);
+                if self.held_at_start.get(&key).is_some_and(|h| h.time_wait) {
+                    self.held_at_start.remove(&key);
+                }
                 id
             }
             None => {
@@ -491,15 +575,31 @@ impl Tracker {
         emit(Output::Event(ev));
     }
 
+    /// The live connection that took over the 4-tuple of a TIME_WAIT socket ending at `ev`:
+    /// assigned no later than `ev`, as a connection reusing the 4-tuple is (the kernel
+    /// kills the TIME_WAIT socket inside that connect(), after choosing the port).
+    fn reused_by(&mut self, ev: &Event) -> Option<u64> {
+        let id = *self.by_tuple.get(&ev.ends)?;
+        self.get(id).assigned_ns.filter(|&a| a <= ev.ts_ns)
+    }
+
     fn release_time_wait(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
         let tw = ev.sock_id;
+        // Killed by a new connection reusing its 4-tuple: a final end, even if a cancel,
+        // timed where that connection began (on the tracepoint tier its assignment is timed
+        // at SYN_SENT, microseconds before the port is chosen): the two never overlap.
+        let reused_at = self.reused_by(ev);
+        if reused_at.is_some() {
+            self.counters.time_wait_reused += 1;
+        }
+        let end = reused_at.unwrap_or(ev.ts_ns);
         if !self.by_tw.contains_key(&tw) {
             // A TIME_WAIT socket from before the start (or missed). A cancel may be a
             // re-arm, or the timer's own expiry (which cancels, then runs the handler):
             // decided as for any TIME_WAIT socket, so its final release is not a second,
             // unmatched one.
             let lt = self.unseen(ev);
-            if ev.tw_cancel {
+            if ev.tw_cancel && reused_at.is_none() {
                 let id = self.open(lt, emit);
                 self.by_tw.insert(tw, id);
                 self.pending_cancel.insert(tw, *ev);
@@ -507,22 +607,27 @@ impl Tracker {
                 return;
             }
             let id = self.insert(lt);
-            self.end_time_wait(id, ev, emit);
+            self.end_time_wait_at(id, ev, end, emit);
             return;
         }
-        if ev.tw_cancel {
+        if ev.tw_cancel && reused_at.is_none() {
             self.pending_cancel.insert(tw, *ev);
             self.cancel_queue.push_back((ev.ts_ns, tw));
             return;
         }
         self.pending_cancel.remove(&tw);
         let id = self.by_tw.remove(&tw).expect("checked above");
-        self.end_time_wait(id, ev, emit);
+        self.end_time_wait_at(id, ev, end, emit);
     }
 
     fn end_time_wait(&mut self, id: Id, ev: &Event, emit: &mut impl FnMut(Output)) {
+        self.end_time_wait_at(id, ev, ev.ts_ns, emit);
+    }
+
+    /// Ends TIME_WAIT lifetime `id` at `end_ns` (the event keeps its own time).
+    fn end_time_wait_at(&mut self, id: Id, ev: &Event, end_ns: u64, emit: &mut impl FnMut(Output)) {
         let ev = self.attributed(id, ev);
-        self.close(id, ev.ts_ns, emit);
+        self.close(id, end_ns, emit);
         emit(Output::Event(ev));
     }
 
@@ -554,6 +659,7 @@ impl Tracker {
         self.by_tw.clear();
         self.by_tuple.clear();
         self.bound_tcp.clear();
+        self.listener_owners.clear();
         let mut held: Vec<HeldAtStart> = self.held_at_start.drain().map(|(_, h)| h).collect();
         held.sort_by_key(|h| (h.ends.netns, h.ends.proto, h.ends.lport, h.ends.rport));
         for h in held {

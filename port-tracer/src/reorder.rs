@@ -105,6 +105,7 @@ mod tests {
             sock_id: sock,
             time_wait_sock: false,
             tw_cancel: false,
+            tw_rearm: None,
             ends: crate::testing::ends(1000),
             origin: Origin::Bind,
             errno: 0,

@@ -9,12 +9,15 @@
 //! ```
 //!
 //! Integers are little-endian; each CRC-32 covers what precedes it in its header or block
-//! (after the magic), payload included. Blocks: `EVENTS` (raw 104-byte kernel records,
+//! (after the magic), payload included. Blocks: `EVENTS` (raw 120-byte kernel records,
 //! back to back, as the ring buffer delivered them), `LOST` (the kernel's cumulative
 //! lost-event counters, one u64 per reason), `HELD` (sockets holding ports at start, JSON),
 //! `RANGES` (ephemeral ranges of namespaces first seen after the start, JSON, written
 //! before the events of those namespaces), `END` (a clean end, with the monotonic time
 //! recording stopped as a u64; a file without it was cut short).
+//!
+//! Version 1 (records of 104 bytes: no thread name, and `comm` was the thread's name) is
+//! still read: its records are widened to this version's with an empty thread name.
 
 use std::io::{self, Read, Write};
 
@@ -26,9 +29,11 @@ pub use crate::port_range::PortRange;
 
 pub const MAGIC: [u8; 8] = *b"PTRACE\r\n";
 /// The format version this build writes and the newest it reads.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Size of one kernel record (`port_tracer_common::PortEvent`).
 pub const RECORD_SIZE: usize = std::mem::size_of::<port_tracer_common::PortEvent>();
+/// Size of a record in version 1 traces.
+const RECORD_SIZE_V1: usize = port_tracer_common::PORT_EVENT_V1_SIZE;
 /// Blocks larger than this are refused as corrupt (the writer never makes them).
 const MAX_BLOCK: u32 = 64 << 20;
 
@@ -90,6 +95,12 @@ struct HeldSocket {
     cgroup_id: u64,
     comm: String,
     listening: bool,
+    /// A TIME_WAIT socket (absent in version 1 traces, which did not record it).
+    #[serde(default)]
+    time_wait: bool,
+    /// When the snapshot found it (monotonic ns; absent in version 1 traces).
+    #[serde(default)]
+    seen_ns: u64,
 }
 
 impl HeldSocket {
@@ -114,6 +125,8 @@ impl HeldSocket {
             cgroup_id: h.owner.cgroup_id,
             comm: h.owner.comm.as_str().into_owned(),
             listening: h.listening,
+            time_wait: h.time_wait,
+            seen_ns: h.seen_ns,
         }
     }
 
@@ -142,8 +155,11 @@ impl HeldSocket {
                 uid: self.uid,
                 cgroup_id: self.cgroup_id,
                 comm: Comm::new(&self.comm),
+                thread: Comm::default(),
             },
             listening: self.listening,
+            time_wait: self.time_wait,
+            seen_ns: self.seen_ns,
         })
     }
 }
@@ -300,6 +316,8 @@ pub struct TraceReader<R: Read> {
     /// Bytes consumed so far: where the next block starts.
     pub offset: u64,
     pub meta: Metadata,
+    /// The file's record size (older versions' records are widened to [`RECORD_SIZE`]).
+    record_size: usize,
 }
 
 /// Reads exactly `buf.len()` bytes; `Ok(false)` at a clean end of input before any byte.
@@ -384,11 +402,16 @@ impl<R: Read> TraceReader<R> {
             offset: 16,
             what: format!("metadata: {e}"),
         })?;
-        if meta.record_size as usize != RECORD_SIZE {
+        let expected = if version == 1 {
+            RECORD_SIZE_V1
+        } else {
+            RECORD_SIZE
+        };
+        if meta.record_size as usize != expected {
             return Err(TraceError::Corrupt {
                 offset: 16,
                 what: format!(
-                    "records of {} bytes, this port-tracer reads {RECORD_SIZE}",
+                    "records of {} bytes, version {version} traces have {expected}",
                     meta.record_size
                 ),
             });
@@ -397,6 +420,7 @@ impl<R: Read> TraceReader<R> {
             r,
             offset: crc_at + 4,
             meta,
+            record_size: expected,
         })
     }
 
@@ -423,12 +447,17 @@ impl<R: Read> TraceReader<R> {
         }
         let block = match tag {
             Tag::Events => {
-                if !payload.len().is_multiple_of(RECORD_SIZE) {
+                let size = self.record_size;
+                if !payload.len().is_multiple_of(size) {
                     return Err(corrupt(format!(
-                        "events block of {len} bytes is not whole {RECORD_SIZE}-byte records"
+                        "events block of {len} bytes is not whole {size}-byte records"
                     )));
                 }
-                Block::Events(payload)
+                if size == RECORD_SIZE {
+                    Block::Events(payload)
+                } else {
+                    Block::Events(widen(&payload, size))
+                }
             }
             Tag::Lost => {
                 if !payload.len().is_multiple_of(8) {
@@ -472,6 +501,17 @@ impl<R: Read> TraceReader<R> {
         self.offset = at + 12 + len as u64;
         Ok(Some(block))
     }
+}
+
+/// Records of an older, shorter layout as this version's: the fields they lack (at the
+/// end) are zero.
+fn widen(payload: &[u8], size: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() / size * RECORD_SIZE);
+    for rec in payload.chunks_exact(size) {
+        out.extend_from_slice(rec);
+        out.resize(out.len() + RECORD_SIZE - size, 0);
+    }
+    out
 }
 
 #[cfg(test)]

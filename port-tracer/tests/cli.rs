@@ -201,6 +201,8 @@ fn trace_holding_one_listener(path: &std::path::Path) {
             ..Default::default()
         },
         listening: true,
+        time_wait: false,
+        seen_ns: 0,
     };
     w.write_held(&[held]).unwrap();
     w.finish(0).unwrap();

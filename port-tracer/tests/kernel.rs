@@ -303,7 +303,8 @@ fn process_in_a_second_network_namespace() {
         .find(|l| l["netns"] == netns)
         .unwrap_or_else(|| panic!("no lifetime of udp port {port} in netns {netns}"));
     assert_eq!(lt["pid"], my_pid());
-    assert_eq!(lt["comm"], comm);
+    assert_eq!(lt["comm"], process_comm());
+    assert_eq!(lt["thread"], comm);
 }
 
 #[test]
@@ -942,4 +943,437 @@ fn record_keeps_only_the_sockets_its_filters_select() {
     assert!(t.of_type("lifetime").all(|l| l["proto"] == "udp"));
     assert_eq!(t.summary()["counters"]["allocations"], 1);
     let _ = std::fs::remove_file(&path);
+}
+
+/// A TCP socket as the kernel's table (sock_diag, what `ss -tan` reads) lists it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct TableSocket {
+    laddr: String,
+    lport: u64,
+    raddr: String,
+    rport: u64,
+    /// A TIME_WAIT socket (ss shows an orphan waiting for its peer's FIN as FIN-WAIT-2).
+    time_wait: bool,
+}
+
+/// The TCP sockets of the calling thread's namespace `netns`, read between two readings of
+/// the trace's clock (CLOCK_MONOTONIC, as `bpf_ktime_get_ns`).
+struct TableSnapshot {
+    before_ns: u64,
+    after_ns: u64,
+    sockets: Vec<TableSocket>,
+}
+
+fn tcp_table(netns: u64) -> TableSnapshot {
+    let before_ns = port_tracer::clock::monotonic_ns();
+    let found = port_tracer::kernel::held::dump_all(netns as u32).expect("sock_diag dump");
+    let after_ns = port_tracer::clock::monotonic_ns();
+    let mut sockets: Vec<TableSocket> = found
+        .into_iter()
+        .filter(|s| s.ends.proto == port_tracer::event::Proto::Tcp)
+        .map(|s| TableSocket {
+            laddr: s.ends.laddr.to_string(),
+            lport: s.ends.lport.into(),
+            raddr: s.ends.raddr.to_string(),
+            rport: s.ends.rport.into(),
+            time_wait: s.time_wait,
+        })
+        .collect();
+    sockets.sort();
+    TableSnapshot {
+        before_ns,
+        after_ns,
+        sockets,
+    }
+}
+
+/// Where `ss` exists (the host; the guests have none): its view of the same namespace,
+/// entered through `thread`'s ns/net, as (local, peer, TIME_WAIT or not) lines.
+fn ss_view(thread_ns: &str) -> Option<Vec<String>> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={thread_ns}"))
+        .args(["ss", "-tanH"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let tw = matches!(f.first()?, &"TIME-WAIT" | &"FIN-WAIT-2");
+            Some(format!("{} {} {tw}", f.get(3)?, f.get(4)?))
+        })
+        .collect();
+    lines.sort();
+    Some(lines)
+}
+
+/// Lifetimes of one namespace's TCP sockets: (start, end) per 4-tuple, and the TIME_WAIT
+/// start; open ends run on.
+struct Spans<'a> {
+    lifetimes: Vec<&'a serde_json::Value>,
+}
+
+fn key(l: &serde_json::Value) -> (String, u64, String, u64) {
+    (
+        l["laddr"].as_str().unwrap().to_string(),
+        l["lport"].as_u64().unwrap(),
+        l["raddr"].as_str().unwrap().to_string(),
+        l["rport"].as_u64().unwrap(),
+    )
+}
+
+impl<'a> Spans<'a> {
+    fn of(t: &'a Trace, netns: u64) -> Spans<'a> {
+        Spans {
+            lifetimes: t
+                .of_type("lifetime")
+                .filter(|l| l["proto"] == "tcp" && l["netns"] == netns)
+                .collect(),
+        }
+    }
+
+    fn start(l: &serde_json::Value) -> u64 {
+        l["assigned_ns"].as_u64().unwrap_or(0)
+    }
+
+    fn end(l: &serde_json::Value) -> u64 {
+        l["released_ns"].as_u64().unwrap_or(u64::MAX)
+    }
+
+    /// The kernel never lets two sockets hold one TCP 4-tuple at once: neither may two
+    /// lifetimes.
+    fn assert_no_overlap(&self) {
+        let mut by_tuple: std::collections::HashMap<_, Vec<&serde_json::Value>> =
+            std::collections::HashMap::new();
+        for l in &self.lifetimes {
+            by_tuple.entry(key(l)).or_default().push(l);
+        }
+        let mut overlaps = Vec::new();
+        for (k, mut ls) in by_tuple {
+            ls.sort_by_key(|l| Self::start(l));
+            for w in ls.windows(2) {
+                if Self::start(w[1]) < Self::end(w[0]) {
+                    overlaps.push(format!("{k:?}:\n  {}\n  {}", w[0], w[1]));
+                }
+            }
+        }
+        assert!(
+            overlaps.is_empty(),
+            "{} pairs of lifetimes overlap on one 4-tuple, e.g. {}",
+            overlaps.len(),
+            overlaps
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+
+    /// Every socket in the kernel's table at `snap` has exactly one lifetime open all
+    /// through the dump, in TIME_WAIT exactly when the socket is; no other lifetime is open
+    /// then.
+    fn assert_match(&self, snap: &TableSnapshot, what: &str) {
+        let open: Vec<&serde_json::Value> = self
+            .lifetimes
+            .iter()
+            .copied()
+            .filter(|l| Self::start(l) <= snap.before_ns && Self::end(l) > snap.after_ns)
+            .collect();
+        let mut traced: Vec<TableSocket> = open
+            .iter()
+            .map(|l| {
+                let (laddr, lport, raddr, rport) = key(l);
+                TableSocket {
+                    laddr,
+                    lport,
+                    raddr,
+                    rport,
+                    time_wait: l["time_wait_start_ns"]
+                        .as_u64()
+                        .is_some_and(|t| t <= snap.before_ns),
+                }
+            })
+            .collect();
+        traced.sort();
+        if traced != snap.sockets {
+            let only_kernel: Vec<&TableSocket> = snap
+                .sockets
+                .iter()
+                .filter(|s| !traced.contains(s))
+                .collect();
+            let only_traced: Vec<&TableSocket> = traced
+                .iter()
+                .filter(|s| !snap.sockets.contains(s))
+                .collect();
+            panic!(
+                "{what}: the kernel's table has {} TCP sockets, the trace {} open lifetimes; \
+                 {} only in the kernel's (e.g. {:?}), {} only in the trace (e.g. {:?})",
+                snap.sockets.len(),
+                traced.len(),
+                only_kernel.len(),
+                only_kernel.iter().take(3).collect::<Vec<_>>(),
+                only_traced.len(),
+                only_traced.iter().take(3).collect::<Vec<_>>(),
+            );
+        }
+    }
+}
+
+/// One round of a loopback storm: `n` connections to `l`, each accepted and closed, the
+/// client first (its port goes to TIME_WAIT) or the server first (the accepted socket's
+/// does); each side closes only after seeing the other's FIN, as real peers do. Returns
+/// the client ports, from getsockname.
+fn storm_round(l: &TcpListener, n: usize, client_first: bool) -> Vec<u16> {
+    use std::io::Read;
+    let addr = l.local_addr().unwrap();
+    (0..n)
+        .map(|i| {
+            let mut c = TcpStream::connect(addr)
+                .unwrap_or_else(|e| panic!("connection {i} of a round of {n}: {e}"));
+            let port = port_of(c.local_addr().unwrap());
+            let (mut a, _) = l.accept().unwrap();
+            let (first, second) = if client_first {
+                (c, &mut a)
+            } else {
+                (a, &mut c)
+            };
+            drop(first);
+            assert_eq!(second.read(&mut [0u8; 1]).unwrap(), 0, "the FIN");
+            port
+        })
+        .collect()
+}
+
+/// How many connections a storm round makes: the namespace's range is that many ports, so
+/// that each round after the first has to take over TIME_WAIT sockets' 4-tuples.
+const STORM: usize = 2000;
+
+#[test]
+fn time_wait_reuse_storm_matches_the_kernel_socket_table() {
+    require_root!();
+    use std::sync::mpsc;
+    // A namespace of its own, its range exactly one round of connections: round 0 (before
+    // tracing) fills it with TIME_WAIT sockets, round 1 (client closing first) must take
+    // over their 4-tuples (tcp_tw_reuse, 2 = loopback, the default), round 2 (server closing
+    // first) those of round 1's, round 3 (server first again) sends SYNs to round 2's
+    // server-side TIME_WAIT sockets. Between rounds, the kernel's table is the oracle.
+    let (to_main, from_storm) = mpsc::channel::<u64>();
+    let (to_storm, from_main) = mpsc::channel::<()>();
+    let storm = std::thread::spawn(move || {
+        let netns = enter_new_netns();
+        std::fs::write(
+            "/proc/sys/net/ipv4/ip_local_port_range",
+            format!("40000 {}", 40000 + STORM - 1),
+        )
+        .unwrap();
+        let reuse = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_tw_reuse").unwrap();
+        assert_eq!(
+            reuse.trim(),
+            "2",
+            "net.ipv4.tcp_tw_reuse of a new namespace"
+        );
+        let l = TcpListener::bind("127.0.0.1:50000").unwrap();
+        let round0 = storm_round(&l, STORM, true);
+        to_main.send(netns).unwrap();
+        from_main.recv().unwrap(); // tracing
+        let thread_ns = format!("/proc/{}/task/{}/ns/net", std::process::id(), unsafe {
+            libc::gettid()
+        });
+        let settle = || std::thread::sleep(Duration::from_millis(300));
+        // TIME_WAIT sockets are reusable once a second old.
+        let ripen = || std::thread::sleep(Duration::from_millis(2100));
+        settle();
+        let mut snaps = vec![("at start", tcp_table(netns), ss_view(&thread_ns))];
+        let mut rounds = vec![round0];
+        for (i, client_first) in [true, false, false].into_iter().enumerate() {
+            ripen();
+            rounds.push(storm_round(&l, STORM, client_first));
+            settle();
+            let what = ["after round 1", "after round 2", "after round 3"][i];
+            snaps.push((what, tcp_table(netns), ss_view(&thread_ns)));
+        }
+        drop(l);
+        settle();
+        (netns, rounds, snaps)
+    });
+    let netns = from_storm.recv().expect("round 0");
+    let tracer = Tracer::start_with(&["--netns", &netns.to_string()]);
+    to_storm.send(()).unwrap();
+    let (netns, rounds, snaps) = storm.join().unwrap();
+    let t = tracer.stop();
+    let summary = t.summary();
+    assert_eq!(summary["lost"]["total"], 0, "{summary}");
+    assert_eq!(summary["tracker"]["unmatched"], 0, "{summary}");
+    assert_eq!(summary["tracker"]["time_wait_guessed"], 0, "{summary}");
+
+    // What the kernel's table said, checked against ss where there is one.
+    for (what, snap, ss) in &snaps {
+        let tw = snap.sockets.iter().filter(|s| s.time_wait).count();
+        assert!(
+            tw >= STORM,
+            "{what}: {tw} TIME_WAIT sockets in the kernel's table"
+        );
+        if let Some(ss) = ss {
+            let mut ours: Vec<String> = snap
+                .sockets
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{}:{} {}:{} {}",
+                        s.laddr,
+                        s.lport,
+                        if s.rport == 0 { "0.0.0.0" } else { &s.raddr },
+                        if s.rport == 0 {
+                            "*".to_string()
+                        } else {
+                            s.rport.to_string()
+                        },
+                        s.time_wait
+                    )
+                })
+                .collect();
+            ours.sort();
+            assert_eq!(&ours, ss, "{what}: sock_diag and ss disagree");
+        }
+    }
+
+    let spans = Spans::of(&t, netns);
+    spans.assert_no_overlap();
+    for (what, snap, _) in &snaps {
+        spans.assert_match(snap, what);
+    }
+
+    // Round 0's TIME_WAIT sockets, held at start, each end as their own lifetime, killed
+    // by round 1's connections; nothing is left without an origin.
+    let preexisting_tw: Vec<_> = spans
+        .lifetimes
+        .iter()
+        .filter(|l| l["origin"] == "preexisting" && !l["time_wait_start_ns"].is_null())
+        .collect();
+    assert_eq!(preexisting_tw.len(), STORM, "round 0's TIME_WAIT sockets");
+    assert!(preexisting_tw
+        .iter()
+        .all(|l| l["released_ns"].is_u64() && l["pid"] == 0));
+    assert!(spans.lifetimes.iter().all(|l| l["origin"] != "unknown"));
+    // Round 1 took over every one of them, round 2 some of round 1's.
+    assert!(
+        summary["tracker"]["time_wait_reused"].as_u64().unwrap() > STORM as u64,
+        "{}",
+        summary["tracker"]
+    );
+
+    // Rounds 1-3: every client port once per round, as a connect lifetime of this process,
+    // named as ps names it; the accepted side belongs to the listener's owner.
+    let mut expected: Vec<u64> = rounds[1..].iter().flatten().map(|&p| p.into()).collect();
+    expected.sort();
+    let mut traced: Vec<u64> = spans
+        .lifetimes
+        .iter()
+        .filter(|l| l["origin"] == "connect")
+        .map(|l| l["lport"].as_u64().unwrap())
+        .collect();
+    traced.sort();
+    assert_eq!(traced, expected, "connect lifetimes, by port");
+    for l in spans.lifetimes.iter().filter(|l| l["origin"] == "connect") {
+        assert_eq!(l["pid"], my_pid(), "{l}");
+        assert_eq!(l["comm"], process_comm(), "{l}");
+        assert!(!l["lossy"].as_bool().unwrap(), "{l}");
+    }
+    let accepted = spans
+        .lifetimes
+        .iter()
+        .filter(|l| l["origin"] == "inherited")
+        .inspect(|l| assert_eq!(l["pid"], my_pid(), "{l}"))
+        .count();
+    assert_eq!(accepted, 3 * STORM);
+}
+
+/// Names the calling thread (as resolvers, proxies and JVMs name their workers).
+fn name_thread(name: &str) {
+    let c = std::ffi::CString::new(name).unwrap();
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) }, 0);
+}
+
+#[test]
+fn a_named_worker_thread_s_ports_belong_to_its_process_by_name() {
+    require_root!();
+    // Selected by the process's name, as ps shows it: the thread's own name is not it.
+    let tracer = Tracer::start_with(&["--comm", &process_comm()]);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = port_of(l.local_addr().unwrap());
+    let (client, udp) = std::thread::spawn(move || {
+        name_thread("isc-net-0000");
+        let c = TcpStream::connect(("127.0.0.1", to)).unwrap();
+        let client = port_of(c.local_addr().unwrap());
+        let udp = udp_sendto_autobind(to);
+        reset_close(c);
+        (client, udp)
+    })
+    .join()
+    .unwrap();
+    drop(l.accept().unwrap());
+    drop(l);
+    let t = tracer.stop();
+    for lt in [t.lifetime("tcp", client), t.lifetime("udp", udp)] {
+        assert_eq!(lt["pid"], my_pid(), "{lt}");
+        assert_eq!(lt["comm"], process_comm(), "{lt}");
+        assert_eq!(lt["thread"], "isc-net-0000", "{lt}");
+        assert_ne!(lt["tid"], my_pid(), "{lt}");
+    }
+    let assign = t.events("assign", "tcp", client);
+    assert_eq!(assign[0]["thread"], "isc-net-0000");
+    // The summary's processes are processes.
+    let top = &t.summary()["top_processes"];
+    assert!(
+        top.as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["comm"] == process_comm()),
+        "{top}"
+    );
+}
+
+#[test]
+fn accepted_sockets_keep_their_owner_when_the_listener_is_evicted() {
+    require_root!();
+    const CONNECTIONS: usize = 300;
+    let (to_main, from_thread) = std::sync::mpsc::channel::<u64>();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        let netns = enter_new_netns();
+        to_main.send(netns).unwrap();
+        wait.recv().unwrap();
+        let l = TcpListener::bind("127.0.0.1:50000").unwrap();
+        // Held open together: client and accepted socket, 600 lifetimes in a table of 64.
+        let pairs: Vec<(TcpStream, TcpStream)> = (0..CONNECTIONS)
+            .map(|_| {
+                let c = TcpStream::connect("127.0.0.1:50000").unwrap();
+                (c, l.accept().unwrap().0)
+            })
+            .collect();
+        for (c, a) in pairs {
+            reset_close(c);
+            drop(a);
+        }
+        drop(l);
+    });
+    let netns = from_thread.recv().unwrap();
+    let tracer = Tracer::start_with(&["--netns", &netns.to_string(), "--max-lifetimes", "64"]);
+    go.send(()).unwrap();
+    worker.join().unwrap();
+    let t = tracer.stop();
+    assert!(t.summary()["tracker"]["evicted"].as_u64().unwrap() > 0);
+    let accepted: Vec<&serde_json::Value> = t
+        .of_type("lifetime")
+        .filter(|l| l["origin"] == "inherited")
+        .collect();
+    assert!(accepted.len() >= CONNECTIONS, "{}", accepted.len());
+    for a in &accepted {
+        assert_eq!(a["pid"], my_pid(), "{a}");
+    }
+    assert_eq!(t.summary()["tracker"]["owner_unknown"], 0);
 }

@@ -17,7 +17,7 @@ import json, sys
 import duckdb, pyarrow.parquet as pq
 
 path, pid = sys.argv[1], int(sys.argv[2])
-cols = ["proto", "lport", "rport", "origin", "pid", "comm", "released_ns"]
+cols = ["proto", "lport", "rport", "origin", "pid", "comm", "thread", "released_ns"]
 
 table = pq.read_table(path)
 arrow = {
@@ -101,7 +101,7 @@ fn parquet_export_reads_back_in_pyarrow_and_duckdb() {
             );
             rows[0]
         };
-        let comm = thread_comm();
+        let (comm, thread) = (process_comm(), thread_comm());
         for (proto, port, origin) in [
             ("tcp", ports.listener, "bind_ephemeral"),
             ("tcp", ports.listener, "inherited"),
@@ -112,6 +112,7 @@ fn parquet_export_reads_back_in_pyarrow_and_duckdb() {
             let lt = row(proto, port, origin);
             assert_eq!(lt["pid"], pid, "{reader}: {lt}");
             assert_eq!(lt["comm"], comm.as_str(), "{reader}: {lt}");
+            assert_eq!(lt["thread"], thread.as_str(), "{reader}: {lt}");
         }
         let client = row("tcp", ports.client, "connect");
         assert_eq!(client["rport"], ports.listener, "{reader}: {client}");
@@ -136,11 +137,12 @@ fn parquet_export_reads_back_in_pyarrow_and_duckdb() {
     assert_eq!(duck["pid"], "UINTEGER");
     assert_eq!(duck["released_ns"], "UBIGINT");
     assert_eq!(duck["comm"], "VARCHAR");
+    assert_eq!(duck["thread"], "VARCHAR");
     assert_eq!(duck["sock_id"], "VARCHAR");
     assert_eq!(duck["lossy"], "BOOLEAN");
     assert_eq!(
         duck.as_object().unwrap().keys().len(),
-        20,
+        21,
         "the JSONL lifetime fields: {duck}"
     );
 

@@ -29,7 +29,7 @@ fn facts(t: &Trace) -> Vec<String> {
         .of_type("lifetime")
         .map(|l| {
             format!(
-                "lifetime {} {} {}:{} -> {}:{} netns={} pid={} tid={} comm={} origin={} sock={} \
+                "lifetime {} {} {}:{} -> {}:{} netns={} pid={} tid={} comm={} thread={} origin={} sock={} \
                  released={} time_wait={} lossy={}",
                 l["proto"],
                 l["family"],
@@ -41,6 +41,7 @@ fn facts(t: &Trace) -> Vec<String> {
                 l["pid"],
                 l["tid"],
                 l["comm"],
+                l["thread"],
                 l["origin"],
                 l["sock_id"],
                 !l["released_ns"].is_null(),

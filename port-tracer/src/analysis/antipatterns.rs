@@ -17,6 +17,8 @@ pub struct Finding {
     pub pattern: &'static str,
     pub pid: u32,
     pub comm: String,
+    /// TIME_WAIT sockets no process holds (found at start): pid 0, comm "".
+    pub no_process: bool,
     /// How many lifetimes showed it.
     pub count: u64,
     /// What it costs and what to do instead.
@@ -63,6 +65,7 @@ impl AntiPatterns {
                 pattern: BIND_BEFORE_CONNECT,
                 pid,
                 comm: comm.as_str().into_owned(),
+                no_process: false,
                 count,
                 advice: BIND_BEFORE_CONNECT_ADVICE,
             })
@@ -75,14 +78,16 @@ impl AntiPatterns {
                 continue;
             }
             for h in &g.top_holders_at_peak {
-                let seen = out
-                    .iter()
-                    .any(|f| f.pattern == TIME_WAIT_BOUND && f.pid == h.pid && f.comm == h.comm);
+                let seen = out.iter().any(|f| {
+                    f.pattern == TIME_WAIT_BOUND
+                        && (f.pid, &f.comm, f.no_process) == (h.pid, &h.comm, h.no_process)
+                });
                 if !seen {
                     out.push(Finding {
                         pattern: TIME_WAIT_BOUND,
                         pid: h.pid,
                         comm: h.comm.clone(),
+                        no_process: h.no_process,
                         count: h.sockets.into(),
                         advice: TIME_WAIT_BOUND_ADVICE,
                     });

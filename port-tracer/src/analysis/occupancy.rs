@@ -34,11 +34,15 @@ struct GroupKey {
     laddr: Option<IpAddr>,
 }
 
+/// Who holds sockets at a peak: a process, or no process (TIME_WAIT sockets whose owner is
+/// unknown: those found at start, which no process holds).
+type Holder = (u32, Comm, bool);
+
 #[derive(Clone, Debug, Default)]
 struct AtPeak {
     sockets: u32,
     time_wait: u32,
-    by_process: HashMap<(u32, Comm), u32>,
+    by_process: HashMap<Holder, u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -104,20 +108,23 @@ impl Group {
                 lt.assigned_ns.is_none_or(|a| a <= p) && lt.released_ns.is_none_or(|r| r > p);
             if spans_peak {
                 self.at_peak.sockets += 1;
-                if lt.time_wait_ns_start.is_some_and(|t| t <= p) {
+                let time_wait = lt.time_wait_ns_start.is_some_and(|t| t <= p);
+                if time_wait {
                     self.at_peak.time_wait += 1;
                 }
+                let no_process = time_wait && !lt.owner.is_known();
                 *self
                     .at_peak
                     .by_process
-                    .entry((lt.owner.pid, lt.owner.comm))
+                    .entry((lt.owner.pid, lt.owner.comm, no_process))
                     .or_default() += 1;
             }
         }
         let assigned = lt.assigned_ns.unwrap_or(start_ns);
         self.port_time_ns += u128::from(end_ns.saturating_sub(assigned));
         if let Some(t) = lt.time_wait_ns_start {
-            self.time_wait_ns += u128::from(end_ns.saturating_sub(t));
+            // Held at start in TIME_WAIT: seen there just before the start.
+            self.time_wait_ns += u128::from(end_ns.saturating_sub(t.max(assigned)));
         }
     }
 }
@@ -152,6 +159,9 @@ pub struct PeakHolder {
     pub pid: u32,
     pub comm: String,
     pub sockets: u32,
+    /// TIME_WAIT sockets that no process holds (found in TIME_WAIT at start, so no process
+    /// is known): pid 0, comm "".
+    pub no_process: bool,
 }
 
 /// The ephemeral range of one group, as reported.
@@ -336,10 +346,11 @@ impl Occupancy {
                     .at_peak
                     .by_process
                     .iter()
-                    .map(|(&(pid, comm), &sockets)| PeakHolder {
+                    .map(|(&(pid, comm, no_process), &sockets)| PeakHolder {
                         pid,
                         comm: comm.as_str().into_owned(),
                         sockets,
+                        no_process,
                     })
                     .collect();
                 holders.sort_by(|a, b| b.sockets.cmp(&a.sockets).then(a.pid.cmp(&b.pid)));

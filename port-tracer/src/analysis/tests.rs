@@ -16,6 +16,7 @@ fn task(pid: u32) -> Task {
         uid: 0,
         cgroup_id: 40 + u64::from(pid),
         comm: Comm::new(&format!("app{pid}")),
+        thread: Comm::new(&format!("worker{pid}")),
     }
 }
 
@@ -38,6 +39,7 @@ fn assign(ts: u64, sock: u64, lport: u16, origin: Origin, pid: u32) -> Output {
         sock_id: sock,
         time_wait_sock: false,
         tw_cancel: false,
+        tw_rearm: None,
         ends: ends(Proto::Tcp, lport, 80),
         origin,
         errno: 0,
@@ -189,6 +191,8 @@ fn ports_held_at_start_occupy_the_range_until_released() {
         ends: ends(Proto::Tcp, 40005, 80),
         owner: task(5),
         listening: false,
+        time_wait: false,
+        seen_ns: 0,
     };
     a.held_at_start(&held);
     feed(&mut a, &[assign(150, 1, 40001, Origin::Connect, 1)]);
@@ -314,6 +318,7 @@ fn failures_are_grouped_by_process_destination_and_error() {
             sock_id: 1,
             time_wait_sock: false,
             tw_cancel: false,
+            tw_rearm: None,
             ends: ends(Proto::Tcp, 0, rport),
             origin: Origin::Connect,
             errno: 99,
@@ -343,6 +348,7 @@ fn time_wait_seen_through_the_tracker_counts_at_the_peak() {
         sock_id: sock,
         time_wait_sock: tw_sock,
         tw_cancel: false,
+        tw_rearm: None,
         ends: ends(Proto::Tcp, 40004, 80),
         origin: Origin::Connect,
         errno: 0,

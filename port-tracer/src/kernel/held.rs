@@ -57,7 +57,11 @@ pub fn namespaces() -> BTreeMap<u32, PathBuf> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiagSocket {
     pub ends: Endpoints,
+    /// TCP state (for a TIME_WAIT socket its substate: TIME_WAIT, or FIN_WAIT2 for an
+    /// orphan waiting for its peer's FIN, which `ss` shows as FIN-WAIT-2).
     pub state: u8,
+    /// A TIME_WAIT socket (`inet_timewait_sock`: sock_diag reports its timer as 3).
+    pub time_wait: bool,
     pub uid: u32,
     /// Socket inode (0 for TIME_WAIT sockets, which have no file).
     pub inode: u32,
@@ -68,6 +72,7 @@ const TCP_LISTEN: u8 = 10;
 /// Sockets holding ports in every network namespace, with a process that has each open.
 /// Namespaces and processes that vanish while being read are skipped.
 pub fn snapshot() -> Result<Vec<HeldAtStart>> {
+    let seen_ns = crate::clock::monotonic_ns();
     let sockets = diag_snapshot()?;
     let owners = socket_owners();
     Ok(sockets
@@ -81,6 +86,8 @@ pub fn snapshot() -> Result<Vec<HeldAtStart>> {
                 listening: s.ends.proto == Proto::Tcp && s.state == TCP_LISTEN,
                 ends: s.ends,
                 owner,
+                time_wait: s.time_wait,
+                seen_ns,
             }
         })
         .collect())
@@ -119,6 +126,7 @@ pub fn socket_owners() -> std::collections::HashMap<u32, Task> {
                 uid: 0,
                 cgroup_id: 0,
                 comm,
+                thread: Comm::default(),
             });
         }
     }
@@ -150,8 +158,9 @@ pub fn diag_snapshot() -> Result<Vec<DiagSocket>> {
     Ok(held)
 }
 
-/// TCP and UDP, IPv4 and IPv6, in the calling thread's namespace `netns`.
-fn dump_all(netns: u32) -> Result<Vec<DiagSocket>> {
+/// TCP and UDP, IPv4 and IPv6, in the calling thread's namespace (whose inode is `netns`:
+/// it labels what is found), as `ss -tuan` lists them.
+pub fn dump_all(netns: u32) -> Result<Vec<DiagSocket>> {
     let sock = netlink_socket().context("opening a sock_diag netlink socket")?;
     let mut out = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
@@ -190,6 +199,8 @@ const REQ_LEN: usize = 56;
 const MSG_LEN: usize = 72;
 /// TCP_NEW_SYN_RECV: request sockets share their listener's port, they hold none.
 const TCP_NEW_SYN_RECV: u8 = 12;
+/// `idiag_timer` of a TIME_WAIT socket.
+const TIMER_TIME_WAIT: u8 = 3;
 
 fn dump(sock: &OwnedFd, family: u8, proto: Proto, netns: u32) -> io::Result<Vec<DiagSocket>> {
     let mut req = [0u8; NLMSG_HDR + REQ_LEN];
@@ -275,6 +286,7 @@ fn parse_diag_msg(m: &[u8], proto: Proto, netns: u32) -> Option<DiagSocket> {
             rport,
         },
         state,
+        time_wait: proto == Proto::Tcp && m[2] == TIMER_TIME_WAIT,
         uid: word(64),
         inode: word(68),
     })

@@ -132,6 +132,8 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         timer_function: member_offset(btf, "timer_list", "function")?,
         tw_timer: member_offset(btf, "inet_timewait_sock", "tw_timer")?,
         skc_state: sc("skc_state")?,
+        task_group_leader: member_offset(btf, "task_struct", "group_leader")?,
+        task_comm: member_offset(btf, "task_struct", "comm")?,
         tw_timer_handler,
     })
 }

@@ -21,6 +21,7 @@ fn task(pid: u32, comm: &str) -> Task {
         uid: 0,
         cgroup_id: 1,
         comm: Comm::new(comm),
+        thread: Comm::default(),
     }
 }
 
@@ -36,6 +37,7 @@ impl E {
             sock_id: sock,
             time_wait_sock: false,
             tw_cancel: false,
+            tw_rearm: None,
             ends: Endpoints {
                 proto,
                 family: Family::Ipv4,
@@ -299,11 +301,15 @@ fn release_of_a_socket_held_at_start_is_preexisting() {
             ends: held.0.ends,
             owner: sshd,
             listening: false,
+            time_wait: false,
+            seen_ns: 0,
         },
         HeldAtStart {
             ends: still,
             owner: sshd,
             listening: true,
+            time_wait: false,
+            seen_ns: 0,
         },
     ]);
     let (_, lts) = run(&mut t, &[held, E::release(6, 0x2, 23)]);
@@ -334,6 +340,8 @@ fn accepted_sockets_of_a_listener_held_at_start_belong_to_its_owner() {
         ends: listener,
         owner: nginx,
         listening: true,
+        time_wait: false,
+        seen_ns: 0,
     }]);
     let mut child = E::assign(1, 0x5, 443, Origin::Inherited).remote(50000);
     child.0.task = Task::default();
@@ -350,12 +358,19 @@ fn time_wait_held_at_start_ends_as_a_preexisting_lifetime() {
         ends: tw_end.0.ends,
         owner: Task::default(),
         listening: false,
+        time_wait: true,
+        seen_ns: 3,
     }]);
     let (_, lts) = run(&mut t, &[tw_end]);
     assert_eq!(lts.len(), 1);
     assert_eq!(
-        (lts[0].origin, lts[0].released_ns),
-        (Origin::Preexisting, Some(9))
+        (lts[0].origin, lts[0].released_ns, lts[0].sock_id),
+        (Origin::Preexisting, Some(9), 0xb)
+    );
+    assert_eq!(
+        lts[0].time_wait_ns_start,
+        Some(3),
+        "in TIME_WAIT since the snapshot"
     );
     assert_eq!(t.counters.unmatched, 0);
 }
@@ -370,6 +385,8 @@ fn time_wait_held_at_start_expiring_is_one_release() {
         ends: expire.0.ends,
         owner: Task::default(),
         listening: false,
+        time_wait: true,
+        seen_ns: 0,
     }]);
     let (_, lts) = run(&mut t, &[cancel, expire]);
     assert_eq!(lts.len(), 1, "{lts:?}");
@@ -384,6 +401,8 @@ fn time_wait_held_at_start_expiring_is_one_release() {
         ends: cancel.0.ends,
         owner: Task::default(),
         listening: false,
+        time_wait: true,
+        seen_ns: 0,
     }]);
     let (_, lts) = run(&mut t, &[cancel]);
     assert_eq!(lts.len(), 1, "{lts:?}");
@@ -577,4 +596,239 @@ fn evicting_a_time_wait_hold_forgets_its_time_wait_socket() {
     assert_eq!(lts.len(), 4);
     assert!(lts[0].lossy && lts[0].released_ns.is_none() && lts[0].ends.lport == 40000);
     assert_eq!(lts[1].released_ns, Some(50));
+}
+
+/// A TIME_WAIT timer arm as the tracepoint tier reports it now: re-arm or not, marked.
+fn tw_arm(ts: u64, tw: u64, lport: u16, rport: u16, rearm: bool) -> E {
+    let mut e = E::tw(ts, tw, lport, rport);
+    e.0.tw_rearm = Some(rearm);
+    e
+}
+
+fn held_time_wait(ends: Endpoints, seen_ns: u64) -> HeldAtStart {
+    HeldAtStart {
+        ends,
+        owner: Task::default(),
+        listening: false,
+        time_wait: true,
+        seen_ns,
+    }
+}
+
+/// No two lifetimes of one TCP 4-tuple overlap (half-open intervals, open ones run on).
+fn assert_no_overlap(lts: &[Lifetime]) {
+    for (i, a) in lts.iter().enumerate() {
+        for b in &lts[i + 1..] {
+            if a.ends != b.ends || a.ends.proto != Proto::Tcp {
+                continue;
+            }
+            let (a0, a1) = (
+                a.assigned_ns.unwrap_or(0),
+                a.released_ns.unwrap_or(u64::MAX),
+            );
+            let (b0, b1) = (
+                b.assigned_ns.unwrap_or(0),
+                b.released_ns.unwrap_or(u64::MAX),
+            );
+            assert!(a1 <= b0 || b1 <= a0, "overlap:\n{a:?}\n{b:?}");
+        }
+    }
+}
+
+#[test]
+fn time_wait_held_at_start_killed_by_a_reusing_connect_ends_its_own_lifetime() {
+    // tcp_tw_reuse: a new connection takes the 4-tuple of a TIME_WAIT socket held at start.
+    // Its assignment (timed at SYN_SENT) comes first, then the kernel kills the old socket.
+    let mut t = Tracker::new();
+    let newer = E::assign(100, 0xc, 40000, Origin::Connect).remote(80);
+    t.set_held_at_start([held_time_wait(newer.0.ends, 5)]);
+    let kill = E::tw_end(103, 0xb, 40000, 80, true);
+    let (_, lts) = run(&mut t, &[newer, kill]);
+    assert_eq!(lts.len(), 2, "{lts:#?}");
+    let old = lts
+        .iter()
+        .find(|l| l.origin == Origin::Preexisting)
+        .unwrap();
+    assert_eq!(old.released_ns, Some(100), "ends where the new one begins");
+    assert_eq!((old.time_wait_ns_start, old.sock_id), (Some(5), 0xb));
+    let new = lts.iter().find(|l| l.origin == Origin::Connect).unwrap();
+    assert_eq!((new.assigned_ns, new.released_ns), (Some(100), None));
+    assert_eq!(t.counters.unmatched, 0);
+    assert_eq!(t.counters.time_wait_reused, 1);
+    assert_no_overlap(&lts);
+}
+
+#[test]
+fn tracked_time_wait_killed_by_a_reusing_connect_does_not_overlap_it() {
+    let ms = 1_000_000;
+    let lts = lifetimes(&[
+        E::assign(ms, 0xa, 40000, Origin::Connect).remote(80),
+        tw_arm(2 * ms, 0xb, 40000, 80, false),
+        E::release(2 * ms + 1, 0xa, 40000).remote(80),
+        E::assign(5 * ms, 0xc, 40000, Origin::Connect).remote(80),
+        E::tw_end(5 * ms + 4_000, 0xb, 40000, 80, true),
+    ]);
+    assert_eq!(lts.len(), 2);
+    assert_eq!(lts[0].sock_id, 0xa);
+    assert_eq!(lts[0].released_ns, Some(5 * ms));
+    assert_no_overlap(&lts);
+}
+
+#[test]
+fn a_new_time_wait_socket_at_a_recycled_address_is_not_a_rearm() {
+    // The kernel frees a killed TIME_WAIT socket and hands its memory to the next one,
+    // within the re-arm grace and here for another 4-tuple.
+    let us = 1_000;
+    let mut t = Tracker::new();
+    let (_, lts) = run(
+        &mut t,
+        &[
+            E::assign(10 * us, 0xa, 40000, Origin::Connect).remote(80),
+            tw_arm(20 * us, 0xb, 40000, 80, false),
+            E::assign(30 * us, 0xc, 40001, Origin::Connect).remote(80),
+            E::tw_end(40 * us, 0xb, 40000, 80, true), // killed (e.g. a SYN for its 4-tuple)
+            tw_arm(50 * us, 0xb, 40001, 80, false),   // 0xc's TIME_WAIT socket, same address
+            E::tw_end(90 * us, 0xb, 40001, 80, false),
+        ],
+    );
+    let first = lts.iter().find(|l| l.sock_id == 0xa).unwrap();
+    assert_eq!(first.released_ns, Some(40 * us), "ends at its cancel");
+    let second = lts.iter().find(|l| l.sock_id == 0xc).unwrap();
+    assert_eq!(second.time_wait_ns_start, Some(50 * us));
+    assert_eq!(second.released_ns, Some(90 * us));
+    assert_eq!(t.counters.time_wait_rearm, 0);
+    assert_eq!(t.counters.time_wait_guessed, 0);
+    assert_eq!(t.counters.unmatched, 0);
+}
+
+#[test]
+fn the_same_4_tuple_back_in_time_wait_at_the_same_address_is_a_new_socket() {
+    // Round two reuses a TIME_WAIT socket's 4-tuple, closes first again, and its TIME_WAIT
+    // socket lands at the address just freed: same address, same 4-tuple, not a re-arm.
+    let us = 1_000;
+    let mut t = Tracker::new();
+    let (_, lts) = run(
+        &mut t,
+        &[
+            E::assign(10 * us, 0xa, 40000, Origin::Connect).remote(80),
+            tw_arm(20 * us, 0xb, 40000, 80, false),
+            E::assign(30 * us, 0xc, 40000, Origin::Connect).remote(80),
+            E::tw_end(33 * us, 0xb, 40000, 80, true),
+            tw_arm(60 * us, 0xb, 40000, 80, false),
+            E::tw_end(90 * us, 0xb, 40000, 80, false),
+        ],
+    );
+    assert_eq!(lts.len(), 2, "{lts:#?}");
+    assert_eq!(lts[0].released_ns, Some(30 * us));
+    assert_eq!(
+        (
+            lts[1].sock_id,
+            lts[1].time_wait_ns_start,
+            lts[1].released_ns
+        ),
+        (0xc, Some(60 * us), Some(90 * us))
+    );
+    assert_no_overlap(&lts);
+    // Without the kernel's mark (older traces) the endpoints decide the same: a live socket
+    // of that 4-tuple is entering TIME_WAIT.
+    let mut unmarked = Tracker::new();
+    let (_, again) = run(
+        &mut unmarked,
+        &[
+            E::assign(10 * us, 0xa, 40000, Origin::Connect).remote(80),
+            E::tw(20 * us, 0xb, 40000, 80),
+            E::assign(30 * us, 0xc, 40000, Origin::Connect).remote(80),
+            E::tw_end(33 * us, 0xb, 40000, 80, true),
+            E::tw(60 * us, 0xb, 40000, 80),
+            E::tw_end(90 * us, 0xb, 40000, 80, false),
+        ],
+    );
+    assert_eq!(again, lts);
+}
+
+#[test]
+fn a_marked_rearm_goes_on_and_a_mark_against_the_endpoints_is_counted() {
+    let us = 1_000;
+    let mut t = Tracker::new();
+    let (_, lts) = run(
+        &mut t,
+        &[
+            E::assign(10 * us, 0xa, 40000, Origin::Connect).remote(80),
+            tw_arm(20 * us, 0xb, 40000, 80, false),
+            E::tw_end(30 * us, 0xb, 40000, 80, true),
+            tw_arm(30 * us + 1, 0xb, 40000, 80, true), // FIN_WAIT2 -> TIME_WAIT
+            E::tw_end(60 * us, 0xb, 40000, 80, false),
+        ],
+    );
+    assert_eq!(lts.len(), 1);
+    assert_eq!(lts[0].released_ns, Some(60 * us));
+    assert_eq!(lts[0].time_wait_ns_start, Some(20 * us));
+    assert_eq!(
+        (t.counters.time_wait_rearm, t.counters.time_wait_guessed),
+        (1, 0)
+    );
+
+    // Marked a re-arm, yet another 4-tuple: it cannot be; the endpoints win, and it counts.
+    let mut t = Tracker::new();
+    let (_, lts) = run(
+        &mut t,
+        &[
+            E::assign(10 * us, 0xa, 40000, Origin::Connect).remote(80),
+            E::assign(11 * us, 0xc, 40001, Origin::Connect).remote(80),
+            tw_arm(20 * us, 0xb, 40000, 80, false),
+            E::tw_end(30 * us, 0xb, 40000, 80, true),
+            tw_arm(31 * us, 0xb, 40001, 80, true),
+        ],
+    );
+    assert_eq!(lts[0].released_ns, Some(30 * us));
+    assert_eq!(lts[1].time_wait_ns_start, Some(31 * us));
+    assert_eq!(
+        (t.counters.time_wait_rearm, t.counters.time_wait_guessed),
+        (0, 1)
+    );
+}
+
+#[test]
+fn a_socket_snapshotted_in_time_wait_after_its_traced_start_is_one_lifetime() {
+    // Assigned after attaching, in TIME_WAIT by the time of the snapshot: the snapshot's
+    // TIME_WAIT socket is this one, not one of its own.
+    let mut t = Tracker::new();
+    let conn = E::assign(10, 0xa, 40000, Origin::Connect).remote(80);
+    t.set_held_at_start([held_time_wait(conn.0.ends, 25)]);
+    let (_, lts) = run(&mut t, &[conn, tw_arm(20, 0xb, 40000, 80, false)]);
+    assert_eq!(lts.len(), 1, "{lts:#?}");
+    assert_eq!(lts[0].origin, Origin::Connect);
+}
+
+#[test]
+fn an_evicted_listener_still_names_the_owner_of_its_accepted_sockets() {
+    let mut t = Tracker::with_max_open(16);
+    let nginx = task(42, "nginx");
+    let mut events = vec![E::assign(1, 0x1, 443, Origin::Bind).by(nginx)];
+    // Enough connections to push the listener out of the table.
+    for i in 0..40u64 {
+        let mut child =
+            E::assign(10 + i, 0x100 + i, 443, Origin::Inherited).remote(50000 + i as u16);
+        child.0.task = Task::default();
+        events.push(child);
+    }
+    let (_, lts) = run(&mut t, &events);
+    assert!(t.counters.evicted > 0);
+    let accepted: Vec<&Lifetime> = lts
+        .iter()
+        .filter(|l| l.origin == Origin::Inherited)
+        .collect();
+    assert_eq!(accepted.len(), 40);
+    assert!(accepted.iter().all(|l| l.owner == nginx), "{accepted:#?}");
+    assert_eq!(t.counters.owner_unknown, 0);
+}
+
+#[test]
+fn an_accepted_socket_whose_owner_is_unknown_is_lossy_and_counted() {
+    let mut t = Tracker::new();
+    let mut child = E::assign(1, 0x5, 443, Origin::Inherited).remote(50000);
+    child.0.task = Task::default();
+    let (_, lts) = run(&mut t, &[child]);
+    assert!(lts[0].lossy);
+    assert_eq!(t.counters.owner_unknown, 1);
 }

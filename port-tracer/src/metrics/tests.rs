@@ -16,6 +16,7 @@ fn event(kind: Kind, proto: Proto, lport: u16, origin: Origin) -> Event {
         sock_id: u64::from(lport),
         time_wait_sock: false,
         tw_cancel: false,
+        tw_rearm: None,
         ends: e,
         origin,
         errno: 0,

@@ -72,6 +72,7 @@ pub const LIFETIME_COLUMNS: &[Column] = &[
     column("tid", U32, |lt| Value::Uint(lt.owner.tid.into())),
     column("uid", U32, |lt| Value::Uint(lt.owner.uid.into())),
     column("comm", Text, |lt| Value::Text(lt.owner.comm.as_str())),
+    column("thread", Text, |lt| Value::Text(lt.owner.thread.as_str())),
     column("cgroup_id", U64, |lt| Value::Uint(lt.owner.cgroup_id)),
     column("origin", Text, |lt| text(lt.origin.as_str())),
     column("sock_id", Text, |lt| owned(format!("{:#x}", lt.sock_id))),

@@ -114,10 +114,11 @@ impl ChromeTrace {
             }
         );
         let args = format!(
-            "{{\"netns\":{},\"tid\":{},\"comm\":{},\"sock_id\":\"{:#x}\",\"lossy\":{}}}",
+            "{{\"netns\":{},\"tid\":{},\"comm\":{},\"thread\":{},\"sock_id\":\"{:#x}\",\"lossy\":{}}}",
             e.netns,
             lt.owner.tid,
             json_str(&lt.owner.comm.as_str()),
+            json_str(&lt.owner.thread.as_str()),
             lt.sock_id,
             lt.lossy
         );
@@ -201,6 +202,7 @@ mod tests {
                 pid: 9,
                 tid: 10,
                 comm: Comm::new("a,\"b"),
+                thread: Comm::new("w 1"),
                 ..Default::default()
             },
             origin: Origin::Connect,
@@ -218,11 +220,11 @@ mod tests {
         let row = csv_row(&lt());
         assert_eq!(
             row,
-            "tcp,ipv4,127.0.0.1,40000,127.0.0.1,80,7,9,10,0,\"a,\"\"b\",0,connect,0x10,1000,5000,4000,3000,2000,false\n"
+            "tcp,ipv4,127.0.0.1,40000,127.0.0.1,80,7,9,10,0,\"a,\"\"b\",w 1,0,connect,0x10,1000,5000,4000,3000,2000,false\n"
         );
         assert_eq!(
             csv_header(),
-            "proto,family,laddr,lport,raddr,rport,netns,pid,tid,uid,comm,cgroup_id,origin,sock_id,assigned_ns,released_ns,duration_ns,time_wait_start_ns,time_wait_ns,lossy"
+            "proto,family,laddr,lport,raddr,rport,netns,pid,tid,uid,comm,thread,cgroup_id,origin,sock_id,assigned_ns,released_ns,duration_ns,time_wait_start_ns,time_wait_ns,lossy"
         );
         let open = Lifetime {
             released_ns: None,

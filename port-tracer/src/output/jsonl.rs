@@ -112,6 +112,8 @@ impl Line {
         self.u64(task.uid.into());
         self.raw(",\"comm\":");
         self.str(&task.comm.as_str());
+        self.raw(",\"thread\":");
+        self.str(&task.thread.as_str());
         self.raw(",\"cgroup_id\":");
         self.u64(task.cgroup_id);
         self.raw(",\"origin\":\"");

@@ -99,7 +99,16 @@ fn occupancy(out: &mut impl Write, g: &GroupReport, clock: &WallClock) -> io::Re
         let holders: Vec<String> = g
             .top_holders_at_peak
             .iter()
-            .map(|h| format!("{} pid {} ({})", h.sockets, h.pid, h.comm))
+            .map(|h| {
+                if h.no_process {
+                    format!(
+                        "{} in TIME_WAIT since before the start (no process)",
+                        h.sockets
+                    )
+                } else {
+                    format!("{} pid {} ({})", h.sockets, h.pid, h.comm)
+                }
+            })
             .collect();
         writeln!(out, "    holders at the peak: {}", holders.join(", "))?;
     }
@@ -162,6 +171,27 @@ pub(crate) fn write(out: &mut impl Write, s: &Summary, clock: &WallClock) -> io:
             out,
             "  open lifetimes evicted (table full, see --max-lifetimes): {}",
             s.tracker.evicted
+        )?;
+    }
+    if s.tracker.owner_unknown > 0 {
+        writeln!(
+            out,
+            "  accepted sockets whose listener's owner was unknown (marked lossy): {}",
+            s.tracker.owner_unknown
+        )?;
+    }
+    if s.tracker.time_wait_guessed > 0 {
+        writeln!(
+            out,
+            "  TIME_WAIT re-arms told from new TIME_WAIT sockets by their endpoints alone: {}",
+            s.tracker.time_wait_guessed
+        )?;
+    }
+    if s.tracker.time_wait_reused > 0 {
+        writeln!(
+            out,
+            "  TIME_WAIT sockets taken over by a new connection to the same peer (tcp_tw_reuse): {}",
+            s.tracker.time_wait_reused
         )?;
     }
     if s.tracker.released_early > 0 {
@@ -263,10 +293,15 @@ pub(crate) fn write(out: &mut impl Write, s: &Summary, clock: &WallClock) -> io:
     if !a.anti_patterns.is_empty() {
         writeln!(out, "\nAnti-patterns:")?;
         for p in &a.anti_patterns {
+            let who = if p.no_process {
+                "TIME_WAIT sockets from before the start (no process)".to_string()
+            } else {
+                format!("pid {} ({})", p.pid, p.comm)
+            };
             writeln!(
                 out,
-                "  {} pid {} ({}): {} sockets: {}",
-                p.pattern, p.pid, p.comm, p.count, p.advice
+                "  {} {who}: {} sockets: {}",
+                p.pattern, p.count, p.advice
             )?;
         }
     }

@@ -48,7 +48,12 @@ fn record(d: &mut Draw, clock: &mut u64) -> [u8; RECORD_SIZE] {
     let what = d.byte();
     // Kinds 1-4 as the kernel numbers them; 0 and 5 are invalid (undecodable records).
     raw.kind = what % 6;
-    raw.flags = (what / 6) & (flags::TIME_WAIT_SOCK | flags::TW_CANCEL | flags::REMOTE_UPDATE);
+    raw.flags = (what / 6)
+        & (flags::TIME_WAIT_SOCK
+            | flags::TW_CANCEL
+            | flags::REMOTE_UPDATE
+            | flags::TW_ARM_KNOWN
+            | flags::TW_REARM);
     raw.sock_id = 0x1000 + u64::from(d.byte() % 8);
     let ends = d.byte();
     raw.proto = if ends & 1 == 0 {
@@ -107,8 +112,11 @@ fn held_socket(d: &mut Draw) -> HeldAtStart {
             uid: 0,
             cgroup_id: 1,
             comm: Comm::new("held"),
+            thread: Comm::default(),
         },
         listening: ends & 8 != 0,
+        time_wait: ends & 16 != 0,
+        seen_ns: 0,
     }
 }
 

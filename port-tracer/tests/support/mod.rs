@@ -190,6 +190,15 @@ pub fn thread_comm() -> String {
         .to_string()
 }
 
+/// This process's name, as `ps` and /proc/PID/comm show it (the test threads have their
+/// own names, the test's: so every test checks that the two are told apart).
+pub fn process_comm() -> String {
+    std::fs::read_to_string("/proc/self/comm")
+        .unwrap()
+        .trim_end()
+        .to_string()
+}
+
 pub fn netns_of(path: &str) -> u64 {
     let link = std::fs::read_link(path).unwrap();
     let s = link.to_string_lossy();
@@ -199,10 +208,12 @@ pub fn netns_of(path: &str) -> u64 {
         .unwrap()
 }
 
-/// Asserts the lifetime belongs to this process and thread.
+/// Asserts the lifetime belongs to this process and thread: `comm` the process's name,
+/// `thread` the thread's.
 pub fn assert_owned_by_me(lt: &Value) {
     assert_eq!(lt["pid"], std::process::id(), "pid of {lt}");
-    assert_eq!(lt["comm"], thread_comm(), "comm of {lt}");
+    assert_eq!(lt["comm"], process_comm(), "comm of {lt}");
+    assert_eq!(lt["thread"], thread_comm(), "thread of {lt}");
 }
 
 /// The local port of IPv4 socket `fd`, from getsockname.
