@@ -44,9 +44,9 @@ pub enum Cmd {
     /// Same formats, filters and summary as live tracing: churn, range occupancy per
     /// namespace and address, allocation failures, distributions, anti-patterns. `--port N`
     /// gives the history of one port: every holder, when, for how long, TIME_WAIT
-    /// included. A trace cut short or damaged is
-    /// used up to its last complete block; the report then says where it stopped and how
-    /// much it skipped, and exits with status 1.
+    /// included. A trace cut short or damaged is used up to its last complete block; the
+    /// report then says where it stopped and how much it skipped, and exits with status 1.
+    /// So does a trace without its end mark (the recorder was killed), reported whole.
     Report(ReportArgs),
     /// Convert a recorded trace's lifetimes for other tools (JSONL, CSV, Parquet, Chrome trace).
     ///
@@ -118,6 +118,13 @@ pub struct Args {
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
+    /// Let at most this many records wait for a slow output (a terminal, a pipe) before
+    /// dropping them; the drops are counted (output_dropped) and the summary stays exact.
+    /// Tracing never waits for the output. Default: 16384 on a terminal, 262144 otherwise
+    /// (about 40 MB).
+    #[arg(long, value_name = "RECORDS")]
+    pub output_buffer: Option<usize>,
+
     /// Serve Prometheus metrics at http://ADDR/metrics while tracing (IP:PORT, e.g.
     /// 127.0.0.1:9464; port 0 picks a free one). They count what the filters show. The
     /// endpoint has no authentication: keep it on loopback or behind a firewall.
@@ -178,7 +185,8 @@ pub struct ViewArgs {
     #[arg(long)]
     pub pid: Option<u32>,
 
-    /// Show only sockets owned by a task of this name (exact, as in /proc/PID/comm).
+    /// Show only sockets owned by a process of this name (exact, as `ps` and
+    /// /proc/PID/comm show it: the thread group leader's name, not a thread's own).
     #[arg(long)]
     pub comm: Option<String>,
 

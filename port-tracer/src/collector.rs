@@ -3,7 +3,7 @@
 //! ([`crate::replay`]); [`crate::record`] writes raw records instead.
 
 use std::{
-    io::{self, BufWriter, Write},
+    io::{self, BufWriter, IsTerminal, Write},
     path::Path,
     time::Duration,
 };
@@ -25,11 +25,23 @@ use crate::{
     kernel::{self, held, ranges::RangeFinder, Kernel, LoadOptions},
     lifetime::{HeldAtStart, Output, Tracker},
     metrics::{self, Publisher},
-    output::{Sink, WallClock},
+    output::{OutputQueue, Sink, WallClock},
     port_range::PortRange,
     reorder::Reorderer,
     summary::{Lost, Stats, Summary},
 };
+
+/// Where the shown outputs go.
+enum Writer<W: Write> {
+    /// Written here, in turn (replaying a trace: nothing waits on the output).
+    Here {
+        sink: Sink<W>,
+        /// The first write error; nothing more is written after it.
+        error: Option<io::Error>,
+    },
+    /// Handed to a writer thread (live tracing: draining never waits on the output).
+    Queued(OutputQueue),
+}
 
 /// The user's side of the pipeline: filter, count, write.
 struct Shown<W: Write> {
@@ -37,16 +49,16 @@ struct Shown<W: Write> {
     stats: Stats,
     /// With `--metrics`: the same outputs counted for the metrics endpoint.
     metrics: Option<Box<metrics::Counts>>,
-    sink: Sink<W>,
-    /// The first write error; nothing more is written after it.
-    write_error: Option<io::Error>,
+    writer: Writer<W>,
 }
 
 impl<W: Write> Shown<W> {
     /// Runs one write unless an earlier one failed, keeping the first error.
     fn write(&mut self, f: impl FnOnce(&mut Sink<W>) -> io::Result<()>) {
-        if self.write_error.is_none() {
-            self.write_error = f(&mut self.sink).err();
+        if let Writer::Here { sink, error } = &mut self.writer {
+            if error.is_none() {
+                *error = f(sink).err();
+            }
         }
     }
 
@@ -56,7 +68,37 @@ impl<W: Write> Shown<W> {
             if let Some(m) = &mut self.metrics {
                 m.observe(&o);
             }
-            self.write(|sink| sink.write(&o));
+            match &mut self.writer {
+                Writer::Queued(q) => q.push(o),
+                Writer::Here { .. } => self.write(|sink| sink.write(&o)),
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        match &mut self.writer {
+            Writer::Queued(q) => q.flush(),
+            Writer::Here { .. } => self.write(|sink| sink.flush()),
+        }
+    }
+
+    fn failed(&self) -> bool {
+        match &self.writer {
+            Writer::Queued(q) => q.failed(),
+            Writer::Here { error, .. } => error.is_some(),
+        }
+    }
+
+    /// Writes the summary last; the first write error, if any.
+    fn finish(self, mut summary: Summary) -> Option<io::Error> {
+        match self.writer {
+            Writer::Queued(q) => {
+                summary.output_dropped = q.dropped();
+                q.finish(summary).err()
+            }
+            Writer::Here { mut sink, error } => {
+                error.or_else(|| sink.summary(&summary).and_then(|()| sink.flush()).err())
+            }
         }
     }
 }
@@ -86,6 +128,11 @@ pub(crate) enum Upto {
 /// The most events the reorder window holds (about 117 MB): far above what 50 ms of the
 /// fastest storm measured brings, so only a stalled collector reaches it.
 const MAX_REORDER_HELD: usize = 1 << 20;
+
+/// Records that may wait for a terminal: more than anyone reads before the summary.
+const TERMINAL_OUTPUT_BUFFER: usize = 1 << 14;
+/// Records that may wait for a file or a pipe (about 40 MB).
+const OUTPUT_BUFFER: usize = 1 << 18;
 
 /// Where the output goes: `--output FILE` or standard output.
 pub(crate) fn open_output(path: Option<&Path>) -> Result<Box<dyn Write + Send>> {
@@ -124,8 +171,10 @@ impl Pipeline<Out> {
                 filter,
                 stats: Stats::new(start_ns),
                 metrics: None,
-                sink: Sink::new(BufWriter::with_capacity(1 << 16, out), view.format, clock),
-                write_error: None,
+                writer: Writer::Here {
+                    sink: Sink::new(BufWriter::with_capacity(1 << 16, out), view.format, clock),
+                    error: None,
+                },
             },
             undecodable: 0,
             lost_seen: 0,
@@ -135,6 +184,18 @@ impl Pipeline<Out> {
                 end_ns: start_ns,
             },
         })
+    }
+}
+
+impl Pipeline<Out> {
+    /// Writes from a thread of its own from now on, at most `limit` records waiting (see
+    /// [`OutputQueue`]).
+    pub(crate) fn queue_output(&mut self, limit: usize) {
+        let writer = std::mem::replace(&mut self.shown.writer, Writer::Queued(OutputQueue::idle()));
+        self.shown.writer = match writer {
+            Writer::Here { sink, error: None } => Writer::Queued(OutputQueue::start(sink, limit)),
+            other => other,
+        };
     }
 }
 
@@ -248,11 +309,11 @@ impl<W: Write> Pipeline<W> {
     }
 
     pub(crate) fn flush(&mut self) {
-        self.shown.write(|sink| sink.flush());
+        self.shown.flush();
     }
 
     pub(crate) fn write_failed(&self) -> bool {
-        self.shown.write_error.is_some()
+        self.shown.failed()
     }
 
     /// Ends the run at `end_ns` (or its newest event, if later): everything held goes
@@ -267,6 +328,14 @@ impl<W: Write> Pipeline<W> {
         self.span.end_ns = self.span.end_ns.max(end_ns);
         self.check_lost(lost_counts);
         self.process(Upto::End);
+        if let Some(finder) = &self.ranges {
+            for (netns, why) in finder.unreadable() {
+                eprintln!(
+                    "port-tracer: the port range of network namespace {netns} could not be \
+                     read ({why}): its occupancy counts every port"
+                );
+            }
+        }
         let lost = Lost {
             by_reason: lost::NAMES
                 .iter()
@@ -282,9 +351,7 @@ impl<W: Write> Pipeline<W> {
             self.span,
             10,
         );
-        self.shown.write(|sink| sink.summary(&summary));
-        self.flush();
-        match self.shown.write_error {
+        match self.shown.finish(summary) {
             // The reader went away (`| head`): stop quietly.
             Some(e) if e.kind() != io::ErrorKind::BrokenPipe => {
                 Err(anyhow::Error::new(e).context(match output {
@@ -392,6 +459,14 @@ pub async fn run(args: Args) -> Result<()> {
         held_at_start,
     } = Traced::start(&args.kernel)?;
     let mut p = Pipeline::new(&args.view, &args.rebuild, WallClock::now(), monotonic_ns())?;
+    p.queue_output(args.output_buffer.unwrap_or_else(|| {
+        let terminal = args.view.output.is_none() && io::stdout().is_terminal();
+        if terminal {
+            TERMINAL_OUTPUT_BUFFER
+        } else {
+            OUTPUT_BUFFER
+        }
+    }));
     let mut finder = RangeFinder::new();
     for r in held_ranges(&mut finder, &held_at_start) {
         p.set_range(r);

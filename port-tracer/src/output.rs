@@ -12,7 +12,10 @@ pub mod columns;
 mod export;
 mod jsonl;
 pub mod parquet;
+mod queue;
 mod summary_text;
+
+pub use queue::OutputQueue;
 
 use crate::{
     event::{Endpoints, Event, Kind, Origin, Task},
@@ -347,6 +350,15 @@ impl<W: Write> Sink<W> {
     pub fn flush(&mut self) -> io::Result<()> {
         self.write_pending()?;
         self.out.flush()
+    }
+
+    /// A line of its own in text output (nothing in the other formats).
+    pub fn note(&mut self, line: &str) -> io::Result<()> {
+        if self.format != Format::Text {
+            return Ok(());
+        }
+        self.write_pending()?;
+        writeln!(self.out, "{line}")
     }
 }
 

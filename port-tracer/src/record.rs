@@ -94,6 +94,12 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     w.write_lost(&lost_now).with_context(writing)?;
     w.finish(monotonic_ns()).with_context(writing)?;
     drop(kernel);
+    for (netns, why) in finder.unreadable() {
+        eprintln!(
+            "port-tracer: the port range of network namespace {netns} could not be read \
+             ({why}): the trace has none for it"
+        );
+    }
     let lost_total: u64 = lost_now.iter().sum();
     eprintln!(
         "port-tracer: recorded {records} events to {}; lost {lost_total}",

@@ -14,7 +14,8 @@ use crate::{
 };
 
 /// Reports a trace. A damaged trace is reported up to its last good block, then the
-/// damage is the error (non-zero exit).
+/// damage is the error; a trace without its end mark (the recorder was killed) is
+/// reported whole, then that is the error: either way a non-zero exit.
 pub fn run(args: ReportArgs) -> Result<()> {
     args.view.check()?;
     let path = &args.trace;
@@ -76,8 +77,10 @@ pub fn run(args: ReportArgs) -> Result<()> {
         );
     }
     if !ended {
-        eprintln!(
-            "port-tracer: {}: no end mark: the recording did not stop cleanly (everything up to its last flush is reported)",
+        // Complete up to its last flush, but not a whole recording: scripts must know.
+        bail!(
+            "{}: no end mark: the recording did not stop cleanly (killed?); reported \
+             everything up to its last flush",
             path.display()
         );
     }

@@ -131,6 +131,9 @@ pub struct Summary {
     pub top_processes: Vec<TopTask>,
     pub lifetime_histogram: Vec<Bucket>,
     pub time_wait_histogram: Vec<Bucket>,
+    /// Records not written because the output could not keep up (live tracing); the
+    /// summary still counts them.
+    pub output_dropped: u64,
     #[serde(flatten)]
     pub analysis: AnalysisReport,
 }
@@ -170,6 +173,7 @@ impl Summary {
                 .collect(),
             lifetime_histogram: stats.durations.buckets(),
             time_wait_histogram: stats.time_waits.buckets(),
+            output_dropped: 0,
             analysis,
         }
     }

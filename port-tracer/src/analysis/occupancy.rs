@@ -83,6 +83,18 @@ impl Group {
         }
     }
 
+    /// The namespace's range, read only now (it could not be read when the group began):
+    /// the ports held now are counted again within it, and the peak is measured from here.
+    fn adopt(&mut self, range: PortRange, now_ns: u64) {
+        self.size = Some(range.size());
+        self.range = Some(range);
+        self.level = self.ports.keys().filter(|&&p| self.counts(p)).count() as u32;
+        self.peak = self.level;
+        self.peak_ns = (self.level > 0).then_some(now_ns);
+        self.at_peak = AtPeak::default();
+        self.timeline.set(now_ns, self.level);
+    }
+
     fn unhold(&mut self, port: u16, ts: u64) {
         let Some(n) = self.ports.get_mut(&port) else {
             return;
@@ -208,8 +220,15 @@ impl Occupancy {
         }
     }
 
-    /// The range of a namespace; groups begun before it was known keep counting every port.
+    /// The range of a namespace. Groups begun before it was known (it could not be read
+    /// then) count within it from now on.
     pub fn set_range(&mut self, range: PortRange) {
+        let now = self.now_ns;
+        for g in &mut self.groups {
+            if g.key.netns == range.netns && g.range.is_none() {
+                g.adopt(range.clone(), now);
+            }
+        }
         self.ranges.insert(range.netns, range);
     }
 

@@ -159,6 +159,13 @@ pub(crate) fn write(out: &mut impl Write, s: &Summary, clock: &WallClock) -> io:
         reasons.join(", "),
         s.lost.undecodable
     )?;
+    if s.output_dropped > 0 {
+        writeln!(
+            out,
+            "  records not written, the output could not keep up (counted above): {}",
+            s.output_dropped
+        )?;
+    }
     if s.tracker.unmatched > 0 {
         writeln!(
             out,

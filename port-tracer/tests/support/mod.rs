@@ -35,11 +35,15 @@ pub struct Tracer {
     out: PathBuf,
     /// What it wrote to stderr up to saying that it traces.
     pub startup: Vec<String>,
+    /// What it wrote to stderr after that.
+    later: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// Records written by a tracer run.
 pub struct Trace {
     pub records: Vec<Value>,
+    /// Its stderr after it said it traces.
+    pub stderr: Vec<String>,
 }
 
 impl Tracer {
@@ -83,8 +87,10 @@ impl Tracer {
             child,
             out,
             startup: Vec::new(),
+            later: Default::default(),
         };
-        tracer.startup = wait_until_tracing(&mut tracer.child);
+        let (startup, later) = wait_until_tracing_keeping(&mut tracer.child);
+        (tracer.startup, tracer.later) = (startup, later);
         tracer
     }
 
@@ -100,6 +106,11 @@ impl Tracer {
         })
     }
 
+    /// The tracer's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the tracer (SIGINT) and reads its output.
     pub fn stop(mut self) -> Trace {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
@@ -111,12 +122,22 @@ impl Tracer {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
             .collect();
-        Trace { records }
+        // The stderr reader ends with the process; give it a moment to take the last lines.
+        std::thread::sleep(Duration::from_millis(50));
+        let stderr = self.later.lock().unwrap().clone();
+        Trace { records, stderr }
     }
 }
 
 /// Reads the tracer's stderr until it says it traces; keeps draining it afterwards.
 pub fn wait_until_tracing(child: &mut Child) -> Vec<String> {
+    wait_until_tracing_keeping(child).0
+}
+
+/// [`wait_until_tracing`], keeping what it writes later.
+pub fn wait_until_tracing_keeping(
+    child: &mut Child,
+) -> (Vec<String>, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     let stderr = child.stderr.take().expect("stderr piped");
     let mut lines = BufReader::new(stderr).lines();
     let mut seen = Vec::new();
@@ -132,8 +153,14 @@ pub fn wait_until_tracing(child: &mut Child) -> Vec<String> {
             _ => panic!("tracer failed to start: {}", seen.join("\n")),
         }
     }
-    std::thread::spawn(move || for _ in lines {});
-    seen
+    let later = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = later.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            keep.lock().unwrap().push(line);
+        }
+    });
+    (seen, later)
 }
 
 impl Drop for Tracer {
