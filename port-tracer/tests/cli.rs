@@ -168,6 +168,11 @@ fn bad_trace_files_are_refused_clearly() {
 /// A trace of no events in which one TCP listener held port 8443 from the start: what
 /// `export` turns into one lifetime, without root.
 fn trace_holding_one_listener(path: &std::path::Path) {
+    trace_holding_one_listener_ending(path, true);
+}
+
+/// [`trace_holding_one_listener`], with its end mark or without (a recorder killed).
+fn trace_holding_one_listener_ending(path: &std::path::Path, end_mark: bool) {
     use port_tracer::{
         event::{Comm, Endpoints, Family, Proto, Task},
         lifetime::HeldAtStart,
@@ -205,7 +210,36 @@ fn trace_holding_one_listener(path: &std::path::Path) {
         seen_ns: 0,
     };
     w.write_held(&[held]).unwrap();
-    w.finish(0).unwrap();
+    if end_mark {
+        w.finish(0).unwrap();
+    } else {
+        w.flush().unwrap();
+    }
+}
+
+#[test]
+fn a_trace_without_its_end_mark_is_reported_whole_and_exits_1() {
+    let dir = std::env::temp_dir().join(format!("port-tracer-cli-cut-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("killed.ptrace");
+    trace_holding_one_listener_ending(&trace, false);
+    let out = tracer()
+        .args(["report", trace.to_str().unwrap(), "--format", "jsonl"])
+        .output()
+        .unwrap();
+    assert_clean_error(&out, 1, "no end mark: the recording did not stop cleanly");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("\"lport\":8443"), "reported whole: {stdout}");
+    assert!(stdout.lines().last().unwrap().contains("\"type\":\"summary\""));
+    let csv = dir.join("killed.csv");
+    let out = tracer()
+        .args(["export", trace.to_str().unwrap(), "--format", "csv", "--output"])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert_clean_error(&out, 1, "no end mark");
+    assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 2, "header and row");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
