@@ -455,7 +455,7 @@ pub async fn run(args: Args) -> Result<()> {
     let Traced {
         kernel,
         mut ring,
-        lost: lost_counters,
+        lost: mut lost_counters,
         held_at_start,
     } = Traced::start(&args.kernel)?;
     let mut p = Pipeline::new(&args.view, &args.rebuild, WallClock::now(), monotonic_ns())?;
@@ -495,7 +495,7 @@ pub async fn run(args: Args) -> Result<()> {
             }
             _ = tick.tick() => {
                 p.drain(ring.get_mut());
-                let lost_counts = lost_counters.read()?;
+                let lost_counts = lost_counters.read();
                 p.check_lost(&lost_counts);
                 p.process(Upto::InOrder(monotonic_ns()));
                 p.flush();
@@ -513,7 +513,7 @@ pub async fn run(args: Args) -> Result<()> {
 
     // Programs still run until `kernel` drops: take what they wrote so far.
     p.drain(ring.get_mut());
-    let lost_counts = lost_counters.read()?;
+    let lost_counts = lost_counters.read();
     let done = p.finish(&lost_counts, monotonic_ns(), args.view.output.as_deref());
     drop(kernel);
     done

@@ -29,7 +29,7 @@ const BLOCK_BYTES: usize = 4 << 20;
 /// Records until a signal or the deadline.
 pub async fn run(args: RecordArgs) -> Result<()> {
     let traced = Traced::start(&args.kernel)?;
-    let (kernel, mut ring, lost_counters) = (traced.kernel, traced.ring, traced.lost);
+    let (kernel, mut ring, mut lost_counters) = (traced.kernel, traced.ring, traced.lost);
     let held_at_start = traced.held_at_start;
 
     let path = &args.output;
@@ -76,7 +76,7 @@ pub async fn run(args: RecordArgs) -> Result<()> {
             _ = tick.tick() => {
                 records += take(ring.get_mut(), &mut w, &mut finder, keep).with_context(writing)?;
                 w.write_events().with_context(writing)?;
-                let lost_now = lost_counters.read()?;
+                let lost_now = lost_counters.read();
                 if lost_now != lost_written {
                     w.write_lost(&lost_now).with_context(writing)?;
                     lost_written = lost_now;
@@ -90,7 +90,7 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     }
 
     records += take(ring.get_mut(), &mut w, &mut finder, keep).with_context(writing)?;
-    let lost_now = lost_counters.read()?;
+    let lost_now = lost_counters.read();
     w.write_lost(&lost_now).with_context(writing)?;
     w.finish(monotonic_ns()).with_context(writing)?;
     drop(kernel);

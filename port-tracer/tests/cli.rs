@@ -229,16 +229,33 @@ fn a_trace_without_its_end_mark_is_reported_whole_and_exits_1() {
         .unwrap();
     assert_clean_error(&out, 1, "no end mark: the recording did not stop cleanly");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("\"lport\":8443"), "reported whole: {stdout}");
-    assert!(stdout.lines().last().unwrap().contains("\"type\":\"summary\""));
+    assert!(
+        stdout.contains("\"lport\":8443"),
+        "reported whole: {stdout}"
+    );
+    assert!(stdout
+        .lines()
+        .last()
+        .unwrap()
+        .contains("\"type\":\"summary\""));
     let csv = dir.join("killed.csv");
     let out = tracer()
-        .args(["export", trace.to_str().unwrap(), "--format", "csv", "--output"])
+        .args([
+            "export",
+            trace.to_str().unwrap(),
+            "--format",
+            "csv",
+            "--output",
+        ])
         .arg(&csv)
         .output()
         .unwrap();
     assert_clean_error(&out, 1, "no end mark");
-    assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 2, "header and row");
+    assert_eq!(
+        std::fs::read_to_string(&csv).unwrap().lines().count(),
+        2,
+        "header and row"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1152,9 +1152,26 @@ fn storm_round(l: &TcpListener, n: usize, client_first: bool) -> Vec<u16> {
         .collect()
 }
 
-/// How many connections a storm round makes: the namespace's range is that many ports, so
-/// that each round after the first has to take over TIME_WAIT sockets' 4-tuples.
+/// How many connections a storm round makes at most: the namespace's range is that many
+/// ports, so that each round after the first has to take over TIME_WAIT sockets' 4-tuples.
 const STORM: usize = 2000;
+
+/// How many connections a storm round makes here: [`STORM`], or fewer where connections are
+/// slow (the VM matrix's software-emulated guests), so that a round takes at most about 8
+/// seconds and the whole storm well under TIME_WAIT's 60 (no socket may expire between
+/// rounds); never fewer than 200.
+fn storm_size(l: &TcpListener) -> usize {
+    let start = std::time::Instant::now();
+    let sample = 50;
+    for _ in 0..sample {
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (a, _) = l.accept().unwrap();
+        reset_close(c);
+        drop(a);
+    }
+    let per = start.elapsed().as_secs_f64() / sample as f64;
+    ((8.0 / per) as usize).clamp(200, STORM) & !1
+}
 
 #[test]
 fn time_wait_reuse_storm_matches_the_kernel_socket_table() {
@@ -1169,13 +1186,15 @@ fn time_wait_reuse_storm_matches_the_kernel_socket_table() {
     let (to_storm, from_main) = mpsc::channel::<()>();
     let storm = std::thread::spawn(move || {
         let netns = enter_new_netns();
+        let l = TcpListener::bind("127.0.0.1:50000").unwrap();
+        let n = storm_size(&l);
         std::fs::write(
             "/proc/sys/net/ipv4/ip_local_port_range",
-            format!("40000 {}", 40000 + STORM - 1),
+            format!("40000 {}", 40000 + n - 1),
         )
         .unwrap();
-        // Small machines cap TIME_WAIT sockets per namespace at half the established hash
-        // (1024 in a 2 GB guest); past that a closing socket skips TIME_WAIT.
+        // The kernel caps TIME_WAIT sockets per namespace (sized from the established hash,
+        // small on small machines); past the cap a closing socket skips TIME_WAIT.
         std::fs::write("/proc/sys/net/ipv4/tcp_max_tw_buckets", "262144").unwrap();
         let reuse = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_tw_reuse").unwrap();
         assert_eq!(
@@ -1183,8 +1202,8 @@ fn time_wait_reuse_storm_matches_the_kernel_socket_table() {
             "2",
             "net.ipv4.tcp_tw_reuse of a new namespace"
         );
-        let l = TcpListener::bind("127.0.0.1:50000").unwrap();
-        let round0 = storm_round(&l, STORM, true);
+        // The calibration's ports are free again (reset close): round 0 fills the range.
+        let round0 = storm_round(&l, n, true);
         to_main.send(netns).unwrap();
         from_main.recv().unwrap(); // tracing
         let thread_ns = format!("/proc/{}/task/{}/ns/net", std::process::id(), unsafe {
@@ -1198,19 +1217,19 @@ fn time_wait_reuse_storm_matches_the_kernel_socket_table() {
         let mut rounds = vec![round0];
         for (i, client_first) in [true, false, false].into_iter().enumerate() {
             ripen();
-            rounds.push(storm_round(&l, STORM, client_first));
+            rounds.push(storm_round(&l, n, client_first));
             settle();
             let what = ["after round 1", "after round 2", "after round 3"][i];
             snaps.push((what, tcp_table(netns), ss_view(&thread_ns)));
         }
         drop(l);
         settle();
-        (netns, rounds, snaps)
+        (netns, n, rounds, snaps)
     });
     let netns = from_storm.recv().expect("round 0");
     let tracer = Tracer::start_with(&["--netns", &netns.to_string()]);
     to_storm.send(()).unwrap();
-    let (netns, rounds, snaps) = storm.join().unwrap();
+    let (netns, n, rounds, snaps) = storm.join().unwrap();
     let t = tracer.stop();
     let summary = t.summary();
     assert_eq!(summary["lost"]["total"], 0, "{summary}");
@@ -1221,8 +1240,8 @@ fn time_wait_reuse_storm_matches_the_kernel_socket_table() {
     for (what, snap, ss) in &snaps {
         let tw = snap.sockets.iter().filter(|s| s.time_wait).count();
         assert!(
-            tw >= STORM,
-            "{what}: {tw} TIME_WAIT sockets in the kernel's table"
+            tw >= n,
+            "{what}: {tw} TIME_WAIT sockets in the kernel's table ({n} connections a round)"
         );
         if let Some(ss) = ss {
             let mut ours: Vec<String> = snap
@@ -1261,14 +1280,14 @@ fn time_wait_reuse_storm_matches_the_kernel_socket_table() {
         .iter()
         .filter(|l| l["origin"] == "preexisting" && !l["time_wait_start_ns"].is_null())
         .collect();
-    assert_eq!(preexisting_tw.len(), STORM, "round 0's TIME_WAIT sockets");
+    assert_eq!(preexisting_tw.len(), n, "round 0's TIME_WAIT sockets");
     assert!(preexisting_tw
         .iter()
         .all(|l| l["released_ns"].is_u64() && l["pid"] == 0));
     assert!(spans.lifetimes.iter().all(|l| l["origin"] != "unknown"));
     // Round 1 took over every one of them, round 2 some of round 1's.
     assert!(
-        summary["tracker"]["time_wait_reused"].as_u64().unwrap() > STORM as u64,
+        summary["tracker"]["time_wait_reused"].as_u64().unwrap() > n as u64,
         "{}",
         summary["tracker"]
     );
@@ -1296,7 +1315,7 @@ fn time_wait_reuse_storm_matches_the_kernel_socket_table() {
         .filter(|l| l["origin"] == "inherited")
         .inspect(|l| assert_eq!(l["pid"], my_pid(), "{l}"))
         .count();
-    assert_eq!(accepted, 3 * STORM);
+    assert_eq!(accepted, 3 * n);
 }
 
 /// Names the calling thread (as resolvers, proxies and JVMs name their workers).

@@ -170,7 +170,7 @@ impl Kernel {
             .ebpf
             .take_map("LOST")
             .context("LOST map already taken")?;
-        Ok(LostCounters(PerCpuArray::try_from(map)?))
+        LostCounters::new(PerCpuArray::try_from(map)?)
     }
 }
 
@@ -198,16 +198,49 @@ fn raise_memlock_limit() {
 }
 
 /// Per-CPU counts of events the programs could not deliver.
-pub struct LostCounters(PerCpuArray<MapData, u64>);
+pub struct LostCounters {
+    map: PerCpuArray<MapData, u64>,
+    /// The last totals read, for when a read fails.
+    last: [u64; lost::COUNT as usize],
+    warned: bool,
+}
 
 impl LostCounters {
-    /// Totals over all CPUs, indexed by `port_tracer_common::lost`.
-    pub fn read(&self) -> Result<[u64; lost::COUNT as usize]> {
+    fn new(map: PerCpuArray<MapData, u64>) -> Result<Self> {
+        let mut c = LostCounters {
+            map,
+            last: [0; lost::COUNT as usize],
+            warned: false,
+        };
+        // The first read opens a /sys file (the number of CPUs), then remembers it: done
+        // now, so that a tracer later out of file handles still reads its counters.
+        c.last = c.try_read()?;
+        Ok(c)
+    }
+
+    fn try_read(&self) -> Result<[u64; lost::COUNT as usize]> {
         let mut out = [0u64; lost::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
-            *slot = self.0.get(&(i as u32), 0)?.iter().sum();
+            *slot = self.map.get(&(i as u32), 0)?.iter().sum();
         }
         Ok(out)
+    }
+
+    /// Totals over all CPUs, indexed by `port_tracer_common::lost`. A read that fails (it
+    /// should not) gives the last totals, and says so once: tracing goes on.
+    pub fn read(&mut self) -> [u64; lost::COUNT as usize] {
+        match self.try_read() {
+            Ok(now) => self.last = now,
+            Err(e) if !self.warned => {
+                self.warned = true;
+                eprintln!(
+                    "port-tracer: cannot read the kernel's lost-event counters ({e:#}); \
+                     the summary gives the last ones read"
+                );
+            }
+            Err(_) => {}
+        }
+        self.last
     }
 }
 

@@ -115,7 +115,13 @@ impl Tracer {
     pub fn stop(mut self) -> Trace {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let status = self.child.wait().expect("wait for tracer");
-        assert!(status.success(), "tracer exited with {status}");
+        if !status.success() {
+            std::thread::sleep(Duration::from_millis(50));
+            panic!(
+                "tracer exited with {status}; its stderr:\n{}",
+                self.later.lock().unwrap().join("\n")
+            );
+        }
         let text = std::fs::read_to_string(&self.out).expect("read trace");
         let _ = std::fs::remove_file(&self.out);
         let records = text

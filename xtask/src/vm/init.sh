@@ -9,6 +9,9 @@ mkdir -p /proc /sys /dev /tmp /run
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# Pseudo-terminals: a test drives the tracer's text output through one.
+mkdir -p /dev/pts
+mount -t devpts devpts /dev/pts
 mkdir -p /sys/kernel/tracing /sys/fs/bpf /sys/fs/cgroup
 mount -t tracefs nodev /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
