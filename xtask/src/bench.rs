@@ -39,9 +39,10 @@ pub struct Options {
     #[arg(long)]
     no_peers: bool,
     /// Arguments for port-tracer runs, e.g. "--wakeup-bytes 0" (live JSONL) or "record
-    /// --wakeup-bytes 0" (`port-tracer record`). Given several times, each is a variant of
-    /// its own, measured in the same rounds (A/B of a setting). Default: live JSONL and
-    /// record, default settings.
+    /// --wakeup-bytes 0" (`port-tracer record`); "bin=PATH ..." runs another build of
+    /// port-tracer (before/after a change). Given several times, each is a variant of its
+    /// own, measured in the same rounds (A/B of a setting or a build). Default: live JSONL
+    /// and record, default settings.
     #[arg(long, allow_hyphen_values = true, value_name = "ARGS")]
     tracer_args: Vec<String>,
     /// Also measure port-tracer's kernel programs: run time per operation of each, from the
@@ -74,6 +75,18 @@ impl Workload {
 /// `--tracer-args` starting with this runs `port-tracer record` (the binary trace) instead
 /// of live JSONL; by default each tier is measured both ways.
 const RECORD: &str = "record";
+
+/// The port-tracer binary a variant runs ("bin=PATH" first in its arguments, else this
+/// checkout's) and the rest of its arguments.
+fn tracer_of<'a>(paths: &'a Paths, extra: &'a str) -> (&'a Path, &'a str) {
+    match extra.strip_prefix("bin=") {
+        Some(rest) => {
+            let (bin, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+            (Path::new(bin), rest.trim_start())
+        }
+        None => (&paths.tracer, extra),
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Tool {
@@ -299,7 +312,8 @@ fn start(paths: &Paths, w: Workload, tool: &Tool, port: u16) -> Result<Option<Ru
     let mut cmd = match tool {
         Tool::Untraced => return Ok(None),
         Tool::PortTracer(tier, extra) => {
-            let mut c = Command::new(&paths.tracer);
+            let (bin, extra) = tracer_of(paths, extra);
+            let mut c = Command::new(bin);
             match extra.strip_prefix(RECORD) {
                 // The binary trace; the JSONL comes afterwards, from `report`.
                 Some(rest) => c
@@ -535,11 +549,11 @@ fn measure(
                 Workload::Udp => (&["bind_ephemeral"], 2),
             };
             let jsonl = match tool {
-                Tool::PortTracer(_, extra) if extra.starts_with(RECORD) => {
+                Tool::PortTracer(_, extra) if tracer_of(paths, extra).1.starts_with(RECORD) => {
                     // Outside the measurement: the trace rebuilt as the live mode would.
                     let jsonl = r.out.with_extension("jsonl");
                     output_of(
-                        Command::new(&paths.tracer)
+                        Command::new(tracer_of(paths, extra).0)
                             .arg("report")
                             .arg(&r.out)
                             .args(["--format", "jsonl", "--output"])
