@@ -140,6 +140,9 @@ pub struct PortEvent {
 }
 
 const _: () = assert!(core::mem::size_of::<PortEvent>() == 120);
+// The kernel side moves names as two 8-byte words.
+const _: () = assert!(core::mem::offset_of!(PortEvent, comm) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(PortEvent, thread) % 8 == 0);
 
 /// Size of a record before `thread` was added (trace format version 1).
 pub const PORT_EVENT_V1_SIZE: usize = 104;

@@ -1,9 +1,9 @@
 //! Reading kernel structures at offsets resolved from BTF by userspace.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-    generated::bpf_get_current_task,
+    bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+    bpf_probe_read_kernel,
+    generated::{self as gen, bpf_get_current_task},
 };
 use port_tracer_common::{EventKind, Origin, PortEvent, AF_INET, AF_INET6, COMM_LEN};
 
@@ -27,19 +27,40 @@ pub fn tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
-/// The current process's name (its thread group leader's `comm`, what `ps` shows) and the
-/// current thread's. A thread's own name says little to someone looking for a process.
+/// A task name as two words: names sit 8-byte aligned in `PortEvent` and `Connecting`
+/// (asserted where they are defined), so they move in two loads and stores, not sixteen.
+pub type Name = [u64; 2];
+
+/// The current process's name (its thread group leader's `comm`, what `ps` shows) into
+/// `process` and the current thread's into `thread`, written in place: names copied through
+/// the stack cost a byte per instruction. A thread's own name says little to someone
+/// looking for a process.
 #[inline(always)]
-pub fn current_names(pid: u32, tid: u32) -> ([u8; COMM_LEN], [u8; COMM_LEN]) {
-    let thread = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-    if pid == tid {
-        return (thread, thread);
+pub fn fill_names(process: &mut Name, thread: &mut Name, pid: u32, tid: u32) {
+    // SAFETY: helpers writing COMM_LEN bytes into COMM_LEN-byte buffers.
+    unsafe {
+        if gen::bpf_get_current_comm(thread.as_mut_ptr().cast(), COMM_LEN as u32) != 0 {
+            *thread = [0; 2];
+        }
+        *process = *thread;
+        if pid == tid {
+            return;
+        }
+        let task = gen::bpf_get_current_task();
+        if let Ok(leader) = read::<u64>(task, off!(task_group_leader)) {
+            let comm = (leader as usize + off!(task_comm)) as *const _;
+            if gen::bpf_probe_read_kernel(process.as_mut_ptr().cast(), COMM_LEN as u32, comm) != 0 {
+                *process = *thread;
+            }
+        }
     }
-    let task = unsafe { bpf_get_current_task() };
-    let process = read::<u64>(task, off!(task_group_leader))
-        .and_then(|leader| read::<[u8; COMM_LEN]>(leader, off!(task_comm)))
-        .unwrap_or(thread);
-    (process, thread)
+}
+
+/// `name`'s field of a `PortEvent` as a [`Name`].
+#[inline(always)]
+pub fn name_mut(name: &mut [u8; COMM_LEN]) -> &mut Name {
+    // SAFETY: same size; the field is 8-byte aligned (asserted in port-tracer-common).
+    unsafe { &mut *(name as *mut [u8; COMM_LEN]).cast::<Name>() }
 }
 
 /// Timestamp and the current task's identity.
@@ -51,7 +72,11 @@ pub fn fill_task(ev: &mut PortEvent) {
     ev.tid = pid_tgid as u32;
     ev.uid = bpf_get_current_uid_gid() as u32;
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    (ev.comm, ev.thread) = current_names(ev.pid, ev.tid);
+    let (pid, tid) = (ev.pid, ev.tid);
+    // Two disjoint fields, each written in place.
+    let (comm, thread) = (&mut ev.comm as *mut _, &mut ev.thread as *mut _);
+    // SAFETY: distinct fields of one event.
+    unsafe { fill_names(name_mut(&mut *comm), name_mut(&mut *thread), pid, tid) };
 }
 
 /// Family of the socket at `sk`.

@@ -17,7 +17,9 @@ use port_tracer_common::{flags, lost, EventKind, Origin, PortEvent, IPPROTO_TCP}
 
 use crate::{
     emit::{count_lost, emit},
-    kernel::{current_names, fill_event, fill_sock, off, read, sock_num, sock_protocol},
+    kernel::{
+        fill_event, fill_names, fill_sock, name_mut, off, read, sock_num, sock_protocol, Name,
+    },
     CONNECTING,
 };
 
@@ -38,12 +40,13 @@ pub struct Connecting {
     /// The socket was bound before connect: no new port, only the remote endpoint.
     pub had_port: u16,
     pub _pad: u16,
-    /// The process's name and the thread's (see `kernel::current_names`).
-    pub comm: [u8; 16],
-    pub thread: [u8; 16],
+    /// The process's name and the thread's (see `kernel::fill_names`).
+    pub comm: Name,
+    pub thread: Name,
 }
 
 const _: () = assert!(core::mem::size_of::<Connecting>() == 64);
+const _: () = assert!(core::mem::offset_of!(Connecting, comm) % 8 == 0);
 
 /// The local port in `inet_sport` (host order): still set after the port was put back.
 #[inline(always)]
@@ -120,8 +123,8 @@ pub fn fill_connecting(ev: &mut PortEvent, sk: u64, c: &Connecting) -> Result<()
     ev.pid = c.pid;
     ev.tid = c.tid;
     ev.uid = c.uid;
-    ev.comm = c.comm;
-    ev.thread = c.thread;
+    *name_mut(&mut ev.comm) = c.comm;
+    *name_mut(&mut ev.thread) = c.thread;
     ev.origin = Origin::Connect as u8;
     ev.proto = IPPROTO_TCP;
     Ok(())
@@ -139,8 +142,7 @@ pub fn start_connect(sk: u64) {
 fn try_start_connect(sk: u64) -> Result<(), i32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (pid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    let (comm, thread) = current_names(pid, tid);
-    let c = Connecting {
+    let mut c = Connecting {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         pid,
@@ -148,9 +150,10 @@ fn try_start_connect(sk: u64) -> Result<(), i32> {
         uid: bpf_get_current_uid_gid() as u32,
         had_port: (sock_num(sk)? != 0) as u16,
         _pad: 0,
-        comm,
-        thread,
+        comm: [0; 2],
+        thread: [0; 2],
     };
+    fill_names(&mut c.comm, &mut c.thread, pid, tid);
     if CONNECTING.insert(sk, c, 0).is_err() {
         count_lost(lost::MAP_FULL);
     }

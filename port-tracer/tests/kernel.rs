@@ -1411,6 +1411,7 @@ fn accepted_sockets_keep_their_owner_when_the_listener_is_evicted() {
 #[test]
 fn a_namespace_whose_range_could_not_be_read_is_read_later_and_said() {
     require_root!();
+    host_only!();
     let tracer = Tracer::start();
     // Out of file handles: reading a new namespace's range needs one (its ns/net). Only the
     // soft limit moves, so it can go back up.
@@ -1533,6 +1534,7 @@ fn reset_storm(n: usize) {
 #[test]
 fn a_slow_reader_costs_no_kernel_events_and_what_it_misses_is_counted() {
     require_root!();
+    host_only!();
     use std::sync::{atomic::AtomicBool, Arc};
     const CONNECTIONS: usize = 5000;
     let pid = my_pid().to_string();
@@ -1592,6 +1594,7 @@ fn a_slow_reader_costs_no_kernel_events_and_what_it_misses_is_counted() {
 #[test]
 fn a_slow_terminal_skips_lines_and_says_how_many() {
     require_root!();
+    host_only!();
     use std::os::fd::FromRawFd;
     use std::sync::{atomic::AtomicBool, Arc};
     let (mut master, mut slave) = (0, 0);

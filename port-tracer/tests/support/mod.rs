@@ -29,6 +29,18 @@ macro_rules! require_root {
     };
 }
 
+/// Skips the calling test in the VM matrix's guests: for tests of what userspace does with
+/// the events (output, namespaces' ranges), which no tier changes; the host runs them.
+#[macro_export]
+macro_rules! host_only {
+    () => {
+        if std::env::var_os("PORT_TRACER_IN_VM").is_some() {
+            eprintln!("skipped: userspace only, run on the host");
+            return;
+        }
+    };
+}
+
 /// A running `port-tracer --format jsonl` writing to a temporary file.
 pub struct Tracer {
     child: Child,
