@@ -5,7 +5,7 @@
 //! socket that enters TIME_WAIT hands its port to a TIME_WAIT socket: the lifetime goes on
 //! until that one dies, and the time in TIME_WAIT is measured on its own.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, num::NonZeroU64};
 
 use foldhash::HashMap;
 
@@ -20,6 +20,21 @@ pub const TW_REARM_GRACE_NS: u64 = 1_000_000;
 /// Default limit of open lifetimes: about 190 MB of tables at 187 bytes each.
 pub const DEFAULT_MAX_OPEN: usize = 1 << 20;
 
+/// A CLOCK_MONOTONIC time in ns that may be unknown, in 8 bytes where `Option<u64>` takes
+/// 16: a million open lifetimes carry three. A time of 0 (never seen on a running host) is
+/// kept as 1.
+pub type Time = Option<NonZeroU64>;
+
+/// `ns` as a known [`Time`].
+pub fn time(ns: u64) -> Time {
+    NonZeroU64::new(ns.max(1))
+}
+
+/// `ns`, if known, as a [`Time`].
+pub fn time_of(ns: Option<u64>) -> Time {
+    ns.and_then(time)
+}
+
 /// One socket's hold on one local port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lifetime {
@@ -28,12 +43,12 @@ pub struct Lifetime {
     pub owner: Task,
     pub origin: Origin,
     pub sock_id: u64,
-    /// None when the port was held before tracing started.
-    pub assigned_ns: Option<u64>,
-    /// None while the port is still held.
-    pub released_ns: Option<u64>,
+    /// When the port was obtained; None when it was held before tracing started.
+    pub assigned: Time,
+    /// When the kernel took it back; None while the port is still held.
+    pub released: Time,
     /// When the port moved to a TIME_WAIT socket.
-    pub time_wait_ns_start: Option<u64>,
+    pub time_wait_start: Time,
     /// Events were lost while this lifetime was open: it may be incomplete.
     pub lossy: bool,
     /// `ends.laddr` was the wildcard when the port was assigned; connect() chose it later.
@@ -41,8 +56,20 @@ pub struct Lifetime {
 }
 
 impl Lifetime {
+    pub fn assigned_ns(&self) -> Option<u64> {
+        self.assigned.map(NonZeroU64::get)
+    }
+
+    pub fn released_ns(&self) -> Option<u64> {
+        self.released.map(NonZeroU64::get)
+    }
+
+    pub fn time_wait_start_ns(&self) -> Option<u64> {
+        self.time_wait_start.map(NonZeroU64::get)
+    }
+
     pub fn duration_ns(&self) -> Option<u64> {
-        Some(self.released_ns?.saturating_sub(self.assigned_ns?))
+        Some(self.released_ns()?.saturating_sub(self.assigned_ns()?))
     }
 
     /// Takes the peer from a later view of the socket (see [`Endpoints::learn_peer`]).
@@ -63,7 +90,10 @@ impl Lifetime {
 
     /// Time spent in TIME_WAIT, once it ended.
     pub fn time_wait_ns(&self) -> Option<u64> {
-        Some(self.released_ns?.saturating_sub(self.time_wait_ns_start?))
+        Some(
+            self.released_ns()?
+                .saturating_sub(self.time_wait_start_ns()?),
+        )
     }
 }
 
@@ -157,9 +187,9 @@ impl HeldAtStart {
             owner: self.owner,
             origin: Origin::Preexisting,
             sock_id: 0,
-            assigned_ns: None,
-            released_ns: None,
-            time_wait_ns_start: self.time_wait.then_some(self.seen_ns),
+            assigned: None,
+            released: None,
+            time_wait_start: self.time_wait.then(|| time(self.seen_ns)).flatten(),
             lossy: false,
             laddr_learnt: false,
         }
@@ -273,7 +303,7 @@ impl Tracker {
     /// Adds `id` to the endpoint indexes its lifetime belongs in.
     fn index(&mut self, id: Id) {
         let lt = self.get(id);
-        if lt.ends.proto != Proto::Tcp || lt.time_wait_ns_start.is_some() {
+        if lt.ends.proto != Proto::Tcp || lt.time_wait_start_ns().is_some() {
             return;
         }
         let ends = lt.ends;
@@ -304,7 +334,7 @@ impl Tracker {
         if self.by_sock.get(&lt.sock_id) == Some(&id) {
             self.by_sock.remove(&lt.sock_id);
         }
-        lt.released_ns = Some(ts);
+        lt.released = time(ts);
         emit(Output::Lifetime(lt));
     }
 
@@ -332,9 +362,9 @@ impl Tracker {
                     owner: Task::default(),
                     origin: Origin::Unknown,
                     sock_id: ev.sock_id,
-                    assigned_ns: None,
-                    released_ns: None,
-                    time_wait_ns_start: None,
+                    assigned: None,
+                    released: None,
+                    time_wait_start: None,
                     lossy: false,
                     laddr_learnt: false,
                 }
@@ -365,7 +395,7 @@ impl Tracker {
             .slots
             .iter()
             .enumerate()
-            .filter_map(|(id, lt)| Some((lt.as_ref()?.assigned_ns.unwrap_or(0), id)))
+            .filter_map(|(id, lt)| Some((lt.as_ref()?.assigned_ns().unwrap_or(0), id)))
             .collect();
         let k = (self.max_open / 16).clamp(1, ages.len());
         ages.select_nth_unstable(k - 1);
@@ -379,7 +409,9 @@ impl Tracker {
         for (_, id) in ages {
             self.unindex(id);
             let mut lt = self.slots[id].take().expect("open lifetime");
-            if lt.ends.proto == Proto::Tcp && lt.ends.rport == 0 && lt.time_wait_ns_start.is_none()
+            if lt.ends.proto == Proto::Tcp
+                && lt.ends.rport == 0
+                && lt.time_wait_start_ns().is_none()
             {
                 // A listener, maybe: its accepted sockets still need their owner. Bounded by
                 // the table size; a new bind of the port replaces it.
@@ -417,7 +449,7 @@ impl Tracker {
     fn assign(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
         if let Some(&id) = self.by_sock.get(&ev.sock_id) {
             let lt = self.get(id);
-            if lt.time_wait_ns_start.is_some() {
+            if lt.time_wait_start_ns().is_some() {
                 // The old hold lives on in its TIME_WAIT socket; this address is reused.
                 self.by_sock.remove(&ev.sock_id);
             } else if lt.ends.lport == ev.ends.lport && lt.ends.proto == ev.ends.proto {
@@ -458,9 +490,9 @@ impl Tracker {
                 owner,
                 origin: ev.origin,
                 sock_id: ev.sock_id,
-                assigned_ns: Some(ev.ts_ns),
-                released_ns: None,
-                time_wait_ns_start: None,
+                assigned: time(ev.ts_ns),
+                released: None,
+                time_wait_start: None,
                 lossy,
                 laddr_learnt: false,
             },
@@ -487,7 +519,7 @@ impl Tracker {
         match self.by_sock.remove(&ev.sock_id) {
             Some(id) => {
                 let lt = self.get(id);
-                if lt.time_wait_ns_start.is_some() {
+                if lt.time_wait_start_ns().is_some() {
                     return; // the TIME_WAIT socket holds the port now
                 }
                 if lt.ends.rport == 0 && ev.ends.rport != 0 {
@@ -569,7 +601,7 @@ impl Tracker {
                 self.open(lt, emit)
             }
         };
-        self.get(id).time_wait_ns_start = Some(ev.ts_ns);
+        self.get(id).time_wait_start = time(ev.ts_ns);
         self.by_tw.insert(tw, id);
         let ev = self.attributed(id, ev);
         emit(Output::Event(ev));
@@ -580,7 +612,7 @@ impl Tracker {
     /// kills the TIME_WAIT socket inside that connect(), after choosing the port).
     fn reused_by(&mut self, ev: &Event) -> Option<u64> {
         let id = *self.by_tuple.get(&ev.ends)?;
-        self.get(id).assigned_ns.filter(|&a| a <= ev.ts_ns)
+        self.get(id).assigned_ns().filter(|&a| a <= ev.ts_ns)
     }
 
     fn release_time_wait(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
@@ -645,7 +677,7 @@ impl Tracker {
             .slots
             .iter()
             .enumerate()
-            .filter_map(|(id, lt)| lt.as_ref().map(|lt| (lt.assigned_ns, lt.ends.lport, id)))
+            .filter_map(|(id, lt)| lt.as_ref().map(|lt| (lt.assigned_ns(), lt.ends.lport, id)))
             .collect();
         order.sort_unstable();
         for (_, _, id) in order {

@@ -268,14 +268,14 @@ impl<W: Write> Sink<W> {
                 self.out.write_all(text.as_bytes())
             }
             Format::Text => {
-                let (what, ts) = match lt.released_ns {
+                let (what, ts) = match lt.released_ns() {
                     Some(ts) => ("release", ts),
-                    None => ("still-held", lt.assigned_ns.unwrap_or(0)),
+                    None => ("still-held", lt.assigned_ns().unwrap_or(0)),
                 };
-                let mut held = match (lt.duration_ns(), lt.released_ns) {
+                let mut held = match (lt.duration_ns(), lt.released_ns()) {
                     (Some(d), _) => human_duration(d),
                     (None, Some(_)) => "since before start".to_string(),
-                    (None, None) => match lt.time_wait_ns_start {
+                    (None, None) => match lt.time_wait_start_ns() {
                         Some(tw) => {
                             format!("open, in time-wait since {}", self.clock.time_of_day(tw))
                         }
@@ -295,13 +295,13 @@ impl<W: Write> Sink<W> {
                 l.raw("{\"type\":\"lifetime\"");
                 l.socket(&lt.ends, &lt.owner, lt.origin, lt.sock_id);
                 l.raw(",\"assigned_ns\":");
-                l.opt_u64(lt.assigned_ns);
+                l.opt_u64(lt.assigned_ns());
                 l.raw(",\"released_ns\":");
-                l.opt_u64(lt.released_ns);
+                l.opt_u64(lt.released_ns());
                 l.raw(",\"duration_ns\":");
                 l.opt_u64(lt.duration_ns());
                 l.raw(",\"time_wait_start_ns\":");
-                l.opt_u64(lt.time_wait_ns_start);
+                l.opt_u64(lt.time_wait_start_ns());
                 l.raw(",\"time_wait_ns\":");
                 l.opt_u64(lt.time_wait_ns());
                 l.raw(if lt.lossy {
@@ -375,6 +375,7 @@ pub fn errno_name(errno: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lifetime::time;
     use crate::{event::Comm, testing::ends};
 
     #[test]
@@ -388,9 +389,9 @@ mod tests {
             },
             origin: Origin::Connect,
             sock_id: 0x10,
-            assigned_ns: Some(100),
-            released_ns: Some(350),
-            time_wait_ns_start: Some(300),
+            assigned: time(100),
+            released: time(350),
+            time_wait_start: time(300),
             lossy: false,
             laddr_learnt: false,
         };
@@ -414,9 +415,9 @@ mod tests {
             owner: Task::default(),
             origin: Origin::Bind,
             sock_id: 1,
-            assigned_ns: Some(1),
-            released_ns: None,
-            time_wait_ns_start: None,
+            assigned: time(1),
+            released: None,
+            time_wait_start: None,
             lossy: true,
             laddr_learnt: false,
         };

@@ -91,7 +91,7 @@ impl Stats {
                     Kind::AllocFailure => self.counts.alloc_failure += 1,
                 }
             }
-            Output::Lifetime(lt) => match lt.released_ns {
+            Output::Lifetime(lt) => match lt.released_ns() {
                 Some(_) => {
                     self.counts.lifetimes_ended += 1;
                     if let Some(d) = lt.duration_ns() {

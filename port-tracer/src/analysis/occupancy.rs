@@ -117,10 +117,10 @@ impl Group {
         }
         if let Some(p) = self.peak_ns {
             let spans_peak =
-                lt.assigned_ns.is_none_or(|a| a <= p) && lt.released_ns.is_none_or(|r| r > p);
+                lt.assigned_ns().is_none_or(|a| a <= p) && lt.released_ns().is_none_or(|r| r > p);
             if spans_peak {
                 self.at_peak.sockets += 1;
-                let time_wait = lt.time_wait_ns_start.is_some_and(|t| t <= p);
+                let time_wait = lt.time_wait_start_ns().is_some_and(|t| t <= p);
                 if time_wait {
                     self.at_peak.time_wait += 1;
                 }
@@ -132,9 +132,9 @@ impl Group {
                     .or_default() += 1;
             }
         }
-        let assigned = lt.assigned_ns.unwrap_or(start_ns);
+        let assigned = lt.assigned_ns().unwrap_or(start_ns);
         self.port_time_ns += u128::from(end_ns.saturating_sub(assigned));
-        if let Some(t) = lt.time_wait_ns_start {
+        if let Some(t) = lt.time_wait_start_ns() {
             // Held at start in TIME_WAIT: seen there just before the start.
             self.time_wait_ns += u128::from(end_ns.saturating_sub(t.max(assigned)));
         }
@@ -315,17 +315,17 @@ impl Occupancy {
     /// each lifetime once, so no table of holders is needed to pair the two.
     pub fn ended(&mut self, lt: &Lifetime) {
         let counted = lt.origin != Origin::Inherited
-            && (lt.assigned_ns.is_some() || lt.origin == Origin::Preexisting);
+            && (lt.assigned_ns().is_some() || lt.origin == Origin::Preexisting);
         if !counted {
             return;
         }
-        let ts = lt.released_ns.unwrap_or(self.now_ns);
+        let ts = lt.released_ns().unwrap_or(self.now_ns);
         self.now_ns = self.now_ns.max(ts);
         let e = &lt.ends;
         for g in self.groups_of(e.netns, e.proto, lt.assigned_laddr()) {
             let group = &mut self.groups[g as usize];
             group.ended(lt, self.start_ns, ts);
-            if lt.released_ns.is_some() {
+            if lt.released_ns().is_some() {
                 group.unhold(e.lport, ts);
             }
         }

@@ -18,7 +18,7 @@ pub struct Reuse {
 
 impl Reuse {
     pub fn released(&mut self, lt: &Lifetime) {
-        if let Some(r) = lt.released_ns {
+        if let Some(r) = lt.released_ns() {
             let e = &lt.ends;
             self.released.insert((e.netns, e.proto, e.lport), r);
         }

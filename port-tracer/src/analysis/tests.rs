@@ -1,6 +1,7 @@
 //! The analyses on synthetic tracker outputs.
 
 use super::*;
+use crate::lifetime::{time, time_of};
 use crate::{
     event::{Comm, Endpoints, Event, Family, Origin, Proto, Task},
     lifetime::{Lifetime, Tracker},
@@ -54,9 +55,9 @@ fn ended(sock: u64, lport: u16, from: u64, tw: Option<u64>, to: Option<u64>, pid
         owner: task(pid),
         origin: Origin::Connect,
         sock_id: sock,
-        assigned_ns: Some(from),
-        released_ns: to,
-        time_wait_ns_start: tw,
+        assigned: time(from),
+        released: time_of(to),
+        time_wait_start: time_of(tw),
         lossy: false,
         laddr_learnt: false,
     })
@@ -197,7 +198,7 @@ fn ports_held_at_start_occupy_the_range_until_released() {
     a.held_at_start(&held);
     feed(&mut a, &[assign(150, 1, 40001, Origin::Connect, 1)]);
     let mut lt = held.lifetime();
-    lt.released_ns = Some(200);
+    lt.released = time(200);
     feed(&mut a, &[Output::Lifetime(lt)]);
     let g = &a.report(Span::default(), 10).occupancy[0];
     assert_eq!(
@@ -257,9 +258,9 @@ fn bind_zero_before_connect_is_named_with_its_process() {
             owner: task(pid),
             origin,
             sock_id: 1,
-            assigned_ns: Some(1),
-            released_ns: Some(2),
-            time_wait_ns_start: None,
+            assigned: time(1),
+            released: time(2),
+            time_wait_start: None,
             lossy: false,
             laddr_learnt: false,
         })

@@ -123,7 +123,7 @@ fn bind_zero_then_listen_is_one_lifetime() {
     assert_eq!(lts.len(), 1);
     assert_eq!(lts[0].origin, Origin::BindEphemeral);
     assert_eq!(
-        (lts[0].assigned_ns, lts[0].released_ns),
+        (lts[0].assigned_ns(), lts[0].released_ns()),
         (Some(10), Some(90))
     );
     assert_eq!(lts[0].duration_ns(), Some(80));
@@ -221,7 +221,7 @@ fn time_wait_extends_the_lifetime_and_is_measured_apart() {
     ]);
     assert_eq!(lts.len(), 1);
     let lt = &lts[0];
-    assert_eq!(lt.released_ns, Some(60_200));
+    assert_eq!(lt.released_ns(), Some(60_200));
     assert_eq!(lt.duration_ns(), Some(60_100));
     assert_eq!(lt.time_wait_ns(), Some(60_000));
     assert_eq!(lt.owner.pid, 100);
@@ -240,7 +240,7 @@ fn time_wait_timer_rearm_is_not_a_release() {
         E::tw_end(60 * ms, 0xb, 40000, 80, false),
     ]);
     let lt = lts.iter().find(|l| l.ends.lport == 40000).unwrap();
-    assert_eq!(lt.released_ns, Some(60 * ms));
+    assert_eq!(lt.released_ns(), Some(60 * ms));
 }
 
 #[test]
@@ -253,10 +253,10 @@ fn time_wait_killed_early_ends_at_the_cancel() {
         E::assign(50 * ms, 0xc, 40000, Origin::Connect).remote(80), // port reused
     ]);
     let first = lts.iter().find(|l| l.sock_id == 0xa).unwrap();
-    assert_eq!(first.released_ns, Some(3 * ms));
+    assert_eq!(first.released_ns(), Some(3 * ms));
     assert_eq!(first.time_wait_ns(), Some(ms));
     let second = lts.iter().find(|l| l.sock_id == 0xc).unwrap();
-    assert_eq!(second.released_ns, None);
+    assert_eq!(second.released_ns(), None);
 }
 
 #[test]
@@ -271,7 +271,7 @@ fn socket_address_reused_while_old_hold_is_in_time_wait() {
     ]);
     assert_eq!(lts.len(), 2);
     let first = lts.iter().find(|l| l.ends.lport == 40000).unwrap();
-    assert_eq!((first.released_ns, first.lossy), (Some(9), false));
+    assert_eq!((first.released_ns(), first.lossy), (Some(9), false));
 }
 
 #[test]
@@ -315,8 +315,8 @@ fn release_of_a_socket_held_at_start_is_preexisting() {
     let (_, lts) = run(&mut t, &[held, E::release(6, 0x2, 23)]);
     assert_eq!(lts[0].origin, Origin::Preexisting);
     assert_eq!(lts[0].owner, sshd);
-    assert_eq!(lts[0].assigned_ns, None);
-    assert_eq!(lts[0].released_ns, Some(5));
+    assert_eq!(lts[0].assigned_ns(), None);
+    assert_eq!(lts[0].released_ns(), Some(5));
     assert_eq!(lts[1].origin, Origin::Unknown);
     assert_eq!(
         t.counters.unmatched, 1,
@@ -325,7 +325,7 @@ fn release_of_a_socket_held_at_start_is_preexisting() {
     // Still held at the end: emitted open, with its owner.
     assert_eq!(lts[2].ends.lport, 2222);
     assert_eq!(
-        (lts[2].origin, lts[2].released_ns, lts[2].owner),
+        (lts[2].origin, lts[2].released_ns(), lts[2].owner),
         (Origin::Preexisting, None, sshd)
     );
     assert_eq!(lts.len(), 3);
@@ -364,11 +364,11 @@ fn time_wait_held_at_start_ends_as_a_preexisting_lifetime() {
     let (_, lts) = run(&mut t, &[tw_end]);
     assert_eq!(lts.len(), 1);
     assert_eq!(
-        (lts[0].origin, lts[0].released_ns, lts[0].sock_id),
+        (lts[0].origin, lts[0].released_ns(), lts[0].sock_id),
         (Origin::Preexisting, Some(9), 0xb)
     );
     assert_eq!(
-        lts[0].time_wait_ns_start,
+        lts[0].time_wait_start_ns(),
         Some(3),
         "in TIME_WAIT since the snapshot"
     );
@@ -391,7 +391,7 @@ fn time_wait_held_at_start_expiring_is_one_release() {
     let (_, lts) = run(&mut t, &[cancel, expire]);
     assert_eq!(lts.len(), 1, "{lts:?}");
     assert_eq!(
-        (lts[0].origin, lts[0].released_ns),
+        (lts[0].origin, lts[0].released_ns()),
         (Origin::Preexisting, Some(10))
     );
     assert_eq!(t.counters.unmatched, 0);
@@ -406,7 +406,7 @@ fn time_wait_held_at_start_expiring_is_one_release() {
     }]);
     let (_, lts) = run(&mut t, &[cancel]);
     assert_eq!(lts.len(), 1, "{lts:?}");
-    assert_eq!(lts[0].released_ns, Some(9));
+    assert_eq!(lts[0].released_ns(), Some(9));
     assert_eq!(t.counters.unmatched, 0);
 }
 
@@ -422,7 +422,7 @@ fn new_port_on_a_socket_without_release_flags_the_old_lifetime() {
     );
     assert_eq!(lts.len(), 2);
     assert!(lts[0].lossy);
-    assert_eq!(lts[0].released_ns, Some(2));
+    assert_eq!(lts[0].released_ns(), Some(2));
     assert_eq!(t.counters.release_missing, 1);
 }
 
@@ -447,7 +447,7 @@ fn finish_emits_open_lifetimes_unreleased() {
     assert_eq!(lts.len(), 2);
     assert!(lts
         .iter()
-        .all(|l| l.released_ns.is_none() && l.duration_ns().is_none()));
+        .all(|l| l.released_ns().is_none() && l.duration_ns().is_none()));
 }
 
 #[test]
@@ -555,7 +555,7 @@ fn a_full_table_evicts_the_oldest_open_lifetimes_and_counts_them() {
     assert_eq!(evicted.len(), 8);
     let ports: Vec<u16> = evicted.iter().map(|l| l.ends.lport).collect();
     assert_eq!(ports, (20000..20008).collect::<Vec<u16>>(), "oldest first");
-    assert!(evicted.iter().all(|l| l.lossy && l.released_ns.is_none()));
+    assert!(evicted.iter().all(|l| l.lossy && l.released_ns().is_none()));
     assert_eq!(t.open_lifetimes(), 32);
 
     // A release of an evicted socket is unmatched; one of a kept socket ends its lifetime.
@@ -572,7 +572,7 @@ fn a_full_table_evicts_the_oldest_open_lifetimes_and_counts_them() {
             Output::Event(_) => None,
         })
         .collect();
-    assert_eq!(ended.last().unwrap().assigned_ns, Some(400));
+    assert_eq!(ended.last().unwrap().assigned_ns(), Some(400));
     assert!(!ended.last().unwrap().lossy);
 }
 
@@ -594,8 +594,8 @@ fn evicting_a_time_wait_hold_forgets_its_time_wait_socket() {
     assert_eq!(evs.len(), 5);
     // The evicted hold (open, lossy), the unmatched TIME_WAIT end, the two still open.
     assert_eq!(lts.len(), 4);
-    assert!(lts[0].lossy && lts[0].released_ns.is_none() && lts[0].ends.lport == 40000);
-    assert_eq!(lts[1].released_ns, Some(50));
+    assert!(lts[0].lossy && lts[0].released_ns().is_none() && lts[0].ends.lport == 40000);
+    assert_eq!(lts[1].released_ns(), Some(50));
 }
 
 /// A TIME_WAIT timer arm as the tracepoint tier reports it now: re-arm or not, marked.
@@ -623,12 +623,12 @@ fn assert_no_overlap(lts: &[Lifetime]) {
                 continue;
             }
             let (a0, a1) = (
-                a.assigned_ns.unwrap_or(0),
-                a.released_ns.unwrap_or(u64::MAX),
+                a.assigned_ns().unwrap_or(0),
+                a.released_ns().unwrap_or(u64::MAX),
             );
             let (b0, b1) = (
-                b.assigned_ns.unwrap_or(0),
-                b.released_ns.unwrap_or(u64::MAX),
+                b.assigned_ns().unwrap_or(0),
+                b.released_ns().unwrap_or(u64::MAX),
             );
             assert!(a1 <= b0 || b1 <= a0, "overlap:\n{a:?}\n{b:?}");
         }
@@ -649,10 +649,14 @@ fn time_wait_held_at_start_killed_by_a_reusing_connect_ends_its_own_lifetime() {
         .iter()
         .find(|l| l.origin == Origin::Preexisting)
         .unwrap();
-    assert_eq!(old.released_ns, Some(100), "ends where the new one begins");
-    assert_eq!((old.time_wait_ns_start, old.sock_id), (Some(5), 0xb));
+    assert_eq!(
+        old.released_ns(),
+        Some(100),
+        "ends where the new one begins"
+    );
+    assert_eq!((old.time_wait_start_ns(), old.sock_id), (Some(5), 0xb));
     let new = lts.iter().find(|l| l.origin == Origin::Connect).unwrap();
-    assert_eq!((new.assigned_ns, new.released_ns), (Some(100), None));
+    assert_eq!((new.assigned_ns(), new.released_ns()), (Some(100), None));
     assert_eq!(t.counters.unmatched, 0);
     assert_eq!(t.counters.time_wait_reused, 1);
     assert_no_overlap(&lts);
@@ -670,7 +674,7 @@ fn tracked_time_wait_killed_by_a_reusing_connect_does_not_overlap_it() {
     ]);
     assert_eq!(lts.len(), 2);
     assert_eq!(lts[0].sock_id, 0xa);
-    assert_eq!(lts[0].released_ns, Some(5 * ms));
+    assert_eq!(lts[0].released_ns(), Some(5 * ms));
     assert_no_overlap(&lts);
 }
 
@@ -692,10 +696,10 @@ fn a_new_time_wait_socket_at_a_recycled_address_is_not_a_rearm() {
         ],
     );
     let first = lts.iter().find(|l| l.sock_id == 0xa).unwrap();
-    assert_eq!(first.released_ns, Some(40 * us), "ends at its cancel");
+    assert_eq!(first.released_ns(), Some(40 * us), "ends at its cancel");
     let second = lts.iter().find(|l| l.sock_id == 0xc).unwrap();
-    assert_eq!(second.time_wait_ns_start, Some(50 * us));
-    assert_eq!(second.released_ns, Some(90 * us));
+    assert_eq!(second.time_wait_start_ns(), Some(50 * us));
+    assert_eq!(second.released_ns(), Some(90 * us));
     assert_eq!(t.counters.time_wait_rearm, 0);
     assert_eq!(t.counters.time_wait_guessed, 0);
     assert_eq!(t.counters.unmatched, 0);
@@ -719,12 +723,12 @@ fn the_same_4_tuple_back_in_time_wait_at_the_same_address_is_a_new_socket() {
         ],
     );
     assert_eq!(lts.len(), 2, "{lts:#?}");
-    assert_eq!(lts[0].released_ns, Some(30 * us));
+    assert_eq!(lts[0].released_ns(), Some(30 * us));
     assert_eq!(
         (
             lts[1].sock_id,
-            lts[1].time_wait_ns_start,
-            lts[1].released_ns
+            lts[1].time_wait_start_ns(),
+            lts[1].released_ns()
         ),
         (0xc, Some(60 * us), Some(90 * us))
     );
@@ -761,8 +765,8 @@ fn a_marked_rearm_goes_on_and_a_mark_against_the_endpoints_is_counted() {
         ],
     );
     assert_eq!(lts.len(), 1);
-    assert_eq!(lts[0].released_ns, Some(60 * us));
-    assert_eq!(lts[0].time_wait_ns_start, Some(20 * us));
+    assert_eq!(lts[0].released_ns(), Some(60 * us));
+    assert_eq!(lts[0].time_wait_start_ns(), Some(20 * us));
     assert_eq!(
         (t.counters.time_wait_rearm, t.counters.time_wait_guessed),
         (1, 0)
@@ -780,8 +784,8 @@ fn a_marked_rearm_goes_on_and_a_mark_against_the_endpoints_is_counted() {
             tw_arm(31 * us, 0xb, 40001, 80, true),
         ],
     );
-    assert_eq!(lts[0].released_ns, Some(30 * us));
-    assert_eq!(lts[1].time_wait_ns_start, Some(31 * us));
+    assert_eq!(lts[0].released_ns(), Some(30 * us));
+    assert_eq!(lts[1].time_wait_start_ns(), Some(31 * us));
     assert_eq!(
         (t.counters.time_wait_rearm, t.counters.time_wait_guessed),
         (0, 1)

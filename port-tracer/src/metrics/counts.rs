@@ -140,14 +140,14 @@ impl Counts {
 
     /// A lifetime leaves the tracker: ended, evicted, or still open at the end.
     fn lifetime_out(&mut self, lt: &Lifetime) {
-        if lt.released_ns.is_some() {
+        if lt.released_ns().is_some() {
             self.releases[proto_index(lt.ends.proto)][lt.origin as usize] += 1;
             if let Some(d) = lt.duration_ns() {
                 self.lifetimes.add(d);
             }
         }
         // Only lifetimes whose assignment was counted as live (see `observe`).
-        if lt.assigned_ns.is_some() {
+        if lt.assigned_ns().is_some() {
             if let Some(n) = self.live.get_mut(&(lt.ends.proto, lt.ends.netns)) {
                 *n = n.saturating_sub(1);
             }

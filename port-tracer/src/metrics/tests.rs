@@ -1,4 +1,5 @@
 use super::{counts::ORIGINS, encode, *};
+use crate::lifetime::{time, time_of};
 use crate::{
     event::{Event, Kind, Origin, Proto, Task},
     lifetime::{Lifetime, Output},
@@ -36,9 +37,9 @@ fn ended(proto: Proto, lport: u16, origin: Origin, assigned: Option<u64>, ns: u6
         owner: Task::default(),
         origin,
         sock_id: u64::from(lport),
-        assigned_ns: assigned,
-        released_ns: Some(assigned.unwrap_or(0) + ns),
-        time_wait_ns_start: None,
+        assigned: time_of(assigned),
+        released: time(assigned.unwrap_or(0) + ns),
+        time_wait_start: None,
         lossy: false,
         laddr_learnt: false,
     })
@@ -121,16 +122,16 @@ fn live_ports_go_up_and_down() {
 fn histogram_buckets_are_powers_of_two_seconds() {
     let mut c = Counts::default();
     // 1 µs is above 2^-20 s (0.95 µs): the 2^-19 s bucket.
-    c.observe(&ended(Proto::Tcp, 1, Origin::Bind, Some(0), 1_000));
+    c.observe(&ended(Proto::Tcp, 1, Origin::Bind, Some(10), 1_000));
     // Exactly 1 s: within the 1 s bucket (`le` is inclusive).
-    c.observe(&ended(Proto::Tcp, 2, Origin::Bind, Some(0), 1_000_000_000));
-    c.observe(&ended(Proto::Tcp, 3, Origin::Bind, Some(0), 1_000_000_001));
+    c.observe(&ended(Proto::Tcp, 2, Origin::Bind, Some(10), 1_000_000_000));
+    c.observe(&ended(Proto::Tcp, 3, Origin::Bind, Some(10), 1_000_000_001));
     // A day: beyond the last bound.
     c.observe(&ended(
         Proto::Tcp,
         4,
         Origin::Bind,
-        Some(0),
+        Some(10),
         86_400_000_000_000,
     ));
     let h = c.snapshot(vec![]).lifetimes;
@@ -208,7 +209,7 @@ fn the_exposition_has_every_family() {
         Proto::Udp,
         5353,
         Origin::Bind,
-        Some(0),
+        Some(10),
         3_000_000_000,
     ));
     let mut snapshot = c.snapshot(vec![("ringbuf_full", 3), ("undecodable", 0)]);

@@ -76,11 +76,11 @@ pub const LIFETIME_COLUMNS: &[Column] = &[
     column("cgroup_id", U64, |lt| Value::Uint(lt.owner.cgroup_id)),
     column("origin", Text, |lt| text(lt.origin.as_str())),
     column("sock_id", Text, |lt| owned(format!("{:#x}", lt.sock_id))),
-    column("assigned_ns", OptionalU64, |lt| lt.assigned_ns.into()),
-    column("released_ns", OptionalU64, |lt| lt.released_ns.into()),
+    column("assigned_ns", OptionalU64, |lt| lt.assigned_ns().into()),
+    column("released_ns", OptionalU64, |lt| lt.released_ns().into()),
     column("duration_ns", OptionalU64, |lt| lt.duration_ns().into()),
     column("time_wait_start_ns", OptionalU64, |lt| {
-        lt.time_wait_ns_start.into()
+        lt.time_wait_start_ns().into()
     }),
     column("time_wait_ns", OptionalU64, |lt| lt.time_wait_ns().into()),
     column("lossy", Bool, |lt| Value::Bool(lt.lossy)),

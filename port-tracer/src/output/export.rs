@@ -98,16 +98,20 @@ impl ChromeTrace {
         let e = &lt.ends;
         let (pid, proto) = (lt.owner.pid, e.proto.as_str());
         self.names(&mut out, pid, &lt.owner.comm.as_str(), proto, e.lport);
-        let Some(start) = lt.assigned_ns.or(lt.time_wait_ns_start).or(lt.released_ns) else {
+        let Some(start) = lt
+            .assigned_ns()
+            .or(lt.time_wait_start_ns())
+            .or(lt.released_ns())
+        else {
             return out; // held before start and still held: no time at all
         };
-        let end = lt.released_ns.unwrap_or(start);
+        let end = lt.released_ns().unwrap_or(start);
         let name = format!(
             "{proto} {} -> {} ({}{})",
             endpoint(e.laddr, e.lport),
             endpoint(e.raddr, e.rport),
             lt.origin.as_str(),
-            if lt.released_ns.is_none() {
+            if lt.released_ns().is_none() {
                 ", still held"
             } else {
                 ""
@@ -130,7 +134,7 @@ impl ChromeTrace {
             us(clock, start),
             end.saturating_sub(start) as f64 / 1000.0
         );
-        if let Some(tw) = lt.time_wait_ns_start {
+        if let Some(tw) = lt.time_wait_start_ns() {
             let _ = writeln!(
                 out,
                 "{{\"ph\":\"X\",\"cat\":\"time_wait\",\"name\":\"TIME_WAIT\",\"pid\":{pid},\"tid\":{},\"ts\":{:.3},\"dur\":{:.3}}},",
@@ -190,6 +194,7 @@ fn endpoint(addr: std::net::IpAddr, port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lifetime::time;
     use crate::{
         event::{Comm, Origin, Task},
         testing::ends,
@@ -207,9 +212,9 @@ mod tests {
             },
             origin: Origin::Connect,
             sock_id: 0x10,
-            assigned_ns: Some(1_000),
-            released_ns: Some(5_000),
-            time_wait_ns_start: Some(3_000),
+            assigned: time(1_000),
+            released: time(5_000),
+            time_wait_start: time(3_000),
             lossy: false,
             laddr_learnt: false,
         }
@@ -227,7 +232,7 @@ mod tests {
             "proto,family,laddr,lport,raddr,rport,netns,pid,tid,uid,comm,thread,cgroup_id,origin,sock_id,assigned_ns,released_ns,duration_ns,time_wait_start_ns,time_wait_ns,lossy"
         );
         let open = Lifetime {
-            released_ns: None,
+            released: None,
             ..lt()
         };
         assert!(csv_row(&open).contains(",1000,,,3000,,"));

@@ -4,6 +4,7 @@ use ::parquet::{
 };
 
 use super::*;
+use crate::lifetime::time;
 use crate::{
     event::{Comm, Endpoints, Family, Origin, Proto, Task},
     testing::ends,
@@ -23,9 +24,9 @@ fn time_wait() -> Lifetime {
         },
         origin: Origin::Connect,
         sock_id: 0xffff_8881_02da_e5c0,
-        assigned_ns: Some(1_000),
-        released_ns: Some(5_000),
-        time_wait_ns_start: Some(3_000),
+        assigned: time(1_000),
+        released: time(5_000),
+        time_wait_start: time(3_000),
         lossy: false,
         laddr_learnt: false,
     }
@@ -50,9 +51,9 @@ fn open_ipv6() -> Lifetime {
         },
         origin: Origin::BindEphemeral,
         sock_id: 0x10,
-        assigned_ns: Some(2_000),
-        released_ns: None,
-        time_wait_ns_start: None,
+        assigned: time(2_000),
+        released: None,
+        time_wait_start: None,
         lossy: true,
         laddr_learnt: false,
     }
@@ -63,8 +64,8 @@ fn preexisting() -> Lifetime {
     Lifetime {
         origin: Origin::Preexisting,
         sock_id: 0,
-        assigned_ns: None,
-        time_wait_ns_start: None,
+        assigned: None,
+        time_wait_start: None,
         ..time_wait()
     }
 }
