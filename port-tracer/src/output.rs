@@ -430,6 +430,63 @@ mod tests {
     }
 
     #[test]
+    fn text_summary_names_time_wait_sockets_found_at_start_as_held_by_no_process() {
+        use crate::{
+            analysis::Span,
+            lifetime::{Counters, HeldAtStart},
+            port_range::PortRange,
+            summary::{Lost, Stats, Summary},
+        };
+        let mut stats = Stats::new(100);
+        stats.analysis.set_range(PortRange {
+            netns: 7,
+            low: 40000,
+            high: 40009,
+            reserved: String::new(),
+        });
+        let held: Vec<HeldAtStart> = (40000..40006)
+            .map(|lport| HeldAtStart {
+                ends: ends(lport),
+                owner: Task::default(),
+                listening: false,
+                time_wait: true,
+                seen_ns: 90,
+            })
+            .collect();
+        for h in &held {
+            stats.analysis.held_at_start(h);
+        }
+        for h in &held {
+            let mut lt = h.lifetime();
+            lt.released = time(1_000);
+            stats.observe(&Output::Lifetime(lt));
+        }
+        let span = Span {
+            start_ns: 100,
+            end_ns: 2_000,
+        };
+        let summary = Summary::new(&stats, &Counters::default(), Lost::default(), span, 10);
+        let mut sink = Sink::new(Vec::new(), Format::Text, WallClock { offset_ns: 0 });
+        sink.summary(&summary).unwrap();
+        let text = String::from_utf8(sink.into_inner()).unwrap();
+        assert!(
+            text.contains("6 sockets at the peak, 100.0% in TIME_WAIT"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "holders at the peak: 6 in TIME_WAIT since before the start (no process)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("time_wait_bound_range TIME_WAIT sockets from before the start (no process): 6 sockets"),
+            "{text}"
+        );
+        assert!(!text.contains("pid 0"), "{text}");
+    }
+
+    #[test]
     fn durations_read_well() {
         assert_eq!(human_duration(999), "999ns");
         assert_eq!(human_duration(1_500), "1.5us");

@@ -1289,6 +1289,35 @@ fn time_wait_reuse_storm_matches_the_kernel_socket_table() {
     assert!(preexisting_tw.iter().all(|l| l["pid"] == 0));
     assert!(preexisting_tw.iter().any(|l| l["released_ns"].is_u64()));
     assert!(spans.lifetimes.iter().all(|l| l["origin"] != "unknown"));
+    // The range was full of them when tracing started: its peak, all in TIME_WAIT, held by
+    // no process, a range bound by TIME_WAIT.
+    let g = summary["occupancy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["netns"] == netns && g["proto"] == "tcp" && g["laddr"] == "127.0.0.1")
+        .unwrap_or_else(|| panic!("no occupancy for {netns}: {summary}"));
+    assert_eq!(g["range"]["size"], n, "{g}");
+    assert_eq!(g["peak_ports"], n, "{g}");
+    assert_eq!(g["sockets_at_peak"], n, "{g}");
+    assert_eq!(g["time_wait_share_at_peak"], 1.0, "{g}");
+    let holders = g["top_holders_at_peak"].as_array().unwrap();
+    assert_eq!(holders.len(), 1, "{g}");
+    assert_eq!(holders[0]["no_process"], true, "{g}");
+    assert_eq!(holders[0]["sockets"], n, "{g}");
+    assert!(
+        summary["anti_patterns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| {
+                f["pattern"] == "time_wait_bound_range"
+                    && f["no_process"] == true
+                    && f["count"] == n
+            }),
+        "{}",
+        summary["anti_patterns"]
+    );
     // In round 1, with every port of the range in TIME_WAIT, each connection took over one.
     assert!(
         summary["tracker"]["time_wait_reused"].as_u64().unwrap() >= n as u64,

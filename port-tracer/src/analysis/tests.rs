@@ -372,3 +372,50 @@ fn time_wait_seen_through_the_tracker_counts_at_the_peak() {
     );
     assert_eq!(g.time_wait_share_of_port_time, Some(7.0 / 8.0));
 }
+
+#[test]
+fn time_wait_sockets_held_at_start_count_as_time_wait_held_by_no_process() {
+    // 6 TIME_WAIT sockets found at start fill most of a 10-port range: at the peak they are
+    // TIME_WAIT, held by no process, and the range is bound by TIME_WAIT.
+    let mut a = Analysis::new(100);
+    a.set_range(range(40000, 40009));
+    let held: Vec<crate::lifetime::HeldAtStart> = (0..6)
+        .map(|i| crate::lifetime::HeldAtStart {
+            ends: ends(Proto::Tcp, 40000 + i, 80),
+            owner: Task::default(),
+            listening: false,
+            time_wait: true,
+            seen_ns: 90,
+        })
+        .collect();
+    for h in &held {
+        a.held_at_start(h);
+    }
+    let ended: Vec<Output> = held
+        .iter()
+        .map(|h| {
+            let mut lt = h.lifetime();
+            lt.released = time(1_000);
+            Output::Lifetime(lt)
+        })
+        .collect();
+    feed(&mut a, &ended);
+    let r = a.report(Span::default(), 10);
+    let g = &r.occupancy[0];
+    assert_eq!((g.peak_ports, g.sockets_at_peak), (6, 6));
+    assert_eq!(g.time_wait_share_at_peak, Some(1.0));
+    assert_eq!(
+        g.time_wait_share_of_port_time,
+        Some(1.0),
+        "counted from the start, not the snapshot"
+    );
+    assert_eq!(g.top_holders_at_peak.len(), 1);
+    assert!(g.top_holders_at_peak[0].no_process);
+    assert_eq!(g.top_holders_at_peak[0].sockets, 6);
+    let f = r
+        .anti_patterns
+        .iter()
+        .find(|f| f.pattern == "time_wait_bound_range")
+        .expect("a range bound by TIME_WAIT");
+    assert!(f.no_process && f.count == 6, "{f:?}");
+}
