@@ -37,6 +37,7 @@ pub type Name = [u64; 2];
 /// looking for a process.
 #[inline(always)]
 pub fn fill_names(process: &mut Name, thread: &mut Name, pid: u32, tid: u32) {
+    let (group_leader, comm_at) = (off!(task_group_leader), off!(task_comm));
     // SAFETY: helpers writing COMM_LEN bytes into COMM_LEN-byte buffers.
     unsafe {
         if gen::bpf_get_current_comm(thread.as_mut_ptr().cast(), COMM_LEN as u32) != 0 {
@@ -47,8 +48,8 @@ pub fn fill_names(process: &mut Name, thread: &mut Name, pid: u32, tid: u32) {
             return;
         }
         let task = gen::bpf_get_current_task();
-        if let Ok(leader) = read::<u64>(task, off!(task_group_leader)) {
-            let comm = (leader as usize + off!(task_comm)) as *const _;
+        if let Ok(leader) = read::<u64>(task, group_leader) {
+            let comm = (leader as usize + comm_at) as *const _;
             if gen::bpf_probe_read_kernel(process.as_mut_ptr().cast(), COMM_LEN as u32, comm) != 0 {
                 *process = *thread;
             }

@@ -35,7 +35,8 @@ use crate::{
 enum Writer<W: Write> {
     /// Written here, in turn (replaying a trace: nothing waits on the output).
     Here {
-        sink: Sink<W>,
+        /// Boxed: it holds every format's state, the queue only a handle.
+        sink: Box<Sink<W>>,
         /// The first write error; nothing more is written after it.
         error: Option<io::Error>,
     },
@@ -172,7 +173,11 @@ impl Pipeline<Out> {
                 stats: Stats::new(start_ns),
                 metrics: None,
                 writer: Writer::Here {
-                    sink: Sink::new(BufWriter::with_capacity(1 << 16, out), view.format, clock),
+                    sink: Box::new(Sink::new(
+                        BufWriter::with_capacity(1 << 16, out),
+                        view.format,
+                        clock,
+                    )),
                     error: None,
                 },
             },
@@ -193,7 +198,7 @@ impl Pipeline<Out> {
     pub(crate) fn queue_output(&mut self, limit: usize) {
         let writer = std::mem::replace(&mut self.shown.writer, Writer::Queued(OutputQueue::idle()));
         self.shown.writer = match writer {
-            Writer::Here { sink, error: None } => Writer::Queued(OutputQueue::start(sink, limit)),
+            Writer::Here { sink, error: None } => Writer::Queued(OutputQueue::start(*sink, limit)),
             other => other,
         };
     }
@@ -515,7 +520,7 @@ pub async fn run(args: Args) -> Result<()> {
     p.drain(ring.get_mut());
     let lost_counts = lost_counters.read();
     let done = p.finish(&lost_counts, monotonic_ns(), args.view.output.as_deref());
-    drop(kernel);
+    kernel.detach();
     done
 }
 

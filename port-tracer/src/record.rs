@@ -93,7 +93,7 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     let lost_now = lost_counters.read();
     w.write_lost(&lost_now).with_context(writing)?;
     w.finish(monotonic_ns()).with_context(writing)?;
-    drop(kernel);
+    kernel.detach();
     for (netns, why) in finder.unreadable() {
         eprintln!(
             "port-tracer: the port range of network namespace {netns} could not be read \

@@ -33,6 +33,7 @@ impl Section {
     }
 }
 
+#[derive(Default)]
 pub struct Outcome {
     /// `uname -r` as the guest reported it (None: it never got that far).
     pub booted: Option<String>,
@@ -43,6 +44,15 @@ pub struct Outcome {
     pub cut: Option<String>,
     /// The last console lines.
     pub tail: Vec<String>,
+    /// The first line of a crash of the guest's kernel (an oops or a panic), if any.
+    pub crash: Option<String>,
+    /// Crashes this outcome went on from (see [`Outcome::continue_with`]).
+    pub crashes: Vec<String>,
+    /// When the last test or section mark arrived: each progress line says how long its
+    /// test took (tests run one at a time), so that CI's time can be accounted for.
+    last_mark: Option<Instant>,
+    /// When the current section began.
+    section_start: Option<Instant>,
 }
 
 pub struct Limits {
@@ -86,13 +96,7 @@ pub fn boot(kernel: &Kernel, initramfs: &Path, log: &Path, limits: &Limits) -> R
     });
 
     let mut log = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let mut out = Outcome {
-        booted: None,
-        sections: Vec::new(),
-        done: false,
-        cut: None,
-        tail: Vec::new(),
-    };
+    let mut out = Outcome::default();
     let start = Instant::now();
     loop {
         let left = limits.total.saturating_sub(start.elapsed());
@@ -120,8 +124,29 @@ pub fn boot(kernel: &Kernel, initramfs: &Path, log: &Path, limits: &Limits) -> R
     Ok(out)
 }
 
+impl Outcome {
+    /// This outcome, cut short by `crash`, carried on by `again`, a boot for the sections
+    /// this one never ended.
+    pub fn continue_with(&mut self, again: Outcome, crash: String) {
+        self.sections.retain(|s| s.rc.is_some());
+        self.sections.extend(again.sections);
+        self.booted = self.booted.take().or(again.booted);
+        (self.done, self.cut, self.tail, self.crash) =
+            (again.done, again.cut, again.tail, again.crash);
+        self.crashes.push(crash);
+        self.crashes.extend(again.crashes);
+    }
+}
+
 /// Updates `out` with one console line.
-fn read_line(kernel: &str, line: &str, out: &mut Outcome) {
+pub fn read_line(kernel: &str, line: &str, out: &mut Outcome) {
+    if out.crash.is_none()
+        && ["Oops:", "Kernel panic", "BUG: unable to handle"]
+            .iter()
+            .any(|m| line.contains(m))
+    {
+        out.crash = Some(line.trim().to_string());
+    }
     // The first line after boot may carry the console's reset sequences before the mark.
     if let Some(marker) = line.find("@@pt ").map(|i| &line[i + 5..]) {
         let mut words = marker.split_whitespace();
@@ -130,6 +155,8 @@ fn read_line(kernel: &str, line: &str, out: &mut Outcome) {
             Some("begin") => {
                 let name = words.next().unwrap_or("?").to_string();
                 println!("[{kernel}] {name}: running");
+                out.section_start = Some(Instant::now());
+                out.last_mark = out.section_start;
                 out.sections.push(Section {
                     name,
                     ..Section::default()
@@ -141,11 +168,12 @@ fn read_line(kernel: &str, line: &str, out: &mut Outcome) {
                         .find_map(|w| w.strip_prefix("rc="))
                         .and_then(|rc| rc.parse().ok());
                     println!(
-                        "[{kernel}] {}: {} passed, {} failed, exit {}",
+                        "[{kernel}] {}: {} passed, {} failed, exit {}{}",
                         s.name,
                         s.passed,
                         s.failed,
-                        s.rc.map_or("?".into(), |r| r.to_string())
+                        s.rc.map_or("?".into(), |r| r.to_string()),
+                        took(out.section_start)
                     );
                 }
             }
@@ -157,21 +185,33 @@ fn read_line(kernel: &str, line: &str, out: &mut Outcome) {
     let Some(s) = out.sections.last_mut().filter(|s| s.rc.is_none()) else {
         return;
     };
+    let mut test_took = || {
+        let t = took(out.last_mark);
+        out.last_mark = Some(Instant::now());
+        t
+    };
     s.output.push(line.to_string());
     if let Some(name) = line
         .strip_prefix("test ")
         .and_then(|l| l.strip_suffix(" ... ok"))
     {
         s.passed += 1;
-        println!("[{kernel}] {}: {name} ok", s.name);
+        println!("[{kernel}] {}: {name} ok{}", s.name, test_took());
     } else if let Some(name) = line
         .strip_prefix("test ")
         .and_then(|l| l.strip_suffix(" ... FAILED"))
     {
         s.failed += 1;
         s.failures.push(name.to_string());
-        println!("[{kernel}] {}: {name} FAILED", s.name);
+        println!("[{kernel}] {}: {name} FAILED{}", s.name, test_took());
     }
+}
+
+/// " (N s)" since `mark`, or nothing without one.
+fn took(mark: Option<Instant>) -> String {
+    mark.map_or(String::new(), |m| {
+        format!(" ({:.1} s)", m.elapsed().as_secs_f64())
+    })
 }
 
 #[cfg(test)]
@@ -179,13 +219,7 @@ mod tests {
     use super::*;
 
     fn outcome() -> Outcome {
-        Outcome {
-            booted: None,
-            sections: Vec::new(),
-            done: false,
-            cut: None,
-            tail: Vec::new(),
-        }
+        Outcome::default()
     }
 
     #[test]
