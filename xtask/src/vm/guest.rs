@@ -74,7 +74,7 @@ pub fn boot(kernel: &Kernel, initramfs: &Path, log: &Path, limits: &Limits) -> R
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(initramfs)
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .args(["-append", "console=ttyS0 quiet panic=-1 softlockup_panic=1"])
         .args(["-nographic", "-no-reboot"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -141,7 +141,7 @@ impl Outcome {
 /// Updates `out` with one console line.
 pub fn read_line(kernel: &str, line: &str, out: &mut Outcome) {
     if out.crash.is_none()
-        && ["Oops:", "Kernel panic", "BUG: unable to handle"]
+        && ["Oops:", "Kernel panic", "BUG: unable to handle", "BUG: soft lockup"]
             .iter()
             .any(|m| line.contains(m))
     {
