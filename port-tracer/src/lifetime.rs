@@ -693,7 +693,15 @@ impl Tracker {
         self.bound_tcp.clear();
         self.listener_owners.clear();
         let mut held: Vec<HeldAtStart> = self.held_at_start.drain().map(|(_, h)| h).collect();
-        held.sort_by_key(|h| (h.ends.netns, h.ends.proto, h.ends.lport, h.ends.rport));
+        // Every field in the key: the map's order is random, the output must not be.
+        held.sort_by_key(|h| {
+            let (e, o) = (&h.ends, &h.owner);
+            (
+                (e.netns, e.proto, e.lport, e.rport, e.laddr, e.raddr),
+                (o.pid, o.tid, o.uid, o.cgroup_id, o.comm.0, o.thread.0),
+                (h.listening, h.time_wait, h.seen_ns),
+            )
+        });
         for h in held {
             emit(Output::Lifetime(h.lifetime()));
         }

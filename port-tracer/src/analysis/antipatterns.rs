@@ -94,7 +94,13 @@ impl AntiPatterns {
                 }
             }
         }
-        out.sort_by(|a, b| b.count.cmp(&a.count).then(a.pid.cmp(&b.pid)));
+        // Ties in a total order: the maps iterate in a random one.
+        out.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| (a.pid, &a.comm, a.pattern).cmp(&(b.pid, &b.comm, b.pattern)))
+                .then(a.no_process.cmp(&b.no_process))
+        });
         out
     }
 }

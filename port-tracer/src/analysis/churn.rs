@@ -147,7 +147,12 @@ impl Churn {
                 per_second: rate(allocations),
             })
             .collect();
-        by_process.sort_by(|a, b| b.allocations.cmp(&a.allocations).then(a.pid.cmp(&b.pid)));
+        // Ties in a total order: the map iterates in a random one.
+        by_process.sort_by(|a, b| {
+            b.allocations
+                .cmp(&a.allocations)
+                .then_with(|| (a.pid, &a.comm).cmp(&(b.pid, &b.comm)))
+        });
         by_process.truncate(top);
         let (peak_second, peak_count) = self.busiest();
         ChurnReport {

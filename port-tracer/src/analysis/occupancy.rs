@@ -372,7 +372,12 @@ impl Occupancy {
                         no_process,
                     })
                     .collect();
-                holders.sort_by(|a, b| b.sockets.cmp(&a.sockets).then(a.pid.cmp(&b.pid)));
+                // Ties in a total order: the map iterates in a random one.
+                holders.sort_by(|a, b| {
+                    b.sockets.cmp(&a.sockets).then_with(|| {
+                        (a.pid, &a.comm, a.no_process).cmp(&(b.pid, &b.comm, b.no_process))
+                    })
+                });
                 holders.truncate(top);
                 let share = |part: f64, whole: f64| (whole > 0.0).then(|| part / whole);
                 GroupReport {
