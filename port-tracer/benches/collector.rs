@@ -1,5 +1,6 @@
 //! Collector benchmark: a synthetic connection storm, as raw ring buffer records, through
-//! the real decode + reorder + lifetime reconstruction path on one thread.
+//! the rebuild engine that live tracing and `report` drive (decode, reorder, lifetime
+//! reconstruction, the summary's counts and analyses) on one thread.
 //!
 //! Shape: clients connecting to many destinations (the same ephemeral port in use towards
 //! several of them at once), one connection in 64 to a local listener whose accepted
@@ -10,10 +11,7 @@
 //! Reports, as the median of `--runs` runs: events/s, ns/event, and heap bytes per live
 //! port at the storm's peak (a counting allocator sees every allocation of the pipeline).
 //!
-//! `--summary` also feeds every output to the summary's counts and analyses (churn, range
-//! occupancy, reuse, ...), as live tracing and `report` do.
-//!
-//! `cargo bench -p port-tracer --bench collector [-- --connections N --hold N --runs N --summary]`
+//! `cargo bench -p port-tracer --bench collector [-- --connections N --hold N --runs N]`
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -24,9 +22,8 @@ use std::{
 
 use port_tracer::{
     event::Event,
-    lifetime::{Output, Tracker},
-    reorder::Reorderer,
-    summary::Stats,
+    lifetime::Output,
+    rebuild::{Rebuild, RebuildConfig, Upto},
 };
 use port_tracer_common::{flags, EventKind, Origin, PortEvent, AF_INET, IPPROTO_TCP};
 
@@ -60,8 +57,6 @@ struct Params {
     runs: usize,
     /// Synthetic time between connections, ns (sets the reorder window's depth in events).
     spacing_ns: u64,
-    /// Also feed the summary (counts and analyses).
-    summary: bool,
 }
 
 fn params() -> Params {
@@ -70,7 +65,6 @@ fn params() -> Params {
         hold: 1_000_000,
         runs: 5,
         spacing_ns: 400,
-        summary: false,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -81,7 +75,7 @@ fn params() -> Params {
                 .unwrap_or_else(|| panic!("{} needs a number", args[i]))
         };
         if args[i] == "--summary" {
-            p.summary = true;
+            // The summary's analyses are part of the engine now: always measured.
             i += 1;
             continue;
         }
@@ -245,71 +239,65 @@ struct RunResult {
     lifetimes: u64,
     peak_live: usize,
     bytes_per_live_port: f64,
+    /// The pass's newest timestamp.
+    newest_ns: u64,
 }
 
 /// The collector's path for one storm: decode each record, reorder in batches as the live
-/// loop does, reconstruct.
-/// `tracker` is fresh (cold: its tables grow during the run, as in a tracer's first
-/// minutes) or has run the storm before (warm: the steady state of a long-running tracer).
-fn run(records: &[PortEvent], tracker: &mut Tracker, mut stats: Option<&mut Stats>) -> RunResult {
+/// loop does, rebuild, count and analyse.
+/// `engine` is fresh (cold: its tables grow during the run, as in a tracer's first
+/// minutes) or has run the storm before (warm: the steady state of a long-running tracer);
+/// `offset_ns` moves this pass's timestamps after the previous one's.
+fn run(records: &[PortEvent], engine: &mut Rebuild, offset_ns: u64) -> RunResult {
     const BATCH: usize = 4096;
     let base = LIVE_BYTES.load(Ordering::Relaxed);
-    let mut reorder = Reorderer::new(50_000_000);
-    tracker.counters = Default::default();
     let (mut lifetimes, mut events) = (0u64, 0u64);
     let mut peak = (0usize, 0usize);
     let start = Instant::now();
-    let mut emit = |o: Output| {
-        if let Some(s) = stats.as_deref_mut() {
-            s.observe(&o);
+    let mut out = |o: Output| match o {
+        Output::Lifetime(l) => {
+            lifetimes += 1;
+            black_box(&l);
         }
-        match o {
-            Output::Lifetime(l) => {
-                lifetimes += 1;
-                black_box(&l);
-            }
-            Output::Event(e) => {
-                events += 1;
-                black_box(&e);
-            }
+        Output::Event(e) => {
+            events += 1;
+            black_box(&e);
         }
     };
+    let mut newest = 0;
     for (n, chunk) in records.chunks(BATCH).enumerate() {
-        let mut newest = 0;
         for r in chunk {
-            let ev = Event::decode(bytes_of(r)).expect("valid record");
+            let mut ev = Event::decode(bytes_of(r)).expect("valid record");
+            ev.ts_ns += offset_ns;
             newest = newest.max(ev.ts_ns);
-            reorder.push(ev);
+            engine.push_event(ev);
         }
-        reorder.release(newest, |ev| tracker.process(ev, &mut emit));
-        tracker.advance(newest.saturating_sub(reorder.delay_ns()), &mut emit);
+        engine.process(Upto::InOrder(newest), &mut out);
         if n % 64 == 0 {
-            let live = tracker.open_lifetimes();
+            let live = engine.open_lifetimes();
             if live > peak.0 {
                 // The tracker's tables only: the reorder window's buffer scales with the
                 // event rate, not with live ports.
                 let bytes = LIVE_BYTES.load(Ordering::Relaxed).saturating_sub(base);
-                peak = (live, bytes.saturating_sub(reorder.heap_bytes()));
+                peak = (live, bytes.saturating_sub(engine.reorder_heap_bytes()));
             }
         }
     }
-    reorder.release_all(|ev| tracker.process(ev, &mut emit));
+    // The window's last events, as at the end of a run (the lifetimes still open stay).
+    engine.process(Upto::InOrder(newest + REORDER_NS), &mut out);
     let secs = start.elapsed().as_secs_f64();
-    tracker.finish(&mut emit);
-    let c = &tracker.counters;
-    assert_eq!(
-        (c.unmatched, c.duplicate_assign, c.release_missing),
-        (0, 0, 0),
-        "the synthetic storm is not coherent"
-    );
     RunResult {
         secs,
         events: records.len() as u64,
         lifetimes,
         peak_live: peak.0,
         bytes_per_live_port: peak.1 as f64 / peak.0.max(1) as f64,
+        newest_ns: newest,
     }
 }
+
+/// The reorder window, as live tracing has it by default.
+const REORDER_NS: u64 = 50_000_000;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -320,8 +308,7 @@ fn main() {
     let p = params();
     let records = storm(&p);
     println!(
-        "collector benchmark{}: {} connections, TIME_WAIT hold {} connections, {} records ({} MB), {} runs",
-        if p.summary { " with the summary's analyses" } else { "" },
+        "collector benchmark: {} connections, TIME_WAIT hold {} connections, {} records ({} MB), {} runs",
         p.connections,
         p.hold,
         records.len(),
@@ -330,10 +317,24 @@ fn main() {
     );
     let (mut cold, mut warm) = (Vec::new(), Vec::new());
     for i in 0..p.runs {
-        let mut tracker = Tracker::new();
-        let mut stats = p.summary.then(|| Stats::new(0));
-        let c = run(&records, &mut tracker, stats.as_mut());
-        let w = run(&records, &mut tracker, stats.as_mut());
+        let mut engine = Rebuild::new(
+            RebuildConfig {
+                reorder_delay_ns: REORDER_NS,
+                ..RebuildConfig::default()
+            },
+            0,
+        );
+        let c = run(&records, &mut engine, 0);
+        let w = run(&records, &mut engine, c.newest_ns + REORDER_NS);
+        let summary = engine.finish(&[], w.newest_ns + REORDER_NS, &mut |o| {
+            black_box(o);
+        });
+        let t = &summary.tracker;
+        assert_eq!(
+            (t.unmatched, t.duplicate_assign, t.release_missing),
+            (0, 0, 0),
+            "the synthetic storm is not coherent"
+        );
         for (what, r) in [("cold", &c), ("warm", &w)] {
             println!(
                 "  run {} {what}: {:.3} s, {:.2} M events/s, {:.1} ns/event, peak {} live ports, {} lifetimes",

@@ -13,9 +13,9 @@ use serde::Serialize;
 
 use crate::{
     event::Kind,
+    histogram::Bucket,
     lifetime::{HeldAtStart, Output},
     port_range::PortRange,
-    summary::Bucket,
 };
 
 /// The time a run covered, monotonic ns.

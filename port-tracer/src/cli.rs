@@ -1,10 +1,21 @@
-//! Command line.
+//! Command line: flags become the library's plain configs ([`LiveConfig`], [`RecordConfig`],
+//! [`ReportConfig`]) before it sees them.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::Parser;
-
-use crate::{event::Proto, filter::Filter, kernel::TierChoice, output::Format};
+use clap::{
+    builder::{PossibleValue, PossibleValuesParser, TypedValueParser},
+    Parser,
+};
+use port_tracer::{
+    event::Proto,
+    filter::Filter,
+    kernel::{LoadOptions, TierChoice},
+    live::{record::RecordConfig, LiveConfig},
+    output::{Destination, Format},
+    rebuild::RebuildConfig,
+    replay::ReportConfig,
+};
 
 /// Trace every local port the kernel hands out and takes back (TCP and UDP, IPv4 and IPv6,
 /// every network namespace) and rebuild each port's lifetime: who held it, how it was
@@ -67,8 +78,8 @@ pub struct ExportArgs {
     pub trace: PathBuf,
 
     /// What to write.
-    #[arg(long, value_enum)]
-    pub format: ExportFormat,
+    #[arg(long, value_parser = formats(|f| f.spec().for_tools))]
+    pub format: Format,
 
     /// The file to write.
     #[arg(short, long, value_name = "FILE")]
@@ -78,32 +89,16 @@ pub struct ExportArgs {
     pub rebuild: RebuildArgs,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ExportFormat {
-    Jsonl,
-    Csv,
-    Parquet,
-    ChromeTrace,
-}
-
 impl ExportArgs {
     /// The report that writes this export: every lifetime, in the chosen format.
-    pub fn as_report(&self) -> ReportArgs {
-        ReportArgs {
-            trace: self.trace.clone(),
-            view: ViewArgs {
-                format: match self.format {
-                    ExportFormat::Jsonl => Format::Jsonl,
-                    ExportFormat::Csv => Format::Csv,
-                    ExportFormat::Parquet => Format::Parquet,
-                    ExportFormat::ChromeTrace => Format::ChromeTrace,
-                },
-                output: Some(self.output.clone()),
-                pid: None,
-                comm: None,
-                sockets: SocketFilterArgs::default(),
+    pub fn config(self) -> ReportConfig {
+        ReportConfig {
+            trace: self.trace,
+            output: Destination {
+                format: self.format,
+                path: Some(self.output),
             },
-            rebuild: self.rebuild.clone(),
+            rebuild: self.rebuild.config(Filter::default()),
         }
     }
 }
@@ -174,7 +169,7 @@ pub struct ReportArgs {
 pub struct ViewArgs {
     /// Output format: `text` (aligned columns), `jsonl` (JSON Lines, schema in README), or a
     /// table of lifetimes for other tools (`parquet` needs --output).
-    #[arg(long, value_enum, default_value_t = Format::Text)]
+    #[arg(long, value_parser = formats(|_| true), default_value = "text")]
     pub format: Format,
 
     /// Write to FILE instead of standard output.
@@ -225,21 +220,107 @@ impl SocketFilterArgs {
 }
 
 impl ViewArgs {
-    /// Refuses, before anything is traced or read, what cannot be written: Parquet is a
-    /// binary file, not something for a terminal or a pipe.
-    pub fn check(&self) -> anyhow::Result<()> {
-        if self.format == Format::Parquet && self.output.is_none() {
-            anyhow::bail!("--format parquet writes a binary file: name it with --output FILE");
+    pub fn destination(&self) -> Destination {
+        Destination {
+            format: self.format,
+            path: self.output.clone(),
         }
-        Ok(())
     }
+
+    /// What is shown: the process and the sockets asked for.
+    pub fn filter(&self) -> Filter {
+        Filter {
+            pid: self.pid,
+            comm: self.comm.clone(),
+            ..self.sockets.filter().unwrap_or_default()
+        }
+    }
+}
+
+impl Args {
+    pub fn config(self) -> LiveConfig {
+        LiveConfig {
+            output: self.view.destination(),
+            load: self.kernel.load_options(),
+            drain: self.kernel.drain(),
+            rebuild: self.rebuild.config(self.view.filter()),
+            duration: self.duration,
+            output_buffer: self.output_buffer,
+            metrics: self.metrics,
+        }
+    }
+}
+
+impl RecordArgs {
+    pub fn config(self) -> RecordConfig {
+        RecordConfig {
+            keep: self.sockets.filter(),
+            load: self.kernel.load_options(),
+            drain: self.kernel.drain(),
+            output: self.output,
+            duration: self.duration,
+        }
+    }
+}
+
+impl ReportArgs {
+    pub fn config(self) -> ReportConfig {
+        ReportConfig {
+            output: self.view.destination(),
+            rebuild: self.rebuild.config(self.view.filter()),
+            trace: self.trace,
+        }
+    }
+}
+
+impl KernelArgs {
+    fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            tier: self.attach,
+            ring_bytes: self.ring_size,
+            wakeup_bytes: self.wakeup_bytes,
+        }
+    }
+
+    fn drain(&self) -> Duration {
+        Duration::from_millis(self.drain_ms)
+    }
+}
+
+impl RebuildArgs {
+    fn config(&self, filter: Filter) -> RebuildConfig {
+        RebuildConfig {
+            reorder_delay_ns: self.reorder_ms.saturating_mul(1_000_000),
+            max_open: self.max_lifetimes,
+            filter,
+            ..RebuildConfig::default()
+        }
+    }
+}
+
+/// `--format`: the formats `keep` accepts, by name, each with its line of help.
+fn formats(keep: fn(Format) -> bool) -> impl TypedValueParser<Value = Format> {
+    let values = Format::ALL
+        .into_iter()
+        .filter(|&f| keep(f))
+        .map(|f| PossibleValue::new(f.spec().name).help(f.spec().help));
+    PossibleValuesParser::new(values).map(|name| Format::from_name(&name).expect("a listed name"))
+}
+
+/// `--attach`: `auto` or a tier.
+fn tiers() -> impl TypedValueParser<Value = TierChoice> {
+    let values = TierChoice::ALL
+        .into_iter()
+        .map(|t| PossibleValue::new(t.name()).help(t.help()));
+    PossibleValuesParser::new(values)
+        .map(|name| TierChoice::from_name(&name).expect("a listed name"))
 }
 
 /// How the kernel side is set up.
 #[derive(clap::Args, Debug, Clone)]
 pub struct KernelArgs {
     /// How to hook the kernel: `auto` picks the best tier that loads and attaches.
-    #[arg(long, value_enum, default_value_t = TierChoice::Auto)]
+    #[arg(long, value_parser = tiers(), default_value = "auto")]
     pub attach: TierChoice,
 
     /// Ring buffer size in bytes (power of two).
@@ -266,7 +347,7 @@ pub struct RebuildArgs {
 
     /// Keep at most this many lifetimes open (about 190 bytes each). When full, the oldest
     /// sixteenth is emitted still open, marked lossy, and counted as evicted in the summary.
-    #[arg(long, default_value_t = crate::lifetime::DEFAULT_MAX_OPEN, value_name = "N")]
+    #[arg(long, default_value_t = port_tracer::lifetime::DEFAULT_MAX_OPEN, value_name = "N")]
     pub max_lifetimes: usize,
 }
 
@@ -379,11 +460,11 @@ mod tests {
     #[test]
     fn parquet_needs_an_output_file() {
         let c = Cli::try_parse_from(["port-tracer", "--format", "parquet"]).unwrap();
-        let e = c.live.view.check().unwrap_err().to_string();
+        let e = c.live.config().output.check().unwrap_err().to_string();
         assert!(e.contains("--output"), "{e}");
         let c =
             Cli::try_parse_from(["port-tracer", "--format", "parquet", "-o", "x.parquet"]).unwrap();
-        assert!(c.live.view.check().is_ok());
+        assert!(c.live.config().output.check().is_ok());
         let c = Cli::try_parse_from(["port-tracer", "export", "t.ptrace", "--format", "parquet"])
             .unwrap_err();
         assert!(c.to_string().contains("--output"), "{c}");
@@ -400,6 +481,8 @@ mod tests {
         let Some(Cmd::Export(e)) = c.cmd else {
             panic!("an export")
         };
-        assert_eq!(e.as_report().view.format, Format::Parquet);
+        assert_eq!(e.config().output.format, Format::Parquet);
+        let c = Cli::try_parse_from(["port-tracer", "export", "t", "--format", "text", "-o", "x"]);
+        assert!(c.unwrap_err().to_string().contains("text"));
     }
 }

@@ -311,6 +311,16 @@ impl Event {
     }
 }
 
+/// Name of an allocation-failure errno.
+pub fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::EAGAIN => "EAGAIN",
+        _ => "error",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

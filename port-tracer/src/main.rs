@@ -1,10 +1,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use port_tracer::{
-    cli::{Cli, Cmd},
-    collector, record, replay,
-};
+use port_tracer::{live, replay};
+
+mod cli;
+
+use cli::{Cli, Cmd};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -19,10 +20,10 @@ fn main() -> ExitCode {
         }
     };
     let done = match cli.cmd {
-        None => runtime.block_on(collector::run(cli.live)),
-        Some(Cmd::Record(args)) => runtime.block_on(record::run(args)),
-        Some(Cmd::Report(args)) => replay::run(args),
-        Some(Cmd::Export(args)) => replay::run(args.as_report()),
+        None => runtime.block_on(live::run(cli.live.config())),
+        Some(Cmd::Record(args)) => runtime.block_on(live::record::run(args.config())),
+        Some(Cmd::Report(args)) => replay::run(args.config()),
+        Some(Cmd::Export(args)) => replay::run(args.config()),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,

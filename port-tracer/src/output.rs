@@ -1,42 +1,160 @@
 //! Output edge: text for people, JSON Lines for machines, and data files for other tools
-//! (CSV, Parquet, Chrome trace). The JSONL schema is documented in the README; field names
-//! here are that schema.
+//! (CSV, Parquet, Chrome trace). One printer type per format ([`Printer`]), one file each;
+//! [`Format`] names them and builds one. The JSONL schema is documented in the README;
+//! field names here are that schema.
+//!
+//! A new format: a file with its printer and its [`Spec`], a variant of [`Format`] and its
+//! arm in [`Format::spec`].
 
 use std::{
-    fmt::Write as _,
-    io::{self, Write},
+    io::{self, BufWriter, Write},
     net::IpAddr,
+    path::PathBuf,
 };
 
+use anyhow::Context;
+
+mod chrome_trace;
 pub mod columns;
-mod export;
+mod csv;
 mod jsonl;
 pub mod parquet;
 mod queue;
 mod summary_text;
+mod text;
 
 pub use queue::OutputQueue;
 
 use crate::{
-    event::{Endpoints, Event, Kind, Origin, Task},
+    event::Event,
     lifetime::{Lifetime, Output},
     summary::Summary,
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// Writes the tracker's outputs and the summary in one format.
+pub trait Printer {
+    fn event(&mut self, ev: &Event) -> io::Result<()>;
+    fn lifetime(&mut self, lt: &Lifetime) -> io::Result<()>;
+    /// The run's summary, last (data files for other tools end their file instead).
+    fn summary(&mut self, s: &Summary) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+    /// `n` records were not written (a slow reader): text says so in place.
+    fn skipped(&mut self, _n: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn write(&mut self, o: &Output) -> io::Result<()> {
+        match o {
+            Output::Event(ev) => self.event(ev),
+            Output::Lifetime(lt) => self.lifetime(lt),
+        }
+    }
+}
+
+/// Where printers write: a file, standard output, or memory.
+pub type Out = BufWriter<Box<dyn Write + Send>>;
+
+/// What a format is, for the command line and for whoever writes it.
+pub struct Spec {
+    pub name: &'static str,
+    /// One line for `--help`.
+    pub help: &'static str,
+    /// A binary file: never to a terminal or a pipe (needs --output).
+    pub binary: bool,
+    /// A file for other tools (what `export` writes): lifetimes, no summary.
+    pub for_tools: bool,
+    pub printer: fn(Out, WallClock) -> Box<dyn Printer + Send>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
-    /// Aligned columns, one line per event, a lifetime line per release.
     Text,
-    /// JSON Lines: event, lifetime and summary records.
     Jsonl,
-    /// CSV: one row per lifetime, the JSONL lifetime fields as columns.
     Csv,
-    /// Parquet (needs --output): one row per lifetime, the JSONL lifetime fields as typed
-    /// columns, for DuckDB, pandas or Spark.
     Parquet,
-    /// Chrome Trace Event Format (opens in the Perfetto UI): a track per port under its
-    /// process, a slice per lifetime, TIME_WAIT as a slice inside it.
     ChromeTrace,
+}
+
+impl Format {
+    pub const ALL: [Format; 5] = [
+        Format::Text,
+        Format::Jsonl,
+        Format::Csv,
+        Format::Parquet,
+        Format::ChromeTrace,
+    ];
+
+    pub fn spec(self) -> &'static Spec {
+        match self {
+            Format::Text => &text::SPEC,
+            Format::Jsonl => &jsonl::SPEC,
+            Format::Csv => &csv::SPEC,
+            Format::Parquet => &parquet::SPEC,
+            Format::ChromeTrace => &chrome_trace::SPEC,
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Format> {
+        Format::ALL.into_iter().find(|f| f.spec().name == name)
+    }
+
+    /// A printer of this format writing to `out`, times of day from `clock`.
+    pub fn printer(self, out: Out, clock: WallClock) -> Box<dyn Printer + Send> {
+        (self.spec().printer)(out, clock)
+    }
+}
+
+/// `out` with the buffer every printer writes through.
+pub fn buffered(out: Box<dyn Write + Send>) -> Out {
+    BufWriter::with_capacity(1 << 16, out)
+}
+
+/// What is written, and where: `--output FILE` or standard output.
+#[derive(Clone, Debug)]
+pub struct Destination {
+    pub format: Format,
+    pub path: Option<PathBuf>,
+}
+
+impl Destination {
+    /// Refuses, before anything is traced or read, what cannot be written: a binary file
+    /// is not something for a terminal or a pipe.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let spec = self.format.spec();
+        if spec.binary && self.path.is_none() {
+            anyhow::bail!(
+                "--format {} writes a binary file: name it with --output FILE",
+                spec.name
+            );
+        }
+        Ok(())
+    }
+
+    /// A printer writing there.
+    pub fn open(&self, clock: WallClock) -> anyhow::Result<Box<dyn Printer + Send>> {
+        let out: Box<dyn Write + Send> = match &self.path {
+            Some(path) => Box::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("cannot create output file {}", path.display()))?,
+            ),
+            None => Box::new(io::stdout()),
+        };
+        Ok(self.format.printer(buffered(out), clock))
+    }
+
+    /// The outcome of writing, given its first error: the error named by where the output
+    /// went; none when the reader went away (`| head`), to stop quietly.
+    pub fn result(&self, error: Option<io::Error>) -> anyhow::Result<()> {
+        match error {
+            Some(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+                Err(anyhow::Error::new(e).context(match &self.path {
+                    Some(path) => format!("writing to {}", path.display()),
+                    None => "writing to standard output".to_string(),
+                }))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Converts kernel monotonic timestamps to wall-clock time.
@@ -110,271 +228,10 @@ pub(crate) fn endpoint(addr: IpAddr, port: u16) -> String {
     }
 }
 
-/// Writes outputs in one format.
-pub struct Sink<W: Write> {
-    out: W,
-    format: Format,
-    clock: WallClock,
-    header_done: bool,
-    line: jsonl::Line,
-    chrome: export::ChromeTrace,
-    parquet: parquet::ParquetTable,
-}
-
-impl<W: Write> Sink<W> {
-    pub fn new(out: W, format: Format, clock: WallClock) -> Self {
-        Sink {
-            out,
-            format,
-            clock,
-            header_done: false,
-            line: jsonl::Line(Vec::with_capacity(Self::BLOCK + 1024)),
-            chrome: export::ChromeTrace::default(),
-            parquet: parquet::ParquetTable::new(parquet::ROW_GROUP_ROWS),
-        }
-    }
-
-    pub fn into_inner(mut self) -> W {
-        let _ = self.write_pending();
-        self.out
-    }
-
-    /// JSON lines accumulate in `line` and go out in blocks of this many bytes: one copy
-    /// less than line by line through a `BufWriter`.
-    const BLOCK: usize = 1 << 16;
-
-    fn write_pending(&mut self) -> io::Result<()> {
-        if !self.line.0.is_empty() {
-            self.out.write_all(&self.line.0)?;
-            self.line.clear();
-        }
-        Ok(())
-    }
-
-    fn line_done(&mut self) -> io::Result<()> {
-        if self.line.0.len() >= Self::BLOCK {
-            self.write_pending()?;
-        }
-        Ok(())
-    }
-
-    fn header(&mut self) -> io::Result<()> {
-        if self.header_done {
-            return Ok(());
-        }
-        self.header_done = true;
-        match self.format {
-            Format::Text => writeln!(
-                self.out,
-                "{:<12} {:<13} {:<5} {:<28} {:<28} {:>7} {:<16} {:<14} HELD",
-                "TIME", "EVENT", "PROTO", "LOCAL", "REMOTE", "PID", "COMM", "ORIGIN"
-            ),
-            Format::Csv => writeln!(self.out, "{}", export::csv_header()),
-            Format::ChromeTrace => self.out.write_all(export::ChromeTrace::START.as_bytes()),
-            Format::Jsonl | Format::Parquet => Ok(()),
-        }
-    }
-
-    pub fn write(&mut self, o: &Output) -> io::Result<()> {
-        match o {
-            Output::Event(ev) => self.event(ev),
-            Output::Lifetime(lt) => self.lifetime(lt),
-        }
-    }
-
-    /// One aligned text line.
-    fn text_row(
-        &mut self,
-        ts_ns: u64,
-        what: &str,
-        e: &Endpoints,
-        task: &Task,
-        origin: Origin,
-        tail: &str,
-    ) -> io::Result<()> {
-        self.header()?;
-        writeln!(
-            self.out,
-            "{:<12} {:<13} {:<5} {:<28} {:<28} {:>7} {:<16} {:<14} {tail}",
-            self.clock.time_of_day(ts_ns),
-            what,
-            e.proto.as_str(),
-            endpoint(e.laddr, e.lport),
-            endpoint(e.raddr, e.rport),
-            task.pid,
-            task.comm.as_str(),
-            origin.as_str(),
-        )
-    }
-
-    fn event(&mut self, ev: &Event) -> io::Result<()> {
-        match self.format {
-            Format::Csv | Format::Parquet => Ok(()),
-            Format::ChromeTrace => {
-                self.header()?;
-                let text = self.chrome.event(&self.clock, ev);
-                self.out.write_all(text.as_bytes())
-            }
-            // A release is shown by its lifetime line.
-            Format::Text if ev.kind == Kind::Release => Ok(()),
-            Format::Text => {
-                let tail = if ev.kind == Kind::AllocFailure {
-                    errno_name(ev.errno)
-                } else {
-                    ""
-                };
-                self.text_row(
-                    ev.ts_ns,
-                    ev.kind.as_str(),
-                    &ev.ends,
-                    &ev.task,
-                    ev.origin,
-                    tail,
-                )
-            }
-            Format::Jsonl => {
-                let l = &mut self.line;
-                l.raw("{\"type\":\"");
-                l.raw(ev.kind.as_str());
-                l.raw("\",\"ts_ns\":");
-                l.u64(ev.ts_ns);
-                l.socket(&ev.ends, &ev.task, ev.origin, ev.sock_id);
-                if ev.kind == Kind::AllocFailure {
-                    l.raw(",\"errno\":");
-                    l.i64(ev.errno.into());
-                    l.raw(",\"error\":\"");
-                    l.raw(errno_name(ev.errno));
-                    l.raw("\"");
-                }
-                if ev.time_wait_sock {
-                    l.raw(",\"time_wait_sock\":true");
-                }
-                l.raw("}\n");
-                self.line_done()
-            }
-        }
-    }
-
-    fn lifetime(&mut self, lt: &Lifetime) -> io::Result<()> {
-        match self.format {
-            Format::Csv => {
-                self.header()?;
-                self.out.write_all(export::csv_row(lt).as_bytes())
-            }
-            Format::Parquet => self.parquet.push(lt, &mut self.out),
-            Format::ChromeTrace => {
-                self.header()?;
-                let text = self.chrome.lifetime(&self.clock, lt);
-                self.out.write_all(text.as_bytes())
-            }
-            Format::Text => {
-                let (what, ts) = match lt.released_ns() {
-                    Some(ts) => ("release", ts),
-                    None => ("still-held", lt.assigned_ns().unwrap_or(0)),
-                };
-                let mut held = match (lt.duration_ns(), lt.released_ns()) {
-                    (Some(d), _) => human_duration(d),
-                    (None, Some(_)) => "since before start".to_string(),
-                    (None, None) => match lt.time_wait_start_ns() {
-                        Some(tw) => {
-                            format!("open, in time-wait since {}", self.clock.time_of_day(tw))
-                        }
-                        None => "open".to_string(),
-                    },
-                };
-                if let Some(tw) = lt.time_wait_ns() {
-                    let _ = write!(held, " (time-wait {})", human_duration(tw));
-                }
-                if lt.lossy {
-                    held.push_str(" [events lost]");
-                }
-                self.text_row(ts, what, &lt.ends, &lt.owner, lt.origin, &held)
-            }
-            Format::Jsonl => {
-                let l = &mut self.line;
-                l.raw("{\"type\":\"lifetime\"");
-                l.socket(&lt.ends, &lt.owner, lt.origin, lt.sock_id);
-                l.raw(",\"assigned_ns\":");
-                l.opt_u64(lt.assigned_ns());
-                l.raw(",\"released_ns\":");
-                l.opt_u64(lt.released_ns());
-                l.raw(",\"duration_ns\":");
-                l.opt_u64(lt.duration_ns());
-                l.raw(",\"time_wait_start_ns\":");
-                l.opt_u64(lt.time_wait_start_ns());
-                l.raw(",\"time_wait_ns\":");
-                l.opt_u64(lt.time_wait_ns());
-                l.raw(if lt.lossy {
-                    ",\"lossy\":true}\n"
-                } else {
-                    ",\"lossy\":false}\n"
-                });
-                self.line_done()
-            }
-        }
-    }
-
-    pub fn summary(&mut self, s: &Summary) -> io::Result<()> {
-        self.write_pending()?;
-        match self.format {
-            // Data files for other tools: no summary record (an empty run still gets its
-            // header, or a valid empty array).
-            Format::Csv => self.header(),
-            Format::Parquet => self.parquet.finish(&mut self.out),
-            Format::ChromeTrace => {
-                self.header()?;
-                self.out.write_all(export::ChromeTrace::END.as_bytes())
-            }
-            Format::Jsonl => {
-                let mut v = serde_json::to_value(s).expect("summary serializes");
-                let obj = v.as_object_mut().expect("summary is an object");
-                obj.insert("type".into(), "summary".into());
-                let mut lost = serde_json::Map::new();
-                for (k, n) in &s.lost.by_reason {
-                    lost.insert((*k).into(), (*n).into());
-                }
-                lost.insert("undecodable".into(), s.lost.undecodable.into());
-                lost.insert("total".into(), s.lost.total().into());
-                obj.insert("lost".into(), lost.into());
-                // Times in the summary are monotonic ns, as everywhere in the JSONL.
-                obj.insert(
-                    "realtime_offset_ns".into(),
-                    (self.clock.offset_ns as i64).into(),
-                );
-                writeln!(self.out, "{v}")
-            }
-            Format::Text => summary_text::write(&mut self.out, s, &self.clock),
-        }
-    }
-
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.write_pending()?;
-        self.out.flush()
-    }
-
-    /// A line of its own in text output (nothing in the other formats).
-    pub fn note(&mut self, line: &str) -> io::Result<()> {
-        if self.format != Format::Text {
-            return Ok(());
-        }
-        self.write_pending()?;
-        writeln!(self.out, "{line}")
-    }
-}
-
-/// Name of an allocation-failure errno.
-pub fn errno_name(errno: i32) -> &'static str {
-    match errno {
-        libc::EADDRINUSE => "EADDRINUSE",
-        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
-        libc::EAGAIN => "EAGAIN",
-        _ => "error",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{Origin, Task};
     use crate::lifetime::time;
     use crate::{event::Comm, testing::ends};
 
@@ -395,9 +252,9 @@ mod tests {
             lossy: false,
             laddr_learnt: false,
         };
-        let mut sink = Sink::new(Vec::new(), Format::Jsonl, WallClock { offset_ns: 0 });
-        sink.write(&Output::Lifetime(lt)).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&sink.into_inner()).unwrap();
+        let mut p = jsonl::Jsonl::new(Vec::new(), WallClock { offset_ns: 0 });
+        p.lifetime(&lt).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&p.into_inner()).unwrap();
         assert_eq!(v["type"], "lifetime");
         assert_eq!(v["proto"], "tcp");
         assert_eq!(v["family"], "ipv4");
@@ -421,9 +278,9 @@ mod tests {
             lossy: true,
             laddr_learnt: false,
         };
-        let mut sink = Sink::new(Vec::new(), Format::Jsonl, WallClock { offset_ns: 0 });
-        sink.write(&Output::Lifetime(lt)).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&sink.into_inner()).unwrap();
+        let mut p = jsonl::Jsonl::new(Vec::new(), WallClock { offset_ns: 0 });
+        p.lifetime(&lt).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&p.into_inner()).unwrap();
         assert!(v["released_ns"].is_null());
         assert!(v["duration_ns"].is_null());
         assert_eq!(v["lossy"], true);
@@ -466,9 +323,9 @@ mod tests {
             end_ns: 2_000,
         };
         let summary = Summary::new(&stats, &Counters::default(), Lost::default(), span, 10);
-        let mut sink = Sink::new(Vec::new(), Format::Text, WallClock { offset_ns: 0 });
-        sink.summary(&summary).unwrap();
-        let text = String::from_utf8(sink.into_inner()).unwrap();
+        let mut text = Vec::new();
+        summary_text::write(&mut text, &summary, &WallClock { offset_ns: 0 }).unwrap();
+        let text = String::from_utf8(text).unwrap();
         assert!(
             text.contains("6 sockets at the peak, 100.0% in TIME_WAIT"),
             "{text}"

@@ -1,82 +1,55 @@
-//! `port-tracer report`: a recorded trace ([`crate::trace_file`]) through the live mode's
-//! pipeline, so a report shows what live tracing would have shown, summary included.
+//! `port-tracer report` and `export`: a recorded trace ([`crate::trace_file`]) through the
+//! rebuild engine ([`crate::rebuild`]) to a printer, as live tracing would have shown it,
+//! summary included. The fuzz targets run this same [`replay`].
 
-use std::{fs::File, io::BufReader};
+use std::{fs::File, io, io::BufReader, path::PathBuf};
 
 use anyhow::{bail, Context, Result};
 use port_tracer_common::lost;
 
 use crate::{
-    cli::ReportArgs,
-    collector::{Pipeline, Upto},
-    output::WallClock,
+    lifetime::Output,
+    output::{Destination, Printer, WallClock},
+    rebuild::{Rebuild, RebuildConfig, Upto},
+    summary::Summary,
     trace_file::{Block, Metadata, TraceError, TraceReader, RECORD_SIZE},
 };
+
+/// What `report` and `export` do.
+#[derive(Clone, Debug)]
+pub struct ReportConfig {
+    /// A trace written by `record`.
+    pub trace: PathBuf,
+    pub output: Destination,
+    pub rebuild: RebuildConfig,
+}
 
 /// Reports a trace. A damaged trace is reported up to its last good block, then the
 /// damage is the error; a trace without its end mark (the recorder was killed) is
 /// reported whole, then that is the error: either way a non-zero exit.
-pub fn run(args: ReportArgs) -> Result<()> {
-    args.view.check()?;
-    let path = &args.trace;
+pub fn run(config: ReportConfig) -> Result<()> {
+    config.output.check()?;
+    let path = &config.trace;
     let file = File::open(path).with_context(|| format!("cannot open trace {}", path.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut r = TraceReader::new(BufReader::with_capacity(1 << 20, file))
+    let r = TraceReader::new(BufReader::with_capacity(1 << 20, file))
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let clock = WallClock {
         offset_ns: r.meta.realtime_offset_ns.into(),
     };
-    let mut p = Pipeline::new(&args.view, &args.rebuild, clock, r.meta.started_ns)?;
-    for range in &r.meta.port_ranges {
-        p.set_range(range.clone());
-    }
-    let mut lost_counts = vec![0u64; lost::COUNT as usize];
-    let mut newest = 0u64;
-    let mut ended = false;
-    let damage = loop {
-        match r.next_block() {
-            Ok(Some(Block::Events(raw))) => {
-                for rec in raw.chunks_exact(RECORD_SIZE) {
-                    if let Some(ts) = p.push_record(rec) {
-                        newest = newest.max(ts);
-                    }
-                }
-                p.process(Upto::Excess);
-                // The newest record stands for "now": what the live mode had at its drain.
-                p.process(Upto::InOrder(newest));
-            }
-            Ok(Some(Block::Lost(counts))) => {
-                lost_counts = by_our_names(&r.meta, &counts);
-                p.check_lost(&lost_counts);
-            }
-            Ok(Some(Block::Held(held))) => p.set_held_at_start(held),
-            Ok(Some(Block::Ranges(ranges))) => {
-                for range in ranges {
-                    p.set_range(range);
-                }
-            }
-            Ok(Some(Block::End(end_ns))) => {
-                ended = true;
-                newest = newest.max(end_ns.unwrap_or(0));
-            }
-            Ok(None) => break None,
-            Err(e @ (TraceError::Truncated { .. } | TraceError::Corrupt { .. })) => break Some(e),
-            Err(e) => bail!("{}: {e}", path.display()),
-        }
-        if p.write_failed() {
-            break None;
-        }
-    };
-    let good = r.offset;
-    p.finish(&lost_counts, newest, args.view.output.as_deref())?;
-    if let Some(e) = damage {
+    let mut printer = config.output.open(clock)?;
+    let done = replay(r, config.rebuild, &mut *printer)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    config.output.result(done.write_error)?;
+    if let Some(e) = done.damage {
         bail!(
-            "{}: {e}; reported the {good} bytes before it, skipped the last {} bytes",
+            "{}: {e}; reported the {} bytes before it, skipped the last {} bytes",
             path.display(),
-            size.saturating_sub(good)
+            done.good_bytes,
+            size.saturating_sub(done.good_bytes)
         );
     }
-    if !ended {
+    if !done.ended {
         // Complete up to its last flush, but not a whole recording: scripts must know.
         bail!(
             "{}: no end mark: the recording did not stop cleanly (killed?); reported \
@@ -85,6 +58,112 @@ pub fn run(args: ReportArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What a replay came to.
+#[derive(Debug)]
+pub struct Replayed {
+    pub summary: Summary,
+    /// Blocks read intact, and the records in their `EVENTS` blocks.
+    pub blocks: u64,
+    pub records: u64,
+    /// Bytes before the damage (or the whole trace) and the damage, if any.
+    pub good_bytes: u64,
+    pub damage: Option<TraceError>,
+    /// The trace has its end mark (the recorder stopped cleanly).
+    pub ended: bool,
+    /// The printer's first error; nothing more was written after it.
+    pub write_error: Option<io::Error>,
+}
+
+/// Replays the trace `r` through a rebuild engine configured by `config` to `printer`,
+/// summary last. Damage (truncation, corruption) ends the replay where it is, reported in
+/// [`Replayed::damage`]; any other read error is the error.
+pub fn replay<R: io::Read>(
+    mut r: TraceReader<R>,
+    config: RebuildConfig,
+    printer: &mut (dyn Printer + Send),
+) -> Result<Replayed, TraceError> {
+    let mut engine = Rebuild::new(config, r.meta.started_ns);
+    for range in &r.meta.port_ranges {
+        engine.set_range(range.clone());
+    }
+    let mut w = Written {
+        printer,
+        error: None,
+    };
+    let mut lost_counts = vec![0u64; lost::COUNT as usize];
+    let (mut newest, mut ended, mut blocks, mut records) = (0u64, false, 0u64, 0u64);
+    let damage = loop {
+        let block = match r.next_block() {
+            Ok(Some(block)) => block,
+            Ok(None) => break None,
+            Err(e @ (TraceError::Truncated { .. } | TraceError::Corrupt { .. })) => break Some(e),
+            Err(e) => return Err(e),
+        };
+        blocks += 1;
+        match block {
+            Block::Events(raw) => {
+                for rec in raw.chunks_exact(RECORD_SIZE) {
+                    records += 1;
+                    if let Some(ts) = engine.push_record(rec) {
+                        newest = newest.max(ts);
+                    }
+                }
+                engine.process(Upto::Excess, &mut |o| w.take(o));
+                // The newest record stands for "now": what the live mode had at its drain.
+                engine.process(Upto::InOrder(newest), &mut |o| w.take(o));
+            }
+            Block::Lost(counts) => {
+                lost_counts = by_our_names(&r.meta, &counts);
+                engine.check_lost(&lost_counts);
+            }
+            Block::Held(held) => engine.set_held_at_start(held),
+            Block::Ranges(ranges) => {
+                for range in ranges {
+                    engine.set_range(range);
+                }
+            }
+            Block::End(end_ns) => {
+                ended = true;
+                newest = newest.max(end_ns.unwrap_or(0));
+            }
+        }
+        if w.error.is_some() {
+            break None;
+        }
+    };
+    let summary = engine.finish(&lost_counts, newest, &mut |o| w.take(o));
+    if w.error.is_none() {
+        w.error = w
+            .printer
+            .summary(&summary)
+            .and_then(|()| w.printer.flush())
+            .err();
+    }
+    Ok(Replayed {
+        summary,
+        blocks,
+        records,
+        good_bytes: r.offset,
+        damage,
+        ended,
+        write_error: w.error,
+    })
+}
+
+/// A printer and its first error: nothing more is written after it.
+struct Written<'a> {
+    printer: &'a mut (dyn Printer + Send),
+    error: Option<io::Error>,
+}
+
+impl Written<'_> {
+    fn take(&mut self, o: Output) {
+        if self.error.is_none() {
+            self.error = self.printer.write(&o).err();
+        }
+    }
 }
 
 /// Lost counts in this build's reason order, matched by name (a trace from another version

@@ -4,14 +4,21 @@
 //! (`tests/fuzz_corpus.rs`) call these same functions, so what the fuzzer finds is
 //! reproduced by a plain `cargo test` on stable.
 
+use std::{
+    io::{self, Write},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+};
+
 use crate::{
-    analysis::Span,
     event::Event,
-    lifetime::{Output, Tracker},
-    output::{Format, Sink, WallClock},
-    reorder::Reorderer,
-    summary::{Lost, Stats, Summary},
-    trace_file::{Block, Metadata, TraceError, TraceReader, MAGIC, RECORD_SIZE, VERSION},
+    filter::Filter,
+    output::{buffered, Format, WallClock},
+    rebuild::RebuildConfig,
+    replay::replay,
+    trace_file::{Block, TraceError, TraceReader, MAGIC, RECORD_SIZE, VERSION},
 };
 
 mod synthetic;
@@ -33,11 +40,11 @@ pub struct TraceCheck {
     /// Events the tracker processed ([`replay_trace`] only), and what it emitted.
     pub tracked_events: Option<u64>,
     pub outputs: u64,
-    /// Size of the summary written as text and JSON ([`replay_trace`] only).
-    pub summary_bytes: usize,
+    /// Bytes written: the report as JSONL, and its summary as text ([`replay_trace`] only).
+    pub written_bytes: usize,
 }
 
-/// Limits of the replay pipeline: small ones make eviction and early release reachable.
+/// Limits of the rebuild engine: small ones make eviction and early release reachable.
 #[derive(Clone, Copy, Debug)]
 pub struct ReplayLimits {
     pub reorder_delay_ns: u64,
@@ -89,109 +96,6 @@ pub fn check_replay_input(data: &[u8]) -> Vec<String> {
 /// Reads every block of `bytes` and decodes every record, as `report` does before
 /// rebuilding.
 pub fn read_trace(bytes: &[u8]) -> TraceCheck {
-    walk(bytes, |check, _, block| {
-        if let Block::Events(raw) = block {
-            for rec in raw.chunks_exact(RECORD_SIZE) {
-                if Event::decode(rec).is_err() {
-                    check.undecodable += 1;
-                }
-            }
-        }
-    })
-}
-
-/// Counts an output and feeds it to the summary's analyses.
-fn sink<'a>(outputs: &'a mut u64, stats: &'a mut Stats) -> impl FnMut(Output) + 'a {
-    move |o| {
-        *outputs += 1;
-        stats.observe(&o);
-    }
-}
-
-/// Reads `bytes` and sends the decoded events through the reorder window and the tracker
-/// to the end, then the summary's analyses, as `report` does (outputs are counted, not
-/// written).
-pub fn replay_trace(bytes: &[u8], limits: &ReplayLimits) -> TraceCheck {
-    let mut reorder = Reorderer::new(limits.reorder_delay_ns);
-    let mut tracker = Tracker::with_max_open(limits.max_open);
-    let mut outputs = 0u64;
-    let mut stats: Option<Stats> = None;
-    let (mut newest, mut lost_seen, mut started, mut offset) = (0u64, 0u64, 0u64, 0i64);
-    let mut check = walk(bytes, |check, meta, block| {
-        (started, offset) = (meta.started_ns, meta.realtime_offset_ns);
-        let stats = stats.get_or_insert_with(|| {
-            let mut s = Stats::new(meta.started_ns);
-            for r in &meta.port_ranges {
-                s.analysis.set_range(r.clone());
-            }
-            s
-        });
-        match block {
-            Block::Events(raw) => {
-                for rec in raw.chunks_exact(RECORD_SIZE) {
-                    match Event::decode(rec) {
-                        Ok(ev) => {
-                            newest = newest.max(ev.ts_ns);
-                            reorder.push(ev);
-                        }
-                        Err(_) => check.undecodable += 1,
-                    }
-                }
-                let mut emit = sink(&mut outputs, stats);
-                reorder
-                    .release_excess(limits.max_reorder_held, |ev| tracker.process(ev, &mut emit));
-                reorder.release(newest, |ev| tracker.process(ev, &mut emit));
-                tracker.advance(newest.saturating_sub(reorder.delay_ns()), &mut emit);
-            }
-            Block::Lost(counts) => {
-                // Counters from a damaged file can be anything: add them without overflow.
-                let total = counts.iter().fold(0u64, |sum, &c| sum.saturating_add(c));
-                if total > lost_seen {
-                    lost_seen = total;
-                    tracker.mark_lossy();
-                }
-            }
-            Block::Held(held) => {
-                for h in &held {
-                    stats.analysis.held_at_start(h);
-                }
-                tracker.set_held_at_start(held);
-            }
-            Block::Ranges(ranges) => {
-                for r in ranges {
-                    stats.analysis.set_range(r);
-                }
-            }
-            Block::End(end) => newest = newest.max(end.unwrap_or(0)),
-        }
-    });
-    if let Some(stats) = &mut stats {
-        {
-            let mut emit = sink(&mut outputs, stats);
-            reorder.release_all(|ev| tracker.process(ev, &mut emit));
-            tracker.finish(&mut emit);
-        }
-        let span = Span {
-            start_ns: started,
-            end_ns: newest.max(started),
-        };
-        let summary = Summary::new(stats, &tracker.counters, Lost::default(), span, 10);
-        let clock = WallClock {
-            offset_ns: offset.into(),
-        };
-        for format in [Format::Text, Format::Jsonl] {
-            let mut out = Sink::new(Vec::new(), format, clock);
-            out.summary(&summary).expect("writing to memory");
-            check.summary_bytes += out.into_inner().len();
-        }
-    }
-    check.tracked_events = Some(tracker.counters.events);
-    check.outputs = outputs;
-    check
-}
-
-/// Reads `bytes` block by block, handing each intact one to `on_block`.
-fn walk(bytes: &[u8], mut on_block: impl FnMut(&mut TraceCheck, &Metadata, Block)) -> TraceCheck {
     let mut check = TraceCheck::default();
     let mut reader = match TraceReader::new(bytes) {
         Ok(r) => r,
@@ -205,9 +109,13 @@ fn walk(bytes: &[u8], mut on_block: impl FnMut(&mut TraceCheck, &Metadata, Block
             Ok(Some(block)) => {
                 check.blocks += 1;
                 if let Block::Events(raw) = &block {
-                    check.records += (raw.len() / RECORD_SIZE) as u64;
+                    for rec in raw.chunks_exact(RECORD_SIZE) {
+                        check.records += 1;
+                        if Event::decode(rec).is_err() {
+                            check.undecodable += 1;
+                        }
+                    }
                 }
-                on_block(&mut check, &reader.meta, block);
             }
             Ok(None) => break,
             Err(e) => {
@@ -217,6 +125,66 @@ fn walk(bytes: &[u8], mut on_block: impl FnMut(&mut TraceCheck, &Metadata, Block
         }
     }
     check.good_bytes = reader.offset;
+    check
+}
+
+/// Counts the bytes written through it.
+struct Counted(Arc<AtomicUsize>);
+
+impl Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.fetch_add(buf.len(), Ordering::Relaxed);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Replays `bytes` as `report --format jsonl` does ([`replay`]: the reorder window, the
+/// tracker and the summary's analyses to the end, every record and the summary written),
+/// then writes the summary as text too.
+pub fn replay_trace(bytes: &[u8], limits: &ReplayLimits) -> TraceCheck {
+    let mut check = TraceCheck::default();
+    let reader = match TraceReader::new(bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            check.error = Some(e);
+            return check;
+        }
+    };
+    let clock = WallClock {
+        offset_ns: reader.meta.realtime_offset_ns.into(),
+    };
+    let written = Arc::new(AtomicUsize::new(0));
+    let config = RebuildConfig {
+        reorder_delay_ns: limits.reorder_delay_ns,
+        max_reorder_held: limits.max_reorder_held,
+        max_open: limits.max_open,
+        filter: Filter::default(),
+        top: 10,
+    };
+    let mut jsonl = Format::Jsonl.printer(buffered(Box::new(Counted(written.clone()))), clock);
+    match replay(reader, config, &mut *jsonl) {
+        Ok(done) => {
+            let c = &done.summary.stats;
+            check.blocks = done.blocks;
+            check.records = done.records;
+            check.undecodable = done.summary.lost.undecodable;
+            check.good_bytes = done.good_bytes;
+            check.error = done.damage;
+            check.tracked_events = Some(done.summary.tracker.events);
+            check.outputs = c.events + c.lifetimes_ended + c.lifetimes_open;
+            let mut text =
+                Format::Text.printer(buffered(Box::new(Counted(written.clone()))), clock);
+            text.summary(&done.summary).expect("writing to memory");
+            text.flush().expect("writing to memory");
+        }
+        // Only an I/O error of the reader, which a byte slice never has.
+        Err(e) => check.error = Some(e),
+    }
+    check.written_bytes = written.load(Ordering::Relaxed);
     check
 }
 

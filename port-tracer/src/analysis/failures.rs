@@ -5,10 +5,7 @@ use std::net::IpAddr;
 use foldhash::HashMap;
 use serde::Serialize;
 
-use crate::{
-    event::{Comm, Event, Proto},
-    output::errno_name,
-};
+use crate::event::{errno_name, Comm, Event, Proto};
 
 /// Distinct (process, destination, errno) kept; failures beyond are counted in `other`.
 const MAX_KINDS: usize = 10_000;
@@ -117,7 +114,17 @@ impl Failures {
                 last_ns: s.last_ns,
             })
             .collect();
-        groups.sort_by(|a, b| b.count.cmp(&a.count).then(a.first_ns.cmp(&b.first_ns)));
+        // Ties in a total order: the map iterates in a random one.
+        groups.sort_by(|a, b| {
+            let rest = |g: &FailureGroup| {
+                let ends = (g.netns, g.proto, g.laddr, g.raddr, g.rport);
+                (g.pid, g.comm.clone(), g.errno, ends, g.last_ns)
+            };
+            b.count
+                .cmp(&a.count)
+                .then(a.first_ns.cmp(&b.first_ns))
+                .then_with(|| rest(a).cmp(&rest(b)))
+        });
         groups.truncate(top);
         let shown: u64 = groups.iter().map(|g| g.count).sum();
         FailureReport {

@@ -5,8 +5,8 @@ use foldhash::HashMap;
 
 use crate::{
     event::{Event, Proto},
+    histogram::Log2Histogram,
     lifetime::Lifetime,
-    summary::Log2Histogram,
 };
 
 #[derive(Clone, Debug, Default)]

@@ -51,13 +51,41 @@ impl fmt::Display for Tier {
 }
 
 /// Which tier to use: the best one that loads and attaches, or one forced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TierChoice {
-    /// The best tier that loads and attaches: fentry, then kprobe, then tracepoint.
     Auto,
     Fentry,
     Kprobe,
     Tracepoint,
+}
+
+impl TierChoice {
+    pub const ALL: [TierChoice; 4] = [
+        TierChoice::Auto,
+        TierChoice::Fentry,
+        TierChoice::Kprobe,
+        TierChoice::Tracepoint,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TierChoice::Auto => "auto",
+            TierChoice::Fentry => "fentry",
+            TierChoice::Kprobe => "kprobe",
+            TierChoice::Tracepoint => "tracepoint",
+        }
+    }
+
+    /// One line for `--help` (none for a tier by itself).
+    pub fn help(self) -> Option<&'static str> {
+        (self == TierChoice::Auto).then_some(
+            "The best tier that loads and attaches: fentry, then kprobe, then tracepoint",
+        )
+    }
+
+    pub fn from_name(name: &str) -> Option<TierChoice> {
+        TierChoice::ALL.into_iter().find(|t| t.name() == name)
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -2,33 +2,47 @@
 //! ([`crate::trace_file`]) instead of rebuilt: the cheapest path per event; `report` does
 //! the rebuilding later, anywhere.
 
-use std::{fs::File, io::BufWriter, time::Duration};
+use std::{fs::File, io::BufWriter, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use port_tracer_common::lost;
 
+use super::{announce, deadline, held_ranges, Stop, Traced};
 use crate::{
-    cli::RecordArgs,
     clock::monotonic_ns,
-    collector::{announce, deadline, held_ranges, Stop, Traced},
     event::{netns_and_thread, Event},
     filter::Filter,
     kernel::{
         self,
         ranges::{read_trimmed, RangeFinder},
+        LoadOptions,
     },
     output::WallClock,
     trace_file::{Metadata, TraceWriter, RECORD_SIZE},
 };
+
+/// What `record` does.
+#[derive(Clone, Debug)]
+pub struct RecordConfig {
+    /// The trace file to write.
+    pub output: PathBuf,
+    /// Stop after this long (else at SIGINT or SIGTERM).
+    pub duration: Option<Duration>,
+    /// Record only the sockets this selects (None: all).
+    pub keep: Option<Filter>,
+    pub load: LoadOptions,
+    /// Drain the ring buffer (and flush the file) at least this often.
+    pub drain: Duration,
+}
 
 /// Records waiting in memory are written as a block once they reach this size, between
 /// the timer's flushes.
 const BLOCK_BYTES: usize = 4 << 20;
 
 /// Records until a signal or the deadline.
-pub async fn run(args: RecordArgs) -> Result<()> {
-    let traced = Traced::start(&args.kernel)?;
+pub async fn run(args: RecordConfig) -> Result<()> {
+    let traced = Traced::start(&args.load)?;
     let (kernel, mut ring, mut lost_counters) = (traced.kernel, traced.ring, traced.lost);
     let held_at_start = traced.held_at_start;
 
@@ -37,8 +51,7 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     let file = File::create(path)
         .with_context(|| format!("cannot create trace file {}", path.display()))?;
     let mut finder = RangeFinder::new();
-    let keep = args.sockets.filter();
-    let keep = keep.as_ref();
+    let keep = args.keep.as_ref();
     let meta = Metadata {
         host: read_trimmed("/proc/sys/kernel/hostname"),
         kernel_release: kernel::kernel_release(),
@@ -59,7 +72,7 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     announce(&kernel, &format!(", recording to {}", path.display()));
     let deadline = deadline(args.duration);
     tokio::pin!(deadline);
-    let mut tick = tokio::time::interval(Duration::from_millis(args.kernel.drain_ms.max(1)));
+    let mut tick = tokio::time::interval(args.drain.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut records, mut lost_written) = (0u64, [0u64; lost::COUNT as usize]);
 

@@ -5,9 +5,9 @@
 use foldhash::HashMap;
 
 use crate::{
+    event::errno_name,
     event::{Kind, Origin, Proto},
     lifetime::{Lifetime, Output},
-    output::errno_name,
 };
 
 /// Every origin, in the order of its discriminant (the index of the count arrays).

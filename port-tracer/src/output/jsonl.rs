@@ -1,10 +1,140 @@
-//! JSON Lines records built by hand: the live output writes one line per event at storm
-//! rates, where `write!` with `Display` for every integer and address cost the collector more
-//! than decoding and reconstruction together.
+//! JSON Lines: event, lifetime and summary records. Event and lifetime lines are built by
+//! hand: the live output writes one line per event at storm rates, where `write!` with
+//! `Display` for every integer and address cost the collector more than decoding and
+//! reconstruction together.
 
-use std::net::IpAddr;
+use std::{
+    io::{self, Write},
+    net::IpAddr,
+};
 
-use crate::event::{Endpoints, Origin, Task};
+use super::{Printer, Spec, WallClock};
+use crate::{
+    event::{errno_name, Endpoints, Event, Kind, Origin, Task},
+    lifetime::Lifetime,
+    summary::Summary,
+};
+
+pub const SPEC: Spec = Spec {
+    name: "jsonl",
+    help: "JSON Lines: event, lifetime and summary records",
+    binary: false,
+    for_tools: true,
+    printer: |out, clock| Box::new(Jsonl::new(out, clock)),
+};
+
+pub struct Jsonl<W: Write> {
+    out: W,
+    /// For the summary's `realtime_offset_ns`.
+    clock: WallClock,
+    /// Lines not yet written.
+    line: Line,
+}
+
+impl<W: Write> Jsonl<W> {
+    /// Lines go out in blocks of this many bytes: one copy less than line by line through
+    /// a `BufWriter`.
+    const BLOCK: usize = 1 << 16;
+
+    pub fn new(out: W, clock: WallClock) -> Self {
+        Jsonl {
+            out,
+            clock,
+            line: Line(Vec::with_capacity(Self::BLOCK + 1024)),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn into_inner(mut self) -> W {
+        let _ = self.write_pending();
+        self.out
+    }
+
+    fn write_pending(&mut self) -> io::Result<()> {
+        if !self.line.0.is_empty() {
+            self.out.write_all(&self.line.0)?;
+            self.line.clear();
+        }
+        Ok(())
+    }
+
+    fn line_done(&mut self) -> io::Result<()> {
+        if self.line.0.len() >= Self::BLOCK {
+            self.write_pending()?;
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write> Printer for Jsonl<W> {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        let l = &mut self.line;
+        l.raw("{\"type\":\"");
+        l.raw(ev.kind.as_str());
+        l.raw("\",\"ts_ns\":");
+        l.u64(ev.ts_ns);
+        l.socket(&ev.ends, &ev.task, ev.origin, ev.sock_id);
+        if ev.kind == Kind::AllocFailure {
+            l.raw(",\"errno\":");
+            l.i64(ev.errno.into());
+            l.raw(",\"error\":\"");
+            l.raw(errno_name(ev.errno));
+            l.raw("\"");
+        }
+        if ev.time_wait_sock {
+            l.raw(",\"time_wait_sock\":true");
+        }
+        l.raw("}\n");
+        self.line_done()
+    }
+
+    fn lifetime(&mut self, lt: &Lifetime) -> io::Result<()> {
+        let l = &mut self.line;
+        l.raw("{\"type\":\"lifetime\"");
+        l.socket(&lt.ends, &lt.owner, lt.origin, lt.sock_id);
+        l.raw(",\"assigned_ns\":");
+        l.opt_u64(lt.assigned_ns());
+        l.raw(",\"released_ns\":");
+        l.opt_u64(lt.released_ns());
+        l.raw(",\"duration_ns\":");
+        l.opt_u64(lt.duration_ns());
+        l.raw(",\"time_wait_start_ns\":");
+        l.opt_u64(lt.time_wait_start_ns());
+        l.raw(",\"time_wait_ns\":");
+        l.opt_u64(lt.time_wait_ns());
+        l.raw(if lt.lossy {
+            ",\"lossy\":true}\n"
+        } else {
+            ",\"lossy\":false}\n"
+        });
+        self.line_done()
+    }
+
+    fn summary(&mut self, s: &Summary) -> io::Result<()> {
+        self.write_pending()?;
+        let mut v = serde_json::to_value(s).expect("summary serializes");
+        let obj = v.as_object_mut().expect("summary is an object");
+        obj.insert("type".into(), "summary".into());
+        let mut lost = serde_json::Map::new();
+        for (k, n) in &s.lost.by_reason {
+            lost.insert((*k).into(), (*n).into());
+        }
+        lost.insert("undecodable".into(), s.lost.undecodable.into());
+        lost.insert("total".into(), s.lost.total().into());
+        obj.insert("lost".into(), lost.into());
+        // Times in the summary are monotonic ns, as everywhere in the JSONL.
+        obj.insert(
+            "realtime_offset_ns".into(),
+            (self.clock.offset_ns as i64).into(),
+        );
+        writeln!(self.out, "{v}")
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.write_pending()?;
+        self.out.flush()
+    }
+}
 
 /// One JSON line under construction (bytes, reused between records).
 #[derive(Default)]

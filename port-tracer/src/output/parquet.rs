@@ -19,10 +19,57 @@ use ::parquet::{
     schema::types::Type,
 };
 
+use super::{Printer, Spec};
 use crate::{
+    event::Event,
     lifetime::Lifetime,
     output::columns::{ColumnType, Value, LIFETIME_COLUMNS},
+    summary::Summary,
 };
+
+pub const SPEC: Spec = Spec {
+    name: "parquet",
+    help: "Parquet (needs --output): one row per lifetime, the JSONL lifetime fields as typed \
+           columns, for DuckDB, pandas or Spark",
+    binary: true,
+    for_tools: true,
+    printer: |out, _| Box::new(Parquet::new(out)),
+};
+
+/// Writes lifetimes as a Parquet file, a row group at a time.
+pub struct Parquet<W: Write> {
+    out: W,
+    table: ParquetTable,
+}
+
+impl<W: Write> Parquet<W> {
+    pub fn new(out: W) -> Self {
+        Parquet {
+            out,
+            table: ParquetTable::new(ROW_GROUP_ROWS),
+        }
+    }
+}
+
+impl<W: Write> Printer for Parquet<W> {
+    /// Events are in the lifetimes' rows.
+    fn event(&mut self, _: &Event) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn lifetime(&mut self, lt: &Lifetime) -> io::Result<()> {
+        self.table.push(lt, &mut self.out)
+    }
+
+    /// No summary: the rows left and the file's footer.
+    fn summary(&mut self, _: &Summary) -> io::Result<()> {
+        self.table.finish(&mut self.out)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
 
 /// Rows per row group: groups large enough for readers to scan efficiently, while the cells
 /// buffered for one (some 530 bytes a row, mostly the text cells) stay near 35 MB.

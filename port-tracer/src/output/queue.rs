@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use super::{Format, Sink};
+use super::Printer;
 use crate::{lifetime::Output, summary::Summary};
 
 /// Records sent to the writer thread at once: amortises the channel, bounds the latency.
@@ -44,17 +44,16 @@ pub struct OutputQueue {
 }
 
 impl OutputQueue {
-    /// Moves `sink` to a writer thread; at most `limit` records wait for it.
-    pub fn start<W: io::Write + Send + 'static>(mut sink: Sink<W>, limit: usize) -> Self {
+    /// Moves `printer` to a writer thread; at most `limit` records wait for it.
+    pub fn start(mut printer: Box<dyn Printer + Send>, limit: usize) -> Self {
         let (tx, rx) = mpsc::channel::<Msg>();
         let queued = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(AtomicBool::new(false));
         let (q, f) = (queued.clone(), failed.clone());
-        let text = sink.format == Format::Text;
         let writer = std::thread::Builder::new()
             .name("output".into())
             .spawn(move || {
-                let r = write_all(&mut sink, &rx, &q, text);
+                let r = write_all(&mut *printer, &rx, &q);
                 if r.is_err() {
                     f.store(true, Ordering::Relaxed);
                 }
@@ -176,38 +175,31 @@ impl Drop for OutputQueue {
 }
 
 /// The writer thread: writes every message; flushes whenever it has caught up.
-fn write_all<W: io::Write>(
-    sink: &mut Sink<W>,
+fn write_all(
+    printer: &mut (dyn Printer + Send),
     rx: &mpsc::Receiver<Msg>,
     queued: &AtomicUsize,
-    text: bool,
 ) -> io::Result<()> {
     let mut next = rx.recv().ok();
     while let Some(msg) = next {
         match msg {
             Msg::Outputs(batch) => {
                 for o in &batch {
-                    sink.write(o)?;
+                    printer.write(o)?;
                 }
                 queued.fetch_sub(batch.len(), Ordering::Relaxed);
             }
-            Msg::Skipped(n) if text => sink.note(&format!(
-                "port-tracer: {n} records not shown here: the output could not keep up (the \
-                 summary counts them)"
-            ))?,
-            Msg::Skipped(_) => {}
-            Msg::Summary(s) => {
-                sink.summary(&s)?;
-            }
+            Msg::Skipped(n) => printer.skipped(n)?,
+            Msg::Summary(s) => printer.summary(&s)?,
         }
         next = match rx.try_recv() {
             Ok(m) => Some(m),
             Err(mpsc::TryRecvError::Empty) => {
-                sink.flush()?;
+                printer.flush()?;
                 rx.recv().ok()
             }
             Err(mpsc::TryRecvError::Disconnected) => None,
         };
     }
-    sink.flush()
+    printer.flush()
 }

@@ -3,8 +3,15 @@
 use std::io::{self, Write};
 
 use crate::{
-    analysis::{churn::Count, occupancy::GroupReport, timeline::Series},
-    summary::{Bucket, Summary},
+    analysis::{
+        antipatterns::Finding,
+        churn::{ChurnReport, Count},
+        failures::FailureReport,
+        occupancy::GroupReport,
+        timeline::Series,
+    },
+    histogram::Bucket,
+    summary::Summary,
 };
 
 use super::{endpoint, human_duration, WallClock};
@@ -124,17 +131,27 @@ fn occupancy(out: &mut impl Write, g: &GroupReport, clock: &WallClock) -> io::Re
     Ok(())
 }
 
-/// Writes `s` as text, times of day from `clock`.
+/// Writes `s` as text, times of day from `clock`: one section after another.
 pub(crate) fn write(out: &mut impl Write, s: &Summary, clock: &WallClock) -> io::Result<()> {
+    totals(out, s, clock)?;
+    churn(out, &s.analysis.churn, clock)?;
+    occupancies(out, &s.analysis.occupancy, clock)?;
+    failures(out, &s.analysis.failures, clock)?;
+    distributions(out, s)?;
+    anti_patterns(out, &s.analysis.anti_patterns)
+}
+
+/// The span, what was seen, what was lost, and each work-around the tracker needed.
+fn totals(out: &mut impl Write, s: &Summary, clock: &WallClock) -> io::Result<()> {
     let c = &s.stats;
-    let a = &s.analysis;
+    let span = &s.analysis.span;
     writeln!(out, "\nSummary")?;
     writeln!(
         out,
         "  span: {} to {} ({})",
-        clock.date_time(a.span.start_ns),
-        clock.time_of_day(a.span.end_ns),
-        human_duration(a.span.end_ns.saturating_sub(a.span.start_ns))
+        clock.date_time(span.start_ns),
+        clock.time_of_day(span.end_ns),
+        human_duration(span.end_ns.saturating_sub(span.start_ns))
     )?;
     writeln!(
         out,
@@ -159,57 +176,43 @@ pub(crate) fn write(out: &mut impl Write, s: &Summary, clock: &WallClock) -> io:
         reasons.join(", "),
         s.lost.undecodable
     )?;
-    if s.output_dropped > 0 {
-        writeln!(
-            out,
-            "  records not written, the output could not keep up (counted above): {}",
-            s.output_dropped
-        )?;
+    let t = &s.tracker;
+    let notes = [
+        (
+            s.output_dropped,
+            "records not written, the output could not keep up (counted above)",
+        ),
+        (t.unmatched, "events for sockets never seen assigned"),
+        (
+            t.evicted,
+            "open lifetimes evicted (table full, see --max-lifetimes)",
+        ),
+        (
+            t.owner_unknown,
+            "accepted sockets whose listener's owner was unknown (marked lossy)",
+        ),
+        (
+            t.time_wait_guessed,
+            "TIME_WAIT re-arms told from new TIME_WAIT sockets by their endpoints alone",
+        ),
+        (
+            t.time_wait_reused,
+            "TIME_WAIT sockets taken over by a new connection to the same peer (tcp_tw_reuse)",
+        ),
+        (
+            t.released_early,
+            "events released early by a full reorder window (order not assured)",
+        ),
+    ];
+    for (n, what) in notes {
+        if n > 0 {
+            writeln!(out, "  {what}: {n}")?;
+        }
     }
-    if s.tracker.unmatched > 0 {
-        writeln!(
-            out,
-            "  events for sockets never seen assigned: {}",
-            s.tracker.unmatched
-        )?;
-    }
-    if s.tracker.evicted > 0 {
-        writeln!(
-            out,
-            "  open lifetimes evicted (table full, see --max-lifetimes): {}",
-            s.tracker.evicted
-        )?;
-    }
-    if s.tracker.owner_unknown > 0 {
-        writeln!(
-            out,
-            "  accepted sockets whose listener's owner was unknown (marked lossy): {}",
-            s.tracker.owner_unknown
-        )?;
-    }
-    if s.tracker.time_wait_guessed > 0 {
-        writeln!(
-            out,
-            "  TIME_WAIT re-arms told from new TIME_WAIT sockets by their endpoints alone: {}",
-            s.tracker.time_wait_guessed
-        )?;
-    }
-    if s.tracker.time_wait_reused > 0 {
-        writeln!(
-            out,
-            "  TIME_WAIT sockets taken over by a new connection to the same peer (tcp_tw_reuse): {}",
-            s.tracker.time_wait_reused
-        )?;
-    }
-    if s.tracker.released_early > 0 {
-        writeln!(
-            out,
-            "  events released early by a full reorder window (order not assured): {}",
-            s.tracker.released_early
-        )?;
-    }
+    Ok(())
+}
 
-    let ch = &a.churn;
+fn churn(out: &mut impl Write, ch: &ChurnReport, clock: &WallClock) -> io::Result<()> {
     let busiest = ch
         .peak_second_ns
         .map(|t| {
@@ -243,48 +246,57 @@ pub(crate) fn write(out: &mut impl Write, s: &Summary, clock: &WallClock) -> io:
             )?;
         }
     }
+    Ok(())
+}
 
-    if !a.occupancy.is_empty() {
+fn occupancies(out: &mut impl Write, groups: &[GroupReport], clock: &WallClock) -> io::Result<()> {
+    if !groups.is_empty() {
         writeln!(
             out,
             "\nRange occupancy: most distinct ports of the ephemeral range held at once"
         )?;
-        for g in &a.occupancy {
+        for g in groups {
             occupancy(out, g, clock)?;
         }
     }
+    Ok(())
+}
 
-    let f = &a.failures;
-    if f.total > 0 {
-        writeln!(out, "\nAllocation failures: {}", f.total)?;
+fn failures(out: &mut impl Write, f: &FailureReport, clock: &WallClock) -> io::Result<()> {
+    if f.total == 0 {
+        return Ok(());
+    }
+    writeln!(out, "\nAllocation failures: {}", f.total)?;
+    writeln!(
+        out,
+        "    {:>6}  {:<12} {:<12} {:>7} {:<15} {:<4} {:<14} destination",
+        "count", "first", "last", "pid", "comm", "prot", "error"
+    )?;
+    for g in &f.groups {
+        let dest = if g.rport == 0 {
+            format!("(local {})", g.laddr)
+        } else {
+            endpoint(g.raddr, g.rport)
+        };
         writeln!(
             out,
-            "    {:>6}  {:<12} {:<12} {:>7} {:<15} {:<4} {:<14} destination",
-            "count", "first", "last", "pid", "comm", "prot", "error"
+            "    {:>6}  {:<12} {:<12} {:>7} {:<15} {:<4} {:<14} {dest}",
+            g.count,
+            clock.time_of_day(g.first_ns),
+            clock.time_of_day(g.last_ns),
+            g.pid,
+            g.comm,
+            g.proto,
+            g.error
         )?;
-        for g in &f.groups {
-            let dest = if g.rport == 0 {
-                format!("(local {})", g.laddr)
-            } else {
-                endpoint(g.raddr, g.rport)
-            };
-            writeln!(
-                out,
-                "    {:>6}  {:<12} {:<12} {:>7} {:<15} {:<4} {:<14} {dest}",
-                g.count,
-                clock.time_of_day(g.first_ns),
-                clock.time_of_day(g.last_ns),
-                g.pid,
-                g.comm,
-                g.proto,
-                g.error
-            )?;
-        }
-        if f.not_shown > 0 {
-            writeln!(out, "    ... and {} more", f.not_shown)?;
-        }
     }
+    if f.not_shown > 0 {
+        writeln!(out, "    ... and {} more", f.not_shown)?;
+    }
+    Ok(())
+}
 
+fn distributions(out: &mut impl Write, s: &Summary) -> io::Result<()> {
     histogram(
         out,
         "\nLifetimes (assignment to release):",
@@ -294,23 +306,26 @@ pub(crate) fn write(out: &mut impl Write, s: &Summary, clock: &WallClock) -> io:
     histogram(
         out,
         "\nPort reuse interval (release to the next assignment of the same port):",
-        &a.port_reuse_histogram,
-    )?;
+        &s.analysis.port_reuse_histogram,
+    )
+}
 
-    if !a.anti_patterns.is_empty() {
-        writeln!(out, "\nAnti-patterns:")?;
-        for p in &a.anti_patterns {
-            let who = if p.no_process {
-                "TIME_WAIT sockets from before the start (no process)".to_string()
-            } else {
-                format!("pid {} ({})", p.pid, p.comm)
-            };
-            writeln!(
-                out,
-                "  {} {who}: {} sockets: {}",
-                p.pattern, p.count, p.advice
-            )?;
-        }
+fn anti_patterns(out: &mut impl Write, findings: &[Finding]) -> io::Result<()> {
+    if findings.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "\nAnti-patterns:")?;
+    for p in findings {
+        let who = if p.no_process {
+            "TIME_WAIT sockets from before the start (no process)".to_string()
+        } else {
+            format!("pid {} ({})", p.pid, p.comm)
+        };
+        writeln!(
+            out,
+            "  {} {who}: {} sockets: {}",
+            p.pattern, p.count, p.advice
+        )?;
     }
     Ok(())
 }

@@ -106,7 +106,7 @@ fn values_and_nulls_read_back() {
     let names: Vec<&str> = rows[0].iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names.join(","),
-        crate::output::export::csv_header(),
+        crate::output::csv::csv_header(),
         "the CSV's columns, in its order"
     );
 

@@ -1,0 +1,135 @@
+//! Text for people: aligned columns, one line per event, a lifetime line per release, and
+//! the summary's sections at the end.
+
+use std::{
+    fmt::Write as _,
+    io::{self, Write},
+};
+
+use super::{endpoint, human_duration, summary_text, Printer, Spec, WallClock};
+use crate::{
+    event::{errno_name, Endpoints, Event, Kind, Origin, Task},
+    lifetime::Lifetime,
+    summary::Summary,
+};
+
+pub const SPEC: Spec = Spec {
+    name: "text",
+    help: "Aligned columns, one line per event, a lifetime line per release",
+    binary: false,
+    for_tools: false,
+    printer: |out, clock| Box::new(Text::new(out, clock)),
+};
+
+pub struct Text<W: Write> {
+    out: W,
+    clock: WallClock,
+    header_done: bool,
+}
+
+impl<W: Write> Text<W> {
+    pub fn new(out: W, clock: WallClock) -> Self {
+        Text {
+            out,
+            clock,
+            header_done: false,
+        }
+    }
+
+    fn header(&mut self) -> io::Result<()> {
+        if self.header_done {
+            return Ok(());
+        }
+        self.header_done = true;
+        writeln!(
+            self.out,
+            "{:<12} {:<13} {:<5} {:<28} {:<28} {:>7} {:<16} {:<14} HELD",
+            "TIME", "EVENT", "PROTO", "LOCAL", "REMOTE", "PID", "COMM", "ORIGIN"
+        )
+    }
+
+    /// One aligned line.
+    fn row(
+        &mut self,
+        ts_ns: u64,
+        what: &str,
+        e: &Endpoints,
+        task: &Task,
+        origin: Origin,
+        tail: &str,
+    ) -> io::Result<()> {
+        self.header()?;
+        writeln!(
+            self.out,
+            "{:<12} {:<13} {:<5} {:<28} {:<28} {:>7} {:<16} {:<14} {tail}",
+            self.clock.time_of_day(ts_ns),
+            what,
+            e.proto.as_str(),
+            endpoint(e.laddr, e.lport),
+            endpoint(e.raddr, e.rport),
+            task.pid,
+            task.comm.as_str(),
+            origin.as_str(),
+        )
+    }
+}
+
+impl<W: Write> Printer for Text<W> {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        // A release is shown by its lifetime line.
+        if ev.kind == Kind::Release {
+            return Ok(());
+        }
+        let tail = if ev.kind == Kind::AllocFailure {
+            errno_name(ev.errno)
+        } else {
+            ""
+        };
+        self.row(
+            ev.ts_ns,
+            ev.kind.as_str(),
+            &ev.ends,
+            &ev.task,
+            ev.origin,
+            tail,
+        )
+    }
+
+    fn lifetime(&mut self, lt: &Lifetime) -> io::Result<()> {
+        let (what, ts) = match lt.released_ns() {
+            Some(ts) => ("release", ts),
+            None => ("still-held", lt.assigned_ns().unwrap_or(0)),
+        };
+        let mut held = match (lt.duration_ns(), lt.released_ns()) {
+            (Some(d), _) => human_duration(d),
+            (None, Some(_)) => "since before start".to_string(),
+            (None, None) => match lt.time_wait_start_ns() {
+                Some(tw) => format!("open, in time-wait since {}", self.clock.time_of_day(tw)),
+                None => "open".to_string(),
+            },
+        };
+        if let Some(tw) = lt.time_wait_ns() {
+            let _ = write!(held, " (time-wait {})", human_duration(tw));
+        }
+        if lt.lossy {
+            held.push_str(" [events lost]");
+        }
+        self.row(ts, what, &lt.ends, &lt.owner, lt.origin, &held)
+    }
+
+    fn summary(&mut self, s: &Summary) -> io::Result<()> {
+        summary_text::write(&mut self.out, s, &self.clock)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    fn skipped(&mut self, n: u64) -> io::Result<()> {
+        writeln!(
+            self.out,
+            "port-tracer: {n} records not shown here: the output could not keep up (the \
+             summary counts them)"
+        )
+    }
+}

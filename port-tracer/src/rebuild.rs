@@ -1,0 +1,244 @@
+//! The rebuild engine: raw kernel records in; lifetimes, the events shown and the run's
+//! summary out. Decode, put back in timestamp order ([`Reorderer`]), rebuild lifetimes
+//! ([`Tracker`]), select ([`Filter`]), count and analyse ([`Stats`]).
+//!
+//! Pure: its caller reads the records (ring buffer or trace file), gives the namespaces'
+//! port ranges and the kernel's lost counts, and writes what comes out. Live tracing,
+//! `report`, `export`, the fuzz targets and the collector benchmark all drive this one
+//! engine.
+
+use port_tracer_common::lost;
+
+use crate::{
+    analysis::Span,
+    event::Event,
+    filter::Filter,
+    lifetime::{HeldAtStart, Output, Tracker, DEFAULT_MAX_OPEN},
+    port_range::PortRange,
+    reorder::Reorderer,
+    summary::{Lost, Stats, Summary},
+};
+
+/// How lifetimes are rebuilt, and which are shown.
+#[derive(Clone, Debug)]
+pub struct RebuildConfig {
+    /// How long events are held to put those from different CPUs back in order.
+    pub reorder_delay_ns: u64,
+    /// The most events the reorder window holds; beyond it the oldest go early (counted
+    /// as `released_early`).
+    pub max_reorder_held: usize,
+    /// The most lifetimes kept open (see [`Tracker::with_max_open`]).
+    pub max_open: usize,
+    /// What is shown: the rest is rebuilt but neither counted nor written.
+    pub filter: Filter,
+    /// Entries per list in the summary.
+    pub top: usize,
+}
+
+/// The most events the reorder window holds by default (about 117 MB): far above what
+/// 50 ms of the fastest storm measured brings, so only a stalled collector reaches it.
+pub const MAX_REORDER_HELD: usize = 1 << 20;
+
+impl Default for RebuildConfig {
+    fn default() -> Self {
+        RebuildConfig {
+            reorder_delay_ns: 50_000_000,
+            max_reorder_held: MAX_REORDER_HELD,
+            max_open: DEFAULT_MAX_OPEN,
+            filter: Filter::default(),
+            top: 10,
+        }
+    }
+}
+
+/// How far [`Rebuild::process`] goes.
+pub enum Upto {
+    /// Only what exceeds the reorder window's limit.
+    Excess,
+    /// What is old enough at this time to be in order.
+    InOrder(u64),
+}
+
+pub struct Rebuild {
+    reorder: Reorderer,
+    max_reorder_held: usize,
+    tracker: Tracker,
+    filter: Filter,
+    stats: Stats,
+    top: usize,
+    undecodable: u64,
+    /// The kernel's lost count last seen: a rise marks the open lifetimes lossy.
+    lost_seen: u64,
+    span: Span,
+}
+
+impl Rebuild {
+    /// An engine for a run that began at `start_ns`.
+    pub fn new(config: RebuildConfig, start_ns: u64) -> Self {
+        Rebuild {
+            reorder: Reorderer::new(config.reorder_delay_ns),
+            max_reorder_held: config.max_reorder_held,
+            tracker: Tracker::with_max_open(config.max_open),
+            filter: config.filter,
+            stats: Stats::new(start_ns),
+            top: config.top,
+            undecodable: 0,
+            lost_seen: 0,
+            span: Span {
+                start_ns,
+                end_ns: start_ns,
+            },
+        }
+    }
+
+    /// Decodes one raw kernel record into the reorder window; its timestamp if valid
+    /// (undecodable records are counted).
+    pub fn push_record(&mut self, bytes: &[u8]) -> Option<u64> {
+        match Event::decode(bytes) {
+            Ok(ev) => {
+                let ts = ev.ts_ns;
+                self.push_event(ev);
+                Some(ts)
+            }
+            Err(_) => {
+                self.undecodable += 1;
+                None
+            }
+        }
+    }
+
+    /// A decoded event into the reorder window.
+    pub fn push_event(&mut self, ev: Event) {
+        self.span.end_ns = self.span.end_ns.max(ev.ts_ns);
+        self.reorder.push(ev);
+    }
+
+    /// The ephemeral range of a namespace, best given before its first event: the
+    /// analyses' groups take the range they find when they begin.
+    pub fn set_range(&mut self, range: PortRange) {
+        self.stats.analysis.set_range(range);
+    }
+
+    /// Sockets that held ports when tracing started (see [`Tracker::set_held_at_start`]).
+    pub fn set_held_at_start(&mut self, held: Vec<HeldAtStart>) {
+        for h in &held {
+            if self.filter.matches(&h.ends, &h.owner) {
+                self.stats.analysis.held_at_start(h);
+            }
+        }
+        self.tracker.set_held_at_start(held);
+    }
+
+    /// The kernel's lost counts by reason, as they stand: a rise marks the lifetimes open
+    /// now lossy.
+    pub fn check_lost(&mut self, counts: &[u64]) {
+        // Counts from a damaged trace can be anything: add them without overflow.
+        let total = counts.iter().fold(0u64, |sum, &c| sum.saturating_add(c));
+        if total > self.lost_seen {
+            self.lost_seen = total;
+            self.tracker.mark_lossy();
+        }
+    }
+
+    /// Processes held events up to `upto`; what is shown goes to `out`.
+    pub fn process(&mut self, upto: Upto, out: &mut impl FnMut(Output)) {
+        let Rebuild {
+            reorder,
+            tracker,
+            filter,
+            stats,
+            ..
+        } = self;
+        let mut emit = shown(filter, stats, out);
+        match upto {
+            Upto::Excess => {
+                let early = reorder
+                    .release_excess(self.max_reorder_held, |ev| tracker.process(ev, &mut emit));
+                tracker.counters.released_early += early;
+            }
+            Upto::InOrder(now) => {
+                reorder.release(now, |ev| tracker.process(ev, &mut emit));
+                tracker.advance(now.saturating_sub(reorder.delay_ns()), &mut emit);
+            }
+        }
+    }
+
+    /// Ends the run at `end_ns` (or its newest event, if later) with the kernel's lost
+    /// counts `lost_counts` (in [`lost::NAMES`] order): everything held goes to `out`,
+    /// lifetimes still open included; then the summary.
+    pub fn finish(
+        mut self,
+        lost_counts: &[u64],
+        end_ns: u64,
+        out: &mut impl FnMut(Output),
+    ) -> Summary {
+        self.span.end_ns = self.span.end_ns.max(end_ns);
+        self.check_lost(lost_counts);
+        {
+            let Rebuild {
+                reorder,
+                tracker,
+                filter,
+                stats,
+                ..
+            } = &mut self;
+            let mut emit = shown(filter, stats, out);
+            reorder.release_all(|ev| tracker.process(ev, &mut emit));
+            tracker.finish(&mut emit);
+        }
+        let lost = Lost {
+            by_reason: lost::NAMES
+                .iter()
+                .copied()
+                .zip(lost_counts.iter().copied())
+                .collect(),
+            undecodable: self.undecodable,
+        };
+        Summary::new(
+            &self.stats,
+            &self.tracker.counters,
+            lost,
+            self.span,
+            self.top,
+        )
+    }
+
+    /// What has been shown so far, counted and analysed.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Records that did not decode.
+    pub fn undecodable(&self) -> u64 {
+        self.undecodable
+    }
+
+    /// Events the tracker has processed.
+    pub fn events_tracked(&self) -> u64 {
+        self.tracker.counters.events
+    }
+
+    /// Lifetimes open now, and the heap bytes the reorder window holds (for the collector
+    /// benchmark's bytes per live port).
+    pub fn open_lifetimes(&self) -> usize {
+        self.tracker.open_lifetimes()
+    }
+
+    pub fn reorder_heap_bytes(&self) -> usize {
+        self.reorder.heap_bytes()
+    }
+}
+
+/// What the tracker emits, on its way out: selected, then counted and analysed.
+fn shown<'a>(
+    filter: &'a Filter,
+    stats: &'a mut Stats,
+    out: &'a mut impl FnMut(Output),
+) -> impl FnMut(Output) + 'a {
+    move |o| {
+        if filter.matches_output(&o) {
+            stats.observe(&o);
+            out(o);
+        }
+    }
+}
