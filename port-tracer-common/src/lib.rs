@@ -93,6 +93,135 @@ pub mod lost {
         ["ringbuf_full", "map_full", "read_error", "return_missed"];
 }
 
+/// The errors a port allocation fails with, as the kernel numbers them (positive; the
+/// kernel returns them negated).
+pub mod errno {
+    /// No port left in a UDP autobind (`udp_lib_get_port`).
+    pub const EAGAIN: i32 = 11;
+    /// The port asked for is taken (bind, listen's autobind).
+    pub const EADDRINUSE: i32 = 98;
+    /// No port left for connect's 4-tuple (`__inet_hash_connect`), or `bind(0)`'s range.
+    pub const EADDRNOTAVAIL: i32 = 99;
+
+    /// The name of an allocation failure's errno.
+    pub const fn name(errno: i32) -> &'static str {
+        match errno {
+            EADDRINUSE => "EADDRINUSE",
+            EADDRNOTAVAIL => "EADDRNOTAVAIL",
+            EAGAIN => "EAGAIN",
+            _ => "error",
+        }
+    }
+}
+
+/// The kernel programs' names, which are their function names in `port-tracer-ebpf` (each
+/// is tied to its constant there, so a rename fails to compile) and what userspace loads
+/// them by.
+pub mod programs {
+    // The fentry tier (fentry.rs).
+    pub const FENTRY_INET_BIND: &str = "fentry_inet_bind";
+    pub const FEXIT_INET_BIND: &str = "fexit_inet_bind";
+    pub const FENTRY_INET6_BIND: &str = "fentry_inet6_bind";
+    pub const FEXIT_INET6_BIND: &str = "fexit_inet6_bind";
+    pub const FEXIT_INET_CSK_GET_PORT: &str = "fexit_inet_csk_get_port";
+    pub const FEXIT_UDP_LIB_GET_PORT: &str = "fexit_udp_lib_get_port";
+    pub const FENTRY_INET_HASH_CONNECT: &str = "fentry_inet_hash_connect";
+    pub const FEXIT_INET_HASH_CONNECT: &str = "fexit_inet_hash_connect";
+    pub const FENTRY_INET6_HASH_CONNECT: &str = "fentry_inet6_hash_connect";
+    pub const FEXIT_INET6_HASH_CONNECT: &str = "fexit_inet6_hash_connect";
+    pub const FEXIT_INET_INHERIT_PORT: &str = "fexit_inet_inherit_port";
+    pub const FENTRY_INET_PUT_PORT: &str = "fentry_inet_put_port";
+    pub const FENTRY_UDP_LIB_UNHASH: &str = "fentry_udp_lib_unhash";
+    pub const FENTRY_INET_TWSK_HASHDANCE: &str = "fentry_inet_twsk_hashdance";
+    pub const FENTRY_INET_TWSK_KILL: &str = "fentry_inet_twsk_kill";
+    // The kprobe tier (kprobe.rs).
+    pub const KPROBE_INET_BIND: &str = "kprobe_inet_bind";
+    pub const KRETPROBE_INET_BIND: &str = "kretprobe_inet_bind";
+    pub const KPROBE_INET_CSK_GET_PORT: &str = "kprobe_inet_csk_get_port";
+    pub const KRETPROBE_INET_CSK_GET_PORT: &str = "kretprobe_inet_csk_get_port";
+    pub const KPROBE_UDP_LIB_GET_PORT: &str = "kprobe_udp_lib_get_port";
+    pub const KRETPROBE_UDP_LIB_GET_PORT: &str = "kretprobe_udp_lib_get_port";
+    pub const KPROBE_HASH_CONNECT: &str = "kprobe_hash_connect";
+    pub const KRETPROBE_HASH_CONNECT: &str = "kretprobe_hash_connect";
+    pub const KPROBE_INET_INHERIT_PORT: &str = "kprobe_inet_inherit_port";
+    pub const KRETPROBE_INET_INHERIT_PORT: &str = "kretprobe_inet_inherit_port";
+    pub const KPROBE_INET_PUT_PORT: &str = "kprobe_inet_put_port";
+    pub const KPROBE_UDP_LIB_UNHASH: &str = "kprobe_udp_lib_unhash";
+    pub const KPROBE_INET_TWSK_HASHDANCE: &str = "kprobe_inet_twsk_hashdance";
+    pub const KPROBE_INET_TWSK_KILL: &str = "kprobe_inet_twsk_kill";
+    // The tracepoint tier (syscalls.rs, tcp_state.rs, time_wait.rs, udp_release.rs).
+    pub const SYS_ENTER_BIND: &str = "sys_enter_bind";
+    pub const SYS_EXIT_BIND: &str = "sys_exit_bind";
+    pub const SYS_ENTER_LISTEN: &str = "sys_enter_listen";
+    pub const SYS_EXIT_LISTEN: &str = "sys_exit_listen";
+    pub const SYS_ENTER_CONNECT: &str = "sys_enter_connect";
+    pub const SYS_EXIT_CONNECT: &str = "sys_exit_connect";
+    pub const SYS_ENTER_SENDTO: &str = "sys_enter_sendto";
+    pub const SYS_EXIT_SENDTO: &str = "sys_exit_sendto";
+    pub const SYS_ENTER_SENDMSG: &str = "sys_enter_sendmsg";
+    pub const SYS_EXIT_SENDMSG: &str = "sys_exit_sendmsg";
+    pub const SYS_ENTER_SENDMMSG: &str = "sys_enter_sendmmsg";
+    pub const SYS_EXIT_SENDMMSG: &str = "sys_exit_sendmmsg";
+    pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
+    pub const TCP_DESTROY_SOCK: &str = "tcp_destroy_sock";
+    pub const TIMER_START: &str = "timer_start";
+    pub const TIMER_CANCEL: &str = "timer_cancel";
+    pub const TIMER_EXPIRE_ENTRY: &str = "timer_expire_entry";
+    pub const UDP_SOCK_RELEASE: &str = "udp_sock_release";
+
+    /// The tracepoint tier's syscall tracepoints (category `syscalls`, named as the
+    /// programs).
+    pub const SYSCALLS: [&str; 12] = [
+        SYS_ENTER_BIND,
+        SYS_EXIT_BIND,
+        SYS_ENTER_LISTEN,
+        SYS_EXIT_LISTEN,
+        SYS_ENTER_CONNECT,
+        SYS_EXIT_CONNECT,
+        SYS_ENTER_SENDTO,
+        SYS_EXIT_SENDTO,
+        SYS_ENTER_SENDMSG,
+        SYS_EXIT_SENDMSG,
+        SYS_ENTER_SENDMMSG,
+        SYS_EXIT_SENDMMSG,
+    ];
+    /// The tracepoint tier's raw tracepoints, named as the programs.
+    pub const RAW_TRACEPOINTS: [&str; 5] = [
+        INET_SOCK_SET_STATE,
+        TCP_DESTROY_SOCK,
+        TIMER_START,
+        TIMER_CANCEL,
+        TIMER_EXPIRE_ENTRY,
+    ];
+}
+
+/// The attach tiers, best first: the one list that `--attach`, the loader, the VM matrix
+/// and the benchmark read. Each produces the same events; they differ in what the kernel
+/// lets them hook.
+pub mod tiers {
+    pub struct TierInfo {
+        /// As `--attach` and the traces name it.
+        pub name: &'static str,
+        /// What it hooks, and what it traces exactly.
+        pub about: &'static str,
+    }
+
+    pub const FENTRY: TierInfo = TierInfo {
+        name: "fentry",
+        about: "fentry/fexit on the port allocators themselves: exact, cheapest",
+    };
+    pub const KPROBE: TierInfo = TierInfo {
+        name: "kprobe",
+        about: "kprobes/kretprobes on the same functions: exact",
+    };
+    pub const TRACEPOINT: TierInfo = TierInfo {
+        name: "tracepoint",
+        about: "syscall and raw tracepoints and a cgroup socket hook: works where fentry and \
+                kprobes do not; a few cases approximate (README)",
+    };
+    pub const ALL: [TierInfo; 3] = [FENTRY, KPROBE, TRACEPOINT];
+}
+
 /// `AF_INET` and `AF_INET6` as the kernel numbers them.
 pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;

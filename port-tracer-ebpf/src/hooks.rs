@@ -1,18 +1,19 @@
 //! What the fentry and kprobe tiers do at each kernel function, independent of how they
 //! are hooked. Both tiers call these with the function's arguments (and return value).
 
-use port_tracer_common::{lost, EventKind, Origin, IPPROTO_TCP, IPPROTO_UDP};
+use port_tracer_common::{
+    errno::{EADDRINUSE, EADDRNOTAVAIL, EAGAIN},
+    lost, EventKind, Origin, IPPROTO_TCP, IPPROTO_UDP,
+};
 
 use crate::{
+    connect,
     emit::{count_lost, emit},
     kernel::{fill_event, off, read, sock_num, sock_protocol, tid},
     tcp_state, time_wait, BINDING,
 };
 
 const TCP_LISTEN: u8 = 10;
-const EAGAIN: i32 = 11;
-const EADDRINUSE: i32 = 98;
-const EADDRNOTAVAIL: i32 = 99;
 
 /// `inet_bind`/`inet6_bind` entry and exit: a port 0 get_port in between is bind(0).
 #[inline(always)]
@@ -75,7 +76,7 @@ fn get_port_exit(sk: u64, snum: u16, ret: i32, origin: Origin, proto: u8, errno:
 /// already had a port.
 #[inline(always)]
 pub fn hash_connect_enter(sk: u64) {
-    tcp_state::start_connect(sk);
+    connect::start_connect(sk);
 }
 
 /// Exit of `inet_hash_connect`: the port connect chose, or EADDRNOTAVAIL.
@@ -83,17 +84,17 @@ pub fn hash_connect_enter(sk: u64) {
 pub fn hash_connect_exit(sk: u64, ret: i32) {
     if ret == 0 {
         // Timestamp and task from the entry; the port is set now.
-        tcp_state::finish_connect(sk);
+        connect::finish_connect(sk);
         return;
     }
-    let Some(c) = tcp_state::take_connecting(sk) else {
+    let Some(c) = connect::take_connecting(sk) else {
         return;
     };
     if ret != -EADDRNOTAVAIL {
         return;
     }
     emit(|ev| {
-        tcp_state::fill_connecting(ev, sk, &c)?;
+        connect::fill_connecting(ev, sk, &c)?;
         ev.kind = EventKind::AllocFailure as u8;
         ev.errno = EADDRNOTAVAIL;
         Ok(())

@@ -6,11 +6,13 @@
 #![no_std]
 #![no_main]
 
+mod connect;
 mod emit;
 mod fentry;
 mod hooks;
 mod kernel;
 mod kprobe;
+mod pending;
 mod syscalls;
 mod tcp_state;
 mod time_wait;
@@ -40,11 +42,11 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::COUNT, 0);
 
 /// Socket syscalls between their entry and exit, by thread id.
 #[map]
-static SYSCALLS: HashMap<u32, syscalls::Pending> = HashMap::with_max_entries(16384, 0);
+static SYSCALLS: HashMap<u32, pending::Pending> = HashMap::with_max_entries(16384, 0);
 
 /// TCP sockets in SYN_SENT whose port is being chosen by connect, by socket address.
 #[map]
-static CONNECTING: HashMap<u64, tcp_state::Connecting> = HashMap::with_max_entries(65536, 0);
+static CONNECTING: HashMap<u64, connect::Connecting> = HashMap::with_max_entries(65536, 0);
 
 /// Per CPU: the TIME_WAIT timer whose cancel was this CPU's last timer event (0: none), to
 /// tell a re-arm from a first arm (see `time_wait`).
@@ -58,6 +60,98 @@ static BINDING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 /// Arguments of kprobed calls, by function and thread, for their kretprobes.
 #[map]
 static PROBE_ARGS: HashMap<u64, kprobe::ProbeArgs> = HashMap::with_max_entries(16384, 0);
+
+/// Ties a program to its name in `port_tracer_common::programs`, which userspace loads it
+/// by: compiling fails when the function is renamed or the name differs.
+macro_rules! named {
+    ($module:ident :: $program:ident, $name:ident) => {
+        const _: () = {
+            let _ = $module::$program;
+            assert!(str_eq(
+                stringify!($program),
+                port_tracer_common::programs::$name
+            ));
+        };
+    };
+}
+
+const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+named!(fentry::fentry_inet_bind, FENTRY_INET_BIND);
+named!(fentry::fexit_inet_bind, FEXIT_INET_BIND);
+named!(fentry::fentry_inet6_bind, FENTRY_INET6_BIND);
+named!(fentry::fexit_inet6_bind, FEXIT_INET6_BIND);
+named!(fentry::fexit_inet_csk_get_port, FEXIT_INET_CSK_GET_PORT);
+named!(fentry::fexit_udp_lib_get_port, FEXIT_UDP_LIB_GET_PORT);
+named!(fentry::fentry_inet_hash_connect, FENTRY_INET_HASH_CONNECT);
+named!(fentry::fexit_inet_hash_connect, FEXIT_INET_HASH_CONNECT);
+named!(fentry::fentry_inet6_hash_connect, FENTRY_INET6_HASH_CONNECT);
+named!(fentry::fexit_inet6_hash_connect, FEXIT_INET6_HASH_CONNECT);
+named!(fentry::fexit_inet_inherit_port, FEXIT_INET_INHERIT_PORT);
+named!(fentry::fentry_inet_put_port, FENTRY_INET_PUT_PORT);
+named!(fentry::fentry_udp_lib_unhash, FENTRY_UDP_LIB_UNHASH);
+named!(
+    fentry::fentry_inet_twsk_hashdance,
+    FENTRY_INET_TWSK_HASHDANCE
+);
+named!(fentry::fentry_inet_twsk_kill, FENTRY_INET_TWSK_KILL);
+named!(kprobe::kprobe_inet_bind, KPROBE_INET_BIND);
+named!(kprobe::kretprobe_inet_bind, KRETPROBE_INET_BIND);
+named!(kprobe::kprobe_inet_csk_get_port, KPROBE_INET_CSK_GET_PORT);
+named!(
+    kprobe::kretprobe_inet_csk_get_port,
+    KRETPROBE_INET_CSK_GET_PORT
+);
+named!(kprobe::kprobe_udp_lib_get_port, KPROBE_UDP_LIB_GET_PORT);
+named!(
+    kprobe::kretprobe_udp_lib_get_port,
+    KRETPROBE_UDP_LIB_GET_PORT
+);
+named!(kprobe::kprobe_hash_connect, KPROBE_HASH_CONNECT);
+named!(kprobe::kretprobe_hash_connect, KRETPROBE_HASH_CONNECT);
+named!(kprobe::kprobe_inet_inherit_port, KPROBE_INET_INHERIT_PORT);
+named!(
+    kprobe::kretprobe_inet_inherit_port,
+    KRETPROBE_INET_INHERIT_PORT
+);
+named!(kprobe::kprobe_inet_put_port, KPROBE_INET_PUT_PORT);
+named!(kprobe::kprobe_udp_lib_unhash, KPROBE_UDP_LIB_UNHASH);
+named!(
+    kprobe::kprobe_inet_twsk_hashdance,
+    KPROBE_INET_TWSK_HASHDANCE
+);
+named!(kprobe::kprobe_inet_twsk_kill, KPROBE_INET_TWSK_KILL);
+named!(syscalls::sys_enter_bind, SYS_ENTER_BIND);
+named!(syscalls::sys_exit_bind, SYS_EXIT_BIND);
+named!(syscalls::sys_enter_listen, SYS_ENTER_LISTEN);
+named!(syscalls::sys_exit_listen, SYS_EXIT_LISTEN);
+named!(syscalls::sys_enter_connect, SYS_ENTER_CONNECT);
+named!(syscalls::sys_exit_connect, SYS_EXIT_CONNECT);
+named!(syscalls::sys_enter_sendto, SYS_ENTER_SENDTO);
+named!(syscalls::sys_exit_sendto, SYS_EXIT_SENDTO);
+named!(syscalls::sys_enter_sendmsg, SYS_ENTER_SENDMSG);
+named!(syscalls::sys_exit_sendmsg, SYS_EXIT_SENDMSG);
+named!(syscalls::sys_enter_sendmmsg, SYS_ENTER_SENDMMSG);
+named!(syscalls::sys_exit_sendmmsg, SYS_EXIT_SENDMMSG);
+named!(tcp_state::inet_sock_set_state, INET_SOCK_SET_STATE);
+named!(tcp_state::tcp_destroy_sock, TCP_DESTROY_SOCK);
+named!(time_wait::timer_start, TIMER_START);
+named!(time_wait::timer_cancel, TIMER_CANCEL);
+named!(time_wait::timer_expire_entry, TIMER_EXPIRE_ENTRY);
+named!(udp_release::udp_sock_release, UDP_SOCK_RELEASE);
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -2,80 +2,32 @@
 //! connect and send autobinds, and the allocation failures they return.
 //!
 //! On entry the socket behind the fd is looked up and remembered by thread; on exit the
-//! result says what the kernel did. TCP connect's port is reported by `tcp_state`, which sees
-//! it even when connect fails after the port was chosen.
+//! result says what the kernel did. TCP connect's port is reported by [`crate::connect`], which
+//! sees it even when connect fails after the port was chosen.
 
-use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
-    macros::tracepoint,
-    programs::TracePointContext,
-};
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 use port_tracer_common::{
-    flags, lost, EventKind, Origin, PortEvent, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
+    errno, flags, lost, EventKind, Origin, PortEvent, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
+    connect,
     emit::{count_lost, emit},
     kernel::{fill_event, is_inet, sock_family, sock_num, sock_of_fd, sock_protocol, tid},
-    tcp_state, SYSCALLS,
+    pending::{Call, Pending},
+    SYSCALLS,
 };
 
-const EAGAIN: i64 = 11;
-const EADDRINUSE: i64 = 98;
-const EADDRNOTAVAIL: i64 = 99;
+// Syscall return values are i64.
+const EAGAIN: i64 = errno::EAGAIN as i64;
+const EADDRINUSE: i64 = errno::EADDRINUSE as i64;
+const EADDRNOTAVAIL: i64 = errno::EADDRNOTAVAIL as i64;
 const AF_UNSPEC: u8 = 0;
 
 /// Offsets in the classic syscall tracepoint records: args start at 16, ret is at 16.
 const ARG0: usize = 16;
 const ARG1: usize = 24;
 const RET: usize = 16;
-
-#[repr(u8)]
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Call {
-    Bind = 1,
-    Listen = 2,
-    Connect = 3,
-    Send = 4,
-}
-
-/// A socket syscall between entry and exit.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Pending {
-    pub sk: u64,
-    /// The caller's sockaddr (bind: local, connect: remote), read only at exit and only
-    /// when the outcome needs it: most calls never do.
-    pub uaddr: u64,
-    /// TCP connect: when the socket entered SYN_SENT during this call (0: it did not).
-    /// The port connect chooses is then reported at the syscall's exit, by the task itself.
-    pub syn_sent_ns: u64,
-    /// The port the socket held at entry.
-    pub num_before: u16,
-    pub call: Call,
-    pub proto: u8,
-    pub family: u8,
-    pub _pad: [u8; 3],
-}
-
-const _: () = assert!(core::mem::size_of::<Pending>() == 32);
-
-/// Called at CLOSE->SYN_SENT: if the current thread is inside connect() on `sk`, notes the
-/// time and returns true, and the syscall's exit reports the port; otherwise (io_uring,
-/// in-kernel sockets) the caller remembers the connect on its own.
-#[inline(always)]
-pub fn note_syn_sent(sk: u64) -> bool {
-    let Some(p) = SYSCALLS.get_ptr_mut(tid()) else {
-        return false;
-    };
-    // SAFETY: a map value of this thread, written only by this thread's programs.
-    let p = unsafe { &mut *p };
-    if p.call != Call::Connect || p.sk != sk {
-        return false;
-    }
-    p.syn_sent_ns = unsafe { bpf_ktime_get_ns() };
-    true
-}
 
 /// A sockaddr from user memory.
 struct UserAddr {
@@ -257,11 +209,11 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         if ret == -EADDRNOTAVAIL {
             failure(&p, Origin::Connect, EADDRNOTAVAIL, false);
         } else if p.syn_sent_ns != 0 {
-            tcp_state::report_connect(p.sk, p.syn_sent_ns, p.num_before != 0);
+            connect::report_connect(p.sk, p.syn_sent_ns, p.num_before != 0);
         } else {
             // Connecting started elsewhere; a non-blocking connect returns before the
             // handshake: report the port now.
-            tcp_state::finish_connect(p.sk);
+            connect::finish_connect(p.sk);
         }
         return 0;
     }

@@ -309,9 +309,7 @@ fn formats(keep: fn(Format) -> bool) -> impl TypedValueParser<Value = Format> {
 
 /// `--attach`: `auto` or a tier.
 fn tiers() -> impl TypedValueParser<Value = TierChoice> {
-    let values = TierChoice::ALL
-        .into_iter()
-        .map(|t| PossibleValue::new(t.name()).help(t.help()));
+    let values = TierChoice::all().map(|t| PossibleValue::new(t.name()).help(t.help()));
     PossibleValuesParser::new(values)
         .map(|name| TierChoice::from_name(&name).expect("a listed name"))
 }

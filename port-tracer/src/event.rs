@@ -313,12 +313,7 @@ impl Event {
 
 /// Name of an allocation-failure errno.
 pub fn errno_name(errno: i32) -> &'static str {
-    match errno {
-        libc::EADDRINUSE => "EADDRINUSE",
-        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
-        libc::EAGAIN => "EAGAIN",
-        _ => "error",
-    }
+    port_tracer_common::errno::name(errno)
 }
 
 #[cfg(test)]

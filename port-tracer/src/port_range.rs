@@ -1,5 +1,6 @@
 //! The ephemeral port range of a network namespace: where connect(), bind(0) and UDP
-//! autobind draw ports from. Pure; reading it from a namespace is [`crate::netns`]'s job.
+//! autobind draw ports from. Pure; reading it from a namespace is
+//! [`crate::kernel::ranges`]'s job.
 
 use serde::{Deserialize, Serialize};
 

@@ -167,7 +167,7 @@ pub fn run_bench(opts: &Options) -> Result<()> {
     }
 
     let mut tools = vec![Tool::Untraced];
-    for tier in ["fentry", "kprobe", "tracepoint"] {
+    for tier in crate::vm::TIERS {
         match probe_tier(&paths.tracer, tier) {
             Ok(()) if opts.tracer_args.is_empty() => {
                 tools.push(Tool::PortTracer(tier, String::new()));

@@ -18,7 +18,7 @@ struct Cell {
     origin: Origin,
 }
 
-/// Allocations counted by who made them and how. One count per distinct [`Cell`], summed
+/// Allocations counted by who made them and how. One count per distinct `Cell`, summed
 /// per dimension only for the report: one table update per allocation (none when it
 /// repeats the last cell, as storms do), not one per dimension.
 #[derive(Clone, Debug, Default)]

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 use btf_rs::{Btf, Type};
+use port_tracer_common::programs as P;
 
 /// One hooked kernel function.
 pub struct Hook {
@@ -35,63 +36,63 @@ pub const HOOKS: &[Hook] = &[
     Hook {
         names: &["inet_bind"],
         params: 3,
-        entry: progs("fentry_inet_bind", "kprobe_inet_bind"),
-        exit: progs("fexit_inet_bind", "kretprobe_inet_bind"),
+        entry: progs(P::FENTRY_INET_BIND, P::KPROBE_INET_BIND),
+        exit: progs(P::FEXIT_INET_BIND, P::KRETPROBE_INET_BIND),
         optional: false,
     },
     Hook {
         names: &["inet6_bind"],
         params: 3,
-        entry: progs("fentry_inet6_bind", "kprobe_inet_bind"),
-        exit: progs("fexit_inet6_bind", "kretprobe_inet_bind"),
+        entry: progs(P::FENTRY_INET6_BIND, P::KPROBE_INET_BIND),
+        exit: progs(P::FEXIT_INET6_BIND, P::KRETPROBE_INET_BIND),
         optional: true,
     },
     Hook {
         names: &["inet_csk_get_port"],
         params: 2,
-        entry: progs("", "kprobe_inet_csk_get_port"),
-        exit: progs("fexit_inet_csk_get_port", "kretprobe_inet_csk_get_port"),
+        entry: progs("", P::KPROBE_INET_CSK_GET_PORT),
+        exit: progs(P::FEXIT_INET_CSK_GET_PORT, P::KRETPROBE_INET_CSK_GET_PORT),
         optional: false,
     },
     Hook {
         names: &["udp_lib_get_port"],
         params: 3,
-        entry: progs("", "kprobe_udp_lib_get_port"),
-        exit: progs("fexit_udp_lib_get_port", "kretprobe_udp_lib_get_port"),
+        entry: progs("", P::KPROBE_UDP_LIB_GET_PORT),
+        exit: progs(P::FEXIT_UDP_LIB_GET_PORT, P::KRETPROBE_UDP_LIB_GET_PORT),
         optional: false,
     },
     Hook {
         names: &["inet_hash_connect"],
         params: 2,
-        entry: progs("fentry_inet_hash_connect", "kprobe_hash_connect"),
-        exit: progs("fexit_inet_hash_connect", "kretprobe_hash_connect"),
+        entry: progs(P::FENTRY_INET_HASH_CONNECT, P::KPROBE_HASH_CONNECT),
+        exit: progs(P::FEXIT_INET_HASH_CONNECT, P::KRETPROBE_HASH_CONNECT),
         optional: false,
     },
     Hook {
         names: &["inet6_hash_connect"],
         params: 2,
-        entry: progs("fentry_inet6_hash_connect", "kprobe_hash_connect"),
-        exit: progs("fexit_inet6_hash_connect", "kretprobe_hash_connect"),
+        entry: progs(P::FENTRY_INET6_HASH_CONNECT, P::KPROBE_HASH_CONNECT),
+        exit: progs(P::FEXIT_INET6_HASH_CONNECT, P::KRETPROBE_HASH_CONNECT),
         optional: true,
     },
     Hook {
         names: &["__inet_inherit_port"],
         params: 2,
-        entry: progs("", "kprobe_inet_inherit_port"),
-        exit: progs("fexit_inet_inherit_port", "kretprobe_inet_inherit_port"),
+        entry: progs("", P::KPROBE_INET_INHERIT_PORT),
+        exit: progs(P::FEXIT_INET_INHERIT_PORT, P::KRETPROBE_INET_INHERIT_PORT),
         optional: false,
     },
     Hook {
         names: &["inet_put_port"],
         params: 1,
-        entry: progs("fentry_inet_put_port", "kprobe_inet_put_port"),
+        entry: progs(P::FENTRY_INET_PUT_PORT, P::KPROBE_INET_PUT_PORT),
         exit: None,
         optional: false,
     },
     Hook {
         names: &["udp_lib_unhash"],
         params: 1,
-        entry: progs("fentry_udp_lib_unhash", "kprobe_udp_lib_unhash"),
+        entry: progs(P::FENTRY_UDP_LIB_UNHASH, P::KPROBE_UDP_LIB_UNHASH),
         exit: None,
         optional: false,
     },
@@ -99,14 +100,14 @@ pub const HOOKS: &[Hook] = &[
         // Renamed in 6.11.
         names: &["inet_twsk_hashdance_schedule", "inet_twsk_hashdance"],
         params: 1,
-        entry: progs("fentry_inet_twsk_hashdance", "kprobe_inet_twsk_hashdance"),
+        entry: progs(P::FENTRY_INET_TWSK_HASHDANCE, P::KPROBE_INET_TWSK_HASHDANCE),
         exit: None,
         optional: false,
     },
     Hook {
         names: &["inet_twsk_kill"],
         params: 1,
-        entry: progs("fentry_inet_twsk_kill", "kprobe_inet_twsk_kill"),
+        entry: progs(P::FENTRY_INET_TWSK_KILL, P::KPROBE_INET_TWSK_KILL),
         exit: None,
         optional: false,
     },

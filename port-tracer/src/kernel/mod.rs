@@ -18,35 +18,53 @@ use aya::{
     programs::Program,
     Ebpf, EbpfLoader,
 };
-use port_tracer_common::{lost, KernelOffsets, ProgramConfig};
+use btf_rs::Btf;
+use port_tracer_common::{
+    lost,
+    tiers::{self, TierInfo},
+    KernelOffsets, ProgramConfig,
+};
 
 /// The compiled kernel programs, embedded in the binary.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/port-tracer"));
 
-/// A way of hooking the kernel. Each produces the same events.
+/// A way of hooking the kernel. Each produces the same events; names and descriptions are
+/// `port_tracer_common::tiers`, the attach function of each is `Tier::attach`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
-    /// fentry/fexit on the port allocators themselves: exact, cheapest.
     Fentry,
-    /// kprobes/kretprobes on the same functions.
     Kprobe,
-    /// Tracepoints, raw tracepoints and a cgroup socket hook: works where fentry and
-    /// kprobes do not (e.g. kernels without CONFIG_KPROBES or with fentry locked down).
     Tracepoint,
 }
 
 impl Tier {
     /// Best first.
     pub const ALL: [Tier; 3] = [Tier::Fentry, Tier::Kprobe, Tier::Tracepoint];
+
+    pub fn info(self) -> &'static TierInfo {
+        match self {
+            Tier::Fentry => &tiers::FENTRY,
+            Tier::Kprobe => &tiers::KPROBE,
+            Tier::Tracepoint => &tiers::TRACEPOINT,
+        }
+    }
+
+    /// Loads and attaches this tier's programs of `ebpf`.
+    fn attach(self, ebpf: &mut Ebpf, btf: &Btf, fentry_btf: &mut FentryBtf) -> Result<()> {
+        match self {
+            Tier::Fentry => {
+                let aya_btf = fentry_btf.take().context("reading kernel BTF")?;
+                attach_fentry::attach(ebpf, btf, &aya_btf)
+            }
+            Tier::Kprobe => attach_kprobe::attach(ebpf, btf),
+            Tier::Tracepoint => tracepoint::attach(ebpf),
+        }
+    }
 }
 
 impl fmt::Display for Tier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Tier::Fentry => "fentry",
-            Tier::Kprobe => "kprobe",
-            Tier::Tracepoint => "tracepoint",
-        })
+        f.write_str(self.info().name)
     }
 }
 
@@ -54,37 +72,52 @@ impl fmt::Display for Tier {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TierChoice {
     Auto,
-    Fentry,
-    Kprobe,
-    Tracepoint,
+    Only(Tier),
 }
 
 impl TierChoice {
-    pub const ALL: [TierChoice; 4] = [
-        TierChoice::Auto,
-        TierChoice::Fentry,
-        TierChoice::Kprobe,
-        TierChoice::Tracepoint,
-    ];
+    /// `auto`, then each tier.
+    pub fn all() -> impl Iterator<Item = TierChoice> {
+        std::iter::once(TierChoice::Auto).chain(Tier::ALL.map(TierChoice::Only))
+    }
 
     pub fn name(self) -> &'static str {
         match self {
             TierChoice::Auto => "auto",
-            TierChoice::Fentry => "fentry",
-            TierChoice::Kprobe => "kprobe",
-            TierChoice::Tracepoint => "tracepoint",
+            TierChoice::Only(t) => t.info().name,
         }
     }
 
-    /// One line for `--help` (none for a tier by itself).
-    pub fn help(self) -> Option<&'static str> {
-        (self == TierChoice::Auto).then_some(
-            "The best tier that loads and attaches: fentry, then kprobe, then tracepoint",
-        )
+    /// One line for `--help`.
+    pub fn help(self) -> &'static str {
+        match self {
+            TierChoice::Auto => {
+                "The best tier that loads and attaches: fentry, then kprobe, then tracepoint"
+            }
+            TierChoice::Only(t) => t.info().about,
+        }
     }
 
     pub fn from_name(name: &str) -> Option<TierChoice> {
-        TierChoice::ALL.into_iter().find(|t| t.name() == name)
+        TierChoice::all().find(|t| t.name() == name)
+    }
+
+    /// The tiers to try, best first.
+    fn candidates(self) -> Vec<Tier> {
+        match self {
+            TierChoice::Auto => Tier::ALL.to_vec(),
+            TierChoice::Only(t) => vec![t],
+        }
+    }
+}
+
+/// The kernel's BTF parsed by aya for fentry programs: parsed beside the rest at start when
+/// fentry may be tried, else when first needed.
+struct FentryBtf(Option<Result<aya::Btf, aya::BtfError>>);
+
+impl FentryBtf {
+    fn take(&mut self) -> Result<aya::Btf, aya::BtfError> {
+        self.0.take().unwrap_or_else(aya::Btf::from_sys_fs)
     }
 }
 
@@ -132,12 +165,7 @@ impl Kernel {
         if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < 4096 {
             bail!("--ring-size must be a power of two of at least 4096 bytes");
         }
-        let candidates: &[Tier] = match opts.tier {
-            TierChoice::Auto => &Tier::ALL,
-            TierChoice::Fentry => &[Tier::Fentry],
-            TierChoice::Kprobe => &[Tier::Kprobe],
-            TierChoice::Tracepoint => &[Tier::Tracepoint],
-        };
+        let candidates = opts.tier.candidates();
         // The kernel's BTF is parsed for our offsets and hooks, by each aya loader, and for
         // fentry programs: most of the start (0.4 s here, seconds under emulation), so the
         // three parses run side by side.
@@ -159,26 +187,13 @@ impl Kernel {
             )
         });
         let (btf, mut offs) = parsed?;
-        let (mut loader, mut fentry_btf) = (Some(loader), fentry_btf);
+        let (mut loader, mut fentry_btf) = (Some(loader), FentryBtf(fentry_btf));
         let config = ProgramConfig {
             wakeup_bytes: opts.wakeup_bytes,
         };
         raise_memlock_limit();
-        let mut attach = |tier: Tier, ebpf: &mut Ebpf| -> Result<()> {
-            match tier {
-                Tier::Fentry => {
-                    let aya_btf = fentry_btf
-                        .take()
-                        .unwrap_or_else(aya::Btf::from_sys_fs)
-                        .context("reading kernel BTF")?;
-                    attach_fentry::attach(ebpf, &btf, &aya_btf)
-                }
-                Tier::Kprobe => attach_kprobe::attach(ebpf, &btf),
-                Tier::Tracepoint => tracepoint::attach(ebpf),
-            }
-        };
         let mut passed_over = Vec::new();
-        for &tier in candidates {
+        for &tier in &candidates {
             if tier == Tier::Tracepoint {
                 // Tells the TIME_WAIT timer from the others (0 if hidden: not traced).
                 offs.tw_timer_handler = offsets::kallsyms_address("tw_timer_handler")?.unwrap_or(0);
@@ -186,7 +201,7 @@ impl Kernel {
             // A fresh object per try: a tier that failed halfway leaves nothing attached.
             let loader = loader.take().unwrap_or_default();
             let mut ebpf = load_object(loader, &offs, &config, opts.ring_bytes)?;
-            match attach(tier, &mut ebpf) {
+            match tier.attach(&mut ebpf, &btf, &mut fentry_btf) {
                 Ok(()) => {
                     let time_wait_traced = tier != Tier::Tracepoint || offs.tw_timer_handler != 0;
                     return Ok(Kernel {

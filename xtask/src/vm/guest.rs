@@ -141,9 +141,14 @@ impl Outcome {
 /// Updates `out` with one console line.
 pub fn read_line(kernel: &str, line: &str, out: &mut Outcome) {
     if out.crash.is_none()
-        && ["Oops:", "Kernel panic", "BUG: unable to handle", "BUG: soft lockup"]
-            .iter()
-            .any(|m| line.contains(m))
+        && [
+            "Oops:",
+            "Kernel panic",
+            "BUG: unable to handle",
+            "BUG: soft lockup",
+        ]
+        .iter()
+        .any(|m| line.contains(m))
     {
         out.crash = Some(line.trim().to_string());
     }

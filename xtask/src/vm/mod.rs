@@ -16,8 +16,11 @@ use anyhow::{bail, Result};
 
 use crate::{ensure_apt_packages, workspace_root};
 
-/// The attach tiers, as `--attach` spells them.
-pub const TIERS: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
+/// The attach tiers, as `--attach` spells them, best first (`port_tracer_common::tiers`).
+pub const TIERS: [&str; 3] = {
+    let t = port_tracer_common::tiers::ALL;
+    [t[0].name, t[1].name, t[2].name]
+};
 
 /// Boots a kernel gets at most when its guest's kernel crashes (see [`guest::Outcome::crash`]).
 const BOOTS_AFTER_CRASHES: u32 = 3;
