@@ -6,7 +6,7 @@ use crate::{
 };
 
 /// Every field left `None` matches everything.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
     pub pid: Option<u32>,
     pub comm: Option<String>,

@@ -37,3 +37,70 @@ pub struct Bucket {
     pub lt_ns: u64,
     pub count: u64,
 }
+
+/// Smallest and largest histogram bounds: 2^-20 s (about 1 µs) to 2^14 s (about 4.5 h).
+const LOWEST_BOUND_LOG2: i32 = -20;
+const HIGHEST_BOUND_LOG2: i32 = 14;
+const BOUNDS: usize = (HIGHEST_BOUND_LOG2 - LOWEST_BOUND_LOG2 + 1) as usize;
+
+/// Lifetimes by duration in power-of-two buckets of seconds (`le` = 2^k s, inclusive, as
+/// Prometheus defines buckets), plus the overflow bucket.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DurationHistogram {
+    /// Each bound in whole nanoseconds, rounded down: a duration `d` (ns) is within
+    /// bound `2^k s` exactly when `d <= bound_ns`.
+    bounds_ns: [u64; BOUNDS],
+    counts: [u64; BOUNDS + 1],
+    sum_ns: u128,
+}
+
+impl Default for DurationHistogram {
+    fn default() -> Self {
+        DurationHistogram {
+            bounds_ns: std::array::from_fn(|i| (bound_seconds(i) * 1e9).floor() as u64),
+            counts: [0; BOUNDS + 1],
+            sum_ns: 0,
+        }
+    }
+}
+
+/// The upper bound of bucket `i`, in seconds.
+fn bound_seconds(i: usize) -> f64 {
+    2f64.powi(LOWEST_BOUND_LOG2 + i as i32)
+}
+
+impl DurationHistogram {
+    pub fn add(&mut self, duration_ns: u64) {
+        let bucket = self.bounds_ns.partition_point(|&b| b < duration_ns);
+        self.counts[bucket] += 1;
+        self.sum_ns += u128::from(duration_ns);
+    }
+
+    /// What Prometheus shows: per-bucket (not cumulative) counts by upper bound in
+    /// seconds, the last bound infinite.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            sum_seconds: self.sum_ns as f64 / 1e9,
+            count: self.counts.iter().sum(),
+            buckets: (0..=BOUNDS)
+                .map(|i| {
+                    let le = if i < BOUNDS {
+                        bound_seconds(i)
+                    } else {
+                        f64::INFINITY
+                    };
+                    (le, self.counts[i])
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A histogram as the exposition needs it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HistogramSnapshot {
+    pub sum_seconds: f64,
+    pub count: u64,
+    /// (upper bound in seconds, count in this bucket only); the last bound is +Inf.
+    pub buckets: Vec<(f64, u64)>,
+}

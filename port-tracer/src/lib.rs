@@ -27,6 +27,7 @@ pub mod rebuild;
 pub mod reorder;
 pub mod replay;
 pub mod summary;
+pub mod tally;
 pub mod trace_check;
 pub mod trace_file;
 

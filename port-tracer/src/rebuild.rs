@@ -63,7 +63,8 @@ pub struct Rebuild {
     reorder: Reorderer,
     max_reorder_held: usize,
     tracker: Tracker,
-    filter: Filter,
+    /// None when it selects everything: no test per output.
+    filter: Option<Filter>,
     stats: Stats,
     top: usize,
     undecodable: u64,
@@ -79,7 +80,7 @@ impl Rebuild {
             reorder: Reorderer::new(config.reorder_delay_ns),
             max_reorder_held: config.max_reorder_held,
             tracker: Tracker::with_max_open(config.max_open),
-            filter: config.filter,
+            filter: (config.filter != Filter::default()).then_some(config.filter),
             stats: Stats::new(start_ns),
             top: config.top,
             undecodable: 0,
@@ -122,7 +123,11 @@ impl Rebuild {
     /// Sockets that held ports when tracing started (see [`Tracker::set_held_at_start`]).
     pub fn set_held_at_start(&mut self, held: Vec<HeldAtStart>) {
         for h in &held {
-            if self.filter.matches(&h.ends, &h.owner) {
+            if self
+                .filter
+                .as_ref()
+                .is_none_or(|f| f.matches(&h.ends, &h.owner))
+            {
                 self.stats.analysis.held_at_start(h);
             }
         }
@@ -174,18 +179,7 @@ impl Rebuild {
     ) -> Summary {
         self.span.end_ns = self.span.end_ns.max(end_ns);
         self.check_lost(lost_counts);
-        {
-            let Rebuild {
-                reorder,
-                tracker,
-                filter,
-                stats,
-                ..
-            } = &mut self;
-            let mut emit = shown(filter, stats, out);
-            reorder.release_all(|ev| tracker.process(ev, &mut emit));
-            tracker.finish(&mut emit);
-        }
+        self.end_open(out);
         let lost = Lost {
             by_reason: lost::NAMES
                 .iter()
@@ -201,6 +195,22 @@ impl Rebuild {
             self.span,
             self.top,
         )
+    }
+
+    /// Everything held goes to `out`, the lifetimes still open included, and the tables
+    /// are emptied (their capacity kept): a run's end, for an engine that may go on (the
+    /// collector benchmark's second pass).
+    pub fn end_open(&mut self, out: &mut impl FnMut(Output)) {
+        let Rebuild {
+            reorder,
+            tracker,
+            filter,
+            stats,
+            ..
+        } = self;
+        let mut emit = shown(filter, stats, out);
+        reorder.release_all(|ev| tracker.process(ev, &mut emit));
+        tracker.finish(&mut emit);
     }
 
     /// What has been shown so far, counted and analysed.
@@ -231,12 +241,12 @@ impl Rebuild {
 
 /// What the tracker emits, on its way out: selected, then counted and analysed.
 fn shown<'a>(
-    filter: &'a Filter,
+    filter: &'a Option<Filter>,
     stats: &'a mut Stats,
     out: &'a mut impl FnMut(Output),
 ) -> impl FnMut(Output) + 'a {
     move |o| {
-        if filter.matches_output(&o) {
+        if filter.as_ref().is_none_or(|f| f.matches_output(&o)) {
             stats.observe(&o);
             out(o);
         }

@@ -8,9 +8,9 @@ use serde::Serialize;
 
 use crate::{
     analysis::{Analysis, AnalysisReport, Span},
-    event::Kind,
     histogram::{Bucket, Log2Histogram},
     lifetime::{Counters, Output},
+    tally::{Counts, Tally},
 };
 
 /// Events the kernel side could not deliver, by reason (see `port_tracer_common::lost`).
@@ -27,10 +27,11 @@ impl Lost {
     }
 }
 
-/// Counts and analyses over what was shown.
+/// Counts and analyses over what was shown: the one place the engine's outputs are counted
+/// ([`Tally`], which the metrics endpoint reads too) and analysed.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
-    pub counts: Counts,
+    pub tally: Tally,
     pub durations: Log2Histogram,
     pub time_waits: Log2Histogram,
     pub analysis: Analysis,
@@ -46,35 +47,17 @@ impl Stats {
     }
 
     pub fn observe(&mut self, o: &Output) {
+        self.tally.observe(o);
         self.analysis.observe(o);
-        match o {
-            Output::Event(ev) => {
-                self.counts.events += 1;
-                match ev.kind {
-                    Kind::Assign => {
-                        self.counts.assign += 1;
-                        if ev.origin.is_allocation() {
-                            self.counts.allocations += 1;
-                        }
-                    }
-                    Kind::RemoteUpdate => self.counts.remote_update += 1,
-                    Kind::Release => self.counts.release += 1,
-                    Kind::TimeWait => self.counts.time_wait += 1,
-                    Kind::AllocFailure => self.counts.alloc_failure += 1,
+        if let Output::Lifetime(lt) = o {
+            if lt.released_ns().is_some() {
+                if let Some(d) = lt.duration_ns() {
+                    self.durations.add(d);
+                }
+                if let Some(tw) = lt.time_wait_ns() {
+                    self.time_waits.add(tw);
                 }
             }
-            Output::Lifetime(lt) => match lt.released_ns() {
-                Some(_) => {
-                    self.counts.lifetimes_ended += 1;
-                    if let Some(d) = lt.duration_ns() {
-                        self.durations.add(d);
-                    }
-                    if let Some(tw) = lt.time_wait_ns() {
-                        self.time_waits.add(tw);
-                    }
-                }
-                None => self.counts.lifetimes_open += 1,
-            },
         }
     }
 }
@@ -103,27 +86,12 @@ pub struct Summary {
     pub analysis: AnalysisReport,
 }
 
-/// Events and lifetimes shown, by kind.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Counts {
-    pub events: u64,
-    pub assign: u64,
-    pub remote_update: u64,
-    pub release: u64,
-    pub time_wait: u64,
-    pub alloc_failure: u64,
-    /// Assignments that took a port from the kernel (all origins but inherited).
-    pub allocations: u64,
-    pub lifetimes_ended: u64,
-    pub lifetimes_open: u64,
-}
-
 impl Summary {
     /// The summary of a run over `span`, `top` entries per list.
     pub fn new(stats: &Stats, tracker: &Counters, lost: Lost, span: Span, top: usize) -> Self {
         let analysis = stats.analysis.report(span, top);
         Summary {
-            stats: stats.counts.clone(),
+            stats: stats.tally.counts.clone(),
             tracker: tracker.clone(),
             lost,
             top_processes: analysis

@@ -193,7 +193,7 @@ fn accepted_sockets_share_the_port_each_with_its_own_lifetime() {
         stats.observe(&o);
     }
     assert_eq!(
-        stats.counts.allocations, 1,
+        stats.tally.counts.allocations, 1,
         "inherited ports are not allocations"
     );
 }

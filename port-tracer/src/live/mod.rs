@@ -22,7 +22,7 @@ use crate::{
     clock::monotonic_ns,
     event::netns_and_thread,
     kernel::{self, held, ranges::RangeFinder, Kernel, LoadOptions},
-    lifetime::{HeldAtStart, Output},
+    lifetime::HeldAtStart,
     metrics::{self, Publisher},
     output::{Destination, OutputQueue, WallClock},
     port_range::PortRange,
@@ -51,13 +51,11 @@ const TERMINAL_OUTPUT_BUFFER: usize = 1 << 14;
 const OUTPUT_BUFFER: usize = 1 << 18;
 
 /// The engine fed from the ring buffer, with what live tracing adds around it: the
-/// namespaces' ranges found as their first records arrive, the output queue, the metrics.
+/// namespaces' ranges found as their first records arrive, the output queue.
 struct Live {
     engine: Rebuild,
     ranges: RangeFinder,
     queue: OutputQueue,
-    /// With `--metrics`: what is shown, counted for the endpoint.
-    metrics: Option<Box<metrics::Counts>>,
 }
 
 impl Live {
@@ -74,22 +72,9 @@ impl Live {
         self.engine.push_record(bytes);
     }
 
-    /// The outputs' way to the queue (and the metrics).
-    fn out<'a>(
-        queue: &'a mut OutputQueue,
-        metrics: &'a mut Option<Box<metrics::Counts>>,
-    ) -> impl FnMut(Output) + 'a {
-        move |o| {
-            if let Some(m) = metrics {
-                m.observe(&o);
-            }
-            queue.push(o);
-        }
-    }
-
     fn process(&mut self, upto: Upto) {
-        let mut out = Self::out(&mut self.queue, &mut self.metrics);
-        self.engine.process(upto, &mut out);
+        let queue = &mut self.queue;
+        self.engine.process(upto, &mut |o| queue.push(o));
     }
 
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
@@ -99,19 +84,19 @@ impl Live {
         self.process(Upto::Excess);
     }
 
-    /// The metrics now, with the kernel's lost counts `lost_counts`; None without
-    /// `--metrics`.
-    fn metrics_snapshot(&mut self, lost_counts: &[u64]) -> Option<metrics::Snapshot> {
+    /// The metrics now, with the kernel's lost counts `lost_counts`: the summary's own
+    /// counts.
+    fn metrics_snapshot(&self, lost_counts: &[u64]) -> metrics::Snapshot {
         let lost = lost::NAMES
             .iter()
             .copied()
             .zip(lost_counts.iter().copied())
             .chain([("undecodable", self.engine.undecodable())])
             .collect();
-        let mut snapshot = self.metrics.as_mut()?.snapshot(lost);
-        snapshot.occupancy =
-            metrics::Occupancy::of(self.engine.stats().analysis.occupancy.current());
-        Some(snapshot)
+        let stats = self.engine.stats();
+        let mut snapshot = metrics::Snapshot::of(&stats.tally, lost);
+        snapshot.occupancy = metrics::Occupancy::of(stats.analysis.occupancy.current());
+        snapshot
     }
 
     /// Ends the run: everything held goes through, then the summary; the first write
@@ -121,13 +106,8 @@ impl Live {
             engine,
             ranges,
             mut queue,
-            mut metrics,
         } = self;
-        let mut summary = engine.finish(
-            lost_counts,
-            end_ns,
-            &mut Self::out(&mut queue, &mut metrics),
-        );
+        let mut summary = engine.finish(lost_counts, end_ns, &mut |o| queue.push(o));
         for (netns, why) in ranges.unreadable() {
             eprintln!(
                 "port-tracer: the port range of network namespace {netns} could not be \
@@ -167,17 +147,13 @@ pub async fn run(config: LiveConfig) -> Result<()> {
         engine: Rebuild::new(config.rebuild.clone(), start_ns),
         ranges: RangeFinder::new(),
         queue: OutputQueue::start(printer, limit),
-        metrics: None,
     };
     for r in held_ranges(&mut live.ranges, &held_at_start) {
         live.engine.set_range(r);
     }
     live.engine.set_held_at_start(held_at_start);
-    let publisher = metrics_listener.map(|listener| {
-        live.metrics = Some(Box::default());
-        let first = live.metrics_snapshot(&[0; lost::NAMES.len()]);
-        Publisher::serve(listener, first.unwrap_or_default())
-    });
+    let publisher = metrics_listener
+        .map(|listener| Publisher::serve(listener, live.metrics_snapshot(&[0; lost::NAMES.len()])));
 
     let mut stop = Stop::install()?;
     announce(&kernel, "");
@@ -199,8 +175,8 @@ pub async fn run(config: LiveConfig) -> Result<()> {
                 live.engine.check_lost(&lost_counts);
                 live.process(Upto::InOrder(monotonic_ns()));
                 live.queue.flush();
-                if let (Some(publisher), Some(s)) = (&publisher, live.metrics_snapshot(&lost_counts)) {
-                    publisher.publish(s);
+                if let Some(publisher) = &publisher {
+                    publisher.publish(live.metrics_snapshot(&lost_counts));
                 }
             }
             _ = stop.wait() => break,

@@ -1,5 +1,5 @@
-//! Live Prometheus metrics (`--metrics ADDR`): [`counts`] is the pure part fed per shown
-//! output, [`encode`] turns a [`Snapshot`] into the text exposition, [`server`] answers
+//! Live Prometheus metrics (`--metrics ADDR`): [`counts`] takes a [`Snapshot`] of the
+//! summary's tally, [`encode`] turns a [`Snapshot`] into the text exposition, [`server`] answers
 //! `GET /metrics`. The collector publishes a snapshot at every drain tick, so scrapes
 //! never touch the hot path and see state at most one tick old.
 
@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::Result;
 
-pub use counts::{Counts, Occupancy, Snapshot};
+pub use counts::{Occupancy, Snapshot};
 
 /// Binds `addr` for the metrics endpoint, warning when it is reachable from elsewhere.
 pub async fn bind(addr: SocketAddr) -> Result<server::Listener> {

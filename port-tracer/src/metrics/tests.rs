@@ -1,5 +1,6 @@
-use super::{counts::ORIGINS, encode, *};
+use super::{encode, *};
 use crate::lifetime::{time, time_of};
+use crate::tally::{Tally, ORIGINS};
 use crate::{
     event::{Event, Kind, Origin, Proto, Task},
     lifetime::{Lifetime, Output},
@@ -60,14 +61,14 @@ fn origins_are_listed_in_discriminant_order() {
 
 #[test]
 fn allocations_and_releases_by_proto_and_origin() {
-    let mut c = Counts::default();
+    let mut c = Tally::default();
     c.observe(&assign(Proto::Tcp, 40000, Origin::Connect));
     c.observe(&assign(Proto::Tcp, 40001, Origin::Connect));
     c.observe(&assign(Proto::Tcp, 8080, Origin::Inherited));
     c.observe(&assign(Proto::Udp, 5353, Origin::Bind));
     c.observe(&ended(Proto::Tcp, 40000, Origin::Connect, Some(10), 5));
     c.observe(&ended(Proto::Udp, 6000, Origin::Preexisting, None, 5));
-    let s = c.snapshot(vec![]);
+    let s = Snapshot::of(&c, vec![]);
     assert_eq!(count(&s.allocations, Proto::Tcp, Origin::Connect), Some(2));
     assert_eq!(count(&s.allocations, Proto::Udp, Origin::Bind), Some(1));
     assert_eq!(count(&s.allocations, Proto::Udp, Origin::Connect), Some(0));
@@ -81,7 +82,7 @@ fn allocations_and_releases_by_proto_and_origin() {
 
 #[test]
 fn failures_by_errno_name() {
-    let mut c = Counts::default();
+    let mut c = Tally::default();
     let mut f = event(Kind::AllocFailure, Proto::Tcp, 0, Origin::Connect);
     f.errno = libc::EADDRNOTAVAIL;
     c.observe(&Output::Event(f));
@@ -90,7 +91,7 @@ fn failures_by_errno_name() {
     c.observe(&Output::Event(f));
     f.errno = libc::EACCES; // also shown as "error": merged with EPERM
     c.observe(&Output::Event(f));
-    let s = c.snapshot(vec![]);
+    let s = Snapshot::of(&c, vec![]);
     assert_eq!(
         s.failures,
         vec![(Proto::Tcp, "EADDRNOTAVAIL", 2), (Proto::Tcp, "error", 2)]
@@ -99,12 +100,12 @@ fn failures_by_errno_name() {
 
 #[test]
 fn live_ports_go_up_and_down() {
-    let mut c = Counts::default();
+    let mut c = Tally::default();
     c.observe(&assign(Proto::Tcp, 40000, Origin::Connect));
     c.observe(&assign(Proto::Tcp, 8080, Origin::Inherited));
     c.observe(&assign(Proto::Udp, 5353, Origin::Bind));
     assert_eq!(
-        c.snapshot(vec![]).live_ports,
+        Snapshot::of(&c, vec![]).live_ports,
         vec![(Proto::Tcp, NETNS, 2), (Proto::Udp, NETNS, 1)]
     );
     c.observe(&ended(Proto::Tcp, 40000, Origin::Connect, Some(1), 1));
@@ -112,7 +113,7 @@ fn live_ports_go_up_and_down() {
     c.observe(&ended(Proto::Tcp, 22, Origin::Preexisting, None, 1));
     c.observe(&ended(Proto::Udp, 5353, Origin::Bind, Some(1), 1));
     assert_eq!(
-        c.snapshot(vec![]).live_ports,
+        Snapshot::of(&c, vec![]).live_ports,
         vec![(Proto::Tcp, NETNS, 1)],
         "a namespace with nothing live leaves the gauge"
     );
@@ -120,7 +121,7 @@ fn live_ports_go_up_and_down() {
 
 #[test]
 fn histogram_buckets_are_powers_of_two_seconds() {
-    let mut c = Counts::default();
+    let mut c = Tally::default();
     // 1 µs is above 2^-20 s (0.95 µs): the 2^-19 s bucket.
     c.observe(&ended(Proto::Tcp, 1, Origin::Bind, Some(10), 1_000));
     // Exactly 1 s: within the 1 s bucket (`le` is inclusive).
@@ -134,7 +135,7 @@ fn histogram_buckets_are_powers_of_two_seconds() {
         Some(10),
         86_400_000_000_000,
     ));
-    let h = c.snapshot(vec![]).lifetimes;
+    let h = Snapshot::of(&c, vec![]).lifetimes;
     assert_eq!(h.count, 4);
     assert!(
         (h.sum_seconds - 86_402.000001001).abs() < 1e-6,
@@ -203,7 +204,7 @@ fn occupancy_gauges_come_from_the_occupancy_analysis() {
 
 #[test]
 fn the_exposition_has_every_family() {
-    let mut c = Counts::default();
+    let mut c = Tally::default();
     c.observe(&assign(Proto::Tcp, 40000, Origin::Connect));
     c.observe(&ended(
         Proto::Udp,
@@ -212,7 +213,7 @@ fn the_exposition_has_every_family() {
         Some(10),
         3_000_000_000,
     ));
-    let mut snapshot = c.snapshot(vec![("ringbuf_full", 3), ("undecodable", 0)]);
+    let mut snapshot = Snapshot::of(&c, vec![("ringbuf_full", 3), ("undecodable", 0)]);
     snapshot.occupancy = vec![Occupancy {
         netns: NETNS,
         proto: Proto::Tcp,
