@@ -1,6 +1,5 @@
 //! The kernel's BPF run-time statistics (`--bpf-stats`), read through bpftool.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Turns the kernel's BPF run-time statistics on for as long as it lives.
@@ -52,4 +51,23 @@ pub(super) fn parse_programs(json: &str) -> Result<Vec<Program>> {
             })
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_bpftool_program_statistics() {
+        let json = r#"[{"id":7,"type":"raw_tracepoint","name":"inet_sock_set_state","run_time_ns":165500000,"run_cnt":600002},
+                       {"id":9,"type":"tracepoint","name":"sys_enter_bind"}]"#;
+        let p = parse_programs(json).unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            (p[0].id, p[0].name.as_str(), p[0].run_cnt, p[0].run_time_ns),
+            (7, "inet_sock_set_state", 600002, 165500000)
+        );
+        assert_eq!((p[1].run_cnt, p[1].run_time_ns), (0, 0));
+        assert!(parse_programs("not json").is_err());
+    }
 }

@@ -24,7 +24,15 @@ use serde_json::Value;
 
 use crate::{ensure_apt_packages, is_root, output_of, run, workspace_root};
 
-use self::{bpf_stats::*, parse::*, report::*, soak::*, tools::*};
+use self::{
+    bpf_stats::{programs, BpfStats, Program},
+    parse::{bpftrace_count, count_tcpstates, count_tracer_output, lost_in_line},
+    report::{describe, median, render_programs, render_table, to_json},
+    soak::soak,
+    tools::{
+        free_port, idle_cpu, machine_line, mount_tracefs, on_path, probe_tier, start, stop, storm,
+    },
+};
 
 #[derive(clap::Args, Debug)]
 pub struct Options {
@@ -390,59 +398,4 @@ pub(super) fn measure(
     }
     let _ = fs::remove_file(&r.out);
     Ok(m)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_tcpstates_lines_of_the_storm() {
-        let text = "\
-SKADDR           PID     COMM       LADDR           LPORT RADDR           RPORT OLDSTATE    -> NEWSTATE    MS
-ffff888105c65340 26158   storm      127.0.0.1       45475 0.0.0.0         0     CLOSE       -> LISTEN      0.000
-ffff888105c665c0 26158   storm      127.0.0.1       0     127.0.0.1       45475 CLOSE       -> SYN_SENT    0.000
-ffff888105c665c0 0       swapper/1  10.0.0.2        22    10.0.0.9        51234 ESTABLISHED -> CLOSE_WAIT  1.000
-ffff888105c61280 26158   storm      127.0.0.1       45475 127.0.0.1       37980 LISTEN      -> SYN_RECV    0.000
-";
-        assert_eq!(count_tcpstates(text, 45475), (3, 4));
-        assert_eq!(count_tcpstates(text, 22), (1, 4));
-        assert_eq!(count_tcpstates("", 1), (0, 0));
-    }
-
-    #[test]
-    fn reads_libbpf_tools_lost_lines() {
-        assert_eq!(lost_in_line("lost 2635 events on CPU #1"), Some(2635));
-        assert_eq!(lost_in_line("Tracing TCP state changes"), None);
-    }
-
-    #[test]
-    fn reads_bpftrace_counts() {
-        assert_eq!(
-            bpftrace_count("Attaching 1 probe...\n\n\n@transitions: 300002\n"),
-            Some(300002)
-        );
-        assert_eq!(bpftrace_count("Attaching 1 probe...\n"), None);
-    }
-
-    #[test]
-    fn reads_bpftool_program_statistics() {
-        let json = r#"[{"id":7,"type":"raw_tracepoint","name":"inet_sock_set_state","run_time_ns":165500000,"run_cnt":600002},
-                       {"id":9,"type":"tracepoint","name":"sys_enter_bind"}]"#;
-        let p = parse_programs(json).unwrap();
-        assert_eq!(p.len(), 2);
-        assert_eq!(
-            (p[0].id, p[0].name.as_str(), p[0].run_cnt, p[0].run_time_ns),
-            (7, "inet_sock_set_state", 600002, 165500000)
-        );
-        assert_eq!((p[1].run_cnt, p[1].run_time_ns), (0, 0));
-        assert!(parse_programs("not json").is_err());
-    }
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(vec![]), None);
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
-    }
 }

@@ -1,7 +1,6 @@
 //! What the tools wrote: tcpstates lines, libbpf-tools lost lines, bpftrace counts,
 //! port-tracer's JSONL.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// tcpstates lines about the storm (its listener's port local or remote), and all lines.
@@ -86,4 +85,38 @@ pub(super) fn count_tracer_output(path: &Path, pid: u64, origins: &[&str]) -> Re
         bail!("{} has no summary line", path.display());
     }
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_tcpstates_lines_of_the_storm() {
+        let text = "\
+SKADDR           PID     COMM       LADDR           LPORT RADDR           RPORT OLDSTATE    -> NEWSTATE    MS
+ffff888105c65340 26158   storm      127.0.0.1       45475 0.0.0.0         0     CLOSE       -> LISTEN      0.000
+ffff888105c665c0 26158   storm      127.0.0.1       0     127.0.0.1       45475 CLOSE       -> SYN_SENT    0.000
+ffff888105c665c0 0       swapper/1  10.0.0.2        22    10.0.0.9        51234 ESTABLISHED -> CLOSE_WAIT  1.000
+ffff888105c61280 26158   storm      127.0.0.1       45475 127.0.0.1       37980 LISTEN      -> SYN_RECV    0.000
+";
+        assert_eq!(count_tcpstates(text, 45475), (3, 4));
+        assert_eq!(count_tcpstates(text, 22), (1, 4));
+        assert_eq!(count_tcpstates("", 1), (0, 0));
+    }
+
+    #[test]
+    fn reads_libbpf_tools_lost_lines() {
+        assert_eq!(lost_in_line("lost 2635 events on CPU #1"), Some(2635));
+        assert_eq!(lost_in_line("Tracing TCP state changes"), None);
+    }
+
+    #[test]
+    fn reads_bpftrace_counts() {
+        assert_eq!(
+            bpftrace_count("Attaching 1 probe...\n\n\n@transitions: 300002\n"),
+            Some(300002)
+        );
+        assert_eq!(bpftrace_count("Attaching 1 probe...\n"), None);
+    }
 }

@@ -1,6 +1,5 @@
 //! The results: statistics over rounds, the tables and the JSON.
 
-#[allow(unused_imports)]
 use super::*;
 
 pub(super) fn describe(m: &Measured) -> String {
@@ -213,4 +212,16 @@ pub(super) fn to_json(m: &Measured) -> Value {
             "name": n, "runs_per_op": runs, "ns_per_op": ns,
         })).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    }
 }

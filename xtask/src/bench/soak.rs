@@ -1,7 +1,9 @@
 //! `--soak`: port-tracer's memory through a long TIME_WAIT-heavy storm.
 
-#[allow(unused_imports)]
-use super::*;
+use super::{
+    tools::{proc_status_kb, wait_ready, Running},
+    *,
+};
 
 /// Memory over a long storm: port-tracer (default settings plus --tracer-args) traces a
 /// FIN-close storm that keeps client ports in TIME_WAIT; its RSS is read from /proc every
@@ -82,14 +84,6 @@ pub(super) fn soak(paths: &Paths, opts: &Options, secs: u64) -> Result<()> {
     println!("port-tracer tracker: {}", summary["tracker"]);
     println!("port-tracer lost: {}", summary["lost"]);
     Ok(())
-}
-
-pub(super) fn proc_status_kb(pid: u32, key: &str) -> Result<u64> {
-    let s = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .with_context(|| format!("no {key} in /proc/{pid}/status"))
 }
 
 /// TCP sockets in TIME_WAIT on this host (IPv4, from /proc/net/tcp: state 06).

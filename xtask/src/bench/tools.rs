@@ -1,7 +1,6 @@
 //! Starting, watching and stopping what the benchmark runs: the storm, port-tracer and
 //! the peers; their CPU time and memory.
 
-#[allow(unused_imports)]
 use super::*;
 
 pub(super) fn on_path(bin: &str) -> bool {
@@ -230,4 +229,12 @@ pub(super) fn idle_cpu(paths: &Paths, tool: &Tool) -> Result<f64> {
     let usage = stop(&mut r)?;
     let _ = fs::remove_file(&r.out);
     Ok(usage.cpu_s)
+}
+
+pub(super) fn proc_status_kb(pid: u32, key: &str) -> Result<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .with_context(|| format!("no {key} in /proc/{pid}/status"))
 }
