@@ -81,9 +81,14 @@ pub struct ExportArgs {
     #[arg(long, value_parser = formats(|f| f.spec().for_tools))]
     pub format: Format,
 
-    /// The file to write.
+    /// The file to write: created anew, mode 0600; an existing file is refused (see
+    /// --force), a symbolic link never followed.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
+
+    /// Replace FILE if it exists (it is removed and created anew, never written into).
+    #[arg(long)]
+    pub force: bool,
 
     #[command(flatten)]
     pub rebuild: RebuildArgs,
@@ -97,6 +102,7 @@ impl ExportArgs {
             output: Destination {
                 format: self.format,
                 path: Some(self.output),
+                force: self.force,
             },
             rebuild: self.rebuild.config(Filter::default()),
         }
@@ -135,9 +141,14 @@ pub struct Args {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RecordArgs {
-    /// The trace file to write.
+    /// The trace file to write: created anew, mode 0600; an existing file is refused (see
+    /// --force), a symbolic link never followed.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
+
+    /// Replace FILE if it exists (it is removed and created anew, never written into).
+    #[arg(long)]
+    pub force: bool,
 
     /// Stop after this long: seconds (`20`) or with a unit (`500ms`, `10s`, `2m`, `1h`).
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
@@ -172,9 +183,15 @@ pub struct ViewArgs {
     #[arg(long, value_parser = formats(|_| true), default_value = "text")]
     pub format: Format,
 
-    /// Write to FILE instead of standard output.
+    /// Write to FILE instead of standard output: created anew, mode 0600; an existing file
+    /// is refused (see --force), a symbolic link never followed. A character device or a
+    /// FIFO (/dev/null, mkfifo) is written as it is.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+
+    /// Replace FILE if it exists (it is removed and created anew, never written into).
+    #[arg(long)]
+    pub force: bool,
 
     /// Show only sockets owned by this process id.
     #[arg(long)]
@@ -201,8 +218,9 @@ pub struct SocketFilterArgs {
     #[arg(long, value_enum)]
     pub proto: Option<ProtoArg>,
 
-    /// Only this network namespace (its inode number, as in `ls -l /proc/PID/ns/net`).
-    #[arg(long, value_name = "INODE")]
+    /// Only this network namespace (its inode number, as in `ls -l /proc/PID/ns/net`). One
+    /// that no process uses at start is warned about (it may appear later).
+    #[arg(long, value_name = "INODE", value_parser = clap::value_parser!(u32).range(1..))]
     pub netns: Option<u32>,
 }
 
@@ -224,6 +242,7 @@ impl ViewArgs {
         Destination {
             format: self.format,
             path: self.output.clone(),
+            force: self.force,
         }
     }
 
@@ -254,6 +273,7 @@ impl Args {
 impl RecordArgs {
     pub fn config(self) -> RecordConfig {
         RecordConfig {
+            force: self.force,
             keep: self.sockets.filter(),
             load: self.kernel.load_options(),
             drain: self.kernel.drain(),
@@ -436,6 +456,10 @@ mod tests {
         assert!(e.to_string().contains("xml"));
         let e = Cli::try_parse_from(["port-tracer", "--attach", "magic"]).unwrap_err();
         assert!(e.to_string().contains("magic"));
+        // No namespace has inode 0.
+        let e = Cli::try_parse_from(["port-tracer", "--netns", "0"]).unwrap_err();
+        assert!(e.to_string().contains("--netns"), "{e}");
+        assert!(Cli::try_parse_from(["port-tracer", "--netns", "4026531840"]).is_ok());
         let e = Cli::try_parse_from(["port-tracer", "record"]).unwrap_err();
         assert!(e.to_string().contains("--output"), "{e}");
     }

@@ -12,11 +12,10 @@ use std::{
     path::PathBuf,
 };
 
-use anyhow::Context;
-
 mod chrome_trace;
 pub mod columns;
 mod csv;
+pub mod file;
 mod jsonl;
 pub mod parquet;
 mod queue;
@@ -114,6 +113,8 @@ pub fn buffered(out: Box<dyn Write + Send>) -> Out {
 pub struct Destination {
     pub format: Format,
     pub path: Option<PathBuf>,
+    /// Replace an existing file (see [`file::create`]).
+    pub force: bool,
 }
 
 impl Destination {
@@ -133,10 +134,7 @@ impl Destination {
     /// A printer writing there.
     pub fn open(&self, clock: WallClock) -> anyhow::Result<Box<dyn Printer + Send>> {
         let out: Box<dyn Write + Send> = match &self.path {
-            Some(path) => Box::new(
-                std::fs::File::create(path)
-                    .with_context(|| format!("cannot create output file {}", path.display()))?,
-            ),
+            Some(path) => Box::new(file::create(path, self.force, "output file")?),
             None => Box::new(io::stdout()),
         };
         Ok(self.format.printer(buffered(out), clock))
@@ -219,6 +217,36 @@ pub fn human_duration(ns: u64) -> String {
         1_000_000_000..120_000_000_000 => format!("{:.2}s", ns as f64 / 1e9),
         _ => format!("{}m{:02}s", ns / 60_000_000_000, (ns / 1_000_000_000) % 60),
     }
+}
+
+/// `s` as text output shows it: what a traced process controls (its name) can hold control
+/// characters, which would move the cursor, clear the screen or start a forged line, and
+/// bidirectional overrides, which reorder what the terminal shows. Those are written
+/// escaped (`\n`, `\x1b`, `\u{202e}`); everything else as it is.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(hidden) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if hidden(c) && (c as u32) < 0x100 => {
+                let _ = std::fmt::Write::write_fmt(&mut out, format_args!("\\x{:02x}", c as u32));
+            }
+            c if hidden(c) => {
+                let _ = std::fmt::Write::write_fmt(&mut out, format_args!("\\u{{{:x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.into()
 }
 
 pub(crate) fn endpoint(addr: IpAddr, port: u16) -> String {
@@ -341,6 +369,18 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("pid 0"), "{text}");
+    }
+
+    #[test]
+    fn names_with_control_characters_stay_on_one_line() {
+        assert_eq!(printable("storm"), "storm");
+        assert_eq!(
+            printable("\u{1b}[2J\nFAKE\tx\u{7f}"),
+            "\\x1b[2J\\nFAKE\\tx\\x7f"
+        );
+        assert_eq!(printable("a\u{202e}b\u{85}"), "a\\u{202e}b\\x85");
+        assert_eq!(printable("ünï"), "ünï");
+        assert!(!printable("\r\n").contains(['\r', '\n']));
     }
 
     #[test]

@@ -68,6 +68,37 @@ fn not_root_is_refused_with_a_clear_message() {
 }
 
 #[test]
+fn a_network_namespace_that_does_not_exist_is_refused_or_warned_about() {
+    // No namespace has inode 0: refused before anything runs.
+    let out = tracer().args(["--netns", "0"]).output().unwrap();
+    assert_clean_error(&out, 2, "--netns");
+    let out = tracer()
+        .args(["report", "x", "--netns", "0"])
+        .output()
+        .unwrap();
+    assert_clean_error(&out, 2, "--netns");
+    // One nobody uses now may appear later: traced, with a warning.
+    require_root!();
+    let out = tracer()
+        .args([
+            "--netns",
+            "4294967295",
+            "--duration",
+            "1",
+            "--output",
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: no network namespace 4294967295 exists now"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn unwritable_output_file_is_refused() {
     let out = tracer()
         .args(["--output", "/nonexistent-dir/trace.jsonl"])
@@ -320,4 +351,111 @@ fn parquet_is_written_to_a_file_only() {
         assert!(rows[0].contains(field), "{field} in {}", rows[0]);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every `--output`: a symbolic link planted by another user in a world-writable directory
+/// is refused and its target untouched; an existing file is refused, and replaced with
+/// --force; what is written is the owner's only (mode 0600), whatever the umask.
+#[test]
+fn output_files_are_created_private_never_through_a_link_never_over_a_file() {
+    require_root!();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = std::env::temp_dir().join(format!("port-tracer-cli-out-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let trace = dir.join("held.ptrace");
+    trace_holding_one_listener(&trace);
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "root's own\n").unwrap();
+    let before = std::fs::metadata(&victim).unwrap();
+
+    let t = trace.to_str().unwrap().to_string();
+    type ArgsFor = Box<dyn Fn(&str) -> Vec<String>>;
+    let runs: Vec<(&str, ArgsFor)> = vec![
+        (
+            "live",
+            Box::new(|o: &str| s(&["--duration", "1", "--output", o])),
+        ),
+        (
+            "record",
+            Box::new(|o: &str| s(&["record", "--duration", "1", "--output", o])),
+        ),
+        (
+            "report",
+            Box::new(move |o: &str| s(&["report", &t, "--output", o])),
+        ),
+        (
+            "export",
+            Box::new({
+                let t = trace.to_str().unwrap().to_string();
+                move |o: &str| s(&["export", &t, "--format", "csv", "--output", o])
+            }),
+        ),
+    ];
+    for (name, args) in &runs {
+        // A link planted by nobody.
+        let link = dir.join(format!("{name}.link"));
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+        for force in [false, true] {
+            let mut a = args(link.to_str().unwrap());
+            if force {
+                a.push("--force".into());
+            }
+            let out = tracer().args(&a).output().unwrap();
+            assert_clean_error(&out, 1, "is a symbolic link");
+        }
+        let after = std::fs::metadata(&victim).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"root's own\n", "{name}");
+        assert_eq!(after.mtime_nsec(), before.mtime_nsec(), "{name}");
+
+        // A new file: the owner's only, even under a permissive umask.
+        let file = dir.join(format!("{name}.out"));
+        let mut cmd = tracer();
+        cmd.args(args(file.to_str().unwrap()));
+        // SAFETY: umask is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::umask(0);
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || stderr.contains("no end mark"),
+            "{name}: {stderr}"
+        );
+        let m = std::fs::metadata(&file).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o600, "{name}");
+
+        // An existing file, here someone else's: refused, then replaced (a new file).
+        std::os::unix::fs::chown(&file, Some(65534), Some(65534)).unwrap();
+        let out = tracer()
+            .args(args(file.to_str().unwrap()))
+            .output()
+            .unwrap();
+        assert_clean_error(&out, 1, "exists: not overwritten (--force replaces it)");
+        assert_eq!(std::fs::metadata(&file).unwrap().uid(), 65534, "{name}");
+        let mut a = args(file.to_str().unwrap());
+        a.push("--force".into());
+        let out = tracer().args(&a).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || stderr.contains("no end mark"),
+            "{name}: {stderr}"
+        );
+        let m = std::fs::metadata(&file).unwrap();
+        assert_eq!(
+            (m.uid(), m.permissions().mode() & 0o777),
+            (0, 0o600),
+            "{name}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn s(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
 }

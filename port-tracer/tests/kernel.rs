@@ -1674,3 +1674,82 @@ fn a_slow_terminal_skips_lines_and_says_how_many() {
         &text[text.len().saturating_sub(3000)..]
     );
 }
+
+/// Forks a process that names itself `name` (what `ps` shows: the process's own name),
+/// binds a UDP socket to an ephemeral port, closes it and exits; its port.
+fn udp_bind_as_process_named(name: &[u8]) -> u16 {
+    let mut fds = [0i32; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let mut cname = name.to_vec();
+    cname.push(0);
+    // SAFETY: the child only makes system calls before _exit (no allocation, no locks).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        unsafe {
+            libc::prctl(libc::PR_SET_NAME, cname.as_ptr());
+            let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            let mut a: libc::sockaddr_in = std::mem::zeroed();
+            a.sin_family = libc::AF_INET as u16;
+            a.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+            libc::bind(
+                s,
+                (&a as *const libc::sockaddr_in).cast(),
+                size_of_val(&a) as u32,
+            );
+            let mut len = size_of_val(&a) as u32;
+            libc::getsockname(s, (&mut a as *mut libc::sockaddr_in).cast(), &mut len);
+            libc::close(s);
+            libc::write(fds[1], (&a.sin_port as *const u16).cast(), 2);
+            libc::_exit(0);
+        }
+    }
+    let mut port = [0u8; 2];
+    unsafe {
+        libc::close(fds[1]);
+        assert_eq!(libc::read(fds[0], port.as_mut_ptr().cast(), 2), 2);
+        libc::close(fds[0]);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    u16::from_be_bytes(port)
+}
+
+#[test]
+fn a_process_named_with_escapes_and_a_newline_stays_on_one_text_line() {
+    require_root!();
+    let path = std::env::temp_dir().join(format!("port-tracer-test-names-{}.ptrace", my_pid()));
+    let name = b"\x1b[2J\nFAKE 1 2 3";
+    let port = record_while(&path, || udp_bind_as_process_named(name));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_port-tracer"))
+        .arg("report")
+        .arg(&path)
+        .args(["--format", "text"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The kernel's copy of the name is 15 bytes: all of it here.
+    let shown = "\\x1b[2J\\nFAKE 1 2 3";
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(&format!(":{port} ")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.contains(shown)),
+        "no line for port {port} with the escaped name:\n{text}"
+    );
+    assert!(
+        !text.contains('\x1b'),
+        "an escape byte reached the output:\n{text}"
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("FAKE")),
+        "a forged line:\n{text}"
+    );
+    // The summary's top processes too.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("    ") && l.ends_with(shown)),
+        "{text}"
+    );
+}

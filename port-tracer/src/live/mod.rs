@@ -127,14 +127,17 @@ pub async fn run(config: LiveConfig) -> Result<()> {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
+    // The output before the programs: a refused path costs no loading.
+    kernel::check_privileges()?;
+    let printer = config.output.open(WallClock::now())?;
     let Traced {
         kernel,
         mut ring,
         lost: mut lost_counters,
         held_at_start,
     } = Traced::start(&config.load)?;
+    warn_if_absent(config.rebuild.filter.netns);
     let start_ns = monotonic_ns();
-    let printer = config.output.open(WallClock::now())?;
     let limit = config.output_buffer.unwrap_or_else(|| {
         let terminal = config.output.path.is_none() && io::stdout().is_terminal();
         if terminal {
@@ -264,6 +267,19 @@ impl Traced {
             lost,
             held_at_start,
         })
+    }
+}
+
+/// Says so when `--netns` names a namespace no thread and no /run/netns name uses now: a
+/// typo traces nothing, but the namespace may also appear later.
+pub(crate) fn warn_if_absent(netns: Option<u32>) {
+    if let Some(netns) = netns {
+        if !held::namespaces().contains_key(&netns) {
+            eprintln!(
+                "port-tracer: warning: no network namespace {netns} exists now (no process \
+                 and no /run/netns name uses it): tracing it in case it appears"
+            );
+        }
     }
 }
 

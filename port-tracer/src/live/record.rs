@@ -2,13 +2,13 @@
 //! ([`crate::trace_file`]) instead of rebuilt: the cheapest path per event; `report` does
 //! the rebuilding later, anywhere.
 
-use std::{fs::File, io::BufWriter, path::PathBuf, time::Duration};
+use std::{io::BufWriter, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use port_tracer_common::lost;
 
-use super::{announce, deadline, held_ranges, Stop, Traced};
+use super::{announce, deadline, held_ranges, warn_if_absent, Stop, Traced};
 use crate::{
     clock::monotonic_ns,
     event::{netns_and_thread, Event},
@@ -29,6 +29,8 @@ pub struct RecordConfig {
     pub output: PathBuf,
     /// Stop after this long (else at SIGINT or SIGTERM).
     pub duration: Option<Duration>,
+    /// Replace an existing trace file.
+    pub force: bool,
     /// Record only the sockets this selects (None: all).
     pub keep: Option<Filter>,
     pub load: LoadOptions,
@@ -42,14 +44,16 @@ const BLOCK_BYTES: usize = 4 << 20;
 
 /// Records until a signal or the deadline.
 pub async fn run(args: RecordConfig) -> Result<()> {
+    // The file before the programs: a refused path costs no loading.
+    kernel::check_privileges()?;
+    let path = &args.output;
+    let file = crate::output::file::create(path, args.force, "trace file")?;
     let traced = Traced::start(&args.load)?;
+    warn_if_absent(args.keep.as_ref().and_then(|f| f.netns));
     let (kernel, mut ring, mut lost_counters) = (traced.kernel, traced.ring, traced.lost);
     let held_at_start = traced.held_at_start;
 
-    let path = &args.output;
     let writing = || format!("writing to {}", path.display());
-    let file = File::create(path)
-        .with_context(|| format!("cannot create trace file {}", path.display()))?;
     let mut finder = RangeFinder::new();
     let keep = args.keep.as_ref();
     let meta = Metadata {

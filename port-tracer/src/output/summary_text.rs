@@ -14,7 +14,7 @@ use crate::{
     summary::Summary,
 };
 
-use super::{endpoint, human_duration, WallClock};
+use super::{endpoint, human_duration, printable, WallClock};
 
 /// Marks of a timeline, lowest to highest.
 const SPARKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
@@ -113,7 +113,7 @@ fn occupancy(out: &mut impl Write, g: &GroupReport, clock: &WallClock) -> io::Re
                         h.sockets
                     )
                 } else {
-                    format!("{} pid {} ({})", h.sockets, h.pid, h.comm)
+                    format!("{} pid {} ({})", h.sockets, h.pid, printable(&h.comm))
                 }
             })
             .collect();
@@ -242,7 +242,7 @@ fn churn(out: &mut impl Write, ch: &ChurnReport, clock: &WallClock) -> io::Resul
                 p.allocations,
                 rate(p.per_second),
                 p.pid,
-                p.comm
+                printable(&p.comm)
             )?;
         }
     }
@@ -285,7 +285,7 @@ fn failures(out: &mut impl Write, f: &FailureReport, clock: &WallClock) -> io::R
             clock.time_of_day(g.first_ns),
             clock.time_of_day(g.last_ns),
             g.pid,
-            g.comm,
+            printable(&g.comm),
             g.proto,
             g.error
         )?;
@@ -319,7 +319,7 @@ fn anti_patterns(out: &mut impl Write, findings: &[Finding]) -> io::Result<()> {
         let who = if p.no_process {
             "TIME_WAIT sockets from before the start (no process)".to_string()
         } else {
-            format!("pid {} ({})", p.pid, p.comm)
+            format!("pid {} ({})", p.pid, printable(&p.comm))
         };
         writeln!(
             out,

@@ -6,7 +6,7 @@ use std::{
     io::{self, Write},
 };
 
-use super::{endpoint, human_duration, summary_text, Printer, Spec, WallClock};
+use super::{endpoint, human_duration, printable, summary_text, Printer, Spec, WallClock};
 use crate::{
     event::{errno_name, Endpoints, Event, Kind, Origin, Task},
     lifetime::Lifetime,
@@ -68,7 +68,7 @@ impl<W: Write> Text<W> {
             endpoint(e.laddr, e.lport),
             endpoint(e.raddr, e.rport),
             task.pid,
-            task.comm.as_str(),
+            printable(&task.comm.as_str()),
             origin.as_str(),
         )
     }

@@ -85,7 +85,7 @@ impl Tracer {
             STARTED.fetch_add(1, Ordering::Relaxed),
         ));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_port-tracer"));
-        cmd.args(["--format", "jsonl", "--output"])
+        cmd.args(["--format", "jsonl", "--force", "--output"])
             .arg(&out)
             .args(args);
         if let Some(tier) = tier {
@@ -408,7 +408,11 @@ pub fn record_while<T>(path: &Path, workload: impl FnOnce() -> T) -> T {
 /// [`record_while`] with more arguments for `record`.
 pub fn record_with<T>(path: &Path, args: &[&str], workload: impl FnOnce() -> T) -> T {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_port-tracer"));
-    cmd.arg("record").arg("--output").arg(path).args(args);
+    cmd.arg("record")
+        .arg("--force")
+        .arg("--output")
+        .arg(path)
+        .args(args);
     if let Ok(tier) = std::env::var("PORT_TRACER_TEST_ATTACH") {
         cmd.args(["--attach", &tier]);
     }
@@ -429,7 +433,7 @@ pub fn export(trace: &Path, format: &str, out: &Path) {
     let run = Command::new(env!("CARGO_BIN_EXE_port-tracer"))
         .arg("export")
         .arg(trace)
-        .args(["--format", format, "--output"])
+        .args(["--format", format, "--force", "--output"])
         .arg(out)
         .output()
         .unwrap();

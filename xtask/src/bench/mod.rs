@@ -349,6 +349,8 @@ pub(super) fn measure(
                 Tool::PortTracer(_, extra) if tracer_of(paths, extra).1.starts_with(RECORD) => {
                     // Outside the measurement: the trace rebuilt as the live mode would.
                     let jsonl = r.out.with_extension("jsonl");
+                    // port-tracer refuses to overwrite a file.
+                    let _ = fs::remove_file(&jsonl);
                     output_of(
                         Command::new(tracer_of(paths, extra).0)
                             .arg("report")

@@ -11,6 +11,8 @@ use super::{
 /// filter comes after reconstruction, so every event still goes through the tracker.
 pub(super) fn soak(paths: &Paths, opts: &Options, secs: u64) -> Result<()> {
     let out = paths.dir.join("soak.jsonl");
+    // port-tracer refuses to overwrite a file.
+    let _ = fs::remove_file(&out);
     let mut cmd = Command::new(&paths.tracer);
     cmd.args(["--format", "jsonl", "--port", "1", "--output"])
         .arg(&out);
