@@ -27,7 +27,9 @@ use port_tracer::{
 /// (peak ports held against the range, holders and TIME_WAIT share at the peak),
 /// allocation failures, lifetime / TIME_WAIT / port reuse distributions and anti-patterns.
 /// `record` writes the raw events to a trace file instead, `report` rebuilds lifetimes
-/// and the same summary from one. Tracing needs root.
+/// and the same summary from one. Tracing needs root, or CAP_BPF and CAP_PERFMON (and for
+/// the tracepoint tier CAP_NET_ADMIN and CAP_DAC_READ_SEARCH); once attached, it drops
+/// every capability it no longer needs (README, "Privileges").
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "port-tracer",

@@ -131,13 +131,20 @@ impl Destination {
         Ok(())
     }
 
-    /// A printer writing there.
-    pub fn open(&self, clock: WallClock) -> anyhow::Result<Box<dyn Printer + Send>> {
-        let out: Box<dyn Write + Send> = match &self.path {
-            Some(path) => Box::new(file::create(path, self.force, "output file")?),
-            None => Box::new(io::stdout()),
+    /// A printer writing there, and the file it created, if it did.
+    pub fn open(
+        &self,
+        clock: WallClock,
+    ) -> anyhow::Result<(Box<dyn Printer + Send>, Option<file::Created>)> {
+        let (out, created): (Box<dyn Write + Send>, _) = match &self.path {
+            Some(path) => {
+                let f = file::create(path, self.force, "output file")?;
+                let created = file::Created::of(path, &f);
+                (Box::new(f), created)
+            }
+            None => (Box::new(io::stdout()), None),
         };
-        Ok(self.format.printer(buffered(out), clock))
+        Ok((self.format.printer(buffered(out), clock), created))
     }
 
     /// The outcome of writing, given its first error: the error named by where the output

@@ -37,7 +37,7 @@ pub fn run(config: ReportConfig) -> Result<()> {
     let clock = WallClock {
         offset_ns: r.meta.realtime_offset_ns.into(),
     };
-    let mut printer = config.output.open(clock)?;
+    let (mut printer, _) = config.output.open(clock)?;
     let done = replay(r, config.rebuild, &mut *printer)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     config.output.result(done.write_error)?;

@@ -1497,13 +1497,7 @@ fn a_namespace_whose_range_could_not_be_read_is_read_later_and_said() {
         "stderr: {:?}",
         t.stderr
     );
-    let summary = t.summary();
-    let g = summary["occupancy"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["netns"] == netns && g["proto"] == "udp")
-        .unwrap_or_else(|| panic!("no UDP occupancy in {netns}: {summary:#}"));
+    let g = t.occupancy(netns, "udp");
     assert_eq!(g["range"]["low"], 32768, "read once it could be: {g:#}");
     assert_eq!(g["range"]["high"], 60999, "{g:#}");
     assert!(
@@ -1752,4 +1746,195 @@ fn a_process_named_with_escapes_and_a_newline_stays_on_one_text_line() {
             .any(|l| l.starts_with("    ") && l.ends_with(shown)),
         "{text}"
     );
+}
+
+// Privileges: capabilities instead of root, what the tracer keeps, tracefs.
+
+/// The capabilities the tier under test needs when not root (auto: the host runs the
+/// tracepoint tier, whose tracefs is root's only).
+fn capabilities_of_the_tier() -> Vec<u32> {
+    use support::privileges::*;
+    let mut caps = vec![CAP_BPF, CAP_PERFMON];
+    match std::env::var("PORT_TRACER_TEST_ATTACH").ok().as_deref() {
+        Some("fentry" | "kprobe") => {}
+        _ => caps.extend([CAP_NET_ADMIN, CAP_DAC_READ_SEARCH]),
+    }
+    caps
+}
+
+/// The tracer, as nobody holding `caps`, writing JSONL into `out`.
+fn tracer_as_nobody(caps: &[u32], out: &std::path::Path, more: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_port-tracer"));
+    cmd.args(["--format", "jsonl", "--output"])
+        .arg(out)
+        .args(more);
+    if let Ok(tier) = std::env::var("PORT_TRACER_TEST_ATTACH") {
+        cmd.args(["--attach", &tier]);
+    }
+    support::privileges::as_nobody_with(&mut cmd, caps);
+    cmd
+}
+
+#[test]
+fn a_user_holding_only_the_needed_capabilities_traces_and_is_told_which_one_lacks() {
+    use std::os::unix::fs::MetadataExt;
+    use support::privileges::*;
+    require_root!();
+    // Mounting tracefs would take CAP_SYS_ADMIN: not in the set.
+    let _tracefs = TracefsAs::mounted(true);
+    let dir = NobodysDir::new("port-tracer-capabilities");
+    let caps = capabilities_of_the_tier();
+    let out = dir.join("trace.jsonl");
+    let mut child = tracer_as_nobody(&caps, &out, &["--pid", &my_pid().to_string()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until_tracing(&mut child);
+    let (listener, client, udp) = listener_client_udp();
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert!(child.wait().unwrap().success());
+    let meta = std::fs::metadata(&out).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (NOBODY, 0o600));
+    let trace = Trace {
+        records: std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+        stderr: Vec::new(),
+    };
+    for (proto, port, origin) in [
+        ("tcp", listener, "bind_ephemeral"),
+        ("tcp", client, "connect"),
+        ("udp", udp, "bind_ephemeral"),
+    ] {
+        let l: Vec<_> = trace
+            .lifetimes(proto, port)
+            .into_iter()
+            .filter(|l| l["origin"] == origin)
+            .collect();
+        assert_eq!(l.len(), 1, "{proto} {port} {origin}: {:#?}", trace.records);
+        assert_owned_by_me(l[0]);
+    }
+    // Any one of them missing: refused, naming it.
+    for &missing in &caps {
+        let fewer: Vec<u32> = caps.iter().copied().filter(|&c| c != missing).collect();
+        let refused = dir.join("refused.jsonl");
+        let run = tracer_as_nobody(&fewer, &refused, &["--duration", "1"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(
+            run.status.code(),
+            Some(1),
+            "without {}: {stderr}",
+            cap_name(missing)
+        );
+        assert!(
+            stderr.contains(&format!("missing capability {}", cap_name(missing)))
+                || stderr.contains(&format!("needs {}", cap_name(missing))),
+            "without {}: {stderr}",
+            cap_name(missing)
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            !refused.exists(),
+            "a refused run leaves no empty file behind"
+        );
+    }
+}
+
+#[test]
+fn once_attached_the_tracer_keeps_only_the_capabilities_it_still_uses() {
+    use support::privileges::*;
+    require_root!();
+    let tracer = Tracer::start();
+    let reader = mask(&[CAP_SYS_ADMIN, CAP_SYS_PTRACE]);
+    let collector = mask(&[CAP_BPF]);
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", tracer.pid())).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap();
+        let name = name.trim_end().to_string();
+        let keeps = if name == "netns-range" {
+            reader
+        } else {
+            collector
+        };
+        for set in ["CapEff", "CapPrm", "CapBnd"] {
+            assert_eq!(
+                task_caps(&task, set),
+                keeps,
+                "{set} of thread {name}: {keeps:#x} expected"
+            );
+        }
+        for set in ["CapInh", "CapAmb"] {
+            assert_eq!(task_caps(&task, set), 0, "{set} of thread {name}");
+        }
+        threads.push(name);
+    }
+    for name in ["port-tracer", "netns-range", "output"] {
+        assert!(threads.iter().any(|t| t == name), "{threads:?}");
+    }
+    // What it does from now on needs no more: the range of a namespace made now is read
+    // (the reader), the lost-event counters (bpf() calls), the sockets traced.
+    let (netns, port) = std::thread::spawn(|| {
+        let netns = enter_new_netns();
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40009").unwrap();
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        std::thread::sleep(Duration::from_millis(300));
+        (netns, port)
+    })
+    .join()
+    .unwrap();
+    let t = tracer.stop();
+    assert!((40000..=40009).contains(&port), "{port}");
+    assert_eq!(t.lifetime("udp", port)["netns"], netns);
+    let g = t.occupancy(netns, "udp");
+    assert_eq!(
+        (&g["range"]["low"], &g["range"]["high"]),
+        (&40000.into(), &40009.into())
+    );
+    assert!(
+        !t.stderr.iter().any(|l| l.contains("cannot read")),
+        "{:?}",
+        t.stderr
+    );
+}
+
+#[test]
+fn the_hosts_tracefs_mounts_are_the_same_after_the_tracer_as_before() {
+    use support::privileges::*;
+    require_root!();
+    for mounted in [false, true] {
+        let _tracefs = TracefsAs::mounted(mounted);
+        let before = tracefs_mounts("self");
+        let tracer = Tracer::start();
+        let tracepoint_tier = tracer
+            .startup
+            .iter()
+            .any(|l| l.contains("tracing with the tracepoint tier"));
+        let said = tracer.startup.iter().any(|l| {
+            l.contains(
+                "mounted it at /sys/kernel/tracing in a mount namespace of port-tracer's own",
+            )
+        });
+        assert_eq!(said, tracepoint_tier && !mounted, "{:?}", tracer.startup);
+        if said {
+            let its_own = tracefs_mounts(&tracer.pid().to_string());
+            assert_eq!(its_own.len(), 1, "the tracer's own mount: {its_own:?}");
+        }
+        assert_eq!(tracefs_mounts("self"), before, "while it traces");
+        let port = free_udp_port();
+        let t = tracer.stop();
+        assert_eq!(t.lifetimes("udp", port).len(), 1, "it traced");
+        assert_eq!(tracefs_mounts("self"), before, "after it stopped");
+    }
+    // Killed outright: nothing was mounted here, so nothing is left.
+    let _tracefs = TracefsAs::mounted(false);
+    let tracer = Tracer::start();
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGKILL) };
+    drop(tracer);
+    assert_eq!(tracefs_mounts("self"), Vec::<String>::new());
 }

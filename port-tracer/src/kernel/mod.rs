@@ -5,12 +5,13 @@ mod attach_kprobe;
 pub mod held;
 pub mod hooks;
 pub mod offsets;
+pub mod privileges;
 pub mod ranges;
 #[cfg(test)]
 mod stack_check;
 mod tracepoint;
 
-use std::{fmt, path::Path};
+use std::fmt;
 
 use anyhow::{bail, Context, Result};
 use aya::{
@@ -134,21 +135,11 @@ pub struct LoadOptions {
 pub struct Kernel {
     ebpf: Ebpf,
     pub tier: Tier,
-    /// TIME_WAIT is traced (the tracepoint tier needs the `tw_timer_handler` symbol).
-    pub time_wait_traced: bool,
+    /// Why TIME_WAIT is not traced, if it is not (the tracepoint tier needs the address of
+    /// `tw_timer_handler`).
+    pub time_wait_untraced: Option<&'static str>,
     /// Better tiers that did not work here, and why.
     pub passed_over: Vec<(Tier, String)>,
-}
-
-/// Fails with a one-line explanation unless the process may load BPF programs.
-pub fn check_privileges() -> Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "not root: port-tracer loads eBPF programs and needs root (or CAP_BPF, CAP_PERFMON \
-             and CAP_NET_ADMIN); run it with sudo"
-        );
-    }
-    Ok(())
 }
 
 /// Kernel release, e.g. "6.1.0-26-amd64".
@@ -161,7 +152,7 @@ pub fn kernel_release() -> String {
 impl Kernel {
     /// Loads the programs and attaches the chosen tier.
     pub fn load(opts: &LoadOptions) -> Result<Kernel> {
-        check_privileges()?;
+        privileges::check_load()?;
         if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < 4096 {
             bail!("--ring-size must be a power of two of at least 4096 bytes");
         }
@@ -203,11 +194,18 @@ impl Kernel {
             let mut ebpf = load_object(loader, &offs, &config, opts.ring_bytes)?;
             match tier.attach(&mut ebpf, &btf, &mut fentry_btf) {
                 Ok(()) => {
-                    let time_wait_traced = tier != Tier::Tracepoint || offs.tw_timer_handler != 0;
+                    let time_wait_untraced =
+                        (tier == Tier::Tracepoint && offs.tw_timer_handler == 0).then(|| {
+                            if privileges::has(caps::Capability::CAP_SYSLOG) {
+                                "tw_timer_handler not in /proc/kallsyms"
+                            } else {
+                                "/proc/kallsyms hides kernel addresses without CAP_SYSLOG"
+                            }
+                        });
                     return Ok(Kernel {
                         ebpf,
                         tier,
-                        time_wait_traced,
+                        time_wait_untraced,
                         passed_over,
                     });
                 }
@@ -219,10 +217,10 @@ impl Kernel {
             .map(|(t, e)| format!("{t}: {e}"))
             .collect();
         if opts.tier == TierChoice::Auto {
-            bail!("no attach tier works on this kernel ({})", why.join("; "));
+            bail!("no attach tier works here ({})", why.join("; "));
         }
         bail!(
-            "the {} tier cannot run on this kernel: {}",
+            "the {} tier cannot run here: {}",
             candidates[0],
             passed_over[0].1
         )
@@ -365,36 +363,6 @@ fn explain_load_error(e: anyhow::Error) -> anyhow::Error {
     e.context("loading the BPF programs failed")
 }
 
-/// Makes sure tracefs is mounted, mounting it where the kernel expects it if not.
-pub fn ensure_tracefs() -> Result<()> {
-    for p in [
-        "/sys/kernel/tracing/events",
-        "/sys/kernel/debug/tracing/events",
-    ] {
-        if Path::new(p).is_dir() {
-            return Ok(());
-        }
-    }
-    let target = c"/sys/kernel/tracing";
-    let rc = unsafe {
-        libc::mount(
-            c"nodev".as_ptr(),
-            target.as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        bail!(
-            "tracefs is not mounted and mounting it failed ({err}); mount it with \
-             `mount -t tracefs nodev /sys/kernel/tracing` and try again"
-        );
-    }
-    Ok(())
-}
-
 /// The mount point of the cgroup v2 hierarchy.
 pub fn cgroup2_root() -> Result<std::path::PathBuf> {
     let mounts =
@@ -421,7 +389,7 @@ mod tests {
     /// verifier checks them all the same: every one of them must load.
     #[test]
     fn kprobe_programs_pass_this_kernels_verifier() {
-        if check_privileges().is_err() {
+        if privileges::check_load().is_err() {
             eprintln!("skipped: not root");
             return;
         }

@@ -7,12 +7,15 @@ use std::{
     os::fd::AsRawFd,
     os::unix::fs::MetadataExt,
     path::PathBuf,
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
+use anyhow::{Context, Result};
+
 use crate::port_range::PortRange;
 
-use super::held;
+use super::{held, privileges};
 
 /// How long a namespace whose range could not be read waits before the next try.
 const RETRY: Duration = Duration::from_secs(1);
@@ -51,7 +54,8 @@ pub fn own() -> Option<PortRange> {
     read_here(held::own_netns().ok()?).ok()
 }
 
-/// The range of the namespace `path` opens, if it is `netns`.
+/// The range of the namespace `path` opens, if it is `netns`. The calling thread (the
+/// range reader) enters it, and stays there until the next look.
 fn read_in(netns: u32, path: PathBuf) -> Result<PortRange, Miss> {
     let file = std::fs::File::open(&path).map_err(|e| match e.raw_os_error() {
         Some(libc::ENOENT | libc::ESRCH | libc::ENOTDIR) => Miss::NotThere,
@@ -61,20 +65,123 @@ fn read_in(netns: u32, path: PathBuf) -> Result<PortRange, Miss> {
     if inode != netns {
         return Err(Miss::NotThere);
     }
-    // setns() changes only the calling thread: do it in a thread of its own.
-    std::thread::Builder::new()
-        .name("netns-range".into())
-        .spawn(move || {
-            // SAFETY: a valid namespace fd; only this short-lived thread moves.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            read_here(netns)
-        })
-        .map_err(Miss::Failed)?
-        .join()
-        .map_err(|_| Miss::Failed(io::Error::other("the range reader panicked")))?
-        .map_err(Miss::Failed)
+    // SAFETY: a valid namespace fd; setns() moves the calling thread only.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EPERM) {
+            return Err(Miss::Failed(io::Error::other(format!(
+                "{e}: entering a network namespace needs CAP_SYS_ADMIN"
+            ))));
+        }
+        return Err(Miss::Failed(e));
+    }
+    read_here(netns).map_err(Miss::Failed)
+}
+
+/// What the range reader is asked: `netns`, where thread `pid`/`tid` was (0: unknown),
+/// through every thread of the host too if `scan`.
+#[derive(Debug)]
+struct Look {
+    netns: u32,
+    pid: u32,
+    tid: u32,
+    scan: bool,
+}
+
+/// The one thread that opens and enters other network namespaces. It keeps the
+/// capabilities for that ([`privileges::RANGE_READER_KEEPS`]) when the collector drops
+/// them, and it is the only thread that moves between namespaces.
+#[derive(Debug)]
+struct Reader {
+    ask: mpsc::Sender<Look>,
+    answers: mpsc::Receiver<Result<PortRange, Miss>>,
+}
+
+impl Reader {
+    fn start() -> Result<Reader> {
+        let (ask, asked) = mpsc::channel::<Look>();
+        let (answer, answers) = mpsc::channel();
+        let (ready, started) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("netns-range".into())
+            .spawn(move || {
+                // Its own namespace, to come back to after each look: a thread left in a
+                // namespace would keep it alive after its last process left.
+                let home = std::fs::File::open("/proc/thread-self/ns/net")
+                    .context("opening the tracer's own network namespace");
+                let kept = privileges::keep_only(&privileges::RANGE_READER_KEEPS);
+                let (home, started) = match (home, kept) {
+                    (Ok(home), Ok(())) => (Some(home), Ok(())),
+                    (Err(e), _) | (_, Err(e)) => (None, Err(e)),
+                };
+                if ready.send(started).is_err() {
+                    return;
+                }
+                let Some(home) = home else { return };
+                for l in asked {
+                    let found = look(l);
+                    // SAFETY: a valid namespace fd; moves this thread only.
+                    if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        let e = io::Error::last_os_error();
+                        let _ = answer.send(Err(Miss::Failed(io::Error::other(format!(
+                            "returning to the tracer's own network namespace: {e}"
+                        )))));
+                        break;
+                    }
+                    if answer.send(found).is_err() {
+                        break;
+                    }
+                }
+            })
+            .context("starting the namespace range reader thread")?;
+        started
+            .recv()
+            .context("the namespace range reader thread ended")??;
+        Ok(Reader { ask, answers })
+    }
+
+    fn look(&self, l: Look) -> Result<PortRange, Miss> {
+        let gone = || Miss::Failed(io::Error::other("the namespace range reader ended"));
+        self.ask.send(l).map_err(|_| gone())?;
+        self.answers.recv().map_err(|_| gone())?
+    }
+}
+
+/// Tries every path to `l.netns`: the first range read wins; else a failure, if any
+/// path failed, or `NotThere`. Runs in the range reader.
+fn look(l: Look) -> Result<PortRange, Miss> {
+    let Look {
+        netns,
+        pid,
+        tid,
+        scan,
+    } = l;
+    let mut paths = Vec::new();
+    if pid != 0 {
+        paths.push(PathBuf::from(format!("/proc/{pid}/task/{tid}/ns/net")));
+        paths.push(PathBuf::from(format!("/proc/{pid}/ns/net")));
+    }
+    match std::fs::read_dir("/run/netns") {
+        Ok(named) => paths.extend(named.flatten().map(|e| e.path())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Miss::Failed(e)),
+    }
+    let mut failure = None;
+    for path in paths {
+        match read_in(netns, path) {
+            Ok(r) => return Ok(r),
+            Err(Miss::NotThere) => {}
+            Err(failed) => failure = Some(failed),
+        }
+    }
+    if let Some(path) = scan.then(|| held::namespaces().remove(&netns)).flatten() {
+        match read_in(netns, path) {
+            Ok(r) => return Ok(r),
+            Err(Miss::NotThere) => {}
+            Err(failed) => failure = Some(failed),
+        }
+    }
+    Err(failure.unwrap_or(Miss::NotThere))
 }
 
 /// Finds namespaces' ranges: through the thread an event came from, else through any
@@ -88,14 +195,18 @@ pub struct RangeFinder {
     /// Could not be read: when to try again, and why not.
     failing: HashMap<u32, (Instant, String)>,
     own: Option<u32>,
+    /// None only in unit tests: every other namespace is then not found.
+    reader: Option<Reader>,
 }
 
 impl RangeFinder {
-    pub fn new() -> Self {
-        RangeFinder {
+    /// Starts the range reader thread: before the collector drops its capabilities.
+    pub fn new() -> Result<Self> {
+        Ok(RangeFinder {
             own: held::own_netns().ok(),
+            reader: Some(Reader::start()?),
             ..Default::default()
-        }
+        })
     }
 
     /// Whether `netns` needs no look now: found or gone, or waiting to be tried again.
@@ -133,7 +244,15 @@ impl RangeFinder {
         let result = if Some(netns) == self.own {
             read_here(netns).map_err(Miss::Failed)
         } else {
-            self.look(netns, pid, tid, scan)
+            let l = Look {
+                netns,
+                pid,
+                tid,
+                scan,
+            };
+            self.reader
+                .as_ref()
+                .map_or(Err(Miss::NotThere), |r| r.look(l))
         };
         match result {
             Ok(range) => {
@@ -158,37 +277,6 @@ impl RangeFinder {
                 None
             }
         }
-    }
-
-    /// Tries every path to `netns`: the first range read wins; else a failure, if any
-    /// path failed, or `NotThere`.
-    fn look(&self, netns: u32, pid: u32, tid: u32, scan: bool) -> Result<PortRange, Miss> {
-        let mut paths = Vec::new();
-        if pid != 0 {
-            paths.push(PathBuf::from(format!("/proc/{pid}/task/{tid}/ns/net")));
-            paths.push(PathBuf::from(format!("/proc/{pid}/ns/net")));
-        }
-        match std::fs::read_dir("/run/netns") {
-            Ok(named) => paths.extend(named.flatten().map(|e| e.path())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Miss::Failed(e)),
-        }
-        let mut failure = None;
-        for path in paths {
-            match read_in(netns, path) {
-                Ok(r) => return Ok(r),
-                Err(Miss::NotThere) => {}
-                Err(failed) => failure = Some(failed),
-            }
-        }
-        if let Some(path) = scan.then(|| held::namespaces().remove(&netns)).flatten() {
-            match read_in(netns, path) {
-                Ok(r) => return Ok(r),
-                Err(Miss::NotThere) => {}
-                Err(failed) => failure = Some(failed),
-            }
-        }
-        Err(failure.unwrap_or(Miss::NotThere))
     }
 }
 

@@ -21,7 +21,7 @@ use tokio::{
 use crate::{
     clock::monotonic_ns,
     event::netns_and_thread,
-    kernel::{self, held, ranges::RangeFinder, Kernel, LoadOptions},
+    kernel::{self, held, privileges, ranges::RangeFinder, Kernel, LoadOptions},
     lifetime::HeldAtStart,
     metrics::{self, Publisher},
     output::{Destination, OutputQueue, WallClock},
@@ -128,15 +128,23 @@ pub async fn run(config: LiveConfig) -> Result<()> {
         None => None,
     };
     // The output before the programs: a refused path costs no loading.
-    kernel::check_privileges()?;
-    let printer = config.output.open(WallClock::now())?;
+    privileges::check_load()?;
+    let (printer, created) = config.output.open(WallClock::now())?;
     let Traced {
         kernel,
         mut ring,
         lost: mut lost_counters,
         held_at_start,
-    } = Traced::start(&config.load)?;
+    } = Traced::start(&config.load).inspect_err(|_| {
+        if let Some(c) = created {
+            c.remove_if_empty()
+        }
+    })?;
     warn_if_absent(config.rebuild.filter.netns);
+    let mut ranges = RangeFinder::new()?;
+    let held_ranges = held_ranges(&mut ranges, &held_at_start);
+    // Before the output's thread starts: it takes the capabilities its creator has.
+    drop_privileges()?;
     let start_ns = monotonic_ns();
     let limit = config.output_buffer.unwrap_or_else(|| {
         let terminal = config.output.path.is_none() && io::stdout().is_terminal();
@@ -148,10 +156,10 @@ pub async fn run(config: LiveConfig) -> Result<()> {
     });
     let mut live = Live {
         engine: Rebuild::new(config.rebuild.clone(), start_ns),
-        ranges: RangeFinder::new(),
+        ranges,
         queue: OutputQueue::start(printer, limit),
     };
-    for r in held_ranges(&mut live.ranges, &held_at_start) {
+    for r in held_ranges {
         live.engine.set_range(r);
     }
     live.engine.set_held_at_start(held_at_start);
@@ -222,11 +230,10 @@ impl Stop {
 
 /// Says which tier traces (and why better ones were passed over); `doing` follows.
 pub(crate) fn announce(kernel: &Kernel, doing: &str) {
-    let tw_note = if kernel.time_wait_traced {
-        ""
-    } else {
-        " (TIME_WAIT not traced: tw_timer_handler not in /proc/kallsyms)"
-    };
+    let tw_note = kernel
+        .time_wait_untraced
+        .map(|why| format!(" (TIME_WAIT not traced: {why})"))
+        .unwrap_or_default();
     for (tier, why) in &kernel.passed_over {
         eprintln!("port-tracer: the {tier} tier does not work here: {why}");
     }
@@ -268,6 +275,13 @@ impl Traced {
             held_at_start,
         })
     }
+}
+
+/// Keeps only the capabilities tracing needs from now on (README, "Privileges"): the
+/// programs are attached, the files open, the sockets held at start read.
+pub(crate) fn drop_privileges() -> Result<()> {
+    privileges::keep_only(&privileges::collector_keeps())
+        .context("dropping the capabilities tracing no longer needs")
 }
 
 /// Says so when `--netns` names a namespace no thread and no /run/netns name uses now: a

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use port_tracer_common::lost;
 
-use super::{announce, deadline, held_ranges, warn_if_absent, Stop, Traced};
+use super::{announce, deadline, drop_privileges, held_ranges, warn_if_absent, Stop, Traced};
 use crate::{
     clock::monotonic_ns,
     event::{netns_and_thread, Event},
@@ -18,7 +18,7 @@ use crate::{
         ranges::{read_trimmed, RangeFinder},
         LoadOptions,
     },
-    output::WallClock,
+    output::{file, WallClock},
     trace_file::{Metadata, TraceWriter, RECORD_SIZE},
 };
 
@@ -45,16 +45,21 @@ const BLOCK_BYTES: usize = 4 << 20;
 /// Records until a signal or the deadline.
 pub async fn run(args: RecordConfig) -> Result<()> {
     // The file before the programs: a refused path costs no loading.
-    kernel::check_privileges()?;
+    kernel::privileges::check_load()?;
     let path = &args.output;
-    let file = crate::output::file::create(path, args.force, "trace file")?;
-    let traced = Traced::start(&args.load)?;
+    let file = file::create(path, args.force, "trace file")?;
+    let created = file::Created::of(path, &file);
+    let traced = Traced::start(&args.load).inspect_err(|_| {
+        if let Some(c) = created {
+            c.remove_if_empty()
+        }
+    })?;
     warn_if_absent(args.keep.as_ref().and_then(|f| f.netns));
     let (kernel, mut ring, mut lost_counters) = (traced.kernel, traced.ring, traced.lost);
     let held_at_start = traced.held_at_start;
 
     let writing = || format!("writing to {}", path.display());
-    let mut finder = RangeFinder::new();
+    let mut finder = RangeFinder::new()?;
     let keep = args.keep.as_ref();
     let meta = Metadata {
         host: read_trimmed("/proc/sys/kernel/hostname"),
@@ -67,6 +72,7 @@ pub async fn run(args: RecordConfig) -> Result<()> {
         started_ns: monotonic_ns(),
         port_ranges: held_ranges(&mut finder, &held_at_start),
     };
+    drop_privileges()?;
     let mut w = TraceWriter::new(BufWriter::with_capacity(BLOCK_BYTES, file), &meta)
         .with_context(writing)?;
     w.write_held(&held_at_start).with_context(writing)?;

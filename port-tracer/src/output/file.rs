@@ -12,8 +12,8 @@
 use std::{
     fs::{File, OpenOptions},
     io,
-    os::unix::fs::{FileTypeExt, OpenOptionsExt},
-    path::Path,
+    os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt},
+    path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context, Result};
@@ -61,6 +61,36 @@ pub fn create(path: &Path, force: bool, what: &str) -> Result<File> {
             .with_context(|| format!("cannot open {shown}"));
     }
     bail!("{shown} is not a file, a character device or a FIFO: not written")
+}
+
+/// A new regular file [`create`] made, removed again by a run that fails before writing
+/// to it (no tier attaches, say): nothing is left for the next run to refuse.
+#[derive(Debug)]
+pub struct Created {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Created {
+    /// `file`, just opened at `path` by [`create`], if it is an empty regular file.
+    pub fn of(path: &Path, file: &File) -> Option<Created> {
+        let m = file.metadata().ok()?;
+        (m.is_file() && m.len() == 0 && !own_stream(path)).then(|| Created {
+            path: path.to_path_buf(),
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    /// Removes the file if the path still names it and it is still empty.
+    pub fn remove_if_empty(self) {
+        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
+            if m.is_file() && m.len() == 0 && (m.dev(), m.ino()) == (self.dev, self.ino) {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
 }
 
 /// The tracer's own standard output or error, or a descriptor it has open.

@@ -14,6 +14,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod privileges;
+
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
@@ -218,6 +220,17 @@ impl Trace {
         self.of_type(ty)
             .filter(|r| r["proto"] == proto && r["lport"] == port)
             .collect()
+    }
+
+    /// The summary's occupancy of `proto` ports in namespace `netns` (all local addresses).
+    pub fn occupancy(&self, netns: u64, proto: &str) -> &Value {
+        let summary = self.summary();
+        summary["occupancy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["netns"] == netns && g["proto"] == proto)
+            .unwrap_or_else(|| panic!("no {proto} occupancy in {netns}: {summary:#}"))
     }
 
     pub fn summary(&self) -> &Value {
