@@ -60,6 +60,7 @@ impl Tier {
             Tier::Kprobe => attach_kprobe::attach(ebpf, btf),
             Tier::Tracepoint => tracepoint::attach(ebpf),
         }
+        .map_err(privileges::explain_perf_refusal)
     }
 }
 

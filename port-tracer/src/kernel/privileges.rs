@@ -74,6 +74,26 @@ pub fn require(cap: Capability, needed: &str) -> Result<()> {
     bail!("missing capability {cap}, needed {needed}")
 }
 
+/// A perf_event_open() the kernel refused to a process holding CAP_PERFMON but not
+/// CAP_SYS_ADMIN: Debian's kernels (5.10, 6.1, at their default `perf_event_paranoid`
+/// level 3) want CAP_SYS_ADMIN for kprobe and tracepoint events. Says so.
+pub fn explain_perf_refusal(e: anyhow::Error) -> anyhow::Error {
+    let text = format!("{e:#}");
+    let refused = text.contains("perf_event_open")
+        && (text.contains("Permission denied") || text.contains("Operation not permitted"));
+    if !refused || has(CAP_SYS_ADMIN) {
+        return e;
+    }
+    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    e.context(format!(
+        "missing capability CAP_SYS_ADMIN: this kernel opens kprobe and tracepoint events \
+         only for it, CAP_PERFMON is not enough (kernel.perf_event_paranoid = {paranoid}; \
+         Debian's kernels at their default, 3, are so); the fentry tier needs no perf events"
+    ))
+}
+
 /// Keeps only `keep` (those of it the thread holds) in the calling thread's capability
 /// sets: the bounding set first (while CAP_SETPCAP allows it: nothing regained by exec),
 /// then the inheritable, ambient, effective and permitted sets.
