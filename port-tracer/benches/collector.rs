@@ -118,7 +118,7 @@ fn record(
     e.raddr[..4].copy_from_slice(&raddr);
     e.proto = IPPROTO_TCP;
     e.family = AF_INET;
-    e.netns = 4026531840;
+    e.netns = NETNS;
     e.pid = 4242;
     e.tid = 4242 + (ts % CPUS) as u32;
     e.cgroup_id = 1;
@@ -131,6 +131,9 @@ fn record(
 /// remote servers. Each destination sees one connection per DESTINATIONS, so a port is in
 /// use towards several destinations at once but never twice towards one (as long as the
 /// hold stays under DESTINATIONS x the range, as the kernel would ensure).
+/// The namespace of every socket (the host's usual inode).
+const NETNS: u32 = 4026531840;
+
 fn destination(i: u64) -> (bool, [u8; 4], u16) {
     match i % DESTINATIONS {
         0 => (true, [10, 1, 0, 1], LISTEN_PORT),
@@ -327,6 +330,12 @@ fn main() {
             },
             0,
         );
+        // As live tracing does: the namespace's range, read before its first event.
+        let range = format!(
+            "{EPHEMERAL_FIRST} {}",
+            EPHEMERAL_FIRST + EPHEMERAL_COUNT - 1
+        );
+        engine.set_range(port_tracer::port_range::PortRange::parse(NETNS, &range, "").unwrap());
         let c = run(&records, &mut engine, 0);
         let w = run(&records, &mut engine, c.newest_ns + REORDER_NS);
         let summary = engine.finish(&[], w.newest_ns + REORDER_NS, &mut |o| {

@@ -5,6 +5,8 @@
 pub mod antipatterns;
 pub mod churn;
 pub mod failures;
+pub mod headroom;
+pub mod holders;
 pub mod occupancy;
 pub mod reuse;
 pub mod timeline;
@@ -43,6 +45,8 @@ pub struct Analysis {
     pub churn: churn::Churn,
     pub occupancy: occupancy::Occupancy,
     pub failures: failures::Failures,
+    pub headroom: headroom::Headroom,
+    pub holders: holders::PortHolders,
     pub reuse: reuse::Reuse,
     pub anti_patterns: antipatterns::AntiPatterns,
 }
@@ -53,6 +57,9 @@ pub struct AnalysisReport {
     pub span: Span,
     pub churn: churn::ChurnReport,
     pub occupancy: Vec<occupancy::GroupReport>,
+    /// connect()'s headroom per destination, closest to running out first.
+    pub destinations: Vec<headroom::DestinationReport>,
+    pub destinations_not_followed: headroom::NotFollowed,
     pub failures: failures::FailureReport,
     /// Release to the next assignment of the same port (power-of-two buckets).
     pub port_reuse_histogram: Vec<Bucket>,
@@ -64,38 +71,57 @@ impl Analysis {
     pub fn new(start_ns: u64) -> Self {
         Analysis {
             occupancy: occupancy::Occupancy::new(start_ns),
+            headroom: headroom::Headroom::new(start_ns),
             ..Default::default()
         }
     }
 
     /// The ephemeral range of a namespace, best given before its first event.
     pub fn set_range(&mut self, range: PortRange) {
+        self.headroom.set_range(range.clone());
         self.occupancy.set_range(range);
     }
 
-    /// A socket holding a port when tracing started.
+    /// A socket holding a port when tracing started: listeners and bound sockets are best
+    /// given before connected ones (a connected socket on a listener's port was accepted).
     pub fn held_at_start(&mut self, h: &HeldAtStart) {
         self.occupancy.held_at_start(h);
+        self.headroom.held_at_start(h);
+        self.holders.held_at_start(h);
     }
 
     pub fn observe(&mut self, o: &Output) {
         match o {
             Output::Event(ev) => {
                 self.occupancy.seen(ev.ts_ns);
+                self.headroom.seen(ev.ts_ns);
                 match ev.kind {
                     Kind::Assign => {
                         self.occupancy.assigned(ev);
+                        self.headroom.assigned(ev);
+                        self.holders.assigned(ev);
                         if ev.origin.is_allocation() {
                             self.churn.allocation(ev);
                             self.reuse.allocated(ev);
                         }
                     }
-                    Kind::AllocFailure => self.failures.failed(ev),
-                    Kind::RemoteUpdate | Kind::Release | Kind::TimeWait => {}
+                    Kind::AllocFailure => {
+                        let (holders, headroom) = (&self.holders, &self.headroom);
+                        self.failures
+                            .failed(ev, || failures::Why::of(ev, holders, headroom));
+                    }
+                    Kind::TimeWait => {
+                        self.headroom.time_wait(ev);
+                        self.holders.time_wait(ev);
+                    }
+                    Kind::RemoteUpdate => self.holders.remote_learnt(ev),
+                    Kind::Release => {}
                 }
             }
             Output::Lifetime(lt) => {
                 self.occupancy.ended(lt);
+                self.headroom.ended(lt);
+                self.holders.ended(lt);
                 self.reuse.released(lt);
                 self.anti_patterns.ended(lt);
             }
@@ -105,12 +131,15 @@ impl Analysis {
     /// The findings over `span`, `top` entries per list.
     pub fn report(&self, span: Span, top: usize) -> AnalysisReport {
         let occupancy = self.occupancy.report(span, top);
+        let destinations = self.headroom.report(top);
         AnalysisReport {
             span,
             churn: self.churn.report(span, top),
-            anti_patterns: self.anti_patterns.report(&occupancy),
+            anti_patterns: self.anti_patterns.report(&occupancy, &destinations),
             occupancy,
-            failures: self.failures.report(top),
+            destinations,
+            destinations_not_followed: self.headroom.not_followed(),
+            failures: self.failures.report(top, self.holders.not_kept),
             port_reuse_histogram: self.reuse.intervals.buckets(),
         }
     }

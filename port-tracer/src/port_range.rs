@@ -30,7 +30,7 @@ impl PortRange {
     }
 
     /// Reserved port intervals; malformed parts are ignored (they come from the kernel).
-    fn reserved_intervals(&self) -> impl Iterator<Item = (u16, u16)> + '_ {
+    pub(crate) fn reserved_intervals(&self) -> impl Iterator<Item = (u16, u16)> + '_ {
         self.reserved.split(',').filter_map(|part| {
             let part = part.trim();
             let (lo, hi) = part.split_once('-').unwrap_or((part, part));

@@ -122,7 +122,10 @@ impl Rebuild {
 
     /// Sockets that held ports when tracing started (see [`Tracker::set_held_at_start`]).
     pub fn set_held_at_start(&mut self, held: Vec<HeldAtStart>) {
-        for h in &held {
+        // Listeners and bound sockets before connected ones (see Analysis::held_at_start).
+        let (unconnected, connected): (Vec<_>, Vec<_>) =
+            held.iter().partition(|h| h.ends.rport == 0);
+        for h in unconnected.into_iter().chain(connected) {
             if self
                 .filter
                 .as_ref()

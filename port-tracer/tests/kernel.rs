@@ -1992,3 +1992,174 @@ fn the_hosts_tracefs_mounts_are_the_same_after_the_tracer_as_before() {
     drop(tracer);
     assert_eq!(tracefs_mounts("self"), Vec::<String>::new());
 }
+
+// connect()'s headroom per destination, and failures that explain themselves.
+
+/// A TCP socket bound to 127.0.0.1:`port` without SO_REUSEADDR (std's listeners set it);
+/// the socket, or the errno of bind().
+fn bare_bind(port: u16) -> Result<std::os::fd::OwnedFd, i32> {
+    use std::os::fd::FromRawFd;
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let sa = loopback(port);
+        if libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), 16) != 0 {
+            let errno = std::io::Error::last_os_error().raw_os_error().unwrap();
+            libc::close(fd);
+            return Err(errno);
+        }
+        Ok(std::os::fd::OwnedFd::from_raw_fd(fd))
+    }
+}
+
+#[test]
+fn one_destination_runs_out_while_the_range_does_not_and_failures_say_why() {
+    use std::os::fd::AsRawFd;
+    require_root!();
+    let tracer = Tracer::start();
+    struct Seen {
+        netns: u64,
+        bound: Vec<u16>,
+        to_third: u16,
+        listener: u16,
+        time_wait: u16,
+    }
+    let seen = std::thread::spawn(|| {
+        let netns = enter_new_netns();
+        // 20 ports; destinations on three addresses of the loopback network.
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40019").unwrap();
+        let servers: Vec<TcpListener> = ["127.0.0.2:5000", "127.0.0.3:5000", "127.0.0.4:5000"]
+            .iter()
+            .map(|a| TcpListener::bind(a).unwrap())
+            .collect();
+        let mut held = Vec::new();
+        for server in &servers[..2] {
+            let to = server.local_addr().unwrap();
+            for _ in 0..20 {
+                held.push(TcpStream::connect(to).unwrap());
+            }
+        }
+        // The 40 connections share the 20 ports: towards the first, none is left.
+        let e = TcpStream::connect("127.0.0.2:5000").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}");
+        let third = TcpStream::connect("127.0.0.4:5000").unwrap();
+        let to_third = third.local_addr().unwrap().port();
+        for c in held {
+            reset_close(c);
+        }
+        // 5 ports held by bind(): every destination's cost.
+        let bound: Vec<TcpListener> = (0..5)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let bound_ports: Vec<u16> = bound
+            .iter()
+            .map(|s| s.local_addr().unwrap().port())
+            .collect();
+        // bind() to a port held by a bound socket, by a listener, by a TIME_WAIT socket.
+        assert_eq!(bare_bind(bound_ports[0]).err(), Some(libc::EADDRINUSE));
+        let listener = TcpListener::bind("127.0.0.1:6000").unwrap();
+        let c = TcpStream::connect("127.0.0.1:6000").unwrap();
+        let (a, _) = listener.accept().unwrap();
+        assert_eq!(bare_bind(6000).err(), Some(libc::EADDRINUSE));
+        let client = bare_bind(7000).unwrap();
+        let sa = loopback(6000);
+        assert_eq!(
+            unsafe {
+                libc::connect(
+                    client.as_raw_fd(),
+                    (&sa as *const libc::sockaddr_in).cast(),
+                    16,
+                )
+            },
+            0
+        );
+        let (b, _) = listener.accept().unwrap();
+        drop(client); // closes first: 7000 goes into TIME_WAIT
+        std::thread::sleep(Duration::from_millis(50));
+        drop(b);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(bare_bind(7000).err(), Some(libc::EADDRINUSE));
+        drop((c, a, third, bound, servers));
+        Seen {
+            netns,
+            bound: bound_ports,
+            to_third,
+            listener: 6000,
+            time_wait: 7000,
+        }
+    })
+    .join()
+    .unwrap();
+    let t = tracer.stop();
+    let summary = t.summary();
+    // Distinct ports: the whole range, at the peak.
+    let g = t.occupancy(seen.netns, "tcp");
+    assert_eq!(
+        (&g["peak_ports"], &g["range"]["size"]),
+        (&20.into(), &20.into()),
+        "{g:#}"
+    );
+    let dests: Vec<&serde_json::Value> = summary["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["netns"] == seen.netns)
+        .collect();
+    let dest = |raddr: &str| {
+        *dests
+            .iter()
+            .find(|d| d["raddr"] == raddr && d["rport"] == 5000)
+            .unwrap_or_else(|| panic!("no destination {raddr}: {dests:#?}"))
+    };
+    for raddr in ["127.0.0.2", "127.0.0.3"] {
+        let d = dest(raddr);
+        assert_eq!(
+            (&d["min_headroom"], &d["peak_in_use"]),
+            (&0.into(), &20.into()),
+            "{d:#}"
+        );
+        assert_eq!(d["top_holders_at_min"][0]["pid"], my_pid(), "{d:#}");
+        assert_eq!(d["top_holders_at_min"][0]["sockets"], 20, "{d:#}");
+    }
+    let third = dest("127.0.0.4");
+    assert!((40000..=40019).contains(&seen.to_third));
+    assert_eq!(
+        (
+            &third["min_headroom"],
+            &third["bind_held_at_min"],
+            &third["in_use_at_min"]
+        ),
+        (&14.into(), &5.into(), &1.into()),
+        "20 - 5 bound - 1 towards it: {third:#}"
+    );
+    let groups = summary["failures"]["groups"].as_array().unwrap();
+    let notavail = groups
+        .iter()
+        .find(|g| g["error"] == "EADDRNOTAVAIL" && g["netns"] == seen.netns)
+        .unwrap_or_else(|| panic!("{groups:#?}"));
+    assert_eq!(notavail["rport"], 5000);
+    assert_eq!(notavail["headroom"]["headroom"], 0, "{notavail:#}");
+    assert_eq!(notavail["headroom"]["in_use"], 20, "{notavail:#}");
+    let in_use = |port: u16| {
+        let g = groups
+            .iter()
+            .find(|g| g["error"] == "EADDRINUSE" && g["lport"] == port && g["netns"] == seen.netns)
+            .unwrap_or_else(|| panic!("no EADDRINUSE on {port}: {groups:#?}"));
+        let holders = g["holders"].as_array().unwrap().clone();
+        assert!(!holders.is_empty(), "{g:#}");
+        for h in &holders {
+            assert_eq!(h["pid"], my_pid(), "{g:#}");
+        }
+        holders
+    };
+    assert_eq!(in_use(seen.bound[0])[0]["state"], "bound");
+    assert_eq!(in_use(seen.bound[0])[0]["origin"], "bind_ephemeral");
+    let l = in_use(seen.listener);
+    assert!(l.iter().any(|h| h["state"] == "listening"), "{l:#?}");
+    let tw = in_use(seen.time_wait);
+    assert!(
+        tw.iter()
+            .any(|h| h["state"] == "time_wait" && h["origin"] == "bind"),
+        "{tw:#?}"
+    );
+}

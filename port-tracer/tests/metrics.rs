@@ -173,6 +173,24 @@ fn metrics_scraped_during_a_run_and_read_by_the_prometheus_parser() {
     assert!(close_to(occupancy(&s, "tcp"), (1 + CONNECTS) as f64 / size));
     assert!(close_to(occupancy(&s, "udp"), UDP_BINDS as f64 / size));
     assert!((0.0..=1.0).contains(&occupancy(&s, "tcp")));
+    // connect() towards the listener: the range less its port (bind-held) and the
+    // clients' (connected to it).
+    let rport = server_port.to_string();
+    let headroom = s.value(
+        "port_tracer_connect_headroom",
+        &[
+            ("netns", &netns),
+            ("rport", &rport),
+            ("laddr", "127.0.0.1"),
+            ("raddr", "127.0.0.1"),
+        ],
+    );
+    assert_eq!(
+        headroom,
+        Some(size - 1.0 - CONNECTS as f64),
+        "{:#?}",
+        s.samples
+    );
     for reason in [
         "ringbuf_full",
         "map_full",

@@ -8,7 +8,7 @@ use crate::{
     lifetime::Lifetime,
 };
 
-use super::occupancy::GroupReport;
+use super::{headroom::DestinationReport, occupancy::GroupReport};
 
 /// One anti-pattern seen in one process.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -28,10 +28,11 @@ pub struct Finding {
 const BIND_BEFORE_CONNECT: &str = "bind_before_connect";
 const BIND_BEFORE_CONNECT_ADVICE: &str = "bind() to port 0 before connect() takes the port \
     from the bind path, where it cannot be shared with connections to other destinations: \
-    set IP_BIND_ADDRESS_NO_PORT before bind() so connect() picks the port";
+    each such port counts against every destination's connect headroom; set \
+    IP_BIND_ADDRESS_NO_PORT before bind() so connect() picks the port";
 const TIME_WAIT_BOUND: &str = "time_wait_bound_range";
-const TIME_WAIT_BOUND_ADVICE: &str = "most of the range's ports at its peak were in \
-    TIME_WAIT: this process closes first (active close) at a high rate; reuse connections \
+const TIME_WAIT_BOUND_ADVICE: &str = "most of the range's ports at its peak (or of a \
+    destination's, at its fewest left) were in TIME_WAIT: this process closes first (active close) at a high rate; reuse connections \
     (keep-alive, pooling), let the peer close first, or enable net.ipv4.tcp_tw_reuse for \
     outgoing connections";
 
@@ -55,9 +56,14 @@ impl AntiPatterns {
         }
     }
 
-    /// Findings, most frequent first; `occupancy` names the processes holding ranges
-    /// that were filled mostly by TIME_WAIT.
-    pub fn report(&self, occupancy: &[GroupReport]) -> Vec<Finding> {
+    /// Findings, most frequent first; `occupancy` and `destinations` name the processes
+    /// holding ranges, or a destination's share of one, that were filled mostly by
+    /// TIME_WAIT.
+    pub fn report(
+        &self,
+        occupancy: &[GroupReport],
+        destinations: &[DestinationReport],
+    ) -> Vec<Finding> {
         let mut out: Vec<Finding> = self
             .bind_before_connect
             .iter()
@@ -70,27 +76,40 @@ impl AntiPatterns {
                 advice: BIND_BEFORE_CONNECT_ADVICE,
             })
             .collect();
-        for g in occupancy {
-            let tw_bound = g.peak_ratio.is_some_and(|r| r >= TIME_WAIT_BOUND_RATIO)
-                && g.time_wait_share_at_peak
-                    .is_some_and(|s| s >= TIME_WAIT_BOUND_RATIO);
-            if !tw_bound {
-                continue;
-            }
-            for h in &g.top_holders_at_peak {
-                let seen = out.iter().any(|f| {
-                    f.pattern == TIME_WAIT_BOUND
-                        && (f.pid, &f.comm, f.no_process) == (h.pid, &h.comm, h.no_process)
+        let bound = |full: Option<f64>, time_wait: Option<f64>| {
+            full.is_some_and(|r| r >= TIME_WAIT_BOUND_RATIO)
+                && time_wait.is_some_and(|s| s >= TIME_WAIT_BOUND_RATIO)
+        };
+        let mut time_wait_bound = |pid: u32, comm: &str, no_process: bool, sockets: u32| {
+            let seen = out.iter().any(|f| {
+                f.pattern == TIME_WAIT_BOUND
+                    && (f.pid, f.comm.as_str(), f.no_process) == (pid, comm, no_process)
+            });
+            if !seen {
+                out.push(Finding {
+                    pattern: TIME_WAIT_BOUND,
+                    pid,
+                    comm: comm.to_string(),
+                    no_process,
+                    count: sockets.into(),
+                    advice: TIME_WAIT_BOUND_ADVICE,
                 });
-                if !seen {
-                    out.push(Finding {
-                        pattern: TIME_WAIT_BOUND,
-                        pid: h.pid,
-                        comm: h.comm.clone(),
-                        no_process: h.no_process,
-                        count: h.sockets.into(),
-                        advice: TIME_WAIT_BOUND_ADVICE,
-                    });
+            }
+        };
+        for g in occupancy {
+            if bound(g.peak_ratio, g.time_wait_share_at_peak) {
+                for h in &g.top_holders_at_peak {
+                    time_wait_bound(h.pid, &h.comm, h.no_process, h.sockets);
+                }
+            }
+        }
+        // One destination can run out while the range does not.
+        for d in destinations {
+            let used = d.range_size.saturating_sub(d.min_headroom);
+            let full = (d.range_size > 0).then(|| f64::from(used) / f64::from(d.range_size));
+            if bound(full, d.time_wait_share_at_min) {
+                for h in &d.top_holders_at_min {
+                    time_wait_bound(h.pid, &h.comm, h.no_process, h.sockets);
                 }
             }
         }

@@ -1,10 +1,18 @@
-//! Allocation failures (EADDRNOTAVAIL, EADDRINUSE, EAGAIN): when, who, towards where.
+//! Allocation failures (EADDRNOTAVAIL, EADDRINUSE, EAGAIN): when, who, towards where,
+//! and why, as things stood at the first failure of each kind: who held the refused port
+//! (EADDRINUSE), how much headroom connect() had towards the destination (EADDRNOTAVAIL).
 
 use std::net::IpAddr;
 
 use foldhash::HashMap;
 use serde::Serialize;
 
+use port_tracer_common::errno::{EADDRINUSE, EADDRNOTAVAIL};
+
+use super::{
+    headroom::{Headroom, HeadroomNow},
+    holders::{Holder, PortHolders},
+};
 use crate::event::{errno_name, Comm, Event, Proto};
 
 /// Distinct (process, destination, errno) kept; failures beyond are counted in `other`.
@@ -18,15 +26,43 @@ struct Kind {
     proto: Proto,
     errno: i32,
     laddr: IpAddr,
+    lport: u16,
     raddr: IpAddr,
     rport: u16,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Seen {
     count: u64,
     first_ns: u64,
     last_ns: u64,
+    why: Why,
+}
+
+/// Why a failure happened, as things stood then.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Why {
+    /// EADDRINUSE: the sockets holding the refused port.
+    pub holders: Option<Vec<Holder>>,
+    /// EADDRNOTAVAIL of a TCP connect(): the headroom towards its destination.
+    pub headroom: Option<HeadroomNow>,
+}
+
+impl Why {
+    /// Why `ev` failed, from who holds what now.
+    pub fn of(ev: &Event, holders: &PortHolders, headroom: &Headroom) -> Why {
+        match ev.errno {
+            EADDRINUSE if ev.ends.lport != 0 => Why {
+                holders: Some(holders.of(&ev.ends)),
+                headroom: None,
+            },
+            EADDRNOTAVAIL if ev.ends.proto == Proto::Tcp => Why {
+                holders: None,
+                headroom: headroom.now(ev),
+            },
+            _ => Why::default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -47,12 +83,20 @@ pub struct FailureGroup {
     pub errno: i32,
     pub error: &'static str,
     pub laddr: IpAddr,
+    /// The port asked for (0: any, as connect() and bind(0) ask).
+    pub lport: u16,
     /// Destination (`0.0.0.0`/`::` and 0 for bind and autobind failures).
     pub raddr: IpAddr,
     pub rport: u16,
     pub count: u64,
     pub first_ns: u64,
     pub last_ns: u64,
+    /// EADDRINUSE: who held the port at the first failure (null for other errors).
+    pub holders: Option<Vec<Holder>>,
+    /// EADDRNOTAVAIL of a TCP connect(): connect()'s headroom towards the destination at
+    /// the first failure (0 when the kernel's rule is all there is to it; null for other
+    /// errors, or where the namespace's range is unknown).
+    pub headroom: Option<HeadroomNow>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -62,10 +106,13 @@ pub struct FailureReport {
     pub groups: Vec<FailureGroup>,
     /// Failures not in `groups` (past the limit of distinct kinds kept or shown).
     pub not_shown: u64,
+    /// Sockets not kept to be named as holders (past a million open at once).
+    pub holders_not_kept: u64,
 }
 
 impl Failures {
-    pub fn failed(&mut self, ev: &Event) {
+    /// A failure; `why` is asked for the first of its kind only.
+    pub fn failed(&mut self, ev: &Event, why: impl FnOnce() -> Why) {
         self.total += 1;
         let kind = Kind {
             pid: ev.task.pid,
@@ -74,6 +121,7 @@ impl Failures {
             proto: ev.ends.proto,
             errno: ev.errno,
             laddr: ev.ends.laddr,
+            lport: ev.ends.lport,
             raddr: ev.ends.raddr,
             rport: ev.ends.rport,
         };
@@ -87,6 +135,7 @@ impl Failures {
                     count: 1,
                     first_ns: ev.ts_ns,
                     last_ns: ev.ts_ns,
+                    why: why(),
                 },
             );
         } else {
@@ -95,7 +144,7 @@ impl Failures {
     }
 
     /// The `top` most frequent kinds.
-    pub fn report(&self, top: usize) -> FailureReport {
+    pub fn report(&self, top: usize, holders_not_kept: u64) -> FailureReport {
         let mut groups: Vec<FailureGroup> = self
             .kinds
             .iter()
@@ -107,17 +156,20 @@ impl Failures {
                 errno: k.errno,
                 error: errno_name(k.errno),
                 laddr: k.laddr,
+                lport: k.lport,
                 raddr: k.raddr,
                 rport: k.rport,
                 count: s.count,
                 first_ns: s.first_ns,
                 last_ns: s.last_ns,
+                holders: s.why.holders.clone(),
+                headroom: s.why.headroom.clone(),
             })
             .collect();
         // Ties in a total order: the map iterates in a random one.
         groups.sort_by(|a, b| {
             let rest = |g: &FailureGroup| {
-                let ends = (g.netns, g.proto, g.laddr, g.raddr, g.rport);
+                let ends = (g.netns, g.proto, g.laddr, g.lport, g.raddr, g.rport);
                 (g.pid, g.comm.clone(), g.errno, ends, g.last_ns)
             };
             b.count
@@ -128,6 +180,7 @@ impl Failures {
         groups.truncate(top);
         let shown: u64 = groups.iter().map(|g| g.count).sum();
         FailureReport {
+            holders_not_kept,
             total: self.total,
             not_shown: self.total - shown,
             groups,

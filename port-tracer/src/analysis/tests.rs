@@ -419,3 +419,282 @@ fn time_wait_sockets_held_at_start_count_as_time_wait_held_by_no_process() {
         .expect("a range bound by TIME_WAIT");
     assert!(f.no_process && f.count == 6, "{f:?}");
 }
+
+/// TCP `kind` event of socket `sock` from 127.0.0.1:`lport` to `raddr`:`rport`.
+fn tcp_event(kind: Kind, ts: u64, sock: u64, lport: u16, raddr: &str, rport: u16) -> Event {
+    let Output::Event(mut ev) = assign(ts, sock, lport, Origin::Connect, 1) else {
+        unreachable!()
+    };
+    ev.kind = kind;
+    ev.ends.raddr = raddr.parse().unwrap();
+    ev.ends.rport = rport;
+    ev
+}
+
+fn tcp_lifetime(ev: &Event, to: Option<u64>) -> Output {
+    Output::Lifetime(Lifetime {
+        ends: ev.ends,
+        owner: ev.task,
+        origin: ev.origin,
+        sock_id: ev.sock_id,
+        assigned: time(ev.ts_ns),
+        released: time_of(to),
+        time_wait_start: None,
+        lossy: false,
+        laddr_learnt: false,
+    })
+}
+
+/// A range of 20 ports; 20 connections to each of two destinations share them; then a
+/// third destination, and 5 ports held by bind().
+#[test]
+fn connect_headroom_follows_the_kernels_rule_per_destination() {
+    let mut a = Analysis::new(0);
+    a.set_range(range(40000, 40019));
+    let (d1, d2, d3) = ("127.0.0.2", "127.0.0.3", "127.0.0.4");
+    let mut conns = Vec::new();
+    for i in 0..20u16 {
+        for (first_ts, first_sock, raddr) in [(10, 100, d1), (40, 200, d2)] {
+            let (ts, sock) = (first_ts + u64::from(i), first_sock + u64::from(i));
+            conns.push(tcp_event(Kind::Assign, ts, sock, 40000 + i, raddr, 5000));
+        }
+    }
+    conns.sort_by_key(|e| e.ts_ns);
+    for c in &conns {
+        a.observe(&Output::Event(*c));
+    }
+    // The 21st connect() to the first: no port left towards it.
+    let refused = Event {
+        kind: Kind::AllocFailure,
+        errno: 99,
+        ..tcp_event(Kind::AllocFailure, 70, 999, 0, d1, 5000)
+    };
+    a.observe(&Output::Event(refused));
+    let to_d3 = tcp_event(Kind::Assign, 80, 300, 40000, d3, 5000);
+    a.observe(&Output::Event(to_d3));
+    for c in &conns {
+        a.observe(&tcp_lifetime(c, Some(90)));
+    }
+    // 5 ports held by bind(), by process 2: every destination's cost.
+    let mut binds = Vec::new();
+    for i in 0..5u16 {
+        let b = Event {
+            origin: Origin::Bind,
+            task: task(2),
+            ..tcp_event(
+                Kind::Assign,
+                100 + u64::from(i),
+                400 + u64::from(i),
+                40010 + i,
+                "0.0.0.0",
+                0,
+            )
+        };
+        a.observe(&Output::Event(b));
+        binds.push(b);
+    }
+    // bind() to one of them again: EADDRINUSE, naming its holder.
+    let in_use = Event {
+        kind: Kind::AllocFailure,
+        errno: 98,
+        origin: Origin::Bind,
+        task: task(3),
+        ..tcp_event(Kind::AllocFailure, 110, 500, 40012, "0.0.0.0", 0)
+    };
+    a.observe(&Output::Event(in_use));
+    // The run ends: what is open is emitted open.
+    a.observe(&tcp_lifetime(&to_d3, None));
+    for b in &binds {
+        a.observe(&tcp_lifetime(b, None));
+    }
+    let r = a.report(
+        Span {
+            start_ns: 0,
+            end_ns: 120,
+        },
+        10,
+    );
+
+    let occupancy = &r.occupancy[0];
+    assert_eq!(
+        (occupancy.peak_ports, occupancy.range.as_ref().unwrap().size),
+        (20, 20)
+    );
+    let dests: Vec<(&str, u32, u32, u32)> = r
+        .destinations
+        .iter()
+        .map(|d| {
+            let raddr = match d.raddr.to_string().as_str() {
+                "127.0.0.2" => "d1",
+                "127.0.0.3" => "d2",
+                _ => "d3",
+            };
+            (raddr, d.min_headroom, d.peak_in_use, d.bind_held_at_min)
+        })
+        .collect();
+    assert_eq!(
+        dests,
+        [("d1", 0, 20, 0), ("d2", 0, 20, 0), ("d3", 14, 1, 5)]
+    );
+    let d1 = &r.destinations[0];
+    assert_eq!(
+        (d1.min_headroom_ns, d1.in_use_at_min, d1.range_size),
+        (29, 20, 20)
+    );
+    assert_eq!(d1.headroom_at_end, 15, "5 bind-held at the end");
+    assert_eq!(d1.top_holders_at_min.len(), 1);
+    assert_eq!(
+        (
+            d1.top_holders_at_min[0].pid,
+            d1.top_holders_at_min[0].sockets
+        ),
+        (1, 20)
+    );
+    let d3 = &r.destinations[2];
+    assert_eq!(d3.min_headroom_ns, 104, "when the fifth port was bound");
+    let holders: Vec<(u32, u32)> = d3
+        .top_holders_at_min
+        .iter()
+        .map(|h| (h.pid, h.sockets))
+        .collect();
+    assert_eq!(
+        holders,
+        [(2, 5), (1, 1)],
+        "bind-held ports count against it"
+    );
+
+    let failures = &r.failures.groups;
+    let notavail = failures.iter().find(|g| g.errno == 99).unwrap();
+    let h = notavail.headroom.as_ref().unwrap();
+    assert_eq!(
+        (h.headroom, h.in_use, h.bind_held, h.range_size),
+        (0, 20, 0, 20)
+    );
+    assert_eq!((h.top_holders[0].pid, h.top_holders[0].sockets), (1, 20));
+    assert!(notavail.holders.is_none());
+    let inuse = failures.iter().find(|g| g.errno == 98).unwrap();
+    assert_eq!(inuse.lport, 40012);
+    let holders = inuse.holders.as_ref().unwrap();
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    assert_eq!(
+        (
+            holders[0].pid,
+            holders[0].origin,
+            holders[0].state,
+            holders[0].since_ns
+        ),
+        (2, "bind", holders::State::Bound, Some(102))
+    );
+    assert!(inuse.headroom.is_none());
+}
+
+#[test]
+fn holders_of_a_port_say_listening_connected_and_time_wait() {
+    let mut a = Analysis::new(0);
+    let listener = Event {
+        origin: Origin::Bind,
+        ..tcp_event(Kind::Assign, 1, 1, 8080, "0.0.0.0", 0)
+    };
+    let accepted = Event {
+        origin: Origin::Inherited,
+        ..tcp_event(Kind::Assign, 2, 2, 8080, "127.0.0.9", 50000)
+    };
+    let client = tcp_event(Kind::Assign, 3, 3, 40001, "127.0.0.9", 80);
+    for ev in [listener, accepted, client] {
+        a.observe(&Output::Event(ev));
+    }
+    let tw = Event {
+        sock_id: 33,
+        time_wait_sock: true,
+        ..tcp_event(Kind::TimeWait, 4, 33, 40001, "127.0.0.9", 80)
+    };
+    a.observe(&Output::Event(tw));
+    let of = |a: &Analysis, port| {
+        a.holders
+            .of(&ends(Proto::Tcp, port, 0))
+            .iter()
+            .map(|h| (h.state, h.origin))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        of(&a, 8080),
+        [
+            (holders::State::Listening, "bind"),
+            (holders::State::Connected, "inherited")
+        ]
+    );
+    assert_eq!(of(&a, 40001), [(holders::State::TimeWait, "connect")]);
+    // Released: no longer a holder.
+    a.observe(&tcp_lifetime(&client, Some(5)));
+    assert!(of(&a, 40001).is_empty());
+}
+
+/// Half the range in TIME_WAIT towards one destination, while the range's peak is mostly
+/// live connections elsewhere: the destination names its TIME_WAIT holders.
+#[test]
+fn a_destination_filled_by_time_wait_names_its_holders() {
+    let mut a = Analysis::new(0);
+    let mut in_time_wait = Vec::new();
+    a.set_range(range(40000, 40019));
+    for i in 0..10u16 {
+        let t = 10 * u64::from(i) + 10;
+        let c = tcp_event(
+            Kind::Assign,
+            t,
+            100 + u64::from(i),
+            40000 + i,
+            "127.0.0.2",
+            80,
+        );
+        a.observe(&Output::Event(c));
+        let tw = Event {
+            sock_id: 900 + u64::from(i),
+            time_wait_sock: true,
+            ..tcp_event(Kind::TimeWait, t + 5, 0, 40000 + i, "127.0.0.2", 80)
+        };
+        a.observe(&Output::Event(tw));
+        in_time_wait.push((c, t + 5));
+    }
+    let mut live = Vec::new();
+    for i in 0..20u16 {
+        let c = Event {
+            task: task(2),
+            ..tcp_event(
+                Kind::Assign,
+                200 + u64::from(i),
+                300 + u64::from(i),
+                40000 + i,
+                "127.0.0.3",
+                80,
+            )
+        };
+        a.observe(&Output::Event(c));
+        live.push(c);
+    }
+    // The end of the run: every lifetime is emitted, still open.
+    for (c, tw) in in_time_wait {
+        if let Output::Lifetime(mut lt) = tcp_lifetime(&c, None) {
+            lt.time_wait_start = time(tw);
+            a.observe(&Output::Lifetime(lt));
+        }
+    }
+    for c in &live {
+        a.observe(&tcp_lifetime(c, None));
+    }
+    let r = a.report(
+        Span {
+            start_ns: 0,
+            end_ns: 300,
+        },
+        10,
+    );
+    let d = r
+        .destinations
+        .iter()
+        .find(|d| d.raddr.to_string() == "127.0.0.2")
+        .unwrap();
+    assert_eq!((d.min_headroom, d.min_headroom_ns), (10, 100));
+    assert_eq!(d.time_wait_share_at_min, Some(0.9));
+    let found: Vec<(&str, u32)> = r.anti_patterns.iter().map(|f| (f.pattern, f.pid)).collect();
+    assert_eq!(found, [("time_wait_bound_range", 1)]);
+}

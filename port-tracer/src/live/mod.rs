@@ -96,6 +96,10 @@ impl Live {
         let stats = self.engine.stats();
         let mut snapshot = metrics::Snapshot::of(&stats.tally, lost);
         snapshot.occupancy = metrics::Occupancy::of(stats.analysis.occupancy.current());
+        snapshot.headroom = stats
+            .analysis
+            .headroom
+            .closest(metrics::HEADROOM_DESTINATIONS);
         snapshot
     }
 

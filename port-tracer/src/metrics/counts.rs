@@ -42,6 +42,7 @@ impl Snapshot {
             lost,
             lifetimes: tally.lifetimes.snapshot(),
             occupancy: Vec::new(),
+            headroom: Vec::new(),
         }
     }
 }
@@ -92,4 +93,10 @@ pub struct Snapshot {
     pub lifetimes: HistogramSnapshot,
     /// From the occupancy analysis ([`Occupancy::of`]).
     pub occupancy: Vec<Occupancy>,
+    /// connect()'s headroom of the destinations closest to running out
+    /// ([`HEADROOM_DESTINATIONS`] at most: bounded cardinality).
+    pub headroom: Vec<crate::analysis::headroom::HeadroomGauge>,
 }
+
+/// Destinations whose connect() headroom is exported: those with the fewest ports left.
+pub const HEADROOM_DESTINATIONS: usize = 20;

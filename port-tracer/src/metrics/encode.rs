@@ -86,6 +86,21 @@ impl Collector for SnapshotCollector {
                     o.ratio,
                 )
             }),
+        )?;
+
+        gauges(
+            &mut enc,
+            "port_tracer_connect_headroom",
+            "Ports a new TCP connect() from laddr to raddr:rport could still get (the range, less bind-held ports, less ports connected to it from laddr), for the 20 destinations with the fewest",
+            s.headroom.iter().map(|h| {
+                (
+                    (
+                        [("netns", h.netns), ("rport", u32::from(h.rport))],
+                        [("laddr", h.laddr.to_string()), ("raddr", h.raddr.to_string())],
+                    ),
+                    i64::from(h.ports),
+                )
+            }),
         )
     }
 }

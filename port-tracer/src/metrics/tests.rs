@@ -246,3 +246,43 @@ fn the_exposition_has_every_family() {
         );
     }
 }
+
+#[test]
+fn connect_headroom_is_exported_for_the_destinations_closest_to_running_out() {
+    let mut a = crate::analysis::headroom::Headroom::new(0);
+    a.set_range(crate::port_range::PortRange {
+        netns: NETNS,
+        low: 40000,
+        high: 40009,
+        reserved: String::new(),
+    });
+    // 3 ports towards 127.0.0.1:80, 1 towards 127.0.0.1:81 (a port shared), 30 more
+    // destinations with one connection each.
+    for (i, (lport, rport)) in [(40000, 80), (40001, 80), (40002, 80), (40000, 81)]
+        .into_iter()
+        .chain((0..30).map(|i| (40003, 1000 + i)))
+        .enumerate()
+    {
+        let mut ev = event(Kind::Assign, Proto::Tcp, lport, Origin::Connect);
+        ev.ts_ns = i as u64 + 1;
+        ev.ends.rport = rport;
+        a.assigned(&ev);
+    }
+    let closest = a.closest(HEADROOM_DESTINATIONS);
+    assert_eq!(closest.len(), HEADROOM_DESTINATIONS, "bounded");
+    assert_eq!((closest[0].rport, closest[0].ports), (80, 7));
+    assert!(closest[1..].iter().all(|g| g.ports == 9), "{closest:?}");
+    let mut snapshot = Snapshot::of(&Tally::default(), vec![]);
+    snapshot.headroom = closest;
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(snapshot));
+    let text = encode::text(&encode::registry(shared)).unwrap();
+    let line = "port_tracer_connect_headroom{netns=\"7\",rport=\"80\",laddr=\"127.0.0.1\",raddr=\"127.0.0.1\"} 7";
+    assert!(
+        text.lines().any(|l| l == line),
+        "missing `{line}` in:\n{text}"
+    );
+    assert!(
+        text.contains("# TYPE port_tracer_connect_headroom gauge"),
+        "{text}"
+    );
+}

@@ -6,9 +6,11 @@ use crate::{
     analysis::{
         antipatterns::Finding,
         churn::{ChurnReport, Count},
-        failures::FailureReport,
+        failures::{FailureGroup, FailureReport},
+        headroom::{DestinationReport, HolderCount},
         occupancy::GroupReport,
         timeline::Series,
+        AnalysisReport,
     },
     histogram::Bucket,
     summary::Summary,
@@ -136,6 +138,7 @@ pub(crate) fn write(out: &mut impl Write, s: &Summary, clock: &WallClock) -> io:
     totals(out, s, clock)?;
     churn(out, &s.analysis.churn, clock)?;
     occupancies(out, &s.analysis.occupancy, clock)?;
+    destinations(out, &s.analysis, clock)?;
     failures(out, &s.analysis.failures, clock)?;
     distributions(out, s)?;
     anti_patterns(out, &s.analysis.anti_patterns)
@@ -253,13 +256,147 @@ fn occupancies(out: &mut impl Write, groups: &[GroupReport], clock: &WallClock) 
     if !groups.is_empty() {
         writeln!(
             out,
-            "\nRange occupancy: most distinct ports of the ephemeral range held at once"
+            "\nRange occupancy: most distinct ports of the ephemeral range held at once \
+             (the measure for bind(0) and UDP, which take ports for themselves)"
         )?;
         for g in groups {
             occupancy(out, g, clock)?;
         }
     }
     Ok(())
+}
+
+/// "20 pid 4242 (curl), 5 pid 1 (nginx)".
+fn holder_counts(holders: &[HolderCount]) -> String {
+    let named: Vec<String> = holders
+        .iter()
+        .map(|h| {
+            if h.no_process {
+                format!("{} held by no known process", h.sockets)
+            } else {
+                format!("{} pid {} ({})", h.sockets, h.pid, printable(&h.comm))
+            }
+        })
+        .collect();
+    named.join(", ")
+}
+
+fn destinations(out: &mut impl Write, a: &AnalysisReport, clock: &WallClock) -> io::Result<()> {
+    let dests: &[DestinationReport] = &a.destinations;
+    if dests.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "\nConnect headroom: ports a new connect() to each destination could still get, by \
+         the kernel's rule (the range, less ports held by bind() or listen(), less ports \
+         already connected to that destination from that address), fewest first"
+    )?;
+    for d in dests {
+        writeln!(
+            out,
+            "  netns {} {} -> {}: at least {} of {} left, at {}: {} connected to it, {} \
+             bind-held; peak {} connected to it; {} left at the end",
+            d.netns,
+            d.laddr,
+            endpoint(d.raddr, d.rport),
+            d.min_headroom,
+            d.range_size,
+            clock.time_of_day(d.min_headroom_ns),
+            d.in_use_at_min,
+            d.bind_held_at_min,
+            d.peak_in_use,
+            d.headroom_at_end
+        )?;
+        let mut then = String::new();
+        if let Some(s) = d.time_wait_share_at_min {
+            then += &format!("{} of them in TIME_WAIT", percent(s));
+        }
+        if !d.top_holders_at_min.is_empty() {
+            if !then.is_empty() {
+                then += "; ";
+            }
+            then += &format!("holders then: {}", holder_counts(&d.top_holders_at_min));
+        }
+        if !then.is_empty() {
+            writeln!(out, "    {then}")?;
+        }
+    }
+    let left_out = a.destinations_not_followed;
+    if left_out.connections > 0 {
+        writeln!(
+            out,
+            "  ({} connections to destinations past the first 100,000 not followed)",
+            left_out.connections
+        )?;
+    }
+    if left_out.bind_held_holders > 0 {
+        writeln!(
+            out,
+            "  ({} bind-held sockets counted but not named as holders)",
+            left_out.bind_held_holders
+        )?;
+    }
+    Ok(())
+}
+
+/// Why the first failure of a group happened, as things stood then.
+fn failure_cause(g: &FailureGroup, clock: &WallClock) -> Option<String> {
+    if let Some(holders) = &g.holders {
+        if holders.is_empty() {
+            return Some(format!("port {} held by no socket traced", g.lport));
+        }
+        // Alike holders (a listener's accepted sockets) in one entry, from the first.
+        let mut named: Vec<(usize, String)> = Vec::new();
+        let mut last = None;
+        for h in holders {
+            let who = (h.pid, &h.comm, h.state, h.origin);
+            if last == Some(who) {
+                if let Some((n, _)) = named.last_mut() {
+                    *n += 1;
+                }
+                continue;
+            }
+            last = Some(who);
+            let since = h
+                .since_ns
+                .map(|t| format!("since {}", clock.time_of_day(t)))
+                .unwrap_or_else(|| "since before the start".into());
+            named.push((
+                1,
+                format!(
+                    "pid {} ({}) {} (by {}), {since}",
+                    h.pid,
+                    printable(&h.comm),
+                    h.state.as_str(),
+                    h.origin
+                ),
+            ));
+        }
+        let named: Vec<String> = named
+            .into_iter()
+            .map(|(n, s)| {
+                if n == 1 {
+                    s
+                } else {
+                    format!("{n} sockets of {s} (the first)")
+                }
+            })
+            .collect();
+        return Some(format!("port {} held by: {}", g.lport, named.join("; ")));
+    }
+    let h = g.headroom.as_ref()?;
+    let mut why = format!(
+        "headroom towards it then: {} of {} ({} connected to it, {} bind-held)",
+        h.headroom, h.range_size, h.in_use, h.bind_held
+    );
+    if h.headroom > 0 {
+        why += " -- the kernel refused with ports left: a socket's own range, or events lost?";
+    }
+    if !h.top_holders.is_empty() {
+        why += &format!("; holders: {}", holder_counts(&h.top_holders));
+    }
+    Some(why)
 }
 
 fn failures(out: &mut impl Write, f: &FailureReport, clock: &WallClock) -> io::Result<()> {
@@ -273,7 +410,9 @@ fn failures(out: &mut impl Write, f: &FailureReport, clock: &WallClock) -> io::R
         "count", "first", "last", "pid", "comm", "prot", "error"
     )?;
     for g in &f.groups {
-        let dest = if g.rport == 0 {
+        let dest = if g.rport == 0 && g.lport != 0 {
+            format!("(local {})", endpoint(g.laddr, g.lport))
+        } else if g.rport == 0 {
             format!("(local {})", g.laddr)
         } else {
             endpoint(g.raddr, g.rport)
@@ -289,9 +428,19 @@ fn failures(out: &mut impl Write, f: &FailureReport, clock: &WallClock) -> io::R
             g.proto,
             g.error
         )?;
+        if let Some(why) = failure_cause(g, clock) {
+            writeln!(out, "            {why}")?;
+        }
     }
     if f.not_shown > 0 {
         writeln!(out, "    ... and {} more", f.not_shown)?;
+    }
+    if f.holders_not_kept > 0 {
+        writeln!(
+            out,
+            "    ({} sockets past a million open at once are not named as holders)",
+            f.holders_not_kept
+        )?;
     }
     Ok(())
 }
