@@ -130,6 +130,10 @@ pub struct Counters {
     /// Accepted sockets whose listener's owner was not known (the listener was neither
     /// traced nor held at start): emitted without an owner, marked lossy.
     pub owner_unknown: u64,
+    /// Sockets from before the start seen first in an event timed before the start (the
+    /// snapshot of held sockets comes after attaching: one that went away or changed in
+    /// between is in neither): emitted as held at start, not counted as unmatched.
+    pub changed_while_starting: u64,
     /// Open lifetimes pushed out, oldest first, when the table was full: each was emitted
     /// still open and marked lossy; its release, if it comes, counts as unmatched.
     pub evicted: u64,
@@ -216,6 +220,9 @@ pub struct Tracker {
     /// Owners of TCP listeners not in `bound_tcp`, by (netns, port): held at start, or
     /// evicted while open; accepted sockets take their owner from here.
     listener_owners: HashMap<(u32, u16), Task>,
+    /// When the run started (after the snapshot of held sockets): an unknown socket's
+    /// event before it is the start's race, not a missed event.
+    start_ns: u64,
     pub counters: Counters,
 }
 
@@ -244,8 +251,14 @@ impl Tracker {
             cancel_queue: VecDeque::new(),
             held_at_start: HashMap::default(),
             listener_owners: HashMap::default(),
+            start_ns: 0,
             counters: Counters::default(),
         }
+    }
+
+    /// The run started at `ns`, after its snapshot of held sockets was taken.
+    pub fn set_start(&mut self, ns: u64) {
+        self.start_ns = ns;
     }
 
     /// Sockets that held ports when tracing started: their release produces a lifetime
@@ -356,11 +369,20 @@ impl Tracker {
                 ..h.lifetime()
             },
             None => {
-                self.counters.unmatched += 1;
+                let before_start = ev.ts_ns <= self.start_ns;
+                if before_start {
+                    self.counters.changed_while_starting += 1;
+                } else {
+                    self.counters.unmatched += 1;
+                }
                 Lifetime {
                     ends: ev.ends,
                     owner: Task::default(),
-                    origin: Origin::Unknown,
+                    origin: if before_start {
+                        Origin::Preexisting
+                    } else {
+                        Origin::Unknown
+                    },
                     sock_id: ev.sock_id,
                     assigned: None,
                     released: None,

@@ -74,12 +74,14 @@ pub struct Rebuild {
 }
 
 impl Rebuild {
-    /// An engine for a run that began at `start_ns`.
+    /// An engine for a run that began at `start_ns` (after its snapshot of held sockets).
     pub fn new(config: RebuildConfig, start_ns: u64) -> Self {
+        let mut tracker = Tracker::with_max_open(config.max_open);
+        tracker.set_start(start_ns);
         Rebuild {
             reorder: Reorderer::new(config.reorder_delay_ns),
             max_reorder_held: config.max_reorder_held,
-            tracker: Tracker::with_max_open(config.max_open),
+            tracker,
             filter: (config.filter != Filter::default()).then_some(config.filter),
             stats: Stats::new(start_ns),
             top: config.top,

@@ -836,3 +836,21 @@ fn an_accepted_socket_whose_owner_is_unknown_is_lossy_and_counted() {
     assert!(lts[0].lossy);
     assert_eq!(t.counters.owner_unknown, 1);
 }
+
+/// The snapshot of held sockets comes after attaching: a socket from before the start
+/// that goes away in between is in neither, and its release is not a missed event.
+#[test]
+fn a_release_before_the_start_of_an_unknown_socket_is_the_starts_race() {
+    let mut t = Tracker::new();
+    t.set_start(100);
+    let (_, lts) = run(&mut t, &[E::release(50, 0x1, 22), E::release(150, 0x2, 23)]);
+    assert_eq!(
+        (t.counters.changed_while_starting, t.counters.unmatched),
+        (1, 1)
+    );
+    assert_eq!(
+        (lts[0].origin, lts[0].released_ns()),
+        (Origin::Preexisting, Some(50))
+    );
+    assert_eq!(lts[1].origin, Origin::Unknown);
+}

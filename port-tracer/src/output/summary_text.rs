@@ -187,6 +187,10 @@ fn totals(out: &mut impl Write, s: &Summary, clock: &WallClock) -> io::Result<()
         ),
         (t.unmatched, "events for sockets never seen assigned"),
         (
+            t.changed_while_starting,
+            "sockets from before the start that went away or changed while it started",
+        ),
+        (
             t.evicted,
             "open lifetimes evicted (table full, see --max-lifetimes)",
         ),
