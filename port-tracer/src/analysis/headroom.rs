@@ -511,6 +511,11 @@ impl Headroom {
                 let Some(space) = self.spaces.get_mut(&netns) else {
                     return;
                 };
+                // Never bound here (a socket from before the start that was not in the
+                // snapshot, say): nothing to undo.
+                if !space.bound.contains_key(&e.lport) {
+                    return;
+                }
                 if space.counts(e.lport) {
                     if space.spans.len() < MAX_BOUND_SPANS {
                         space.spans.push(BoundSpan {
