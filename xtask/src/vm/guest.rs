@@ -46,8 +46,15 @@ pub struct Outcome {
     pub tail: Vec<String>,
     /// The first line of a crash of the guest's kernel (an oops or a panic), if any.
     pub crash: Option<String>,
-    /// Crashes this outcome went on from (see [`Outcome::continue_with`]).
+    /// The console lines after the crash's first (its registers and call trace).
+    pub crash_trace: Vec<String>,
+    /// Crashes this outcome went on from (see [`Outcome::continue_with`]), each with its
+    /// trace.
     pub crashes: Vec<String>,
+    /// What the guest's hang watch printed (`@@pt hang` ... `@@pt hang end`: each user
+    /// thread's state and kernel stack, each CPU's backtrace), if the console fell silent.
+    pub hang_dump: Vec<String>,
+    in_hang_dump: bool,
     /// When the last test or section mark arrived: each progress line says how long its
     /// test took (tests run one at a time), so that CI's time can be accounted for.
     last_mark: Option<Instant>,
@@ -64,6 +71,9 @@ pub struct Limits {
 }
 
 const TAIL_LINES: usize = 40;
+/// Lines kept after a crash's first, and of a hang's dump.
+const CRASH_TRACE_LINES: usize = 60;
+const HANG_DUMP_LINES: usize = 400;
 
 /// Boots `kernel` with `initramfs` (software emulation: KVM guests hang on this machine
 /// kind), streaming the console to `log` and progress lines to stdout.
@@ -131,8 +141,14 @@ impl Outcome {
         self.sections.retain(|s| s.rc.is_some());
         self.sections.extend(again.sections);
         self.booted = self.booted.take().or(again.booted);
-        (self.done, self.cut, self.tail, self.crash) =
-            (again.done, again.cut, again.tail, again.crash);
+        (self.done, self.cut, self.tail, self.crash, self.crash_trace) = (
+            again.done,
+            again.cut,
+            again.tail,
+            again.crash,
+            again.crash_trace,
+        );
+        self.hang_dump.extend(again.hang_dump);
         self.crashes.push(crash);
         self.crashes.extend(again.crashes);
     }
@@ -140,6 +156,12 @@ impl Outcome {
 
 /// Updates `out` with one console line.
 pub fn read_line(kernel: &str, line: &str, out: &mut Outcome) {
+    if out.crash.is_some() && out.crash_trace.len() < CRASH_TRACE_LINES {
+        out.crash_trace.push(line.trim_end().to_string());
+    }
+    if out.in_hang_dump && out.hang_dump.len() < HANG_DUMP_LINES {
+        out.hang_dump.push(line.trim_end().to_string());
+    }
     if out.crash.is_none()
         && [
             "Oops:",
@@ -183,6 +205,12 @@ pub fn read_line(kernel: &str, line: &str, out: &mut Outcome) {
                 }
             }
             Some("done") => out.done = true,
+            Some("hang:") => {
+                println!("[{kernel}] {line}");
+                out.in_hang_dump = true;
+                out.hang_dump.push(line.to_string());
+            }
+            Some("hang") => out.in_hang_dump = false,
             _ => println!("[{kernel}] {line}"),
         }
         return;

@@ -26,11 +26,40 @@ echo "@@pt kernel $(uname -r)"
 export RUST_BACKTRACE=1
 # Tests of userspace alone (output, namespaces' ranges) skip here: the host runs them.
 export PORT_TRACER_IN_VM=1
+# A hang's cause, told before the host gives up on a silent console (240 s): when the
+# running suite has printed nothing for 150 s, every user thread's state and kernel stack,
+# and every CPU's backtrace, between "@@pt hang" and "@@pt hang end". (A hung test is a
+# wait in the kernel or a loop; a dead kernel prints nothing, which says that instead.)
+watch_for_hang() {
+  last=-1; quiet=0
+  while sleep 10; do
+    size=$(wc -c < /tmp/progress)
+    if [ "$size" != "$last" ]; then last=$size; quiet=0; continue; fi
+    quiet=$((quiet + 10))
+    [ $quiet -eq 150 ] || continue
+    echo "@@pt hang: nothing printed for $quiet s; the user threads:"
+    for t in /proc/[0-9]*/task/[0-9]*; do
+      readlink "${t%/task/*}/exe" > /dev/null 2>&1 || continue  # not a kernel thread
+      echo "-- $(cat $t/comm) ${t#/proc/} $(cut -d' ' -f3 $t/stat) wchan=$(cat $t/wchan)"
+      sed 's/^/   /' $t/stack 2>/dev/null
+    done
+    echo "-- sockets: $(grep -h TCP /proc/net/sockstat)"
+    echo 1 > /proc/sys/kernel/sysrq
+    echo 8 > /proc/sys/kernel/printk
+    echo l > /proc/sysrq-trigger
+    echo "@@pt hang end"
+  done
+}
 run() {
   name=$1; shift
   echo "@@pt begin $name"
-  "$@" --test-threads=1 $PT_FILTER 2>&1
-  echo "@@pt end $name rc=$?"
+  : > /tmp/progress
+  watch_for_hang &
+  watcher=$!
+  # The suite's exit status through a file: a pipeline's is tee's.
+  { "$@" --test-threads=1 $PT_FILTER 2>&1; echo $? > /tmp/rc; } | tee /tmp/progress
+  kill $watcher
+  echo "@@pt end $name rc=$(cat /tmp/rc)"
 }
 [ "$PT_LIB" = 1 ] && run lib /lib_test
 for tier in $PT_TIERS; do

@@ -210,7 +210,15 @@ pub fn run(opts: &Options) -> Result<Totals> {
             let initrd = initramfs::pack(k, &bins, &rest, &work)?;
             let again_log = work.join(format!("console-{}-boot{boot}.log", k.name));
             let again = guest::boot(k, &initrd, &again_log, &limits)?;
-            outcome.continue_with(again, format!("{crash} (console log {})", log.display()));
+            let trace: String = outcome
+                .crash_trace
+                .iter()
+                .map(|l| format!("\n   {l}"))
+                .collect();
+            outcome.continue_with(
+                again,
+                format!("{crash} (console log {}){trace}", log.display()),
+            );
             log = again_log;
         }
         rows.push((k, outcome, log));
@@ -290,6 +298,18 @@ pub fn run(opts: &Options) -> Result<Totals> {
                 for l in s.output[i..].iter().take(80) {
                     r += &format!("\n   {l}");
                 }
+            }
+        }
+        if o.crash.is_some() {
+            r += "\n-- the crash:";
+            for l in o.crash.iter().chain(&o.crash_trace) {
+                r += &format!("\n   {l}");
+            }
+        }
+        if !o.hang_dump.is_empty() {
+            r += "\n-- what the guest's hang watch saw:";
+            for l in &o.hang_dump {
+                r += &format!("\n   {l}");
             }
         }
         if o.cut.is_some() || !o.done || bad.iter().any(|s| s.rc.is_none()) {
@@ -388,5 +408,28 @@ mod tests {
             guest::read_line("k", l, &mut o);
         }
         assert!(o.crash.as_deref().unwrap().contains("soft lockup"));
+        assert_eq!(
+            o.crash_trace[0],
+            "[  572.7] Kernel panic - not syncing: softlockup: hung tasks"
+        );
+    }
+
+    #[test]
+    fn a_hang_watchs_dump_is_kept_for_the_report() {
+        let mut o = guest::Outcome::default();
+        for l in [
+            "@@pt begin tracepoint",
+            "test a ... ok",
+            "@@pt hang: nothing printed for 150 s; the user threads:",
+            "-- kernel_test 90/task/91 S wchan=futex_wait_queue_me",
+            "   [<0>] futex_wait_queue_me+0xd2/0x120",
+            "@@pt hang end",
+            "[  900.1] unrelated",
+        ] {
+            guest::read_line("k", l, &mut o);
+        }
+        assert_eq!(o.hang_dump.len(), 4, "through its end mark");
+        assert!(o.hang_dump[1].contains("futex_wait_queue_me"));
+        assert_eq!(o.sections[0].passed, 1);
     }
 }
