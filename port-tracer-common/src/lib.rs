@@ -75,6 +75,9 @@ pub mod flags {
     /// With [`TW_ARM_KNOWN`]: the timer was re-armed (its cancel came just before, on the
     /// same CPU, inside one `mod_timer`); without: a new TIME_WAIT socket's first arm.
     pub const TW_REARM: u8 = 1 << 4;
+    /// [`PortEvent::alloc_ns`] holds the time spent inside the port allocator (fentry and
+    /// kprobe tiers, which hook it); without it the time is not known.
+    pub const ALLOC_TIMED: u8 = 1 << 5;
 }
 
 /// Indices of the per-CPU `LOST` counter array: one per place that can drop an event.
@@ -123,7 +126,9 @@ pub mod programs {
     pub const FEXIT_INET_BIND: &str = "fexit_inet_bind";
     pub const FENTRY_INET6_BIND: &str = "fentry_inet6_bind";
     pub const FEXIT_INET6_BIND: &str = "fexit_inet6_bind";
+    pub const FENTRY_INET_CSK_GET_PORT: &str = "fentry_inet_csk_get_port";
     pub const FEXIT_INET_CSK_GET_PORT: &str = "fexit_inet_csk_get_port";
+    pub const FENTRY_UDP_LIB_GET_PORT: &str = "fentry_udp_lib_get_port";
     pub const FEXIT_UDP_LIB_GET_PORT: &str = "fexit_udp_lib_get_port";
     pub const FENTRY_INET_HASH_CONNECT: &str = "fentry_inet_hash_connect";
     pub const FEXIT_INET_HASH_CONNECT: &str = "fexit_inet_hash_connect";
@@ -204,20 +209,25 @@ pub mod tiers {
         pub name: &'static str,
         /// What it hooks, and what it traces exactly.
         pub about: &'static str,
+        /// It hooks the port allocators themselves, so it times them (`alloc_ns`).
+        pub times_allocator: bool,
     }
 
     pub const FENTRY: TierInfo = TierInfo {
         name: "fentry",
         about: "fentry/fexit on the port allocators themselves: exact, cheapest",
+        times_allocator: true,
     };
     pub const KPROBE: TierInfo = TierInfo {
         name: "kprobe",
         about: "kprobes/kretprobes on the same functions: exact",
+        times_allocator: true,
     };
     pub const TRACEPOINT: TierInfo = TierInfo {
         name: "tracepoint",
         about: "syscall and raw tracepoints and a cgroup socket hook: works where fentry and \
                 kprobes do not; a few cases approximate (README)",
+        times_allocator: false,
     };
     pub const ALL: [TierInfo; 3] = [FENTRY, KPROBE, TRACEPOINT];
 }
@@ -266,15 +276,22 @@ pub struct PortEvent {
     pub comm: [u8; COMM_LEN],
     /// The name of the thread that triggered the event (threads may name themselves).
     pub thread: [u8; COMM_LEN],
+    /// With [`flags::ALLOC_TIMED`]: nanoseconds from the allocator's entry to its exit
+    /// (`inet_csk_get_port`, `udp_lib_get_port`, `inet_hash_connect`'s port search),
+    /// saturating at `u32::MAX` (4.3 s).
+    pub alloc_ns: u32,
+    pub _pad2: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<PortEvent>() == 120);
+const _: () = assert!(core::mem::size_of::<PortEvent>() == 128);
 // The kernel side moves names as two 8-byte words.
 const _: () = assert!(core::mem::offset_of!(PortEvent, comm) % 8 == 0);
 const _: () = assert!(core::mem::offset_of!(PortEvent, thread) % 8 == 0);
 
 /// Size of a record before `thread` was added (trace format version 1).
 pub const PORT_EVENT_V1_SIZE: usize = 104;
+/// Size of a record before `alloc_ns` was added (trace format version 2).
+pub const PORT_EVENT_V2_SIZE: usize = 120;
 
 impl PortEvent {
     pub const fn zeroed() -> Self {
@@ -299,6 +316,8 @@ impl PortEvent {
             _pad: [0; 3],
             comm: [0; COMM_LEN],
             thread: [0; COMM_LEN],
+            alloc_ns: 0,
+            _pad2: 0,
         }
     }
 }

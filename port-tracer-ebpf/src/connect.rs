@@ -63,9 +63,10 @@ fn connected_port(sk: u64) -> Option<u16> {
     }
 }
 
-/// Reports the port connect gave `sk`, once, from whichever hook sees it first.
+/// Reports the port connect gave `sk`, once, from whichever hook sees it first; `timed`:
+/// the hook is `inet_hash_connect`'s exit, so the time since its entry is the search's.
 #[inline(always)]
-pub fn finish_connect(sk: u64) {
+pub fn finish_connect(sk: u64, timed: bool) {
     let Some(c) = take_connecting(sk) else {
         return;
     };
@@ -78,6 +79,8 @@ pub fn finish_connect(sk: u64) {
         ev.kind = EventKind::Assign as u8;
         if c.had_port != 0 {
             ev.flags = flags::REMOTE_UPDATE;
+        } else if timed {
+            crate::hooks::set_alloc_time(ev, c.ts_ns);
         }
         Ok(())
     });

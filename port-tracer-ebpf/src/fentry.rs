@@ -32,11 +32,23 @@ pub fn fexit_inet6_bind(_ctx: FExitContext) -> u32 {
     0
 }
 
+#[fentry(function = "inet_csk_get_port")]
+pub fn fentry_inet_csk_get_port(_ctx: FEntryContext) -> u32 {
+    hooks::get_port_enter();
+    0
+}
+
 /// int inet_csk_get_port(struct sock *sk, unsigned short snum)
 #[fexit(function = "inet_csk_get_port")]
 pub fn fexit_inet_csk_get_port(ctx: FExitContext) -> u32 {
     let (sk, snum, ret): (u64, u64, u64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
-    hooks::tcp_get_port_exit(sk, snum as u16, ret as i32);
+    hooks::tcp_get_port_exit(sk, snum as u16, ret as i32, hooks::get_port_started());
+    0
+}
+
+#[fentry(function = "udp_lib_get_port")]
+pub fn fentry_udp_lib_get_port(_ctx: FEntryContext) -> u32 {
+    hooks::get_port_enter();
     0
 }
 
@@ -44,7 +56,7 @@ pub fn fexit_inet_csk_get_port(ctx: FExitContext) -> u32 {
 #[fexit(function = "udp_lib_get_port")]
 pub fn fexit_udp_lib_get_port(ctx: FExitContext) -> u32 {
     let (sk, snum, ret): (u64, u64, u64) = (ctx.arg(0), ctx.arg(1), ctx.arg(3));
-    hooks::udp_get_port_exit(sk, snum as u16, ret as i32);
+    hooks::udp_get_port_exit(sk, snum as u16, ret as i32, hooks::get_port_started());
     0
 }
 

@@ -6,11 +6,14 @@ use port_tracer_common::{
     lost, EventKind, Origin, IPPROTO_TCP, IPPROTO_UDP,
 };
 
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use port_tracer_common::{flags, PortEvent};
+
 use crate::{
     connect,
     emit::{count_lost, emit},
     kernel::{fill_event, off, read, sock_num, sock_protocol, tid},
-    tcp_state, time_wait, BINDING,
+    tcp_state, time_wait, BINDING, GET_PORT_START,
 };
 
 const TCP_LISTEN: u8 = 10;
@@ -28,9 +31,45 @@ pub fn bind_exit() {
     let _ = BINDING.remove(tid());
 }
 
-/// After `inet_csk_get_port(sk, snum)` (TCP bind and listen) returned `ret`.
+/// Entry of a port allocator (fentry tier; kprobes keep the time with the arguments).
 #[inline(always)]
-pub fn tcp_get_port_exit(sk: u64, snum: u16, ret: i32) {
+pub fn get_port_enter() {
+    if GET_PORT_START
+        .insert(tid(), unsafe { bpf_ktime_get_ns() }, 0)
+        .is_err()
+    {
+        count_lost(lost::MAP_FULL);
+    }
+}
+
+/// When this thread entered the allocator it is leaving (0: the entry was not seen, e.g.
+/// attached in between). A plain integer, not an `Option`: 5.10's verifier refuses the
+/// read of an `Option`'s unset payload from the stack.
+#[inline(always)]
+pub fn get_port_started() -> u64 {
+    let Some(&start) = (unsafe { GET_PORT_START.get(tid()) }) else {
+        return 0;
+    };
+    let _ = GET_PORT_START.remove(tid());
+    start
+}
+
+/// Records the time since `start_ns` (0: not known) as the event's time inside the
+/// allocator.
+#[inline(always)]
+pub fn set_alloc_time(ev: &mut PortEvent, start_ns: u64) {
+    if start_ns != 0 {
+        let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(start_ns);
+        ev.alloc_ns = ns.min(u32::MAX as u64) as u32;
+        ev.flags |= flags::ALLOC_TIMED;
+    }
+}
+
+/// After `inet_csk_get_port(sk, snum)` (TCP bind and listen), entered at `start_ns` (0:
+/// not known),
+/// returned `ret`.
+#[inline(always)]
+pub fn tcp_get_port_exit(sk: u64, snum: u16, ret: i32, start_ns: u64) {
     // listen() sets LISTEN before it (re)takes the port.
     let listening = read::<u8>(sk, off!(skc_state))
         .map(|s| s == TCP_LISTEN)
@@ -40,12 +79,13 @@ pub fn tcp_get_port_exit(sk: u64, snum: u16, ret: i32) {
         (0, false) => Origin::BindEphemeral,
         _ => Origin::Bind,
     };
-    get_port_exit(sk, snum, ret, origin, IPPROTO_TCP, EADDRINUSE);
+    get_port_exit(sk, snum, ret, origin, IPPROTO_TCP, EADDRINUSE, start_ns);
 }
 
-/// After `udp_lib_get_port(sk, snum, ...)` (UDP bind and autobind) returned `ret`.
+/// After `udp_lib_get_port(sk, snum, ...)` (UDP bind and autobind), entered at
+/// `start_ns`, returned `ret`.
 #[inline(always)]
-pub fn udp_get_port_exit(sk: u64, snum: u16, ret: i32) {
+pub fn udp_get_port_exit(sk: u64, snum: u16, ret: i32, start_ns: u64) {
     if sock_protocol(sk) != Ok(IPPROTO_UDP) {
         return; // UDP-Lite shares the function
     }
@@ -55,18 +95,31 @@ pub fn udp_get_port_exit(sk: u64, snum: u16, ret: i32) {
         (0, false) => (Origin::Autobind, EAGAIN),
         _ => (Origin::Bind, EADDRINUSE),
     };
-    get_port_exit(sk, snum, ret, origin, IPPROTO_UDP, errno);
+    get_port_exit(sk, snum, ret, origin, IPPROTO_UDP, errno, start_ns);
 }
 
 #[inline(always)]
-fn get_port_exit(sk: u64, snum: u16, ret: i32, origin: Origin, proto: u8, errno: i32) {
+fn get_port_exit(
+    sk: u64,
+    snum: u16,
+    ret: i32,
+    origin: Origin,
+    proto: u8,
+    errno: i32,
+    start_ns: u64,
+) {
     if ret == 0 {
-        emit(|ev| fill_event(ev, sk, EventKind::Assign, origin, proto));
+        emit(|ev| {
+            fill_event(ev, sk, EventKind::Assign, origin, proto)?;
+            set_alloc_time(ev, start_ns);
+            Ok(())
+        });
     } else {
         emit(|ev| {
             fill_event(ev, sk, EventKind::AllocFailure, origin, proto)?;
             ev.errno = errno;
             ev.lport = snum;
+            set_alloc_time(ev, start_ns);
             Ok(())
         });
     }
@@ -84,7 +137,7 @@ pub fn hash_connect_enter(sk: u64) {
 pub fn hash_connect_exit(sk: u64, ret: i32) {
     if ret == 0 {
         // Timestamp and task from the entry; the port is set now.
-        connect::finish_connect(sk);
+        connect::finish_connect(sk, true);
         return;
     }
     let Some(c) = connect::take_connecting(sk) else {
@@ -97,6 +150,7 @@ pub fn hash_connect_exit(sk: u64, ret: i32) {
         connect::fill_connecting(ev, sk, &c)?;
         ev.kind = EventKind::AllocFailure as u8;
         ev.errno = EADDRNOTAVAIL;
+        set_alloc_time(ev, c.ts_ns);
         Ok(())
     });
 }

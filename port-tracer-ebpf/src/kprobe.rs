@@ -3,6 +3,7 @@
 //! map by thread.
 
 use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
@@ -16,6 +17,8 @@ use crate::{emit::count_lost, hooks, kernel::tid, PROBE_ARGS};
 pub struct ProbeArgs {
     pub sk: u64,
     pub arg: u64,
+    /// When the call entered (its time inside is the allocator's).
+    pub start_ns: u64,
 }
 
 /// Which probed function a kept argument set belongs to: a softirq can interrupt a thread
@@ -42,6 +45,7 @@ fn keep(f: Func, sk: Option<u64>, arg: Option<u64>) {
     let args = ProbeArgs {
         sk: sk.unwrap_or(0),
         arg: arg.unwrap_or(0),
+        start_ns: unsafe { bpf_ktime_get_ns() },
     };
     if PROBE_ARGS.insert(key, args, 0).is_err() {
         count_lost(lost::MAP_FULL);
@@ -76,7 +80,7 @@ pub fn kprobe_inet_csk_get_port(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn kretprobe_inet_csk_get_port(ctx: RetProbeContext) -> u32 {
     if let Some(a) = take(Func::TcpGetPort) {
-        hooks::tcp_get_port_exit(a.sk, a.arg as u16, ctx.ret::<u64>() as i32);
+        hooks::tcp_get_port_exit(a.sk, a.arg as u16, ctx.ret::<u64>() as i32, a.start_ns);
     }
     0
 }
@@ -90,7 +94,7 @@ pub fn kprobe_udp_lib_get_port(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn kretprobe_udp_lib_get_port(ctx: RetProbeContext) -> u32 {
     if let Some(a) = take(Func::UdpGetPort) {
-        hooks::udp_get_port_exit(a.sk, a.arg as u16, ctx.ret::<u64>() as i32);
+        hooks::udp_get_port_exit(a.sk, a.arg as u16, ctx.ret::<u64>() as i32, a.start_ns);
     }
     0
 }

@@ -57,6 +57,11 @@ static TW_CANCELLED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static BINDING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
+/// When each thread entered the port allocator it is in (fentry tier): its time there.
+/// The allocators do not nest, and no softirq runs them.
+#[map]
+static GET_PORT_START: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
+
 /// Arguments of kprobed calls, by function and thread, for their kretprobes.
 #[map]
 static PROBE_ARGS: HashMap<u64, kprobe::ProbeArgs> = HashMap::with_max_entries(16384, 0);
@@ -94,7 +99,9 @@ named!(fentry::fentry_inet_bind, FENTRY_INET_BIND);
 named!(fentry::fexit_inet_bind, FEXIT_INET_BIND);
 named!(fentry::fentry_inet6_bind, FENTRY_INET6_BIND);
 named!(fentry::fexit_inet6_bind, FEXIT_INET6_BIND);
+named!(fentry::fentry_inet_csk_get_port, FENTRY_INET_CSK_GET_PORT);
 named!(fentry::fexit_inet_csk_get_port, FEXIT_INET_CSK_GET_PORT);
+named!(fentry::fentry_udp_lib_get_port, FENTRY_UDP_LIB_GET_PORT);
 named!(fentry::fexit_udp_lib_get_port, FEXIT_UDP_LIB_GET_PORT);
 named!(fentry::fentry_inet_hash_connect, FENTRY_INET_HASH_CONNECT);
 named!(fentry::fexit_inet_hash_connect, FEXIT_INET_HASH_CONNECT);

@@ -213,7 +213,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         } else {
             // Connecting started elsewhere; a non-blocking connect returns before the
             // handshake: report the port now.
-            connect::finish_connect(p.sk);
+            connect::finish_connect(p.sk, false);
         }
         return 0;
     }

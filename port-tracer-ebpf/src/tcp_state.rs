@@ -43,7 +43,7 @@ fn on_set_state(sk: u64, old: i32, new: i32) -> Result<(), i32> {
         return Ok(());
     }
     if old == TCP_SYN_SENT {
-        connect::finish_connect(sk);
+        connect::finish_connect(sk, false);
     }
     if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
         // An accepted socket, now with both addresses set.

@@ -167,6 +167,9 @@ fn storm(p: &Params) -> Vec<PortEvent> {
         let tw = 0xffff_8890_0000_0000 + i * 0x100;
         let mut connect = record(t, EventKind::Assign, client, port, raddr, rport);
         connect.origin = Origin::Connect as u8;
+        // Timed by the allocator hooks, as on the fentry and kprobe tiers.
+        connect.flags = flags::ALLOC_TIMED;
+        connect.alloc_ns = 800 + (i % 64) as u32 * 50;
         evs.push(connect);
         if local {
             let accepted = 0xffff_88a0_0000_0000 + i * 0x800;
@@ -232,7 +235,7 @@ fn storm(p: &Params) -> Vec<PortEvent> {
 }
 
 fn bytes_of(e: &PortEvent) -> &[u8] {
-    // SAFETY: PortEvent is plain integers, 104 bytes.
+    // SAFETY: PortEvent is plain integers, 128 bytes.
     unsafe { std::slice::from_raw_parts((e as *const PortEvent).cast(), size_of::<PortEvent>()) }
 }
 

@@ -2,6 +2,7 @@
 //! failures, port reuse and known anti-patterns. Pure: fed the tracker's outputs in order
 //! (the same in live tracing and in `report`), read once at the end.
 
+pub mod alloc_time;
 pub mod antipatterns;
 pub mod churn;
 pub mod failures;
@@ -14,7 +15,7 @@ pub mod timeline;
 use serde::Serialize;
 
 use crate::{
-    event::Kind,
+    event::{Kind, Origin},
     histogram::Bucket,
     lifetime::{HeldAtStart, Output},
     port_range::PortRange,
@@ -49,6 +50,7 @@ pub struct Analysis {
     pub holders: holders::PortHolders,
     pub reuse: reuse::Reuse,
     pub anti_patterns: antipatterns::AntiPatterns,
+    pub alloc_time: alloc_time::AllocTime,
 }
 
 /// What the analyses found.
@@ -64,6 +66,8 @@ pub struct AnalysisReport {
     /// Release to the next assignment of the same port (power-of-two buckets).
     pub port_reuse_histogram: Vec<Bucket>,
     pub anti_patterns: Vec<antipatterns::Finding>,
+    /// Time inside the kernel's allocator, by protocol, origin and occupancy.
+    pub allocator_time: alloc_time::AllocTimeReport,
 }
 
 impl Analysis {
@@ -97,6 +101,14 @@ impl Analysis {
                 self.headroom.seen(ev.ts_ns);
                 match ev.kind {
                     Kind::Assign => {
+                        if ev.origin.is_allocation() {
+                            // How full the range was for this search, before it took a port.
+                            let share = match ev.origin {
+                                Origin::Connect => self.headroom.used_share(ev),
+                                _ => self.occupancy.used_share(ev.ends.netns, ev.ends.proto),
+                            };
+                            self.alloc_time.assigned(ev, share);
+                        }
                         self.occupancy.assigned(ev);
                         self.headroom.assigned(ev);
                         self.holders.assigned(ev);
@@ -141,6 +153,7 @@ impl Analysis {
             destinations_not_followed: self.headroom.not_followed(),
             failures: self.failures.report(top, self.holders.not_kept),
             port_reuse_histogram: self.reuse.intervals.buckets(),
+            allocator_time: self.alloc_time.report(),
         }
     }
 }

@@ -202,6 +202,9 @@ pub struct Event {
     pub origin: Origin,
     pub errno: i32,
     pub task: Task,
+    /// Nanoseconds inside the kernel's port allocator, for assignments and failures on the
+    /// tiers that hook it (fentry, kprobe); `None` elsewhere.
+    pub alloc_ns: Option<u32>,
 }
 
 /// Why a ring buffer record could not be decoded.
@@ -307,6 +310,7 @@ impl Event {
                 comm: Comm(raw.comm),
                 thread: Comm(raw.thread),
             },
+            alloc_ns: (raw.flags & flags::ALLOC_TIMED != 0).then_some(raw.alloc_ns),
         })
     }
 }

@@ -53,7 +53,8 @@ pub(crate) mod testing {
     }
 
     /// A connect lifetime of `ends(40000)`: assigned at 1,000 ns, TIME_WAIT from 3,000,
-    /// released at 5,000; a process name that CSV must quote and a thread name.
+    /// released at 5,000, 1,500 ns inside the allocator; a process name that CSV must quote
+    /// and a thread name.
     pub fn lifetime() -> Lifetime {
         Lifetime {
             ends: ends(40000),
@@ -71,6 +72,7 @@ pub(crate) mod testing {
             time_wait_start: time(3_000),
             lossy: false,
             laddr_learnt: false,
+            alloc_ns: Some(1500),
         }
     }
 }

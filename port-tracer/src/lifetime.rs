@@ -53,6 +53,8 @@ pub struct Lifetime {
     pub lossy: bool,
     /// `ends.laddr` was the wildcard when the port was assigned; connect() chose it later.
     pub laddr_learnt: bool,
+    /// Nanoseconds the kernel's allocator took to give the port (fentry and kprobe tiers).
+    pub alloc_ns: Option<u32>,
 }
 
 impl Lifetime {
@@ -196,6 +198,7 @@ impl HeldAtStart {
             time_wait_start: self.time_wait.then(|| time(self.seen_ns)).flatten(),
             lossy: false,
             laddr_learnt: false,
+            alloc_ns: None,
         }
     }
 }
@@ -389,6 +392,7 @@ impl Tracker {
                     time_wait_start: None,
                     lossy: false,
                     laddr_learnt: false,
+                    alloc_ns: None,
                 }
             }
         }
@@ -517,6 +521,7 @@ impl Tracker {
                 time_wait_start: None,
                 lossy,
                 laddr_learnt: false,
+                alloc_ns: ev.alloc_ns,
             },
             emit,
         );

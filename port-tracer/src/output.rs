@@ -286,6 +286,7 @@ mod tests {
             time_wait_start: time(300),
             lossy: false,
             laddr_learnt: false,
+            alloc_ns: Some(42),
         };
         let mut p = jsonl::Jsonl::new(Vec::new(), WallClock { offset_ns: 0 });
         p.lifetime(&lt).unwrap();
@@ -298,6 +299,7 @@ mod tests {
         assert_eq!(v["origin"], "connect");
         assert_eq!(v["duration_ns"], 250);
         assert_eq!(v["time_wait_ns"], 50);
+        assert_eq!(v["alloc_ns"], 42);
     }
 
     #[test]
@@ -312,12 +314,14 @@ mod tests {
             time_wait_start: None,
             lossy: true,
             laddr_learnt: false,
+            alloc_ns: None,
         };
         let mut p = jsonl::Jsonl::new(Vec::new(), WallClock { offset_ns: 0 });
         p.lifetime(&lt).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&p.into_inner()).unwrap();
         assert!(v["released_ns"].is_null());
         assert!(v["duration_ns"].is_null());
+        assert!(v["alloc_ns"].is_null(), "a field, null when not measured");
         assert_eq!(v["lossy"], true);
     }
 

@@ -71,6 +71,8 @@ pub struct Rebuild {
     /// The kernel's lost count last seen: a rise marks the open lifetimes lossy.
     lost_seen: u64,
     span: Span,
+    /// Why the events carry no allocator time, when they cannot.
+    alloc_time_unmeasured: Option<String>,
 }
 
 impl Rebuild {
@@ -91,6 +93,7 @@ impl Rebuild {
                 start_ns,
                 end_ns: start_ns,
             },
+            alloc_time_unmeasured: None,
         }
     }
 
@@ -120,6 +123,12 @@ impl Rebuild {
     /// analyses' groups take the range they find when they begin.
     pub fn set_range(&mut self, range: PortRange) {
         self.stats.analysis.set_range(range);
+    }
+
+    /// Why the source's events carry no allocator time (see
+    /// [`crate::analysis::alloc_time::unmeasured_reason`]), for the summary.
+    pub fn set_alloc_time_unmeasured(&mut self, why: Option<String>) {
+        self.alloc_time_unmeasured = why;
     }
 
     /// Sockets that held ports when tracing started (see [`Tracker::set_held_at_start`]).
@@ -193,13 +202,15 @@ impl Rebuild {
                 .collect(),
             undecodable: self.undecodable,
         };
-        Summary::new(
+        let mut summary = Summary::new(
             &self.stats,
             &self.tracker.counters,
             lost,
             self.span,
             self.top,
-        )
+        );
+        summary.analysis.allocator_time.not_measured = self.alloc_time_unmeasured.take();
+        summary
     }
 
     /// Everything held goes to `out`, the lifetimes still open included, and the tables

@@ -110,6 +110,7 @@ mod tests {
             origin: Origin::Bind,
             errno: 0,
             task: Task::default(),
+            alloc_ns: None,
         }
     }
 

@@ -49,6 +49,9 @@ pub struct Tally {
     live_index: HashMap<(Proto, u32), usize>,
     live_last: Option<((Proto, u32), usize)>,
     pub lifetimes: DurationHistogram,
+    /// Time inside the allocator of timed allocations, by protocol and origin (in the order
+    /// first seen: a handful).
+    pub alloc_times: Vec<((Proto, Origin), DurationHistogram)>,
     /// Outputs by kind, for the summary.
     pub counts: Counts,
 }
@@ -86,6 +89,9 @@ impl Tally {
                         if ev.origin.is_allocation() {
                             c.allocations += 1;
                             self.allocations[proto_index(ev.ends.proto)][ev.origin as usize] += 1;
+                            if let Some(ns) = ev.alloc_ns {
+                                self.alloc_time(ev.ends.proto, ev.origin).add(ns.into());
+                            }
                         }
                         *self.live_mut(ev.ends.proto, ev.ends.netns) += 1;
                     }
@@ -100,6 +106,18 @@ impl Tally {
             }
             Output::Lifetime(lt) => self.lifetime_out(lt),
         }
+    }
+
+    fn alloc_time(&mut self, proto: Proto, origin: Origin) -> &mut DurationHistogram {
+        let key = (proto, origin);
+        let i = match self.alloc_times.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                self.alloc_times.push((key, DurationHistogram::allocator()));
+                self.alloc_times.len() - 1
+            }
+        };
+        &mut self.alloc_times[i].1
     }
 
     /// The live count of (`proto`, `netns`), made at 0 the first time.

@@ -9,15 +9,16 @@
 //! ```
 //!
 //! Integers are little-endian; each CRC-32 covers what precedes it in its header or block
-//! (after the magic), payload included. Blocks: `EVENTS` (raw 120-byte kernel records,
+//! (after the magic), payload included. Blocks: `EVENTS` (raw 128-byte kernel records,
 //! back to back, as the ring buffer delivered them), `LOST` (the kernel's cumulative
 //! lost-event counters, one u64 per reason), `HELD` (sockets holding ports at start, JSON),
 //! `RANGES` (ephemeral ranges of namespaces first seen after the start, JSON, written
 //! before the events of those namespaces), `END` (a clean end, with the monotonic time
 //! recording stopped as a u64; a file without it was cut short).
 //!
-//! Version 1 (records of 104 bytes: no thread name, and `comm` was the thread's name) is
-//! still read: its records are widened to this version's with an empty thread name.
+//! Versions 1 (records of 104 bytes: no thread name, and `comm` was the thread's name) and
+//! 2 (120 bytes: no time inside the allocator) are still read: their records are widened
+//! to this version's with an empty thread name and no allocator time.
 
 use std::io::{self, Read, Write};
 
@@ -29,11 +30,13 @@ pub use crate::port_range::PortRange;
 
 pub const MAGIC: [u8; 8] = *b"PTRACE\r\n";
 /// The format version this build writes and the newest it reads.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Size of one kernel record (`port_tracer_common::PortEvent`).
 pub const RECORD_SIZE: usize = std::mem::size_of::<port_tracer_common::PortEvent>();
 /// Size of a record in version 1 traces.
 const RECORD_SIZE_V1: usize = port_tracer_common::PORT_EVENT_V1_SIZE;
+/// Size of a record in version 2 traces.
+const RECORD_SIZE_V2: usize = port_tracer_common::PORT_EVENT_V2_SIZE;
 /// Blocks larger than this are refused as corrupt (the writer never makes them).
 const MAX_BLOCK: u32 = 64 << 20;
 
@@ -316,6 +319,8 @@ pub struct TraceReader<R: Read> {
     /// Bytes consumed so far: where the next block starts.
     pub offset: u64,
     pub meta: Metadata,
+    /// The file's format version.
+    pub version: u16,
     /// The file's record size (older versions' records are widened to [`RECORD_SIZE`]).
     record_size: usize,
 }
@@ -402,10 +407,10 @@ impl<R: Read> TraceReader<R> {
             offset: 16,
             what: format!("metadata: {e}"),
         })?;
-        let expected = if version == 1 {
-            RECORD_SIZE_V1
-        } else {
-            RECORD_SIZE
+        let expected = match version {
+            1 => RECORD_SIZE_V1,
+            2 => RECORD_SIZE_V2,
+            _ => RECORD_SIZE,
         };
         if meta.record_size as usize != expected {
             return Err(TraceError::Corrupt {
@@ -420,6 +425,7 @@ impl<R: Read> TraceReader<R> {
             r,
             offset: crc_at + 4,
             meta,
+            version,
             record_size: expected,
         })
     }

@@ -2171,3 +2171,143 @@ fn one_destination_runs_out_while_the_range_does_not_and_failures_say_why() {
         "{tw:#?}"
     );
 }
+
+/// The median of `v` (sorted in place).
+fn median(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+#[test]
+fn time_inside_the_allocator_grows_as_the_range_fills() {
+    require_root!();
+    const RANGE: u16 = 400;
+    let tracer = Tracer::start();
+    let tier_times_it = !tracer
+        .startup
+        .iter()
+        .any(|l| l.contains("tracing with the tracepoint tier"));
+    struct Seen {
+        netns: u64,
+        /// connect()'s ports in the order they were given.
+        connected: Vec<u16>,
+        bound: u16,
+        bound_ephemeral: u16,
+        udp_ephemeral: u16,
+    }
+    let seen = std::thread::spawn(|| {
+        let netns = enter_new_netns();
+        std::fs::write(
+            "/proc/sys/net/ipv4/ip_local_port_range",
+            format!("40000 {}", 40000 + RANGE - 1),
+        )
+        .unwrap();
+        // One of each other allocation first, while the range is empty.
+        let bound = TcpListener::bind("127.0.0.1:7000").unwrap();
+        let ephemeral = TcpListener::bind("127.0.0.1:0").unwrap();
+        let udp = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let (bound_ephemeral, udp_ephemeral) = (
+            ephemeral.local_addr().unwrap().port(),
+            udp.local_addr().unwrap().port(),
+        );
+        drop((bound, ephemeral, udp));
+        // Every port of the range towards one destination: each search walks further.
+        let server = TcpListener::bind("127.0.0.1:5000").unwrap();
+        let mut held = Vec::new();
+        for _ in 0..RANGE {
+            let c = TcpStream::connect("127.0.0.1:5000").unwrap();
+            held.push((c, server.accept().unwrap().0));
+        }
+        let e = TcpStream::connect("127.0.0.1:5000").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}");
+        let connected = held
+            .iter()
+            .map(|(c, _)| c.local_addr().unwrap().port())
+            .collect();
+        for (c, a) in held {
+            reset_close(c);
+            drop(a);
+        }
+        Seen {
+            netns,
+            connected,
+            bound: 7000,
+            bound_ephemeral,
+            udp_ephemeral,
+        }
+    })
+    .join()
+    .unwrap();
+    let t = tracer.stop();
+    let alloc_ns = |proto: &str, port: u16| -> Option<u64> {
+        let l = t
+            .lifetimes(proto, port)
+            .into_iter()
+            .find(|l| l["netns"] == seen.netns && l["origin"] != "inherited")
+            .unwrap_or_else(|| panic!("no {proto} lifetime of {port}"));
+        l["alloc_ns"].as_u64()
+    };
+    let others = [
+        ("tcp", seen.bound),
+        ("tcp", seen.bound_ephemeral),
+        ("udp", seen.udp_ephemeral),
+    ];
+    let connects: Vec<Option<u64>> = seen.connected.iter().map(|&p| alloc_ns("tcp", p)).collect();
+    let failure = t
+        .of_type("alloc_failure")
+        .find(|f| f["netns"] == seen.netns)
+        .expect("the EADDRNOTAVAIL");
+    let summary = t.summary();
+    let report = &summary["allocator_time"];
+    if !tier_times_it {
+        // Null everywhere, and the summary says why.
+        assert!(connects.iter().all(Option::is_none));
+        assert!(others.iter().all(|&(p, port)| alloc_ns(p, port).is_none()));
+        assert!(failure["alloc_ns"].is_null(), "{failure}");
+        let why = report["not_measured"].as_str().unwrap_or_default();
+        assert!(why.contains("the tracepoint tier"), "{report:#}");
+        return;
+    }
+    for (proto, port) in others {
+        let ns = alloc_ns(proto, port);
+        assert!(ns.is_some_and(|n| n > 0), "{proto} {port}: {ns:?}");
+    }
+    assert!(
+        failure["alloc_ns"].as_u64().is_some_and(|n| n > 0),
+        "{failure}"
+    );
+    let connects: Vec<u64> = connects
+        .into_iter()
+        .map(|n| n.expect("every connect timed"))
+        .collect();
+    // The first tenth found a free port at once; the last tenth searched a range 90% used
+    // towards this destination.
+    let tenth = usize::from(RANGE / 10);
+    let (early, late) = (
+        median(&mut connects[..tenth].to_vec()),
+        median(&mut connects[connects.len() - tenth..].to_vec()),
+    );
+    assert!(
+        late > 2 * early,
+        "median connect() search: {early} ns with the range empty, {late} ns nearly full"
+    );
+    eprintln!("median connect() search: {early} ns empty, {late} ns 90% full");
+    // The report ties the times to how full the range was.
+    assert!(report["not_measured"].is_null(), "{report:#}");
+    let group = report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["proto"] == "tcp" && g["origin"] == "connect")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    let band = |label: &str| -> u64 {
+        let b = group["by_occupancy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["label"] == label)
+            .unwrap_or_else(|| panic!("no band {label}: {group:#}"));
+        b["p50_ns"].as_u64().unwrap()
+    };
+    assert!(band("90-99%") > 2 * band("under 50%"), "{group:#}");
+}

@@ -575,6 +575,25 @@ impl Headroom {
         }
     }
 
+    /// The share of the range a connect() `ev` could not use towards its destination just
+    /// before it got its port: bind-held ports and ports already connected to it (how far
+    /// the kernel's search had to walk). None when the range is not known.
+    pub fn used_share(&self, ev: &Event) -> Option<f64> {
+        let e = &ev.ends;
+        let space = self
+            .spaces
+            .get(&e.netns)
+            .filter(|s| e.proto == Proto::Tcp && s.size > 0)?;
+        let key = DestKey {
+            netns: e.netns,
+            laddr: e.laddr,
+            raddr: e.raddr,
+            rport: e.rport,
+        };
+        let level = self.dests.get(&key).map_or(0, |d| d.level);
+        Some((f64::from(space.bound_ports + level) / f64::from(space.size)).min(1.0))
+    }
+
     /// The headroom towards the destination of a failed connect() `ev`, at its instant.
     /// Its local address may be the wildcard (chosen with the port): then the busiest
     /// destination with that remote end.

@@ -331,6 +331,25 @@ impl Occupancy {
         }
     }
 
+    /// The share of `netns`'s range that `proto` holds now, all local addresses together
+    /// (how far a bind(0) or autobind search walks). None when the range is not known.
+    pub fn used_share(&self, netns: u32, proto: Proto) -> Option<f64> {
+        let size = self.ranges.get(&netns)?.size();
+        if size == 0 {
+            return None;
+        }
+        let key = GroupKey {
+            netns,
+            proto,
+            laddr: None,
+        };
+        let level = self
+            .group_of
+            .get(&key)
+            .map_or(0, |&g| self.groups[g as usize].level);
+        Some((f64::from(level) / f64::from(size)).min(1.0))
+    }
+
     /// How full each range is now, every group (all-address ones included).
     pub fn current(&self) -> impl Iterator<Item = Current> + '_ {
         self.groups.iter().map(|g| Current {

@@ -45,6 +45,7 @@ fn assign(ts: u64, sock: u64, lport: u16, origin: Origin, pid: u32) -> Output {
         origin,
         errno: 0,
         task: task(pid),
+        alloc_ns: None,
     })
 }
 
@@ -60,6 +61,7 @@ fn ended(sock: u64, lport: u16, from: u64, tw: Option<u64>, to: Option<u64>, pid
         time_wait_start: time_of(tw),
         lossy: false,
         laddr_learnt: false,
+        alloc_ns: None,
     })
 }
 
@@ -263,6 +265,7 @@ fn bind_zero_before_connect_is_named_with_its_process() {
             time_wait_start: None,
             lossy: false,
             laddr_learnt: false,
+            alloc_ns: None,
         })
     };
     feed(
@@ -324,6 +327,7 @@ fn failures_are_grouped_by_process_destination_and_error() {
             origin: Origin::Connect,
             errno: 99,
             task: task(1),
+            alloc_ns: None,
         })
     };
     feed(&mut a, &[fail(5, 80), fail(7, 80), fail(8, 443)]);
@@ -354,6 +358,7 @@ fn time_wait_seen_through_the_tracker_counts_at_the_peak() {
         origin: Origin::Connect,
         errno: 0,
         task: task(1),
+        alloc_ns: None,
     };
     let events = [
         ev(1, Kind::Assign, 1, false),
@@ -442,6 +447,7 @@ fn tcp_lifetime(ev: &Event, to: Option<u64>) -> Output {
         time_wait_start: None,
         lossy: false,
         laddr_learnt: false,
+        alloc_ns: None,
     })
 }
 
@@ -697,4 +703,69 @@ fn a_destination_filled_by_time_wait_names_its_holders() {
     assert_eq!(d.time_wait_share_at_min, Some(0.9));
     let found: Vec<(&str, u32)> = r.anti_patterns.iter().map(|f| (f.pattern, f.pid)).collect();
     assert_eq!(found, [("time_wait_bound_range", 1)]);
+}
+
+#[test]
+fn allocator_time_is_split_by_how_full_the_range_was_for_that_search() {
+    // 10 ports; connect()s to one destination take longer as it fills; a bind(0) search
+    // sees distinct ports held (the same 10, then one more bound: a second address).
+    let mut a = Analysis::new(0);
+    a.set_range(range(40000, 40009));
+    let timed = |o: Output, ns: u32| match o {
+        Output::Event(ev) => Output::Event(Event {
+            alloc_ns: Some(ns),
+            ..ev
+        }),
+        o => o,
+    };
+    for i in 0..10u16 {
+        // Before the i-th: i of 10 ports used towards it.
+        let ns = 1000 * (u32::from(i) + 1);
+        let o = assign(
+            u64::from(i) + 1,
+            u64::from(i) + 1,
+            40000 + i,
+            Origin::Connect,
+            1,
+        );
+        feed(&mut a, &[timed(o, ns)]);
+    }
+    // Untimed (another tier's event) and a bind(0) with the range full of connections.
+    feed(&mut a, &[assign(20, 20, 41000, Origin::Bind, 2)]);
+    let mut b = assign(21, 21, 40005, Origin::BindEphemeral, 2);
+    if let Output::Event(ev) = &mut b {
+        ev.ends.laddr = "127.0.0.2".parse().unwrap();
+    }
+    feed(&mut a, &[timed(b, 70_000)]);
+    let r = a.report(Span::default(), 10).allocator_time;
+    assert_eq!(r.untimed, 1);
+    assert_eq!(r.groups.len(), 2);
+    let connect = r.groups.iter().find(|g| g.origin == "connect").unwrap();
+    assert_eq!(connect.count, 10);
+    assert_eq!(connect.max_ns, Some(10_000));
+    let bands: Vec<(&str, u64, Option<u64>)> = connect
+        .by_occupancy
+        .iter()
+        .map(|b| (b.label, b.count, b.max_ns))
+        .collect();
+    // 0-4 of 10 used: under 50%; 5-8: 50-90%; 9: 90-99%.
+    assert_eq!(
+        bands,
+        [
+            ("under 50%", 5, Some(5000)),
+            ("50-90%", 4, Some(9000)),
+            ("90-99%", 1, Some(10_000))
+        ]
+    );
+    let bind = r
+        .groups
+        .iter()
+        .find(|g| g.origin == "bind_ephemeral")
+        .unwrap();
+    assert_eq!(bind.by_occupancy[0].label, "99% and over");
+    assert_eq!(
+        bind.p50_ns,
+        Some(70_000 & !((1 << 13) - 1)),
+        "within an eighth of an octave"
+    );
 }

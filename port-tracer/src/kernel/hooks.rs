@@ -50,14 +50,14 @@ pub const HOOKS: &[Hook] = &[
     Hook {
         names: &["inet_csk_get_port"],
         params: 2,
-        entry: progs("", P::KPROBE_INET_CSK_GET_PORT),
+        entry: progs(P::FENTRY_INET_CSK_GET_PORT, P::KPROBE_INET_CSK_GET_PORT),
         exit: progs(P::FEXIT_INET_CSK_GET_PORT, P::KRETPROBE_INET_CSK_GET_PORT),
         optional: false,
     },
     Hook {
         names: &["udp_lib_get_port"],
         params: 3,
-        entry: progs("", P::KPROBE_UDP_LIB_GET_PORT),
+        entry: progs(P::FENTRY_UDP_LIB_GET_PORT, P::KPROBE_UDP_LIB_GET_PORT),
         exit: progs(P::FEXIT_UDP_LIB_GET_PORT, P::KRETPROBE_UDP_LIB_GET_PORT),
         optional: false,
     },

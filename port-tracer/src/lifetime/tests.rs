@@ -50,6 +50,7 @@ impl E {
             origin: Origin::Unknown,
             errno: 0,
             task: task(100, "app"),
+            alloc_ns: None,
         })
     }
     fn assign(ts: u64, sock: u64, lport: u16, origin: Origin) -> E {

@@ -166,6 +166,11 @@ pub async fn run(config: LiveConfig) -> Result<()> {
     for r in held_ranges {
         live.engine.set_range(r);
     }
+    live.engine
+        .set_alloc_time_unmeasured(crate::analysis::alloc_time::unmeasured_reason(
+            kernel.tier.info().name,
+            None,
+        ));
     live.engine.set_held_at_start(held_at_start);
     let publisher = metrics_listener
         .map(|listener| Publisher::serve(listener, live.metrics_snapshot(&[0; lost::NAMES.len()])));

@@ -34,6 +34,12 @@ impl Snapshot {
             // Namespaces with nothing live leave the exposition (they may be gone for good).
             tally.live.iter().filter(|&&(_, n)| n > 0).map(|&((p, ns), n)| (p, ns, n)).collect();
         live_ports.sort();
+        let mut allocator: Vec<(Proto, Origin, HistogramSnapshot)> = tally
+            .alloc_times
+            .iter()
+            .map(|&((p, o), ref h)| (p, o, h.snapshot()))
+            .collect();
+        allocator.sort_by_key(|a| (a.0, a.1));
         Snapshot {
             allocations: by_origin(&tally.allocations, true),
             releases: by_origin(&tally.releases, false),
@@ -41,6 +47,7 @@ impl Snapshot {
             live_ports,
             lost,
             lifetimes: tally.lifetimes.snapshot(),
+            allocator,
             occupancy: Vec::new(),
             headroom: Vec::new(),
         }
@@ -91,6 +98,8 @@ pub struct Snapshot {
     /// (reason, events lost).
     pub lost: Vec<(&'static str, u64)>,
     pub lifetimes: HistogramSnapshot,
+    /// Time inside the allocator, per protocol and origin that had a timed allocation.
+    pub allocator: Vec<(Proto, Origin, HistogramSnapshot)>,
     /// From the occupancy analysis ([`Occupancy::of`]).
     pub occupancy: Vec<Occupancy>,
     /// connect()'s headroom of the destinations closest to running out

@@ -73,6 +73,19 @@ impl Collector for SnapshotCollector {
         )?
         .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.buckets, None)?;
 
+        if !s.allocator.is_empty() {
+            let mut m = enc.encode_descriptor(
+                "port_tracer_allocator",
+                "Time inside the kernel's port allocator per allocation (inet_csk_get_port, udp_lib_get_port, connect()'s port search; fentry and kprobe tiers only): long when the range is nearly full",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for (proto, origin, h) in &s.allocator {
+                m.encode_family(&[("proto", proto.as_str()), ("origin", origin.as_str())])?
+                    .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.buckets, None)?;
+            }
+        }
+
         gauges(
             &mut enc,
             "port_tracer_range_occupancy_ratio",

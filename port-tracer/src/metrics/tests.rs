@@ -23,6 +23,7 @@ fn event(kind: Kind, proto: Proto, lport: u16, origin: Origin) -> Event {
         origin,
         errno: 0,
         task: Task::default(),
+        alloc_ns: None,
     }
 }
 
@@ -43,6 +44,7 @@ fn ended(proto: Proto, lport: u16, origin: Origin, assigned: Option<u64>, ns: u6
         time_wait_start: None,
         lossy: false,
         laddr_learnt: false,
+        alloc_ns: None,
     })
 }
 
@@ -206,6 +208,10 @@ fn occupancy_gauges_come_from_the_occupancy_analysis() {
 fn the_exposition_has_every_family() {
     let mut c = Tally::default();
     c.observe(&assign(Proto::Tcp, 40000, Origin::Connect));
+    // 3 µs inside the allocator (an untimed assignment, above, counts in no bucket).
+    let mut timed = event(Kind::Assign, Proto::Tcp, 40001, Origin::Connect);
+    timed.alloc_ns = Some(3_000);
+    c.observe(&Output::Event(timed));
     c.observe(&ended(
         Proto::Udp,
         5353,
@@ -224,12 +230,12 @@ fn the_exposition_has_every_family() {
     let text = encode::text(&encode::registry(shared)).unwrap();
     for line in [
         "# TYPE port_tracer_allocations_total counter",
-        "port_tracer_allocations_total{proto=\"tcp\",origin=\"connect\"} 1",
+        "port_tracer_allocations_total{proto=\"tcp\",origin=\"connect\"} 2",
         "port_tracer_allocations_total{proto=\"udp\",origin=\"bind\"} 0",
         "port_tracer_releases_total{proto=\"udp\",origin=\"bind\"} 1",
         "# TYPE port_tracer_allocation_failures_total counter",
         "# TYPE port_tracer_live_ports gauge",
-        "port_tracer_live_ports{proto=\"tcp\",netns=\"7\"} 1",
+        "port_tracer_live_ports{proto=\"tcp\",netns=\"7\"} 2",
         "port_tracer_lost_events_total{reason=\"ringbuf_full\"} 3",
         "port_tracer_lost_events_total{reason=\"undecodable\"} 0",
         "# TYPE port_tracer_lifetime_seconds histogram",
@@ -239,6 +245,10 @@ fn the_exposition_has_every_family() {
         "port_tracer_lifetime_seconds_bucket{le=\"4\"} 1",
         "port_tracer_lifetime_seconds_bucket{le=\"+Inf\"} 1",
         "port_tracer_range_occupancy_ratio{netns=\"7\",proto=\"tcp\",laddr=\"*\"} 0.1",
+        "# TYPE port_tracer_allocator_seconds histogram",
+        "port_tracer_allocator_seconds_count{proto=\"tcp\",origin=\"connect\"} 1",
+        "port_tracer_allocator_seconds_bucket{proto=\"tcp\",origin=\"connect\",le=\"1.9073486328125e-06\"} 0",
+        "port_tracer_allocator_seconds_bucket{proto=\"tcp\",origin=\"connect\",le=\"3.814697265625e-06\"} 1",
     ] {
         assert!(
             text.lines().any(|l| l == line),

@@ -13,7 +13,8 @@ pub enum ColumnType {
     U16,
     U32,
     U64,
-    /// Unsigned 64-bit, null when unknown (times not seen, lifetimes not ended).
+    /// Unsigned 64-bit, null when unknown (times not seen, lifetimes not ended, allocator
+    /// time on a tier that does not measure it).
     OptionalU64,
     Bool,
 }
@@ -83,5 +84,8 @@ pub const LIFETIME_COLUMNS: &[Column] = &[
         lt.time_wait_start_ns().into()
     }),
     column("time_wait_ns", OptionalU64, |lt| lt.time_wait_ns().into()),
+    column("alloc_ns", OptionalU64, |lt| {
+        lt.alloc_ns.map(u64::from).into()
+    }),
     column("lossy", Bool, |lt| Value::Bool(lt.lossy)),
 ];

@@ -74,6 +74,10 @@ impl<W: Write> Printer for Jsonl<W> {
         l.raw("\",\"ts_ns\":");
         l.u64(ev.ts_ns);
         l.socket(&ev.ends, &ev.task, ev.origin, ev.sock_id);
+        if matches!(ev.kind, Kind::Assign | Kind::AllocFailure) {
+            l.raw(",\"alloc_ns\":");
+            l.opt_u64(ev.alloc_ns.map(u64::from));
+        }
         if ev.kind == Kind::AllocFailure {
             l.raw(",\"errno\":");
             l.i64(ev.errno.into());
@@ -102,6 +106,8 @@ impl<W: Write> Printer for Jsonl<W> {
         l.opt_u64(lt.time_wait_start_ns());
         l.raw(",\"time_wait_ns\":");
         l.opt_u64(lt.time_wait_ns());
+        l.raw(",\"alloc_ns\":");
+        l.opt_u64(lt.alloc_ns.map(u64::from));
         l.raw(if lt.lossy {
             ",\"lossy\":true}\n"
         } else {

@@ -4,6 +4,7 @@ use std::io::{self, Write};
 
 use crate::{
     analysis::{
+        alloc_time::AllocTimeReport,
         antipatterns::Finding,
         churn::{ChurnReport, Count},
         failures::{FailureGroup, FailureReport},
@@ -140,6 +141,7 @@ pub(crate) fn write(out: &mut impl Write, s: &Summary, clock: &WallClock) -> io:
     occupancies(out, &s.analysis.occupancy, clock)?;
     destinations(out, &s.analysis, clock)?;
     failures(out, &s.analysis.failures, clock)?;
+    allocator_time(out, &s.analysis.allocator_time)?;
     distributions(out, s)?;
     anti_patterns(out, &s.analysis.anti_patterns)
 }
@@ -445,6 +447,52 @@ fn failures(out: &mut impl Write, f: &FailureReport, clock: &WallClock) -> io::R
             "    ({} sockets past a million open at once are not named as holders)",
             f.holders_not_kept
         )?;
+    }
+    Ok(())
+}
+
+/// Time inside the allocator per protocol and origin, then by how full the range was.
+fn allocator_time(out: &mut impl Write, a: &AllocTimeReport) -> io::Result<()> {
+    const TITLE: &str = "\nTime inside the kernel's port allocator";
+    if a.groups.is_empty() {
+        if let (Some(why), true) = (&a.not_measured, a.untimed > 0) {
+            writeln!(out, "{TITLE}: not measured: {why}")?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{TITLE} (its search, entry to exit), by how full the range was for it (connect(): \
+         ports it could not use towards its destination; bind(0) and autobind: ports held):"
+    )?;
+    let times = |n: u64, p50: Option<u64>, p99: Option<u64>, max: Option<u64>| {
+        let d = |v: Option<u64>| v.map_or("-".into(), human_duration);
+        format!("{n}: median {}, p99 {}, max {}", d(p50), d(p99), d(max))
+    };
+    for g in &a.groups {
+        writeln!(
+            out,
+            "  {} {} {}",
+            g.proto,
+            g.origin,
+            times(g.count, g.p50_ns, g.p99_ns, g.max_ns)
+        )?;
+        if g.by_occupancy.len() > 1 || g.by_occupancy.iter().any(|b| b.occupancy_from.is_some()) {
+            for b in &g.by_occupancy {
+                let band = match b.occupancy_from {
+                    Some(_) => format!("range {} full", b.label),
+                    None => b.label.to_string(),
+                };
+                writeln!(
+                    out,
+                    "    {band:<22} {}",
+                    times(b.count, b.p50_ns, b.p99_ns, b.max_ns)
+                )?;
+            }
+        }
+    }
+    if a.untimed > 0 {
+        writeln!(out, "  ({} allocations without a time)", a.untimed)?;
     }
     Ok(())
 }

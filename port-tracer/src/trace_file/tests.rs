@@ -215,38 +215,44 @@ fn a_length_beyond_the_file_is_truncation_at_the_block() {
 }
 
 #[test]
-fn version_1_traces_are_read_with_their_records_widened() {
-    // Written by port-tracer before records carried the thread's name: 104-byte records.
-    let mut old = meta();
-    old.record_size = RECORD_SIZE_V1 as u32;
-    let mut w = TraceWriter::new(Vec::new(), &old).unwrap();
-    let rec: Vec<u8> = (0..RECORD_SIZE_V1).map(|i| i as u8).collect();
-    w.push_record(&rec);
-    w.push_record(&rec);
-    w.finish(7).unwrap();
-    let mut bytes = w.out;
-    bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
-    let bytes = crate::trace_check::repair_checksums(&bytes);
-    let mut r = TraceReader::new(&bytes[..]).unwrap();
-    let Some(Block::Events(events)) = r.next_block().unwrap() else {
-        panic!("an events block first")
-    };
-    assert_eq!(events.len(), 2 * RECORD_SIZE);
-    for got in events.chunks_exact(RECORD_SIZE) {
-        assert_eq!(&got[..RECORD_SIZE_V1], &rec[..]);
+fn older_traces_are_read_with_their_records_widened() {
+    // Version 1: before records carried the thread's name (104 bytes); version 2: before
+    // they carried the time inside the allocator (120 bytes).
+    for (version, size, lacks) in [
+        (1u16, RECORD_SIZE_V1, "no thread name"),
+        (2, RECORD_SIZE_V2, "no allocator time"),
+    ] {
+        let mut old = meta();
+        old.record_size = size as u32;
+        let mut w = TraceWriter::new(Vec::new(), &old).unwrap();
+        let rec: Vec<u8> = (0..size).map(|i| i as u8).collect();
+        w.push_record(&rec);
+        w.push_record(&rec);
+        w.finish(7).unwrap();
+        let mut bytes = w.out;
+        bytes[8..10].copy_from_slice(&version.to_le_bytes());
+        let bytes = crate::trace_check::repair_checksums(&bytes);
+        let mut r = TraceReader::new(&bytes[..]).unwrap();
+        let Some(Block::Events(events)) = r.next_block().unwrap() else {
+            panic!("an events block first")
+        };
+        assert_eq!(events.len(), 2 * RECORD_SIZE);
+        for got in events.chunks_exact(RECORD_SIZE) {
+            assert_eq!(&got[..size], &rec[..]);
+            assert!(got[size..].iter().all(|&b| b == 0), "{lacks}");
+        }
+        assert_eq!(r.next_block().unwrap(), Some(Block::End(Some(7))));
+
+        // An older trace claiming this version's record size is corrupt.
+        let mut wrong = meta();
+        wrong.record_size = RECORD_SIZE as u32;
+        let mut bytes = TraceWriter::new(Vec::new(), &wrong).unwrap().out;
+        bytes[8..10].copy_from_slice(&version.to_le_bytes());
+        let bytes = crate::trace_check::repair_checksums(&bytes);
+        let e = TraceReader::new(&bytes[..]).err().unwrap().to_string();
         assert!(
-            got[RECORD_SIZE_V1..].iter().all(|&b| b == 0),
-            "no thread name"
+            e.contains(&format!("version {version} traces have {size}")),
+            "{e}"
         );
     }
-    assert_eq!(r.next_block().unwrap(), Some(Block::End(Some(7))));
-
-    // A version 1 trace claiming this version's record size is corrupt, and the reverse.
-    let mut wrong = meta();
-    wrong.record_size = RECORD_SIZE as u32;
-    let mut bytes = TraceWriter::new(Vec::new(), &wrong).unwrap().out;
-    bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
-    let bytes = crate::trace_check::repair_checksums(&bytes);
-    let e = TraceReader::new(&bytes[..]).err().unwrap().to_string();
-    assert!(e.contains("version 1 traces have 104"), "{e}");
 }

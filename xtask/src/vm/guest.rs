@@ -55,6 +55,8 @@ pub struct Outcome {
     /// thread's state and kernel stack, each CPU's backtrace), if the console fell silent.
     pub hang_dump: Vec<String>,
     in_hang_dump: bool,
+    /// The hang watch's dump ended: the guest is hung, nothing more will come.
+    hung: bool,
     /// When the last test or section mark arrived: each progress line says how long its
     /// test took (tests run one at a time), so that CI's time can be accounted for.
     last_mark: Option<Instant>,
@@ -129,6 +131,10 @@ pub fn boot(kernel: &Kernel, initramfs: &Path, log: &Path, limits: &Limits) -> R
             out.tail.remove(0);
         }
         read_line(kernel.name, &line, &mut out);
+        if out.hung {
+            let _ = child.kill();
+            break;
+        }
     }
     let _ = child.wait();
     Ok(out)
@@ -148,7 +154,7 @@ impl Outcome {
             again.crash,
             again.crash_trace,
         );
-        self.hang_dump.extend(again.hang_dump);
+        self.hang_dump = again.hang_dump;
         self.crashes.push(crash);
         self.crashes.extend(again.crashes);
     }
@@ -210,7 +216,17 @@ pub fn read_line(kernel: &str, line: &str, out: &mut Outcome) {
                 out.in_hang_dump = true;
                 out.hang_dump.push(line.to_string());
             }
-            Some("hang") => out.in_hang_dump = false,
+            Some("hang") => {
+                // Hung like a crashed kernel: the sections left go to another boot.
+                out.in_hang_dump = false;
+                out.hung = true;
+                if out.crash.is_none() {
+                    let test = out.sections.last().map_or("?".into(), |s| {
+                        format!("{} after {} tests", s.name, s.passed + s.failed)
+                    });
+                    out.crash = Some(format!("hung: a test printed nothing for 120 s ({test})"));
+                }
+            }
             _ => println!("[{kernel}] {line}"),
         }
         return;

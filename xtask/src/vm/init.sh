@@ -27,16 +27,17 @@ export RUST_BACKTRACE=1
 # Tests of userspace alone (output, namespaces' ranges) skip here: the host runs them.
 export PORT_TRACER_IN_VM=1
 # A hang's cause, told before the host gives up on a silent console (240 s): when the
-# running suite has printed nothing for 150 s, every user thread's state and kernel stack,
-# and every CPU's backtrace, between "@@pt hang" and "@@pt hang end". (A hung test is a
-# wait in the kernel or a loop; a dead kernel prints nothing, which says that instead.)
+# running suite has printed nothing for 120 s, every user thread's state and kernel stack,
+# and every CPU's backtrace, between "@@pt hang" and "@@pt hang end"; the host then takes
+# the guest for hung. (A hung test is a wait in the kernel or a loop; a dead kernel prints
+# nothing, which says that instead.)
 watch_for_hang() {
   last=-1; quiet=0
   while sleep 10; do
     size=$(wc -c < /tmp/progress)
     if [ "$size" != "$last" ]; then last=$size; quiet=0; continue; fi
     quiet=$((quiet + 10))
-    [ $quiet -eq 150 ] || continue
+    [ $quiet -eq 120 ] || continue
     echo "@@pt hang: nothing printed for $quiet s; the user threads:"
     for t in /proc/[0-9]*/task/[0-9]*; do
       readlink "${t%/task/*}/exe" > /dev/null 2>&1 || continue  # not a kernel thread

@@ -194,8 +194,10 @@ pub fn run(opts: &Options) -> Result<Totals> {
         // The guest's kernel itself may crash under emulation (an int3 left by live code
         // patching, hit on a hot path while a tracepoint is switched on or off: seen on
         // 6.12's tracepoint suite; a soft lockup while programs detached, once on 5.10,
-        // made a panic by softlockup_panic=1 rather than a 900 s hang): more boots for
-        // what was left, said in the report.
+        // made a panic by softlockup_panic=1 rather than a 900 s hang), or hang (a test
+        // printing nothing for 120 s, after the guest's hang watch showed every thread's
+        // stack: once after the tracefs test on 5.10 and 6.1): more boots for what was
+        // left, said in the report with the crash's trace or the hang's dump.
         let mut log = log;
         for boot in 2..=BOOTS_AFTER_CRASHES {
             let (false, Some(crash)) = (outcome.done, outcome.crash.clone()) else {
@@ -203,16 +205,17 @@ pub fn run(opts: &Options) -> Result<Totals> {
             };
             let rest = plan.rest(&outcome);
             println!(
-                "[{}] the guest's kernel crashed: {crash}; booting again for {}",
+                "[{}] the guest crashed or hung: {crash}; booting again for {}",
                 k.name,
                 rest.sections().join(", ")
             );
             let initrd = initramfs::pack(k, &bins, &rest, &work)?;
             let again_log = work.join(format!("console-{}-boot{boot}.log", k.name));
             let again = guest::boot(k, &initrd, &again_log, &limits)?;
-            let trace: String = outcome
-                .crash_trace
+            // A hang's crash trace is the watch's dump.
+            let trace: String = std::mem::take(&mut outcome.hang_dump)
                 .iter()
+                .chain(&outcome.crash_trace)
                 .map(|l| format!("\n   {l}"))
                 .collect();
             outcome.continue_with(
@@ -270,7 +273,7 @@ pub fn run(opts: &Options) -> Result<Totals> {
         let bad: Vec<&guest::Section> = o.sections.iter().filter(|s| !s.ok()).collect();
         for crash in &o.crashes {
             reports.push(format!(
-                "== {}: the guest's kernel crashed, the sections left ran in a second boot: \
+                "== {}: the guest crashed or hung, the sections left ran in another boot: \
                  {crash}",
                 k.name
             ));
@@ -415,7 +418,7 @@ mod tests {
     }
 
     #[test]
-    fn a_hang_watchs_dump_is_kept_for_the_report() {
+    fn a_hang_watchs_dump_is_kept_for_the_report_and_the_guest_taken_for_hung() {
         let mut o = guest::Outcome::default();
         for l in [
             "@@pt begin tracepoint",
@@ -431,5 +434,10 @@ mod tests {
         assert_eq!(o.hang_dump.len(), 4, "through its end mark");
         assert!(o.hang_dump[1].contains("futex_wait_queue_me"));
         assert_eq!(o.sections[0].passed, 1);
+        let crash = o.crash.as_deref().unwrap();
+        assert!(
+            crash.contains("hung") && crash.contains("tracepoint after 1 tests"),
+            "{crash}"
+        );
     }
 }

@@ -29,6 +29,7 @@ fn time_wait() -> Lifetime {
         time_wait_start: time(3_000),
         lossy: false,
         laddr_learnt: false,
+        alloc_ns: None,
     }
 }
 
@@ -56,6 +57,7 @@ fn open_ipv6() -> Lifetime {
         time_wait_start: None,
         lossy: true,
         laddr_learnt: false,
+        alloc_ns: None,
     }
 }
 
