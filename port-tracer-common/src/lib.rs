@@ -280,7 +280,10 @@ pub struct PortEvent {
     /// (`inet_csk_get_port`, `udp_lib_get_port`, `inet_hash_connect`'s port search),
     /// saturating at `u32::MAX` (4.3 s).
     pub alloc_ns: u32,
-    pub _pad2: u32,
+    /// The socket's own `IP_LOCAL_PORT_RANGE` (Linux 6.3+), `low | high << 16`, on
+    /// assignments and failures of connect(), bind(0) and autobind; 0: none (or a kernel
+    /// without it).
+    pub own_port_range: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<PortEvent>() == 128);
@@ -317,7 +320,7 @@ impl PortEvent {
             comm: [0; COMM_LEN],
             thread: [0; COMM_LEN],
             alloc_ns: 0,
-            _pad2: 0,
+            own_port_range: 0,
         }
     }
 }
@@ -360,11 +363,15 @@ pub struct KernelOffsets {
     // task_struct.group_leader and task_struct.comm: the process's name
     pub task_group_leader: u32,
     pub task_comm: u32,
+    /// inet_sock.local_port_range (Linux 6.3+: a socket's own `IP_LOCAL_PORT_RANGE`); 0:
+    /// the kernel has none.
+    pub inet_local_port_range: u32,
+    pub _pad: u32,
     /// Address of `tw_timer_handler`, the TIME_WAIT timer's callback.
     pub tw_timer_handler: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 104);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 112);
 
 /// Settings of the kernel programs, set by userspace before load.
 #[repr(C)]

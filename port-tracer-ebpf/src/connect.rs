@@ -10,7 +10,10 @@ use port_tracer_common::{flags, lost, EventKind, Origin, PortEvent, IPPROTO_TCP}
 
 use crate::{
     emit::{count_lost, emit},
-    kernel::{fill_event, fill_names, fill_sock, name_mut, off, read, sock_num, tid, Name},
+    kernel::{
+        fill_event, fill_names, fill_own_port_range, fill_sock, name_mut, off, read, sock_num, tid,
+        Name,
+    },
     pending::Call,
     CONNECTING, SYSCALLS,
 };
@@ -95,6 +98,7 @@ pub fn report_connect(sk: u64, syn_sent_ns: u64, had_port: bool) {
     };
     emit(|ev| {
         fill_event(ev, sk, EventKind::Assign, Origin::Connect, IPPROTO_TCP)?;
+        fill_own_port_range(ev, sk);
         ev.ts_ns = syn_sent_ns;
         ev.lport = port;
         if had_port {
@@ -108,6 +112,7 @@ pub fn report_connect(sk: u64, syn_sent_ns: u64, had_port: bool) {
 #[inline(always)]
 pub fn fill_connecting(ev: &mut PortEvent, sk: u64, c: &Connecting) -> Result<(), i32> {
     fill_sock(ev, sk)?;
+    fill_own_port_range(ev, sk);
     ev.ts_ns = c.ts_ns;
     ev.cgroup_id = c.cgroup_id;
     ev.pid = c.pid;

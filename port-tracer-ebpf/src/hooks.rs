@@ -12,7 +12,7 @@ use port_tracer_common::{flags, PortEvent};
 use crate::{
     connect,
     emit::{count_lost, emit},
-    kernel::{fill_event, off, read, sock_num, sock_protocol, tid},
+    kernel::{fill_event, fill_own_port_range, off, read, sock_num, sock_protocol, tid},
     tcp_state, time_wait, BINDING, GET_PORT_START,
 };
 
@@ -112,6 +112,7 @@ fn get_port_exit(
         emit(|ev| {
             fill_event(ev, sk, EventKind::Assign, origin, proto)?;
             set_alloc_time(ev, start_ns);
+            fill_own_port_range(ev, sk);
             Ok(())
         });
     } else {
@@ -120,6 +121,7 @@ fn get_port_exit(
             ev.errno = errno;
             ev.lport = snum;
             set_alloc_time(ev, start_ns);
+            fill_own_port_range(ev, sk);
             Ok(())
         });
     }

@@ -21,6 +21,16 @@ pub fn read<T>(base: u64, offset: usize) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel((base as usize + offset) as *const T) }
 }
 
+/// The socket's own port range (`IP_LOCAL_PORT_RANGE`, Linux 6.3+) into `ev`; nothing on
+/// kernels without it, or when the socket has none.
+#[inline(always)]
+pub fn fill_own_port_range(ev: &mut PortEvent, sk: u64) {
+    let at = off!(inet_local_port_range);
+    if at != 0 {
+        ev.own_port_range = read::<u32>(sk, at).unwrap_or(0);
+    }
+}
+
 /// The current thread's id.
 #[inline(always)]
 pub fn tid() -> u32 {

@@ -13,7 +13,10 @@ use port_tracer_common::{
 use crate::{
     connect,
     emit::{count_lost, emit},
-    kernel::{fill_event, is_inet, sock_family, sock_num, sock_of_fd, sock_protocol, tid},
+    kernel::{
+        fill_event, fill_own_port_range, is_inet, sock_family, sock_num, sock_of_fd, sock_protocol,
+        tid,
+    },
     pending::{Call, Pending},
     SYSCALLS,
 };
@@ -126,6 +129,7 @@ fn report(p: &Pending, kind: EventKind, origin: Origin) {
 fn failure(p: &Pending, origin: Origin, errno: i64, requested_local: bool) {
     emit(|ev| {
         fill(ev, p, EventKind::AllocFailure, origin)?;
+        fill_own_port_range(ev, p.sk);
         ev.errno = errno as i32;
         let a = user_sockaddr(p.uaddr)?;
         if requested_local {

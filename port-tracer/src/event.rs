@@ -205,6 +205,9 @@ pub struct Event {
     /// Nanoseconds inside the kernel's port allocator, for assignments and failures on the
     /// tiers that hook it (fentry, kprobe); `None` elsewhere.
     pub alloc_ns: Option<u32>,
+    /// The socket's own `IP_LOCAL_PORT_RANGE` (low, high), when it set one (Linux 6.3+;
+    /// on assignments and failures).
+    pub own_port_range: Option<(u16, u16)>,
 }
 
 /// Why a ring buffer record could not be decoded.
@@ -311,6 +314,8 @@ impl Event {
                 thread: Comm(raw.thread),
             },
             alloc_ns: (raw.flags & flags::ALLOC_TIMED != 0).then_some(raw.alloc_ns),
+            own_port_range: (raw.own_port_range != 0)
+                .then_some((raw.own_port_range as u16, (raw.own_port_range >> 16) as u16)),
         })
     }
 }

@@ -111,6 +111,7 @@ mod tests {
             errno: 0,
             task: Task::default(),
             alloc_ns: None,
+            own_port_range: None,
         }
     }
 

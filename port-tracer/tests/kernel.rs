@@ -2311,3 +2311,122 @@ fn time_inside_the_allocator_grows_as_the_range_fills() {
     };
     assert!(band("90-99%") > 2 * band("under 50%"), "{group:#}");
 }
+
+/// A TCP socket limited to ports `low..=high` (`IP_LOCAL_PORT_RANGE`, Linux 6.3+)
+/// connected to 127.0.0.2:`port`: the stream, or the errno of setsockopt (ENOPROTOOPT:
+/// an older kernel) or of connect.
+fn connect_in_own_range(low: u16, high: u16, port: u16) -> Result<TcpStream, (&'static str, i32)> {
+    use std::os::fd::FromRawFd;
+    const IP_LOCAL_PORT_RANGE: libc::c_int = 51;
+    let errno = || std::io::Error::last_os_error().raw_os_error().unwrap();
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let stream = TcpStream::from_raw_fd(fd);
+        let range: u32 = u32::from(low) | u32::from(high) << 16;
+        if libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            IP_LOCAL_PORT_RANGE,
+            (&range as *const u32).cast(),
+            4,
+        ) != 0
+        {
+            return Err(("setsockopt", errno()));
+        }
+        let mut sa = loopback(port);
+        sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 2]);
+        if libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), 16) != 0 {
+            return Err(("connect", errno()));
+        }
+        Ok(stream)
+    }
+}
+
+#[test]
+fn a_sockets_own_port_range_is_the_range_its_failure_is_explained_by() {
+    require_root!();
+    // Linux 6.3+ (and Debian's 6.1, which has it): elsewhere the option does not exist.
+    if let Err(("setsockopt", libc::ENOPROTOOPT)) = connect_in_own_range(1, 1, 1) {
+        eprintln!("skipped: this kernel has no IP_LOCAL_PORT_RANGE");
+        return;
+    }
+    let tracer = Tracer::start();
+    let (netns, ports) = std::thread::spawn(|| {
+        let netns = enter_new_netns();
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40019").unwrap();
+        let server = TcpListener::bind("127.0.0.2:5000").unwrap();
+        // 4 ports of its own: the 5th connect() to the same destination finds none, while
+        // the namespace's range has 16 more. (An even count: the kernel's search steps
+        // over an odd-sized range in pairs and may miss its last port, which a 5-port
+        // range showed on 6.1.)
+        let held: Vec<TcpStream> = (0..4)
+            .map(|_| connect_in_own_range(40010, 40013, 5000).unwrap())
+            .collect();
+        let ports: Vec<u16> = held
+            .iter()
+            .map(|c| c.local_addr().unwrap().port())
+            .collect();
+        // The tracer reads a new namespace's range when its first event arrives: before
+        // that, the analysis has no range to count against.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            connect_in_own_range(40010, 40013, 5000).err(),
+            Some(("connect", libc::EADDRNOTAVAIL))
+        );
+        for c in held {
+            reset_close(c);
+        }
+        drop(server);
+        (netns, ports)
+    })
+    .join()
+    .unwrap();
+    let mut sorted = ports.clone();
+    sorted.sort();
+    assert_eq!(sorted, (40010..=40013).collect::<Vec<u16>>());
+    let t = tracer.stop();
+    for &p in &ports {
+        let assign = t
+            .events("assign", "tcp", p)
+            .into_iter()
+            .find(|e| e["netns"] == netns)
+            .unwrap_or_else(|| panic!("no assign of {p}"));
+        assert_eq!(
+            assign["own_port_range"],
+            serde_json::json!({"low": 40010, "high": 40013}),
+            "{assign}"
+        );
+    }
+    let summary = t.summary();
+    let group = summary["failures"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["netns"] == netns && g["error"] == "EADDRNOTAVAIL")
+        .unwrap_or_else(|| panic!("{:#}", summary["failures"]));
+    let h = &group["headroom"];
+    assert_eq!(
+        (
+            &h["own_range"],
+            &h["range_size"],
+            &h["in_use"],
+            &h["headroom"]
+        ),
+        (
+            &serde_json::json!({"low": 40010, "high": 40013}),
+            &4.into(),
+            &4.into(),
+            &0.into()
+        ),
+        "{group:#}"
+    );
+    // The destination's headroom over the run is the namespace's: 16 ports left.
+    let dest = summary["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["netns"] == netns && d["rport"] == 5000)
+        .unwrap_or_else(|| panic!("{:#}", summary["destinations"]));
+    assert_eq!(dest["min_headroom"], 16, "{dest:#}");
+}

@@ -58,7 +58,7 @@ impl Why {
             },
             EADDRNOTAVAIL if ev.ends.proto == Proto::Tcp => Why {
                 holders: None,
-                headroom: headroom.now(ev),
+                headroom: headroom.now(ev, holders),
             },
             _ => Why::default(),
         }

@@ -21,6 +21,7 @@ use std::net::IpAddr;
 use foldhash::{HashMap, HashMapExt};
 use serde::Serialize;
 
+use super::holders::PortHolders;
 use crate::{
     event::{Comm, Endpoints, Event, Origin, Proto},
     lifetime::{HeldAtStart, Lifetime},
@@ -115,6 +116,40 @@ impl Space {
             history: MaxSince::default(),
             spans: Vec::new(),
             spans_not_kept: 0,
+        }
+    }
+
+    /// The headroom of a connect() to `e` by a socket with its own range `low..=high`
+    /// (`IP_LOCAL_PORT_RANGE`): the kernel searches only that range, each bound taken where
+    /// it lies inside the namespace's (`inet_sk_get_local_port_range`), so the ports
+    /// counted are those in it (`holders` tells which are connected to `e`).
+    fn within(
+        &self,
+        low: u16,
+        high: u16,
+        e: &Endpoints,
+        holders: &PortHolders,
+        top_holders: Vec<HolderCount>,
+    ) -> HeadroomNow {
+        let inside = |p: u16| (self.range.low..=self.range.high).contains(&p);
+        let lo = if inside(low) { low } else { self.range.low };
+        let hi = if inside(high) { high } else { self.range.high };
+        let (mut size, mut bind_held, mut in_use) = (0u32, 0u32, 0u32);
+        for port in (lo..=hi).filter(|&p| self.counts(p)) {
+            size += 1;
+            if self.bound.get(&port).is_some_and(|&n| n > 0) {
+                bind_held += 1;
+            } else if holders.towards(e, port) {
+                in_use += 1;
+            }
+        }
+        HeadroomNow {
+            own_range: Some(Ports { low: lo, high: hi }),
+            headroom: size - bind_held - in_use,
+            range_size: size,
+            in_use,
+            bind_held,
+            top_holders,
         }
     }
 
@@ -323,9 +358,19 @@ pub struct HeadroomGauge {
     pub ports: u32,
 }
 
+/// Ports from `low` to `high`, both included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Ports {
+    pub low: u16,
+    pub high: u16,
+}
+
 /// A destination's headroom at one instant, for a failed connect().
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HeadroomNow {
+    /// The socket's own range (`IP_LOCAL_PORT_RANGE`) as the kernel applied it within the
+    /// namespace's, when it had one: the counts below are of the ports in it.
+    pub own_range: Option<Ports>,
     /// Ports a connect() to it could get (0 when the model is right about a failure).
     pub headroom: u32,
     pub range_size: u32,
@@ -597,7 +642,7 @@ impl Headroom {
     /// The headroom towards the destination of a failed connect() `ev`, at its instant.
     /// Its local address may be the wildcard (chosen with the port): then the busiest
     /// destination with that remote end.
-    pub fn now(&self, ev: &Event) -> Option<HeadroomNow> {
+    pub fn now(&self, ev: &Event, holders: &PortHolders) -> Option<HeadroomNow> {
         let e = &ev.ends;
         let space = self
             .spaces
@@ -609,23 +654,32 @@ impl Headroom {
             raddr: e.raddr,
             rport: e.rport,
         };
-        let d = match self.dests.get(&exact) {
+        let d = match self.dests.get_key_value(&exact) {
             Some(d) => Some(d),
             None if e.laddr.is_unspecified() => self
                 .dests
                 .iter()
                 .filter(|(k, _)| (k.netns, k.raddr, k.rport) == (e.netns, e.raddr, e.rport))
-                .max_by_key(|(k, d)| (d.level, std::cmp::Reverse(**k)))
-                .map(|(_, d)| d),
+                .max_by_key(|(k, d)| (d.level, std::cmp::Reverse(**k))),
             None => None,
         };
-        let (in_use, by) = d.map_or((0, HashMap::new()), |d| (d.level, d.by.clone()));
+        let (in_use, by) = d.map_or((0, HashMap::new()), |(_, d)| (d.level, d.by.clone()));
+        let top_holders = holder_counts(merged(by, &space.bound_by));
+        if let Some((low, high)) = ev.own_port_range {
+            // From the local address the destination was found with.
+            let ends = Endpoints {
+                laddr: d.map_or(e.laddr, |(k, _)| k.laddr),
+                ..*e
+            };
+            return Some(space.within(low, high, &ends, holders, top_holders));
+        }
         Some(HeadroomNow {
+            own_range: None,
             headroom: space.size.saturating_sub(space.bound_ports + in_use),
             range_size: space.size,
             in_use,
             bind_held: space.bound_ports,
-            top_holders: holder_counts(merged(by, &space.bound_by)),
+            top_holders,
         })
     }
 
@@ -744,5 +798,66 @@ mod tests {
         assert_eq!(m.after(1), Some((30, 4)));
         assert_eq!(m.after(3), Some((50, 2)));
         assert_eq!(m.after(5), None);
+    }
+
+    #[test]
+    fn a_sockets_own_range_counts_only_its_ports_with_bounds_outside_the_namespaces_ignored() {
+        let mut space = Space::new(PortRange {
+            netns: 1,
+            low: 40000,
+            high: 40019,
+            reserved: "40001".into(),
+        });
+        space.bind(40002, (9, Comm::new("srv")), 1);
+        let ends = Endpoints {
+            proto: Proto::Tcp,
+            family: crate::event::Family::Ipv4,
+            netns: 1,
+            laddr: "127.0.0.1".parse().unwrap(),
+            lport: 0,
+            raddr: "127.0.0.2".parse().unwrap(),
+            rport: 80,
+        };
+        let mut holders = PortHolders::default();
+        let connected = Event {
+            ts_ns: 2,
+            kind: crate::event::Kind::Assign,
+            sock_id: 5,
+            time_wait_sock: false,
+            tw_cancel: false,
+            tw_rearm: None,
+            ends: Endpoints {
+                lport: 40003,
+                ..ends
+            },
+            origin: Origin::Connect,
+            errno: 0,
+            task: crate::event::Task::default(),
+            alloc_ns: None,
+            own_port_range: None,
+        };
+        holders.assigned(&connected);
+        // The low bound lies outside the namespace's range: the kernel keeps the range's.
+        let h = space.within(39000, 40004, &ends, &holders, Vec::new());
+        assert_eq!(
+            h.own_range,
+            Some(Ports {
+                low: 40000,
+                high: 40004
+            })
+        );
+        // 40000..=40004 less reserved 40001: 4 ports, 40002 bind-held, 40003 connected.
+        assert_eq!(
+            (h.range_size, h.bind_held, h.in_use, h.headroom),
+            (4, 1, 1, 2)
+        );
+        // Towards another destination, 40003 is free.
+        let other = Endpoints { rport: 81, ..ends };
+        assert_eq!(
+            space
+                .within(39000, 40004, &other, &holders, Vec::new())
+                .headroom,
+            3
+        );
     }
 }

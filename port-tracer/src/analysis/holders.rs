@@ -224,6 +224,19 @@ impl PortHolders {
         }
     }
 
+    /// Whether a socket holds `port` connected to (or in TIME_WAIT with) `ends`' remote end
+    /// from its local address: a connect() there cannot take that port.
+    pub fn towards(&self, ends: &Endpoints, port: u16) -> bool {
+        let peer = peer_of(ends);
+        self.by_port
+            .get(&(ends.netns, ends.proto, port))
+            .is_some_and(|hs| {
+                hs.iter().any(|h| {
+                    h.peer == peer && matches!(h.state, State::Connected | State::TimeWait)
+                })
+            })
+    }
+
     /// Who holds `ends`' port now on its address (or a wildcard one, or on any when it is
     /// the wildcard): listeners and bound sockets first, then longest-held first.
     pub fn of(&self, ends: &Endpoints) -> Vec<Holder> {

@@ -46,6 +46,7 @@ fn assign(ts: u64, sock: u64, lport: u16, origin: Origin, pid: u32) -> Output {
         errno: 0,
         task: task(pid),
         alloc_ns: None,
+        own_port_range: None,
     })
 }
 
@@ -328,6 +329,7 @@ fn failures_are_grouped_by_process_destination_and_error() {
             errno: 99,
             task: task(1),
             alloc_ns: None,
+            own_port_range: None,
         })
     };
     feed(&mut a, &[fail(5, 80), fail(7, 80), fail(8, 443)]);
@@ -359,6 +361,7 @@ fn time_wait_seen_through_the_tracker_counts_at_the_peak() {
         errno: 0,
         task: task(1),
         alloc_ns: None,
+        own_port_range: None,
     };
     let events = [
         ev(1, Kind::Assign, 1, false),

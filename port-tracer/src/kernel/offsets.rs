@@ -137,6 +137,10 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         skc_state: sc("skc_state")?,
         task_group_leader: member_offset(btf, "task_struct", "group_leader")?,
         task_comm: member_offset(btf, "task_struct", "comm")?,
+        // 6.3+; the field is `struct { u16 lo, hi; }` until 6.7, `u32 lo | hi << 16` since:
+        // the same four bytes.
+        inet_local_port_range: member_offset(btf, "inet_sock", "local_port_range").unwrap_or(0),
+        _pad: 0,
         // Only the tracepoint tier needs it: read then (kallsyms is slow to read).
         tw_timer_handler: 0,
     })

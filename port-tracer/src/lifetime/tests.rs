@@ -51,6 +51,7 @@ impl E {
             errno: 0,
             task: task(100, "app"),
             alloc_ns: None,
+            own_port_range: None,
         })
     }
     fn assign(ts: u64, sock: u64, lport: u16, origin: Origin) -> E {

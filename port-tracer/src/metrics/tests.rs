@@ -24,6 +24,7 @@ fn event(kind: Kind, proto: Proto, lport: u16, origin: Origin) -> Event {
         errno: 0,
         task: Task::default(),
         alloc_ns: None,
+        own_port_range: None,
     }
 }
 

@@ -77,6 +77,16 @@ impl<W: Write> Printer for Jsonl<W> {
         if matches!(ev.kind, Kind::Assign | Kind::AllocFailure) {
             l.raw(",\"alloc_ns\":");
             l.opt_u64(ev.alloc_ns.map(u64::from));
+            match ev.own_port_range {
+                Some((low, high)) => {
+                    l.raw(",\"own_port_range\":{\"low\":");
+                    l.u64(low.into());
+                    l.raw(",\"high\":");
+                    l.u64(high.into());
+                    l.raw("}");
+                }
+                None => l.raw(",\"own_port_range\":null"),
+            }
         }
         if ev.kind == Kind::AllocFailure {
             l.raw(",\"errno\":");

@@ -392,12 +392,18 @@ fn failure_cause(g: &FailureGroup, clock: &WallClock) -> Option<String> {
         return Some(format!("port {} held by: {}", g.lport, named.join("; ")));
     }
     let h = g.headroom.as_ref()?;
+    let within = h.own_range.map_or(String::new(), |r| {
+        format!(
+            " in its own range {}-{} (IP_LOCAL_PORT_RANGE)",
+            r.low, r.high
+        )
+    });
     let mut why = format!(
-        "headroom towards it then: {} of {} ({} connected to it, {} bind-held)",
+        "headroom towards it then{within}: {} of {} ({} connected to it, {} bind-held)",
         h.headroom, h.range_size, h.in_use, h.bind_held
     );
     if h.headroom > 0 {
-        why += " -- the kernel refused with ports left: a socket's own range, or events lost?";
+        why += " -- the kernel refused with ports left: were events lost?";
     }
     if !h.top_holders.is_empty() {
         why += &format!("; holders: {}", holder_counts(&h.top_holders));
