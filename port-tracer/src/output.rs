@@ -383,6 +383,59 @@ mod tests {
     }
 
     #[test]
+    fn text_summary_shows_allocator_time_by_how_full_the_range_was() {
+        use crate::{
+            analysis::Span,
+            event::{Event, Kind},
+            lifetime::Counters,
+            port_range::PortRange,
+            summary::{Lost, Stats, Summary},
+        };
+        let mut stats = Stats::new(0);
+        stats.analysis.set_range(PortRange {
+            netns: 7,
+            low: 40000,
+            high: 40001,
+            reserved: String::new(),
+        });
+        // Two connects to one destination: the second searched a range half used.
+        for (i, ns) in [(0u16, 900u32), (1, 40_000)] {
+            stats.observe(&Output::Event(Event {
+                ts_ns: u64::from(i) + 1,
+                kind: Kind::Assign,
+                sock_id: u64::from(i) + 1,
+                time_wait_sock: false,
+                tw_cancel: false,
+                tw_rearm: None,
+                ends: ends(40000 + i),
+                origin: Origin::Connect,
+                errno: 0,
+                task: Task::default(),
+                alloc_ns: Some(ns),
+                own_port_range: None,
+            }));
+        }
+        let summary = Summary::new(
+            &stats,
+            &Counters::default(),
+            Lost::default(),
+            Span::default(),
+            10,
+        );
+        let mut text = Vec::new();
+        summary_text::write(&mut text, &summary, &WallClock { offset_ns: 0 }).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        for line in [
+            // Quantiles are the middles of buckets an eighth of an octave wide.
+            "  tcp connect 2 timed: median 928ns, p99 38.9us, max 40.0us",
+            "    range under 50% full   1 timed: median 900ns, p99 900ns, max 900ns",
+            "    range 50-90% full      1 timed: median 38.9us, p99 38.9us, max 40.0us",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+    }
+
+    #[test]
     fn names_with_control_characters_stay_on_one_line() {
         assert_eq!(printable("storm"), "storm");
         assert_eq!(

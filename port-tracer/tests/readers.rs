@@ -132,6 +132,7 @@ fn parquet_export_reads_back_in_pyarrow_and_duckdb() {
     assert_eq!(arrow["laddr"], json!(["string", false]));
     assert_eq!(arrow["released_ns"], json!(["uint64", true]));
     assert_eq!(arrow["lossy"], json!(["bool", false]));
+    assert_eq!(arrow["alloc_ns"], json!(["uint64", true]));
     let duck = &read["duckdb"]["types"];
     assert_eq!(duck["lport"], "USMALLINT");
     assert_eq!(duck["pid"], "UINTEGER");
@@ -140,9 +141,10 @@ fn parquet_export_reads_back_in_pyarrow_and_duckdb() {
     assert_eq!(duck["thread"], "VARCHAR");
     assert_eq!(duck["sock_id"], "VARCHAR");
     assert_eq!(duck["lossy"], "BOOLEAN");
+    assert_eq!(duck["alloc_ns"], "UBIGINT");
     assert_eq!(
         duck.as_object().unwrap().keys().len(),
-        21,
+        22,
         "the JSONL lifetime fields: {duck}"
     );
 

@@ -473,7 +473,12 @@ fn allocator_time(out: &mut impl Write, a: &AllocTimeReport) -> io::Result<()> {
     )?;
     let times = |n: u64, p50: Option<u64>, p99: Option<u64>, max: Option<u64>| {
         let d = |v: Option<u64>| v.map_or("-".into(), human_duration);
-        format!("{n}: median {}, p99 {}, max {}", d(p50), d(p99), d(max))
+        format!(
+            "{n} timed: median {}, p99 {}, max {}",
+            d(p50),
+            d(p99),
+            d(max)
+        )
     };
     for g in &a.groups {
         writeln!(
