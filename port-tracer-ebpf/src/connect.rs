@@ -11,8 +11,8 @@ use port_tracer_common::{flags, lost, EventKind, Origin, PortEvent, IPPROTO_TCP}
 use crate::{
     emit::{count_lost, emit},
     kernel::{
-        fill_event, fill_names, fill_own_port_range, fill_sock, name_mut, off, read, sock_num, tid,
-        Name,
+        fill_event, fill_names, fill_own_port_range, fill_sock, name_mut, off, read,
+        set_alloc_time, sock_num, tid, Name,
     },
     pending::Call,
     CONNECTING, SYSCALLS,
@@ -83,7 +83,7 @@ pub fn finish_connect(sk: u64, timed: bool) {
         if c.had_port != 0 {
             ev.flags = flags::REMOTE_UPDATE;
         } else if timed {
-            crate::hooks::set_alloc_time(ev, c.ts_ns);
+            set_alloc_time(ev, c.ts_ns);
         }
         Ok(())
     });

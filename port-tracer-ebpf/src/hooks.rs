@@ -7,12 +7,13 @@ use port_tracer_common::{
 };
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use port_tracer_common::{flags, PortEvent};
 
 use crate::{
     connect,
     emit::{count_lost, emit},
-    kernel::{fill_event, fill_own_port_range, off, read, sock_num, sock_protocol, tid},
+    kernel::{
+        fill_event, fill_own_port_range, off, read, set_alloc_time, sock_num, sock_protocol, tid,
+    },
     tcp_state, time_wait, BINDING, GET_PORT_START,
 };
 
@@ -52,17 +53,6 @@ pub fn get_port_started() -> u64 {
     };
     let _ = GET_PORT_START.remove(tid());
     start
-}
-
-/// Records the time since `start_ns` (0: not known) as the event's time inside the
-/// allocator.
-#[inline(always)]
-pub fn set_alloc_time(ev: &mut PortEvent, start_ns: u64) {
-    if start_ns != 0 {
-        let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(start_ns);
-        ev.alloc_ns = ns.min(u32::MAX as u64) as u32;
-        ev.flags |= flags::ALLOC_TIMED;
-    }
 }
 
 /// After `inet_csk_get_port(sk, snum)` (TCP bind and listen), entered at `start_ns` (0:

@@ -5,7 +5,7 @@ use aya_ebpf::helpers::{
     bpf_probe_read_kernel,
     generated::{self as gen, bpf_get_current_task},
 };
-use port_tracer_common::{EventKind, Origin, PortEvent, AF_INET, AF_INET6, COMM_LEN};
+use port_tracer_common::{flags, EventKind, Origin, PortEvent, AF_INET, AF_INET6, COMM_LEN};
 
 /// Reads the offset field `$f` of the global `OFFSETS`.
 macro_rules! off {
@@ -28,6 +28,17 @@ pub fn fill_own_port_range(ev: &mut PortEvent, sk: u64) {
     let at = off!(inet_local_port_range);
     if at != 0 {
         ev.own_port_range = read::<u32>(sk, at).unwrap_or(0);
+    }
+}
+
+/// Records the time since `start_ns` (0: not known) as the event's time inside the
+/// allocator.
+#[inline(always)]
+pub fn set_alloc_time(ev: &mut PortEvent, start_ns: u64) {
+    if start_ns != 0 {
+        let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(start_ns);
+        ev.alloc_ns = ns.min(u32::MAX as u64) as u32;
+        ev.flags |= flags::ALLOC_TIMED;
     }
 }
 
