@@ -78,6 +78,24 @@ pub mod flags {
     /// [`PortEvent::alloc_ns`] holds the time spent inside the port allocator (fentry and
     /// kprobe tiers, which hook it); without it the time is not known.
     pub const ALLOC_TIMED: u8 = 1 << 5;
+    /// Assign reported when the socket closed, timed and attributed as at the call that
+    /// took the port (cgroup tier: a UDP `connect()` autobind, which no hook sees).
+    pub const SEEN_AT_CLOSE: u8 = 1 << 6;
+    /// Release at the close of a socket that holds no port any more (cgroup tier: a UDP
+    /// `connect(AF_UNSPEC)` gave it back unseen): ends the socket's lifetime if one is open.
+    pub const GONE_BEFORE_CLOSE: u8 = 1 << 7;
+}
+
+/// Bits of [`PortEvent::more_flags`].
+pub mod more_flags {
+    /// A bind's origin (bind or bind_ephemeral) could not be told: the cgroup tier's
+    /// `bind` hook's note of the port asked for was not found by `post_bind` (evicted from
+    /// its LRU map). Reported as `bind`.
+    pub const ORIGIN_GUESSED: u8 = 1 << 0;
+    /// A connect's port reported without who connected (cgroup tier: the task taken at
+    /// CLOSE->SYN_SENT was not found at `TCP_CONNECT_CB`: that state change came before
+    /// the programs were attached, or the map was full, counted).
+    pub const OWNER_UNKNOWN: u8 = 1 << 1;
 }
 
 /// Indices of the per-CPU `LOST` counter array: one per place that can drop an event.
@@ -91,9 +109,18 @@ pub mod lost {
     /// A kretprobe did not fire for a call whose entry was seen (the kernel's `maxactive`
     /// ran out): that call's result is unknown.
     pub const RETURN_MISSED: u32 = 3;
-    pub const COUNT: u32 = 4;
-    pub const NAMES: [&str; COUNT as usize] =
-        ["ringbuf_full", "map_full", "read_error", "return_missed"];
+    /// A port taken without a hook seeing it, and given back before one could read it
+    /// (cgroup tier: a UDP socket autobound by `connect()`, then disconnected by
+    /// `connect(AF_UNSPEC)` before its close).
+    pub const PORT_UNKNOWN: u32 = 4;
+    pub const COUNT: u32 = 5;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "ringbuf_full",
+        "map_full",
+        "read_error",
+        "return_missed",
+        "port_unknown",
+    ];
 }
 
 /// The errors a port allocation fails with, as the kernel numbers them (positive; the
@@ -173,7 +200,79 @@ pub mod programs {
     pub const TIMER_CANCEL: &str = "timer_cancel";
     pub const TIMER_EXPIRE_ENTRY: &str = "timer_expire_entry";
     pub const UDP_SOCK_RELEASE: &str = "udp_sock_release";
+    // The cgroup tier (bind.rs, udp_autobind.rs, sock_ops.rs; with tcp_state.rs,
+    // time_wait.rs and udp_release.rs).
+    pub const BIND4_REQUEST: &str = "bind4_request";
+    pub const BIND6_REQUEST: &str = "bind6_request";
+    pub const POST_BIND4: &str = "post_bind4";
+    pub const POST_BIND6: &str = "post_bind6";
+    pub const UDP_SENDMSG4: &str = "udp_sendmsg4";
+    pub const UDP_SENDMSG6: &str = "udp_sendmsg6";
+    pub const UDP_CONNECT4: &str = "udp_connect4";
+    pub const UDP_CONNECT6: &str = "udp_connect6";
+    pub const TCP_SOCK_OPS: &str = "tcp_sock_ops";
 
+    /// Every program, for tools that look them up among the kernel's (the cost test).
+    pub const ALL: [&str; 58] = [
+        FENTRY_INET_BIND,
+        FEXIT_INET_BIND,
+        FENTRY_INET6_BIND,
+        FEXIT_INET6_BIND,
+        FENTRY_INET_CSK_GET_PORT,
+        FEXIT_INET_CSK_GET_PORT,
+        FENTRY_UDP_LIB_GET_PORT,
+        FEXIT_UDP_LIB_GET_PORT,
+        FENTRY_INET_HASH_CONNECT,
+        FEXIT_INET_HASH_CONNECT,
+        FENTRY_INET6_HASH_CONNECT,
+        FEXIT_INET6_HASH_CONNECT,
+        FEXIT_INET_INHERIT_PORT,
+        FENTRY_INET_PUT_PORT,
+        FENTRY_UDP_LIB_UNHASH,
+        FENTRY_INET_TWSK_HASHDANCE,
+        FENTRY_INET_TWSK_KILL,
+        KPROBE_INET_BIND,
+        KRETPROBE_INET_BIND,
+        KPROBE_INET_CSK_GET_PORT,
+        KRETPROBE_INET_CSK_GET_PORT,
+        KPROBE_UDP_LIB_GET_PORT,
+        KRETPROBE_UDP_LIB_GET_PORT,
+        KPROBE_HASH_CONNECT,
+        KRETPROBE_HASH_CONNECT,
+        KPROBE_INET_INHERIT_PORT,
+        KRETPROBE_INET_INHERIT_PORT,
+        KPROBE_INET_PUT_PORT,
+        KPROBE_UDP_LIB_UNHASH,
+        KPROBE_INET_TWSK_HASHDANCE,
+        KPROBE_INET_TWSK_KILL,
+        SYS_ENTER_BIND,
+        SYS_EXIT_BIND,
+        SYS_ENTER_LISTEN,
+        SYS_EXIT_LISTEN,
+        SYS_ENTER_CONNECT,
+        SYS_EXIT_CONNECT,
+        SYS_ENTER_SENDTO,
+        SYS_EXIT_SENDTO,
+        SYS_ENTER_SENDMSG,
+        SYS_EXIT_SENDMSG,
+        SYS_ENTER_SENDMMSG,
+        SYS_EXIT_SENDMMSG,
+        INET_SOCK_SET_STATE,
+        TCP_DESTROY_SOCK,
+        TIMER_START,
+        TIMER_CANCEL,
+        TIMER_EXPIRE_ENTRY,
+        UDP_SOCK_RELEASE,
+        BIND4_REQUEST,
+        BIND6_REQUEST,
+        POST_BIND4,
+        POST_BIND6,
+        UDP_SENDMSG4,
+        UDP_SENDMSG6,
+        UDP_CONNECT4,
+        UDP_CONNECT6,
+        TCP_SOCK_OPS,
+    ];
     /// The tracepoint tier's syscall tracepoints (category `syscalls`, named as the
     /// programs).
     pub const SYSCALLS: [&str; 12] = [
@@ -211,25 +310,39 @@ pub mod tiers {
         pub about: &'static str,
         /// It hooks the port allocators themselves, so it times them (`alloc_ns`).
         pub times_allocator: bool,
+        /// It sees bind() and listen() fail (EADDRINUSE); the cgroup tier's hooks run only
+        /// after a bind succeeded.
+        pub sees_bind_failures: bool,
     }
 
     pub const FENTRY: TierInfo = TierInfo {
         name: "fentry",
         about: "fentry/fexit on the port allocators themselves: exact, cheapest",
         times_allocator: true,
+        sees_bind_failures: true,
     };
     pub const KPROBE: TierInfo = TierInfo {
         name: "kprobe",
         about: "kprobes/kretprobes on the same functions: exact",
         times_allocator: true,
+        sees_bind_failures: true,
     };
     pub const TRACEPOINT: TierInfo = TierInfo {
         name: "tracepoint",
         about: "syscall and raw tracepoints and a cgroup socket hook: works where fentry and \
                 kprobes do not; a few cases approximate (README)",
         times_allocator: false,
+        sees_bind_failures: true,
     };
-    pub const ALL: [TierInfo; 3] = [FENTRY, KPROBE, TRACEPOINT];
+    pub const CGROUP: TierInfo = TierInfo {
+        name: "cgroup",
+        about: "cgroup socket hooks and raw tracepoints, no syscall tracepoint: works where \
+                fentry and kprobes do not and costs least there; failed bind() calls are \
+                not seen, a few cases approximate (README)",
+        times_allocator: false,
+        sees_bind_failures: false,
+    };
+    pub const ALL: [TierInfo; 4] = [FENTRY, KPROBE, CGROUP, TRACEPOINT];
 }
 
 /// `AF_INET` and `AF_INET6` as the kernel numbers them.
@@ -270,7 +383,9 @@ pub struct PortEvent {
     /// Positive errno of an allocation failure.
     pub errno: i32,
     pub flags: u8,
-    pub _pad: [u8; 3],
+    /// More flags (`more_flags::*`); zero in traces recorded before them.
+    pub more_flags: u8,
+    pub _pad: [u8; 2],
     /// The process's name: its thread group leader's `comm`, as `ps` and /proc/PID/comm
     /// show it.
     pub comm: [u8; COMM_LEN],
@@ -316,7 +431,8 @@ impl PortEvent {
             family: 0,
             errno: 0,
             flags: 0,
-            _pad: [0; 3],
+            more_flags: 0,
+            _pad: [0; 2],
             comm: [0; COMM_LEN],
             thread: [0; COMM_LEN],
             alloc_ns: 0,
@@ -380,9 +496,13 @@ pub struct ProgramConfig {
     /// Wake the reader only once this many bytes wait in the ring buffer (batched wakeups);
     /// userspace also drains on a short timer, so nothing waits longer than that.
     pub wakeup_bytes: u64,
+    /// 1: the cgroup tier is attached. The programs it shares with the tracepoint tier
+    /// (state changes, UDP release) then do what no syscall tracepoint does for them.
+    pub cgroup_tier: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 16);
 
 #[cfg(feature = "user")]
 mod user {

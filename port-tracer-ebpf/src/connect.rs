@@ -6,7 +6,7 @@
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
 };
-use port_tracer_common::{flags, lost, EventKind, Origin, PortEvent, IPPROTO_TCP};
+use port_tracer_common::{flags, lost, more_flags, EventKind, Origin, PortEvent, IPPROTO_TCP};
 
 use crate::{
     emit::{count_lost, emit},
@@ -76,8 +76,65 @@ pub fn finish_connect(sk: u64, timed: bool) {
     let Some(port) = connected_port(sk) else {
         return;
     };
+    report_connecting(sk, &c, port, timed);
+}
+
+/// When `sk` leaves SYN_SENT for `new_state` (a state change, where no other hook reported
+/// the connect): the port chosen, or at CLOSE with none, connect's EADDRNOTAVAIL (what
+/// `inet_hash_connect` fails with when the range has no port left for the destination; it
+/// is the only step between SYN_SENT and CLOSE that leaves no port).
+#[inline(always)]
+pub fn left_syn_sent(sk: u64, closed: bool) {
+    let Some(c) = take_connecting(sk) else {
+        return;
+    };
+    match connected_port(sk) {
+        Some(port) => report_connecting(sk, &c, port, false),
+        None if closed && c.had_port == 0 => emit(|ev| {
+            fill_connecting(ev, sk, &c)?;
+            ev.kind = EventKind::AllocFailure as u8;
+            ev.errno = port_tracer_common::errno::EADDRNOTAVAIL;
+            Ok(())
+        }),
+        None => {}
+    }
+}
+
+/// After `listen()` took its port (cgroup tier, sockops `TCP_LISTEN_CB`): the listen
+/// autobind started at CLOSE->LISTEN, if this socket had none.
+#[inline(always)]
+pub fn finish_listen(sk: u64) {
+    let Some(c) = take_connecting(sk) else {
+        return;
+    };
     emit(|ev| {
         fill_connecting(ev, sk, &c)?;
+        ev.kind = EventKind::Assign as u8;
+        ev.origin = Origin::Autobind as u8;
+        Ok(())
+    });
+}
+
+/// A listen whose autobind started (CLOSE->LISTEN) and which fell back to CLOSE: no port
+/// was free (EADDRINUSE, as `listen()` returns).
+#[inline(always)]
+pub fn listen_failed(sk: u64) {
+    let Some(c) = take_connecting(sk) else {
+        return;
+    };
+    emit(|ev| {
+        fill_connecting(ev, sk, &c)?;
+        ev.kind = EventKind::AllocFailure as u8;
+        ev.origin = Origin::Autobind as u8;
+        ev.errno = port_tracer_common::errno::EADDRINUSE;
+        Ok(())
+    });
+}
+
+#[inline(always)]
+fn report_connecting(sk: u64, c: &Connecting, port: u16, timed: bool) {
+    emit(|ev| {
+        fill_connecting(ev, sk, c)?;
         ev.lport = port;
         ev.kind = EventKind::Assign as u8;
         if c.had_port != 0 {
@@ -135,24 +192,60 @@ pub fn start_connect(sk: u64) {
 
 #[inline(always)]
 fn try_start_connect(sk: u64) -> Result<(), i32> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (pid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     let mut c = Connecting {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        pid,
-        tid,
-        uid: bpf_get_current_uid_gid() as u32,
-        had_port: (sock_num(sk)? != 0) as u16,
+        ts_ns: 0,
+        cgroup_id: 0,
+        pid: 0,
+        tid: 0,
+        uid: 0,
+        had_port: 0,
         _pad: 0,
         comm: [0; 2],
         thread: [0; 2],
     };
-    fill_names(&mut c.comm, &mut c.thread, pid, tid);
+    fill_who(&mut c, sk)?;
     if CONNECTING.insert(sk, c, 0).is_err() {
         count_lost(lost::MAP_FULL);
     }
     Ok(())
+}
+
+/// Who connects `sk`, now, and whether it already had a port.
+#[inline(always)]
+fn fill_who(c: &mut Connecting, sk: u64) -> Result<(), i32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (pid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    c.ts_ns = unsafe { bpf_ktime_get_ns() };
+    c.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    c.pid = pid;
+    c.tid = tid;
+    c.uid = bpf_get_current_uid_gid() as u32;
+    c.had_port = (sock_num(sk)? != 0) as u16;
+    fill_names(&mut c.comm, &mut c.thread, pid, tid);
+    Ok(())
+}
+
+/// cgroup tier, at `TCP_CONNECT_CB`: the port connect chose for `sk`. Without who started
+/// it (its CLOSE->SYN_SENT came before the programs were attached, or `CONNECTING` was
+/// full, counted), reported all the same, its owner unknown.
+#[inline(always)]
+pub fn connect_chose(sk: u64) {
+    if let Some(c) = take_connecting(sk) {
+        if let Some(port) = connected_port(sk) {
+            report_connecting(sk, &c, port, false);
+        }
+        return;
+    }
+    emit(|ev| {
+        fill_sock(ev, sk)?;
+        fill_own_port_range(ev, sk);
+        ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+        ev.kind = EventKind::Assign as u8;
+        ev.origin = Origin::Connect as u8;
+        ev.proto = IPPROTO_TCP;
+        ev.more_flags = more_flags::OWNER_UNKNOWN;
+        Ok(())
+    });
 }
 
 /// At CLOSE->SYN_SENT (tracepoint tier): inside connect() its exit reports the port;

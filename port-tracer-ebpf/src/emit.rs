@@ -45,3 +45,14 @@ pub fn emit(fill: impl FnOnce(&mut PortEvent) -> Result<(), i32>) {
     };
     entry.submit(flags as u64);
 }
+
+/// What a cgroup socket program returns after `r`: always 1 ("allow": a program that
+/// returns 0 refuses the call, or for `sock_release` stops the hook), counting a failed
+/// kernel read.
+#[inline(always)]
+pub fn allow(r: Result<(), i32>) -> i32 {
+    if r.is_err() {
+        count_lost(lost::READ_ERROR);
+    }
+    1
+}

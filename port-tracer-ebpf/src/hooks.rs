@@ -12,7 +12,8 @@ use crate::{
     connect,
     emit::{count_lost, emit},
     kernel::{
-        fill_event, fill_own_port_range, off, read, set_alloc_time, sock_num, sock_protocol, tid,
+        fill_event, fill_own_port_range, fill_release, off, read, set_alloc_time, sock_num,
+        sock_protocol, tid,
     },
     tcp_state, time_wait, BINDING, GET_PORT_START,
 };
@@ -162,7 +163,7 @@ pub fn put_port(sk: u64) {
     if sock_num(sk).unwrap_or(0) == 0 {
         return;
     }
-    emit(|ev| fill_event(ev, sk, EventKind::Release, Origin::Unknown, IPPROTO_TCP));
+    emit(|ev| fill_release(ev, sk, EventKind::Release, IPPROTO_TCP));
 }
 
 /// Entry of `udp_lib_unhash(sk)`: a UDP socket gives its port back (close, disconnect).
@@ -171,7 +172,7 @@ pub fn udp_unhash(sk: u64) {
     if sock_protocol(sk) != Ok(IPPROTO_UDP) || sock_num(sk).unwrap_or(0) == 0 {
         return;
     }
-    emit(|ev| fill_event(ev, sk, EventKind::Release, Origin::Unknown, IPPROTO_UDP));
+    emit(|ev| fill_release(ev, sk, EventKind::Release, IPPROTO_UDP));
 }
 
 /// `inet_twsk_hashdance_schedule` (`inet_twsk_hashdance` before 6.11): the port moves to

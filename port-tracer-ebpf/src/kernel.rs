@@ -173,6 +173,27 @@ pub fn fill_event(
     Ok(())
 }
 
+/// A kernel pointer from a program's context (a cgroup or sockops hook's socket) as a
+/// plain number, like the socket addresses the tracing hooks get: copied through memory,
+/// the verifier no longer treats it as a pointer it must check.
+#[inline(always)]
+pub fn plain_address(ptr: u64) -> Result<u64, i32> {
+    unsafe { bpf_probe_read_kernel(&ptr as *const u64) }
+}
+
+/// Fills an event about socket `sk` giving its port back, or handing it to a TIME_WAIT
+/// socket: no task. Userspace attributes it to the lifetime's owner; the task at hand is
+/// often not the owner anyway (a softirq, a timer), and five helper calls are saved.
+#[inline(always)]
+pub fn fill_release(ev: &mut PortEvent, sk: u64, kind: EventKind, proto: u8) -> Result<(), i32> {
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    fill_sock(ev, sk)?;
+    ev.kind = kind as u8;
+    ev.origin = Origin::Unknown as u8;
+    ev.proto = proto;
+    Ok(())
+}
+
 /// The `struct sock` behind file descriptor `fd` of the current task, or 0.
 #[inline(always)]
 pub fn sock_of_fd(fd: u64) -> Result<u64, i32> {

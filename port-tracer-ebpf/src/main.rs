@@ -1,4 +1,4 @@
-//! Kernel programs of port-tracer: three tiers (fentry, kprobe, tracepoint) emitting the
+//! Kernel programs of port-tracer: four tiers (fentry, kprobe, cgroup, tracepoint) emitting the
 //! same events.
 //!
 //! Each module is one hook and one concern; they only observe and report, userspace does the
@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+mod bind;
 mod connect;
 mod emit;
 mod fentry;
@@ -13,14 +14,16 @@ mod hooks;
 mod kernel;
 mod kprobe;
 mod pending;
+mod sock_ops;
 mod syscalls;
 mod tcp_state;
 mod time_wait;
+mod udp_autobind;
 mod udp_release;
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use port_tracer_common::{lost, KernelOffsets, ProgramConfig};
 
@@ -30,7 +33,11 @@ static OFFSETS: KernelOffsets = unsafe { core::mem::zeroed() };
 
 /// Settings written by userspace before load.
 #[unsafe(no_mangle)]
-static CONFIG: ProgramConfig = ProgramConfig { wakeup_bytes: 0 };
+static CONFIG: ProgramConfig = ProgramConfig {
+    wakeup_bytes: 0,
+    cgroup_tier: 0,
+    _pad: 0,
+};
 
 /// Events to userspace. Userspace sizes it at load time.
 #[map]
@@ -61,6 +68,17 @@ static BINDING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 /// The allocators do not nest, and no softirq runs them.
 #[map]
 static GET_PORT_START: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
+
+/// Each thread's bind in progress (cgroup tier), from the cgroup `bind` hook to
+/// `post_bind` (see `bind`). A failed bind leaves its entry, which the thread's next bind
+/// replaces; LRU, so that threads that end after a failed bind do not fill it.
+#[map]
+static BIND_REQUESTS: LruHashMap<u32, bind::BindRequest> = LruHashMap::with_max_entries(16384, 0);
+
+/// UDP sockets bound to the wildcard whose port is known, and those a `connect()`
+/// autobound (cgroup tier), by socket address, until they close (see `udp_autobind`).
+#[map]
+static SEEN_UDP: HashMap<u64, u8> = HashMap::with_max_entries(65536, 0);
 
 /// Arguments of kprobed calls, by function and thread, for their kretprobes.
 #[map]
@@ -159,6 +177,15 @@ named!(time_wait::timer_start, TIMER_START);
 named!(time_wait::timer_cancel, TIMER_CANCEL);
 named!(time_wait::timer_expire_entry, TIMER_EXPIRE_ENTRY);
 named!(udp_release::udp_sock_release, UDP_SOCK_RELEASE);
+named!(bind::bind4_request, BIND4_REQUEST);
+named!(bind::bind6_request, BIND6_REQUEST);
+named!(bind::post_bind4, POST_BIND4);
+named!(bind::post_bind6, POST_BIND6);
+named!(udp_autobind::udp_sendmsg4, UDP_SENDMSG4);
+named!(udp_autobind::udp_sendmsg6, UDP_SENDMSG6);
+named!(udp_autobind::udp_connect4, UDP_CONNECT4);
+named!(udp_autobind::udp_connect6, UDP_CONNECT6);
+named!(sock_ops::tcp_sock_ops, TCP_SOCK_OPS);
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -11,13 +11,15 @@ use port_tracer_common::{lost, EventKind, Origin, IPPROTO_TCP};
 use crate::{
     connect::{self, inet_sport},
     emit::{count_lost, emit},
-    kernel::{fill_event, fill_sock, off, read, sock_protocol},
+    kernel::{fill_release, fill_sock, off, read, sock_num, sock_protocol},
+    CONFIG,
 };
 
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
 
 /// An accepted socket `sk` shares its listener's port. This runs in softirq, where the
 /// current task is not the owner: userspace takes the owner from the listener.
@@ -35,25 +37,51 @@ pub fn report_accepted(sk: u64) {
 
 #[inline(always)]
 fn on_set_state(sk: u64, old: i32, new: i32) -> Result<(), i32> {
+    // Most changes (FIN_WAIT1, CLOSE_WAIT, ...) carry nothing: bail out before any read.
+    let cgroup_tier = unsafe { core::ptr::read_volatile(&CONFIG.cgroup_tier) } != 0;
+    let listen_start = cgroup_tier && old == TCP_CLOSE && new == TCP_LISTEN;
+    if new != TCP_SYN_SENT
+        && old != TCP_SYN_SENT
+        && new != TCP_CLOSE
+        && !(old == TCP_SYN_RECV && new == TCP_ESTABLISHED)
+        && !listen_start
+    {
+        return Ok(());
+    }
     if sock_protocol(sk)? != IPPROTO_TCP {
         return Ok(());
     }
     if new == TCP_SYN_SENT {
-        connect::syn_sent(sk);
+        if cgroup_tier {
+            // The sockops program reports the port once connect chose it.
+            connect::start_connect(sk);
+        } else {
+            connect::syn_sent(sk);
+        }
+        return Ok(());
+    }
+    if listen_start {
+        // listen() stores LISTEN before it takes a port: without one, it autobinds.
+        if sock_num(sk)? == 0 {
+            connect::start_connect(sk);
+        }
         return Ok(());
     }
     if old == TCP_SYN_SENT {
-        connect::finish_connect(sk, false);
+        connect::left_syn_sent(sk, new == TCP_CLOSE);
     }
     if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
         // An accepted socket, now with both addresses set.
         report_accepted(sk);
     } else if new == TCP_CLOSE && old != TCP_CLOSE {
+        if cgroup_tier && old == TCP_LISTEN {
+            connect::listen_failed(sk);
+        }
         let bind_hash: u64 = read(sk, off!(icsk_bind_hash))?;
         let port = inet_sport(sk)?;
         if bind_hash == 0 && port != 0 {
             emit(|ev| {
-                fill_event(ev, sk, EventKind::Release, Origin::Unknown, IPPROTO_TCP)?;
+                fill_release(ev, sk, EventKind::Release, IPPROTO_TCP)?;
                 ev.lport = port;
                 Ok(())
             });
@@ -78,7 +106,7 @@ fn on_destroy(sk: u64) -> Result<(), i32> {
     // Fires just before tcp_v4_destroy_sock puts a port that CLOSE did not (bound ports).
     let bind_hash: u64 = read(sk, off!(icsk_bind_hash))?;
     if bind_hash != 0 {
-        emit(|ev| fill_event(ev, sk, EventKind::Release, Origin::Unknown, IPPROTO_TCP));
+        emit(|ev| fill_release(ev, sk, EventKind::Release, IPPROTO_TCP));
     }
     Ok(())
 }

@@ -12,11 +12,11 @@
 //! a moment before (the kernel recycles their memory at once).
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use port_tracer_common::{flags, EventKind, Origin, IPPROTO_TCP};
+use port_tracer_common::{flags, EventKind, IPPROTO_TCP};
 
 use crate::{
     emit::emit,
-    kernel::{fill_event, off, read},
+    kernel::{fill_release, off, read},
     OFFSETS, TW_CANCELLED,
 };
 
@@ -35,7 +35,7 @@ fn tw_of(timer: u64) -> Option<u64> {
 #[inline(always)]
 pub fn report_sock(tw: u64, kind: EventKind, extra_flags: u8) {
     emit(|ev| {
-        fill_event(ev, tw, kind, Origin::Unknown, IPPROTO_TCP)?;
+        fill_release(ev, tw, kind, IPPROTO_TCP)?;
         ev.flags = flags::TIME_WAIT_SOCK | extra_flags;
         Ok(())
     });

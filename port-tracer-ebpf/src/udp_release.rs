@@ -3,12 +3,14 @@
 //! No tracepoint sees a UDP socket close; this hook runs in `inet_release` for every socket,
 //! just before the protocol unhashes it.
 
-use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::cgroup_sock, programs::SockContext};
-use port_tracer_common::{lost, EventKind, Origin, IPPROTO_UDP};
+use aya_ebpf::{macros::cgroup_sock, programs::SockContext};
+use port_tracer_common::{flags, EventKind, IPPROTO_UDP};
 
 use crate::{
-    emit::{count_lost, emit},
-    kernel::{fill_event, sock_num},
+    bind::sock_address,
+    emit::{allow, emit},
+    kernel::{fill_release, sock_num},
+    udp_autobind, CONFIG,
 };
 
 #[inline(always)]
@@ -16,21 +18,32 @@ fn on_release(ctx: &SockContext) -> Result<(), i32> {
     if unsafe { (*ctx.sock).protocol } != IPPROTO_UDP as u32 {
         return Ok(());
     }
-    // The context is the kernel's `struct sock`; copy its address through memory so the
-    // verifier treats it as a plain number, like the socket addresses of the other hooks.
-    let ptr = ctx.sock as u64;
-    let sk: u64 = unsafe { bpf_probe_read_kernel(&ptr as *const u64)? };
-    if sock_num(sk)? == 0 {
+    let sk = sock_address(ctx)?;
+    let num = sock_num(sk)?;
+    if unsafe { core::ptr::read_volatile(&CONFIG.cgroup_tier) } != 0 {
+        // A port autobound in connect() is seen only now (see `udp_autobind`).
+        if udp_autobind::released(sk) {
+            return Ok(()); // its port went unseen (counted)
+        }
+        if num == 0 {
+            // A port the socket held may have been given back by connect(AF_UNSPEC), which
+            // no hook of this tier sees: its lifetime, if one is open, ends now.
+            emit(|ev| {
+                fill_release(ev, sk, EventKind::Release, IPPROTO_UDP)?;
+                ev.flags = flags::GONE_BEFORE_CLOSE;
+                Ok(())
+            });
+            return Ok(());
+        }
+    }
+    if num == 0 {
         return Ok(());
     }
-    emit(|ev| fill_event(ev, sk, EventKind::Release, Origin::Unknown, IPPROTO_UDP));
+    emit(|ev| fill_release(ev, sk, EventKind::Release, IPPROTO_UDP));
     Ok(())
 }
 
 #[cgroup_sock(sock_release)]
 pub fn udp_sock_release(ctx: SockContext) -> i32 {
-    if on_release(&ctx).is_err() {
-        count_lost(lost::READ_ERROR);
-    }
-    1
+    allow(on_release(&ctx))
 }

@@ -28,8 +28,8 @@ use port_tracer::{
 /// allocation failures, lifetime / TIME_WAIT / port reuse distributions and anti-patterns.
 /// `record` writes the raw events to a trace file instead, `report` rebuilds lifetimes
 /// and the same summary from one. Tracing needs root, or CAP_BPF and CAP_PERFMON (and for
-/// the tracepoint tier CAP_NET_ADMIN and CAP_DAC_READ_SEARCH); once attached, it drops
-/// every capability it no longer needs (README, "Privileges").
+/// the cgroup tier CAP_NET_ADMIN, for the tracepoint tier also CAP_DAC_READ_SEARCH); once
+/// attached, it drops every capability it no longer needs (README, "Privileges").
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "port-tracer",

@@ -6,8 +6,8 @@ use std::{
 };
 
 use port_tracer_common::{
-    flags, EventKind, Origin as RawOrigin, PortEvent, AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP,
-    IPPROTO_UDP,
+    flags, more_flags, EventKind, Origin as RawOrigin, PortEvent, AF_INET, AF_INET6, COMM_LEN,
+    IPPROTO_TCP, IPPROTO_UDP,
 };
 use serde::Serialize;
 
@@ -208,6 +208,18 @@ pub struct Event {
     /// The socket's own `IP_LOCAL_PORT_RANGE` (low, high), when it set one (Linux 6.3+;
     /// on assignments and failures).
     pub own_port_range: Option<(u16, u16)>,
+    /// An assignment reported only when its socket closed (cgroup tier: UDP `connect()`
+    /// autobind), timed and attributed as at the call that took the port.
+    pub seen_at_close: bool,
+    /// A release at the close of a socket that held no port any more (cgroup tier: a UDP
+    /// `connect(AF_UNSPEC)` gave it back unseen); ends its lifetime, if one is open.
+    pub ended_at_close: bool,
+    /// A bind reported as `bind` because the cgroup tier could not tell bind(0) (see
+    /// `port_tracer_common::more_flags::ORIGIN_GUESSED`).
+    pub origin_guessed: bool,
+    /// A connect's port reported without who connected (see
+    /// `port_tracer_common::more_flags::OWNER_UNKNOWN`).
+    pub owner_unknown: bool,
 }
 
 /// Why a ring buffer record could not be decoded.
@@ -316,6 +328,10 @@ impl Event {
             alloc_ns: (raw.flags & flags::ALLOC_TIMED != 0).then_some(raw.alloc_ns),
             own_port_range: (raw.own_port_range != 0)
                 .then_some((raw.own_port_range as u16, (raw.own_port_range >> 16) as u16)),
+            seen_at_close: raw.flags & flags::SEEN_AT_CLOSE != 0,
+            ended_at_close: raw.flags & flags::GONE_BEFORE_CLOSE != 0,
+            origin_guessed: raw.more_flags & more_flags::ORIGIN_GUESSED != 0,
+            owner_unknown: raw.more_flags & more_flags::OWNER_UNKNOWN != 0,
         })
     }
 }

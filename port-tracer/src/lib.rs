@@ -72,6 +72,8 @@ pub(crate) mod testing {
             time_wait_start: time(3_000),
             lossy: false,
             laddr_learnt: false,
+            seen_at_close: false,
+            ended_at_close: false,
             alloc_ns: Some(1500),
         }
     }

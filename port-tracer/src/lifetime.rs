@@ -53,6 +53,12 @@ pub struct Lifetime {
     pub lossy: bool,
     /// `ends.laddr` was the wildcard when the port was assigned; connect() chose it later.
     pub laddr_learnt: bool,
+    /// Its assignment was reported only when the socket closed (see
+    /// [`Event::seen_at_close`]): until then, live views did not show it.
+    pub seen_at_close: bool,
+    /// It ended when its socket closed, which may be after the port was given back (see
+    /// [`Event::ended_at_close`]).
+    pub ended_at_close: bool,
     /// Nanoseconds the kernel's allocator took to give the port (fentry and kprobe tiers).
     pub alloc_ns: Option<u32>,
 }
@@ -129,8 +135,13 @@ pub struct Counters {
     /// re-armed or new: from its endpoints alone (traces recorded before the kernel side
     /// marked re-arms), or where that mark and the endpoints disagreed (the endpoints win).
     pub time_wait_guessed: u64,
+    /// Binds whose origin (bind or bind_ephemeral) the cgroup tier could not tell (see
+    /// `port_tracer_common::more_flags::ORIGIN_GUESSED`): reported as `bind`.
+    pub origin_guessed: u64,
     /// Accepted sockets whose listener's owner was not known (the listener was neither
-    /// traced nor held at start): emitted without an owner, marked lossy.
+    /// traced nor held at start), and connects whose task the cgroup tier lost (see
+    /// `port_tracer_common::more_flags::OWNER_UNKNOWN`): emitted without an owner, marked
+    /// lossy.
     pub owner_unknown: u64,
     /// Sockets from before the start seen first in an event timed before the start (the
     /// snapshot of held sockets comes after attaching: one that went away or changed in
@@ -141,6 +152,12 @@ pub struct Counters {
     pub evicted: u64,
     /// Events the reorder window let go early because it was full (possibly out of order).
     pub released_early: u64,
+}
+
+/// A UDP autobind reported by a send (not a connect seen at close): the cgroup tier's
+/// guess at a wildcard-bound socket's first send.
+fn is_first_send(ev: &Event) -> bool {
+    ev.ends.proto == Proto::Udp && ev.origin == Origin::Autobind && !ev.seen_at_close
 }
 
 /// Identity of an open lifetime in the table.
@@ -198,6 +215,8 @@ impl HeldAtStart {
             time_wait_start: self.time_wait.then(|| time(self.seen_ns)).flatten(),
             lossy: false,
             laddr_learnt: false,
+            seen_at_close: false,
+            ended_at_close: false,
             alloc_ns: None,
         }
     }
@@ -392,6 +411,8 @@ impl Tracker {
                     time_wait_start: None,
                     lossy: false,
                     laddr_learnt: false,
+                    seen_at_close: false,
+                    ended_at_close: false,
                     alloc_ns: None,
                 }
             }
@@ -473,6 +494,7 @@ impl Tracker {
     }
 
     fn assign(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
+        self.counters.origin_guessed += u64::from(ev.origin_guessed);
         if let Some(&id) = self.by_sock.get(&ev.sock_id) {
             let lt = self.get(id);
             if lt.time_wait_start_ns().is_some() {
@@ -492,11 +514,28 @@ impl Tracker {
         // the kernel kills it just after (see `release_time_wait`).
         let key = HeldKey::of(&ev.ends);
         if self.held_at_start.get(&key).is_some_and(|h| !h.time_wait) {
-            self.held_at_start.remove(&key);
+            let h = self.held_at_start.remove(&key).expect("found just above");
+            if ev.ts_ns > self.start_ns && is_first_send(ev) {
+                // The first send of a wildcard-bound UDP socket held at start, which the
+                // cgroup tier cannot tell from an autobind (see its `udp_autobind`): the
+                // snapshot already saw this port held, so it is that socket, now known.
+                let id = self.open(
+                    Lifetime {
+                        sock_id: ev.sock_id,
+                        ..h.lifetime()
+                    },
+                    emit,
+                );
+                self.by_sock.insert(ev.sock_id, id);
+                return;
+            }
         }
         let mut owner = ev.task;
         let mut lossy = false;
-        if ev.origin == Origin::Inherited && !owner.is_known() {
+        if ev.owner_unknown {
+            self.counters.owner_unknown += 1;
+            lossy = true;
+        } else if ev.origin == Origin::Inherited && !owner.is_known() {
             let listener = (ev.ends.netns, ev.ends.lport);
             if let Some(&lid) = self.bound_tcp.get(&listener) {
                 owner = self.get(lid).owner;
@@ -521,6 +560,8 @@ impl Tracker {
                 time_wait_start: None,
                 lossy,
                 laddr_learnt: false,
+                seen_at_close: ev.seen_at_close,
+                ended_at_close: false,
                 alloc_ns: ev.alloc_ns,
             },
             emit,
@@ -549,6 +590,7 @@ impl Tracker {
                 if lt.time_wait_start_ns().is_some() {
                     return; // the TIME_WAIT socket holds the port now
                 }
+                lt.ended_at_close |= ev.ended_at_close;
                 if lt.ends.rport == 0 && ev.ends.rport != 0 {
                     // Learnt the peer only now (e.g. bound before connect, on a tier that
                     // does not see connect itself): keep it, as a remote update would.
@@ -558,6 +600,10 @@ impl Tracker {
                 self.close(id, ev.ts_ns, emit);
                 emit(Output::Event(ev));
             }
+            // A socket that may never have held a port: nothing to end.
+            None if ev.ended_at_close => {}
+            // A socket that may never have held a port: nothing to end.
+            None if ev.ended_at_close => {}
             None => {
                 let lt = self.unseen(ev);
                 let id = self.insert(lt);

@@ -286,6 +286,8 @@ mod tests {
             time_wait_start: time(300),
             lossy: false,
             laddr_learnt: false,
+            seen_at_close: false,
+            ended_at_close: false,
             alloc_ns: Some(42),
         };
         let mut p = jsonl::Jsonl::new(Vec::new(), WallClock { offset_ns: 0 });
@@ -314,6 +316,8 @@ mod tests {
             time_wait_start: None,
             lossy: true,
             laddr_learnt: false,
+            seen_at_close: false,
+            ended_at_close: false,
             alloc_ns: None,
         };
         let mut p = jsonl::Jsonl::new(Vec::new(), WallClock { offset_ns: 0 });
@@ -407,6 +411,10 @@ mod tests {
                 time_wait_sock: false,
                 tw_cancel: false,
                 tw_rearm: None,
+                seen_at_close: false,
+                ended_at_close: false,
+                origin_guessed: false,
+                owner_unknown: false,
                 ends: ends(40000 + i),
                 origin: Origin::Connect,
                 errno: 0,
@@ -433,6 +441,33 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_tier_blind_to_bind_failures_says_so_in_the_summary() {
+        use crate::{
+            analysis::{failures::bind_failures_unseen, Span},
+            lifetime::Counters,
+            summary::{Lost, Stats, Summary},
+        };
+        assert_eq!(bind_failures_unseen("fentry"), None);
+        assert_eq!(bind_failures_unseen("tracepoint"), None);
+        let why = bind_failures_unseen("cgroup").unwrap();
+        let mut summary = Summary::new(
+            &Stats::new(0),
+            &Counters::default(),
+            Lost::default(),
+            Span::default(),
+            10,
+        );
+        summary.analysis.failures.bind_failures_unseen = Some(why.clone());
+        let mut text = Vec::new();
+        summary_text::write(&mut text, &summary, &WallClock { offset_ns: 0 }).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        let line = format!("Failed bind() calls: not traced: {why}");
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        let json = serde_json::to_value(&summary.analysis.failures).unwrap();
+        assert_eq!(json["bind_failures_unseen"], why.as_str());
     }
 
     #[test]

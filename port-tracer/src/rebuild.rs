@@ -73,6 +73,7 @@ pub struct Rebuild {
     span: Span,
     /// Why the events carry no allocator time, when they cannot.
     alloc_time_unmeasured: Option<String>,
+    bind_failures_unseen: Option<String>,
 }
 
 impl Rebuild {
@@ -94,6 +95,7 @@ impl Rebuild {
                 end_ns: start_ns,
             },
             alloc_time_unmeasured: None,
+            bind_failures_unseen: None,
         }
     }
 
@@ -125,10 +127,11 @@ impl Rebuild {
         self.stats.analysis.set_range(range);
     }
 
-    /// Why the source's events carry no allocator time (see
-    /// [`crate::analysis::alloc_time::unmeasured_reason`]), for the summary.
-    pub fn set_alloc_time_unmeasured(&mut self, why: Option<String>) {
-        self.alloc_time_unmeasured = why;
+    /// The tier the events come from, for what the summary says it could not see.
+    pub fn set_tier(&mut self, tier: &str, trace_version: Option<u16>) {
+        self.alloc_time_unmeasured =
+            crate::analysis::alloc_time::unmeasured_reason(tier, trace_version);
+        self.bind_failures_unseen = crate::analysis::failures::bind_failures_unseen(tier);
     }
 
     /// Sockets that held ports when tracing started (see [`Tracker::set_held_at_start`]).
@@ -210,6 +213,7 @@ impl Rebuild {
             self.top,
         );
         summary.analysis.allocator_time.not_measured = self.alloc_time_unmeasured.take();
+        summary.analysis.failures.bind_failures_unseen = self.bind_failures_unseen.take();
         summary
     }
 

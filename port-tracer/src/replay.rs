@@ -85,10 +85,7 @@ pub fn replay<R: io::Read>(
     printer: &mut (dyn Printer + Send),
 ) -> Result<Replayed, TraceError> {
     let mut engine = Rebuild::new(config, r.meta.started_ns);
-    engine.set_alloc_time_unmeasured(crate::analysis::alloc_time::unmeasured_reason(
-        &r.meta.tier,
-        Some(r.version),
-    ));
+    engine.set_tier(&r.meta.tier, Some(r.version));
     for range in &r.meta.port_ranges {
         engine.set_range(range.clone());
     }

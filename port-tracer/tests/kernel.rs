@@ -245,16 +245,72 @@ fn udp_autobind_by_connect() {
     let tracer = Tracer::start();
     let fd = unbound_udp();
     let sa = loopback(53);
+    let before_connect = port_tracer::clock::monotonic_ns();
     let rc = unsafe { libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), 16) };
+    let after_connect = port_tracer::clock::monotonic_ns();
     assert_eq!(rc, 0);
     let port = local_port(fd);
+    std::thread::sleep(Duration::from_millis(100));
     unsafe { libc::close(fd) };
+    let tier = tracer.tier().name;
     let t = tracer.stop();
     let lt = t.lifetime("udp", port);
     assert_eq!(lt["origin"], "autobind");
     assert_eq!(lt["rport"], 53);
     assert_eq!(lt["raddr"], "127.0.0.1");
     assert_owned_by_me(lt);
+    // Timed at the connect on every tier, though the cgroup tier sees it only at the close.
+    let assigned = lt["assigned_ns"].as_u64().unwrap();
+    assert!(
+        (before_connect..=after_connect).contains(&assigned),
+        "{before_connect} <= {assigned} <= {after_connect}"
+    );
+    let late = tier == "cgroup";
+    assert_eq!(lt["seen_at_close"].as_bool().unwrap_or(false), late, "{lt}");
+}
+
+#[test]
+fn udp_disconnect_gives_the_port_back() {
+    require_root!();
+    let tracer = Tracer::start();
+    let sa = loopback(53);
+    let unspec = libc::sockaddr {
+        sa_family: libc::AF_UNSPEC as u16,
+        sa_data: [0; 14],
+    };
+    // Bound to port 0, connected, disconnected: the kernel gives the port back at the
+    // disconnect; closed later.
+    let fd = unbound_udp();
+    let any = loopback(0);
+    assert_eq!(
+        unsafe { libc::bind(fd, (&any as *const libc::sockaddr_in).cast(), 16) },
+        0
+    );
+    let port = local_port(fd);
+    assert_eq!(
+        unsafe { libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), 16) },
+        0
+    );
+    assert_eq!(unsafe { libc::connect(fd, &unspec, 16) }, 0);
+    assert_eq!(local_port(fd), 0, "the disconnect gave the port back");
+    let disconnected = port_tracer::clock::monotonic_ns();
+    std::thread::sleep(Duration::from_millis(100));
+    let closing = port_tracer::clock::monotonic_ns();
+    unsafe { libc::close(fd) };
+    let tier = tracer.tier().name;
+    let t = tracer.stop();
+    let lt = t.lifetime("udp", port);
+    let released = lt["released_ns"].as_u64().expect("released");
+    // Exact tiers end it at the disconnect; the cgroup tier, which does not see it, at the
+    // close, and says so.
+    if tier == "cgroup" {
+        assert!(released >= closing, "{lt}");
+        assert_eq!(lt["ended_at_close"], true, "{lt}");
+    } else {
+        assert!(released <= disconnected, "{lt}");
+        assert!(lt["ended_at_close"].is_null(), "{lt}");
+    }
+    assert_eq!(t.summary()["tracker"]["unmatched"], 0);
 }
 
 #[test]
@@ -312,9 +368,27 @@ fn eaddrinuse_is_an_allocation_failure() {
     require_root!();
     let held = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port();
+    let fail_to_bind = || {
+        let err = TcpListener::bind(("127.0.0.1", port)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AddrInUse);
+    };
+    // A tier blind to bind failures says so rather than showing none silently.
     let tracer = Tracer::start();
-    let err = TcpListener::bind(("127.0.0.1", port)).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::AddrInUse);
+    let blind = !tracer.tier().sees_bind_failures;
+    fail_to_bind();
+    let t = tracer.stop();
+    let unseen = &t.summary()["failures"]["bind_failures_unseen"];
+    if blind {
+        assert_eq!(t.events("alloc_failure", "tcp", port).len(), 0);
+        let why = unseen
+            .as_str()
+            .unwrap_or_else(|| panic!("{:#}", t.summary()));
+        assert!(why.contains("--attach tracepoint"), "{why}");
+    } else {
+        assert!(unseen.is_null(), "{unseen}");
+    }
+    let tracer = Tracer::start_seeing_bind_failures();
+    fail_to_bind();
     let t = tracer.stop();
     let f = t.events("alloc_failure", "tcp", port);
     assert_eq!(f.len(), 1, "{:#?}", t.records);
@@ -436,7 +510,13 @@ fn sockets_held_before_start_are_preexisting_when_released() {
     // Held through the whole trace, and accepting a connection during it.
     let kept = TcpListener::bind("127.0.0.1:0").unwrap();
     let kept_port = kept.local_addr().unwrap().port();
+    // A UDP socket on the wildcard address, sending during the trace: its first send is
+    // no new port (the cgroup tier takes a wildcard socket's first send for an autobind).
+    let wild = UdpSocket::bind("0.0.0.0:0").unwrap();
+    let wild_port = wild.local_addr().unwrap().port();
     let tracer = Tracer::start_with(&[]);
+    wild.send_to(b"x", ("127.0.0.1", kept_port)).unwrap();
+    drop(wild);
     drop(l);
     let c = TcpStream::connect(kept.local_addr().unwrap()).unwrap();
     let client_port = c.local_addr().unwrap().port();
@@ -475,6 +555,12 @@ fn sockets_held_before_start_are_preexisting_when_released() {
         .find(|l| l["netns"] == netns)
         .expect("udp lifetime in the second namespace");
     assert_eq!(lt["origin"], "preexisting");
+    let wild_lts = t.lifetimes("udp", wild_port);
+    assert_eq!(wild_lts.len(), 1, "{wild_lts:#?}");
+    assert_eq!(wild_lts[0]["origin"], "preexisting");
+    assert_eq!(wild_lts[0]["pid"], my_pid());
+    assert!(!wild_lts[0]["released_ns"].is_null());
+    assert_eq!(t.summary()["tracker"]["unmatched"], 0);
 }
 
 fn set_int_opt(fd: i32, level: i32, opt: i32, v: i32) {
@@ -1757,7 +1843,10 @@ fn capabilities_of_the_tier() -> Vec<u32> {
     let mut caps = vec![CAP_BPF, CAP_PERFMON];
     match std::env::var("PORT_TRACER_TEST_ATTACH").ok().as_deref() {
         Some("fentry" | "kprobe") => {}
-        _ => caps.extend([CAP_NET_ADMIN, CAP_DAC_READ_SEARCH]),
+        Some("tracepoint") => caps.extend([CAP_NET_ADMIN, CAP_DAC_READ_SEARCH]),
+        // The cgroup tier needs no tracefs (raw tracepoints); `auto` picks it where fentry
+        // and kprobes do not work (the VM matrix names every tier).
+        _ => caps.push(CAP_NET_ADMIN),
     }
     caps
 }
@@ -2024,7 +2113,8 @@ fn bare_bind(port: u16) -> Result<std::os::fd::OwnedFd, i32> {
 fn one_destination_runs_out_while_the_range_does_not_and_failures_say_why() {
     use std::os::fd::AsRawFd;
     require_root!();
-    let tracer = Tracer::start();
+    // Its EADDRINUSE failures need a tier that sees bind() fail.
+    let tracer = Tracer::start_seeing_bind_failures();
     struct Seen {
         netns: u64,
         bound: Vec<u16>,
@@ -2183,10 +2273,8 @@ fn time_inside_the_allocator_grows_as_the_range_fills() {
     require_root!();
     const RANGE: u16 = 400;
     let tracer = Tracer::start();
-    let tier_times_it = !tracer
-        .startup
-        .iter()
-        .any(|l| l.contains("tracing with the tracepoint tier"));
+    let tracer_tier = tracer.tier().name;
+    let tier_times_it = tracer.tier().times_allocator;
     struct Seen {
         netns: u64,
         /// connect()'s ports in the order they were given.
@@ -2265,7 +2353,8 @@ fn time_inside_the_allocator_grows_as_the_range_fills() {
         assert!(others.iter().all(|&(p, port)| alloc_ns(p, port).is_none()));
         assert!(failure["alloc_ns"].is_null(), "{failure}");
         let why = report["not_measured"].as_str().unwrap_or_default();
-        assert!(why.contains("the tracepoint tier"), "{report:#}");
+        let tier = format!("the {} tier", tracer_tier);
+        assert!(why.contains(&tier), "{report:#}");
         return;
     }
     for (proto, port) in others {
@@ -2429,4 +2518,91 @@ fn a_sockets_own_port_range_is_the_range_its_failure_is_explained_by() {
         .find(|d| d["netns"] == netns && d["rport"] == 5000)
         .unwrap_or_else(|| panic!("{:#}", summary["destinations"]));
     assert_eq!(dest["min_headroom"], 16, "{dest:#}");
+}
+
+/// Runs one io_uring operation to completion; its result (negative errno on failure).
+fn io_uring_op(ring: &mut io_uring::IoUring, op: io_uring::squeue::Entry) -> i32 {
+    // SAFETY: the operation's buffers (socket addresses) outlive the wait below.
+    unsafe { ring.submission().push(&op).expect("submission queue full") };
+    ring.submit_and_wait(1).expect("io_uring_enter");
+    ring.completion().next().expect("a completion").result()
+}
+
+#[test]
+fn io_uring_binds_listens_and_connects_are_seen() {
+    use io_uring::{opcode, types::Fd, IoUring, Probe};
+    require_root!();
+    let Ok(mut ring) = IoUring::new(8) else {
+        eprintln!("skipped: io_uring is not available on this kernel");
+        return;
+    };
+    let mut probe = Probe::new();
+    ring.submitter().register_probe(&mut probe).unwrap();
+    let can_bind =
+        probe.is_supported(opcode::Bind::CODE) && probe.is_supported(opcode::Listen::CODE);
+    assert!(
+        probe.is_supported(opcode::Connect::CODE),
+        "IORING_OP_CONNECT is 5.5+"
+    );
+    let tracer = Tracer::start();
+    let tier = tracer.tier().name;
+    let any = loopback(0);
+    let sa = |a: &libc::sockaddr_in| (a as *const libc::sockaddr_in).cast::<libc::sockaddr>();
+    // Listener: bound and listening through io_uring where the kernel can (6.11+), through
+    // the syscalls elsewhere; then a connect through io_uring to it.
+    let l = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    let udp = unbound_udp();
+    if can_bind {
+        assert_eq!(
+            io_uring_op(&mut ring, opcode::Bind::new(Fd(l), sa(&any), 16).build()),
+            0
+        );
+        assert_eq!(
+            io_uring_op(&mut ring, opcode::Listen::new(Fd(l), 8).build()),
+            0
+        );
+        assert_eq!(
+            io_uring_op(&mut ring, opcode::Bind::new(Fd(udp), sa(&any), 16).build()),
+            0
+        );
+    } else {
+        assert_eq!(unsafe { libc::bind(l, sa(&any), 16) }, 0);
+        assert_eq!(unsafe { libc::listen(l, 8) }, 0);
+    }
+    let lport = local_port(l);
+    let c = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    let to = loopback(lport);
+    assert_eq!(
+        io_uring_op(&mut ring, opcode::Connect::new(Fd(c), sa(&to), 16).build()),
+        0
+    );
+    let cport = local_port(c);
+    let uport = local_port(udp);
+    for fd in [c, l, udp] {
+        unsafe { libc::close(fd) };
+    }
+    let t = tracer.stop();
+    let connected = t.lifetime("tcp", cport);
+    assert_eq!(connected["origin"], "connect", "{connected}");
+    assert_eq!(connected["rport"], lport);
+    assert_eq!(connected["pid"], my_pid());
+    if !can_bind {
+        eprintln!("IORING_OP_BIND/LISTEN: not on this kernel (6.11+); connect checked");
+        return;
+    }
+    // The syscall tracepoints never see io_uring's binds (README); every other tier does.
+    let binds_seen = tier != "tracepoint";
+    for (proto, port) in [("tcp", lport), ("udp", uport)] {
+        let lts: Vec<_> = t
+            .lifetimes(proto, port)
+            .into_iter()
+            .filter(|l| l["origin"] == "bind_ephemeral" && l["pid"] == my_pid())
+            .collect();
+        assert_eq!(
+            lts.len(),
+            usize::from(binds_seen),
+            "{tier}: {proto} {port}: {lts:#?}"
+        );
+    }
+    assert_eq!(t.summary()["lost"]["total"], 0);
 }

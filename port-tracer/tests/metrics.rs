@@ -196,6 +196,7 @@ fn metrics_scraped_during_a_run_and_read_by_the_prometheus_parser() {
         "map_full",
         "read_error",
         "return_missed",
+        "port_unknown",
         "undecodable",
     ] {
         let lost = s.value("port_tracer_lost_events_total", &[("reason", reason)]);

@@ -106,7 +106,8 @@ fn xtask(cli: Cli) -> Result<()> {
                     kernels: Vec::new(),
                     tiers: Vec::new(),
                     no_lib: false,
-                    timeout: 900,
+                    timeout: 1500,
+                    bpf_cost: false,
                     filter,
                 })?
             };
@@ -325,27 +326,49 @@ struct HostTests {
 }
 
 fn test(args: &[String]) -> Result<HostTests> {
-    // One harness run: unit tests and the integration tests that drive the real programs.
-    // The integration tests each start a tracer, so they run one at a time.
+    // Unit tests and the integration tests that drive the real programs, on the tier
+    // `auto` picks here (cgroup); then the scenarios again on the tracepoint tier, and the
+    // two compared, which this kernel also runs (the VM matrix runs the rest). The
+    // integration tests each start a tracer, so they run one at a time.
     if !is_root() {
         eprintln!("xtask: not root: the kernel integration tests will be skipped (run as root)");
     }
+    let all = host_harness(
+        &["-p", "port-tracer", "-p", "xtask", "--lib", "--tests"],
+        &[],
+        args,
+    )?;
+    let tracepoint = host_harness(
+        &["-p", "port-tracer", "--test", "kernel", "--test", "tiers"],
+        &[
+            ("PORT_TRACER_TEST_ATTACH", "tracepoint"),
+            ("PORT_TRACER_TEST_TIERS", "cgroup,tracepoint"),
+        ],
+        args,
+    )?;
+    let (passed, failed) = (
+        all.passed + tracepoint.passed,
+        all.failed + tracepoint.failed,
+    );
+    println!("host: {passed} passed, {failed} failed");
+    Ok(HostTests {
+        passed,
+        failed,
+        ok: all.ok && tracepoint.ok,
+    })
+}
+
+/// One `cargo test` over `targets` with `env`, libtest arguments `args`; its counts.
+fn host_harness(targets: &[&str], env: &[(&str, &str)], args: &[String]) -> Result<HostTests> {
     let mut cmd = Command::new("cargo");
-    cmd.args([
-        "test",
-        "--release",
-        "-p",
-        "port-tracer",
-        "-p",
-        "xtask",
-        "--lib",
-        "--tests",
-        "--",
-    ])
-    .arg("--test-threads=1")
-    .args(args)
-    .env("PORT_TRACER_PYTHON", python_tools_path())
-    .stdout(std::process::Stdio::piped());
+    cmd.args(["test", "--release"])
+        .args(targets)
+        .arg("--")
+        .arg("--test-threads=1")
+        .args(args)
+        .env("PORT_TRACER_PYTHON", python_tools_path())
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped());
     eprintln!("xtask: running {cmd:?}");
     let mut child = cmd.spawn().context("starting cargo test")?;
     let stdout = child.stdout.take().expect("piped");
@@ -359,7 +382,6 @@ fn test(args: &[String]) -> Result<HostTests> {
         }
     }
     let status = child.wait()?;
-    println!("host: {passed} passed, {failed} failed");
     Ok(HostTests {
         passed,
         failed,

@@ -178,8 +178,9 @@ pub fn unmeasured_reason(tier: &str, trace_version: Option<u16>) -> Option<Strin
         .find(|t| t.name == tier)?;
     (!info.times_allocator).then(|| {
         format!(
-            "the {tier} tier hooks syscalls and socket state changes, not the allocator \
-             functions, so it cannot time them (the fentry and kprobe tiers do)"
+            "the {tier} tier hooks the calls around the allocator (syscalls or socket \
+             hooks, and state changes), not the allocator functions, so it cannot time them \
+             (the fentry and kprobe tiers do)"
         )
     })
 }

@@ -108,6 +108,24 @@ pub struct FailureReport {
     pub not_shown: u64,
     /// Sockets not kept to be named as holders (past a million open at once).
     pub holders_not_kept: u64,
+    /// Why failed bind() and listen() calls are not among them, when the tier cannot see
+    /// them (see [`bind_failures_unseen`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind_failures_unseen: Option<String>,
+}
+
+/// Why a trace made with `tier` holds no failed bind() or listen() (EADDRINUSE), if it
+/// cannot: the cgroup tier's hooks run only after a bind succeeded.
+pub fn bind_failures_unseen(tier: &str) -> Option<String> {
+    let info = port_tracer_common::tiers::ALL
+        .iter()
+        .find(|t| t.name == tier)?;
+    (!info.sees_bind_failures).then(|| {
+        format!(
+            "the {tier} tier does not see bind() fail (its hooks run only after a bind \
+             succeeded); --attach tracepoint does, at the cost of syscall tracepoints"
+        )
+    })
 }
 
 impl Failures {
@@ -180,6 +198,7 @@ impl Failures {
         groups.truncate(top);
         let shown: u64 = groups.iter().map(|g| g.count).sum();
         FailureReport {
+            bind_failures_unseen: None,
             holders_not_kept,
             total: self.total,
             not_shown: self.total - shown,

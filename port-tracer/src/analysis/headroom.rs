@@ -826,6 +826,10 @@ mod tests {
             time_wait_sock: false,
             tw_cancel: false,
             tw_rearm: None,
+            seen_at_close: false,
+            ended_at_close: false,
+            origin_guessed: false,
+            owner_unknown: false,
             ends: Endpoints {
                 lport: 40003,
                 ..ends

@@ -41,6 +41,10 @@ fn assign(ts: u64, sock: u64, lport: u16, origin: Origin, pid: u32) -> Output {
         time_wait_sock: false,
         tw_cancel: false,
         tw_rearm: None,
+        seen_at_close: false,
+        ended_at_close: false,
+        origin_guessed: false,
+        owner_unknown: false,
         ends: ends(Proto::Tcp, lport, 80),
         origin,
         errno: 0,
@@ -62,6 +66,8 @@ fn ended(sock: u64, lport: u16, from: u64, tw: Option<u64>, to: Option<u64>, pid
         time_wait_start: time_of(tw),
         lossy: false,
         laddr_learnt: false,
+        seen_at_close: false,
+        ended_at_close: false,
         alloc_ns: None,
     })
 }
@@ -266,6 +272,8 @@ fn bind_zero_before_connect_is_named_with_its_process() {
             time_wait_start: None,
             lossy: false,
             laddr_learnt: false,
+            seen_at_close: false,
+            ended_at_close: false,
             alloc_ns: None,
         })
     };
@@ -324,6 +332,10 @@ fn failures_are_grouped_by_process_destination_and_error() {
             time_wait_sock: false,
             tw_cancel: false,
             tw_rearm: None,
+            seen_at_close: false,
+            ended_at_close: false,
+            origin_guessed: false,
+            owner_unknown: false,
             ends: ends(Proto::Tcp, 0, rport),
             origin: Origin::Connect,
             errno: 99,
@@ -356,6 +368,10 @@ fn time_wait_seen_through_the_tracker_counts_at_the_peak() {
         time_wait_sock: tw_sock,
         tw_cancel: false,
         tw_rearm: None,
+        seen_at_close: false,
+        ended_at_close: false,
+        origin_guessed: false,
+        owner_unknown: false,
         ends: ends(Proto::Tcp, 40004, 80),
         origin: Origin::Connect,
         errno: 0,
@@ -450,6 +466,8 @@ fn tcp_lifetime(ev: &Event, to: Option<u64>) -> Output {
         time_wait_start: None,
         lossy: false,
         laddr_learnt: false,
+        seen_at_close: false,
+        ended_at_close: false,
         alloc_ns: None,
     })
 }

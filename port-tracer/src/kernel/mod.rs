@@ -2,6 +2,7 @@
 
 mod attach_fentry;
 mod attach_kprobe;
+mod cgroup;
 pub mod held;
 pub mod hooks;
 pub mod offsets;
@@ -35,17 +36,19 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 pub enum Tier {
     Fentry,
     Kprobe,
+    Cgroup,
     Tracepoint,
 }
 
 impl Tier {
     /// Best first.
-    pub const ALL: [Tier; 3] = [Tier::Fentry, Tier::Kprobe, Tier::Tracepoint];
+    pub const ALL: [Tier; 4] = [Tier::Fentry, Tier::Kprobe, Tier::Cgroup, Tier::Tracepoint];
 
     pub fn info(self) -> &'static TierInfo {
         match self {
             Tier::Fentry => &tiers::FENTRY,
             Tier::Kprobe => &tiers::KPROBE,
+            Tier::Cgroup => &tiers::CGROUP,
             Tier::Tracepoint => &tiers::TRACEPOINT,
         }
     }
@@ -58,6 +61,7 @@ impl Tier {
                 attach_fentry::attach(ebpf, btf, &aya_btf)
             }
             Tier::Kprobe => attach_kprobe::attach(ebpf, btf),
+            Tier::Cgroup => cgroup::attach(ebpf),
             Tier::Tracepoint => tracepoint::attach(ebpf),
         }
         .map_err(privileges::explain_perf_refusal)
@@ -94,7 +98,8 @@ impl TierChoice {
     pub fn help(self) -> &'static str {
         match self {
             TierChoice::Auto => {
-                "The best tier that loads and attaches: fentry, then kprobe, then tracepoint"
+                "The best tier that loads and attaches: fentry, then kprobe, then cgroup, then \
+                 tracepoint"
             }
             TierChoice::Only(t) => t.info().about,
         }
@@ -180,13 +185,15 @@ impl Kernel {
         });
         let (btf, mut offs) = parsed?;
         let (mut loader, mut fentry_btf) = (Some(loader), FentryBtf(fentry_btf));
-        let config = ProgramConfig {
+        let mut config = ProgramConfig {
             wakeup_bytes: opts.wakeup_bytes,
+            ..Default::default()
         };
         raise_memlock_limit();
         let mut passed_over = Vec::new();
         for &tier in &candidates {
-            if tier == Tier::Tracepoint {
+            config.cgroup_tier = (tier == Tier::Cgroup) as u32;
+            if matches!(tier, Tier::Tracepoint | Tier::Cgroup) {
                 // Tells the TIME_WAIT timer from the others (0 if hidden: not traced).
                 offs.tw_timer_handler = offsets::kallsyms_address("tw_timer_handler")?.unwrap_or(0);
             }
@@ -195,8 +202,9 @@ impl Kernel {
             let mut ebpf = load_object(loader, &offs, &config, opts.ring_bytes)?;
             match tier.attach(&mut ebpf, &btf, &mut fentry_btf) {
                 Ok(()) => {
-                    let time_wait_untraced =
-                        (tier == Tier::Tracepoint && offs.tw_timer_handler == 0).then(|| {
+                    let time_wait_untraced = (matches!(tier, Tier::Tracepoint | Tier::Cgroup)
+                        && offs.tw_timer_handler == 0)
+                        .then(|| {
                             if privileges::has(caps::Capability::CAP_SYSLOG) {
                                 "tw_timer_handler not in /proc/kallsyms"
                             } else {
@@ -267,6 +275,8 @@ fn unload(program: &mut Program) {
         Program::TracePoint(p) => p.unload(),
         Program::RawTracePoint(p) => p.unload(),
         Program::CgroupSock(p) => p.unload(),
+        Program::CgroupSockAddr(p) => p.unload(),
+        Program::SockOps(p) => p.unload(),
         _ => Ok(()),
     };
 }

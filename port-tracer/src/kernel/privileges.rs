@@ -59,8 +59,9 @@ pub fn check_load() -> Result<()> {
         .collect();
     bail!(
         "missing capability {}: port-tracer loads eBPF programs ({}). Run it as root (sudo), \
-         or with CAP_BPF and CAP_PERFMON (the tracepoint tier also needs CAP_NET_ADMIN and, \
-         not as root, CAP_DAC_READ_SEARCH); README, \"Privileges\", lists what each is for",
+         or with CAP_BPF and CAP_PERFMON (the cgroup and tracepoint tiers also need \
+         CAP_NET_ADMIN, the tracepoint tier, not as root, CAP_DAC_READ_SEARCH); README, \
+         \"Privileges\", lists what each is for",
         names.join(" and "),
         whys.join("; ")
     )

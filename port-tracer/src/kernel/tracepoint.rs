@@ -26,7 +26,16 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<()> {
         prog.attach("syscalls", name)
             .with_context(|| format!("attaching syscalls:{name}"))?;
     }
-    // Each program is named as its raw tracepoint.
+    attach_raw_tracepoints(ebpf)?;
+    let root = cgroup2_root()?;
+    let cgroup = std::fs::File::open(&root)
+        .with_context(|| format!("opening cgroup v2 root {}", root.display()))?;
+    attach_cgroup_sock(ebpf, UDP_SOCK_RELEASE, &cgroup, &root)
+}
+
+/// Attaches the raw tracepoints both the tracepoint and the cgroup tier use: TCP state
+/// changes and destruction, TIME_WAIT timers. Each program is named as its tracepoint.
+pub fn attach_raw_tracepoints(ebpf: &mut Ebpf) -> Result<()> {
     for name in RAW_TRACEPOINTS {
         let prog: &mut RawTracePoint = ebpf
             .program_mut(name)
@@ -36,18 +45,25 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<()> {
         prog.attach(name)
             .with_context(|| format!("attaching raw tracepoint {name}"))?;
     }
-    let root = cgroup2_root()?;
-    let cgroup = std::fs::File::open(&root)
-        .with_context(|| format!("opening cgroup v2 root {}", root.display()))?;
+    Ok(())
+}
+
+/// Loads cgroup sock program `name` and attaches it at the cgroup v2 root `cgroup`.
+pub fn attach_cgroup_sock(
+    ebpf: &mut Ebpf,
+    name: &str,
+    cgroup: &std::fs::File,
+    root: &std::path::Path,
+) -> Result<()> {
     let prog: &mut CgroupSock = ebpf
-        .program_mut(UDP_SOCK_RELEASE)
-        .context("program udp_sock_release missing")?
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing"))?
         .try_into()?;
-    prog.load().context("loading udp_sock_release")?;
+    prog.load().with_context(|| format!("loading {name}"))?;
     // Attached as a BPF link, which always coexists with other programs: links take no
     // attach flags (the kernel refuses BPF_F_ALLOW_MULTI there).
-    prog.attach(&cgroup, CgroupAttachMode::Single)
-        .with_context(|| format!("attaching cgroup sock_release at {}", root.display()))?;
+    prog.attach(cgroup, CgroupAttachMode::Single)
+        .with_context(|| format!("attaching cgroup program {name} at {}", root.display()))?;
     Ok(())
 }
 

@@ -38,6 +38,10 @@ impl E {
             time_wait_sock: false,
             tw_cancel: false,
             tw_rearm: None,
+            seen_at_close: false,
+            ended_at_close: false,
+            origin_guessed: false,
+            owner_unknown: false,
             ends: Endpoints {
                 proto,
                 family: Family::Ipv4,
@@ -855,4 +859,84 @@ fn a_release_before_the_start_of_an_unknown_socket_is_the_starts_race() {
         (Origin::Preexisting, Some(50))
     );
     assert_eq!(lts[1].origin, Origin::Unknown);
+}
+
+/// The cgroup tier's UDP connect() autobind, reported at the close: the lifetime runs from
+/// the connect, and says it was seen late.
+#[test]
+fn an_assignment_seen_at_close_starts_where_it_was_timed() {
+    let mut connect = E::assign(10, 0xa, 40000, Origin::Autobind);
+    connect.0.seen_at_close = true;
+    let mut t = Tracker::new();
+    let (_, lts) = run(&mut t, &[connect, E::release(90, 0xa, 40000)]);
+    assert_eq!(lts.len(), 1);
+    assert_eq!(
+        (lts[0].assigned_ns(), lts[0].released_ns()),
+        (Some(10), Some(90))
+    );
+    assert!(lts[0].seen_at_close && !lts[0].ended_at_close);
+    assert_eq!(t.counters.unmatched, 0);
+}
+
+/// A release at the close of a socket whose port a disconnect gave back unseen (lport 0):
+/// ends its open lifetime, marked; for a socket with none, nothing and no count.
+#[test]
+fn a_release_after_the_port_went_ends_an_open_lifetime_only() {
+    let bound = E::assign(10, 0xa, 40000, Origin::BindEphemeral);
+    let mut gone = E::release(90, 0xa, 0);
+    gone.0.ended_at_close = true;
+    let mut never = E::release(95, 0xb, 0);
+    never.0.ended_at_close = true;
+    let mut t = Tracker::new();
+    let (_, lts) = run(&mut t, &[bound, gone, never]);
+    assert_eq!(lts.len(), 1, "{lts:#?}");
+    assert_eq!(lts[0].ends.lport, 40000);
+    assert_eq!(lts[0].released_ns(), Some(90));
+    assert!(lts[0].ended_at_close);
+    assert_eq!(t.counters.unmatched, 0);
+}
+
+/// The cgroup tier takes the first send of a wildcard-bound UDP socket for an autobind:
+/// one held at start is that socket, not a new lifetime; one seen first before the start
+/// (the start's race) is new.
+#[test]
+fn a_held_udp_sockets_first_send_is_the_held_socket() {
+    let mut t = Tracker::new();
+    t.set_start(100);
+    let mut send = E::new(Kind::Assign, 150, 0xa, Proto::Udp, 53);
+    send.0.origin = Origin::Autobind;
+    send.0.ends.laddr = ip("0.0.0.0");
+    let dns = task(7, "named");
+    t.set_held_at_start([HeldAtStart {
+        ends: send.0.ends,
+        owner: dns,
+        listening: false,
+        time_wait: false,
+        seen_ns: 90,
+    }]);
+    let mut close = E::new(Kind::Release, 300, 0xa, Proto::Udp, 53);
+    close.0.ends.laddr = ip("0.0.0.0");
+    let (evs, lts) = run(&mut t, &[send, close]);
+    assert_eq!(lts.len(), 1, "{lts:#?}");
+    assert_eq!(lts[0].origin, Origin::Preexisting);
+    assert_eq!(lts[0].owner, dns);
+    assert_eq!(lts[0].released_ns(), Some(300));
+    assert!(
+        evs.iter().all(|e| e.kind != Kind::Assign),
+        "no new assignment: {evs:#?}"
+    );
+    assert_eq!(t.counters.unmatched, 0);
+
+    // Before the start: created in the start's race, a lifetime of its own.
+    let mut t = Tracker::new();
+    t.set_start(200);
+    t.set_held_at_start([HeldAtStart {
+        ends: send.0.ends,
+        owner: dns,
+        listening: false,
+        time_wait: false,
+        seen_ns: 190,
+    }]);
+    let (_, lts) = run(&mut t, &[send, close]);
+    assert_eq!(lts[0].origin, Origin::Autobind);
 }

@@ -61,7 +61,8 @@ struct Live {
 impl Live {
     fn push_record(&mut self, bytes: &[u8]) {
         if let Some((netns, pid, tid)) = netns_and_thread(bytes) {
-            if !self.ranges.tried(netns) {
+            // Releases and TIME_WAIT events carry no task: a later event names where to look.
+            if pid != 0 && !self.ranges.tried(netns) {
                 // Before the record reaches the analyses: their groups take the range
                 // they find when they begin.
                 if let Some(r) = self.ranges.find(netns, pid, tid) {
@@ -166,11 +167,7 @@ pub async fn run(config: LiveConfig) -> Result<()> {
     for r in held_ranges {
         live.engine.set_range(r);
     }
-    live.engine
-        .set_alloc_time_unmeasured(crate::analysis::alloc_time::unmeasured_reason(
-            kernel.tier.info().name,
-            None,
-        ));
+    live.engine.set_tier(kernel.tier.info().name, None);
     live.engine.set_held_at_start(held_at_start);
     let publisher = metrics_listener
         .map(|listener| Publisher::serve(listener, live.metrics_snapshot(&[0; lost::NAMES.len()])));

@@ -148,7 +148,8 @@ fn take<W: std::io::Write>(
             }
         }
         if let Some((netns, pid, tid)) = netns_and_thread(&item) {
-            if !finder.tried(netns) {
+            // Releases and TIME_WAIT events carry no task: a later event names where to look.
+            if pid != 0 && !finder.tried(netns) {
                 if let Some(range) = finder.find(netns, pid, tid) {
                     w.write_ranges(&[range])?;
                 }

@@ -19,6 +19,10 @@ fn event(kind: Kind, proto: Proto, lport: u16, origin: Origin) -> Event {
         time_wait_sock: false,
         tw_cancel: false,
         tw_rearm: None,
+        seen_at_close: false,
+        ended_at_close: false,
+        origin_guessed: false,
+        owner_unknown: false,
         ends: e,
         origin,
         errno: 0,
@@ -45,6 +49,8 @@ fn ended(proto: Proto, lport: u16, origin: Origin, assigned: Option<u64>, ns: u6
         time_wait_start: None,
         lossy: false,
         laddr_learnt: false,
+        seen_at_close: false,
+        ended_at_close: false,
         alloc_ns: None,
     })
 }

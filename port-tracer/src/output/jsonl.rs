@@ -118,6 +118,12 @@ impl<W: Write> Printer for Jsonl<W> {
         l.opt_u64(lt.time_wait_ns());
         l.raw(",\"alloc_ns\":");
         l.opt_u64(lt.alloc_ns.map(u64::from));
+        if lt.seen_at_close {
+            l.raw(",\"seen_at_close\":true");
+        }
+        if lt.ended_at_close {
+            l.raw(",\"ended_at_close\":true");
+        }
         l.raw(if lt.lossy {
             ",\"lossy\":true}\n"
         } else {

@@ -198,7 +198,11 @@ fn totals(out: &mut impl Write, s: &Summary, clock: &WallClock) -> io::Result<()
         ),
         (
             t.owner_unknown,
-            "accepted sockets whose listener's owner was unknown (marked lossy)",
+            "sockets whose owner was unknown: accepted with an unknown listener, or connects started before the start (marked lossy)",
+        ),
+        (
+            t.origin_guessed,
+            "binds reported as `bind`, their origin not told (cgroup tier: its note of the bind was evicted)",
         ),
         (
             t.time_wait_guessed,
@@ -412,6 +416,9 @@ fn failure_cause(g: &FailureGroup, clock: &WallClock) -> Option<String> {
 }
 
 fn failures(out: &mut impl Write, f: &FailureReport, clock: &WallClock) -> io::Result<()> {
+    if let Some(why) = &f.bind_failures_unseen {
+        writeln!(out, "\nFailed bind() calls: not traced: {why}")?;
+    }
     if f.total == 0 {
         return Ok(());
     }

@@ -108,6 +108,31 @@ impl Tracer {
         tracer
     }
 
+    /// The tier tracing, as its start message names it.
+    pub fn tier(&self) -> &'static port_tracer_common::tiers::TierInfo {
+        port_tracer_common::tiers::ALL
+            .iter()
+            .find(|t| {
+                let said = format!("tracing with the {} tier", t.name);
+                self.startup.iter().any(|l| l.contains(&said))
+            })
+            .unwrap_or_else(|| panic!("no tier named at start: {:#?}", self.startup))
+    }
+
+    /// Starts the tracer showing only this process, on a tier that sees bind() fail: the
+    /// tier under test if it does, else the tracepoint tier.
+    pub fn start_seeing_bind_failures() -> Tracer {
+        let tier = std::env::var("PORT_TRACER_TEST_ATTACH")
+            .ok()
+            .filter(|t| {
+                port_tracer_common::tiers::ALL
+                    .iter()
+                    .any(|i| i.name == t && i.sees_bind_failures)
+            })
+            .unwrap_or_else(|| "tracepoint".into());
+        Self::start_tier(Some(&tier), &["--pid", &std::process::id().to_string()])
+    }
+
     /// Waits (up to `limit`) until the tracer has written a record matching `f`; the tracer
     /// flushes its output every few tens of milliseconds.
     pub fn wait_for_record(&self, limit: Duration, f: impl Fn(&Value) -> bool) -> bool {

@@ -129,6 +129,8 @@ pub(super) fn render_table(all: &[Measured], idle: &[(Tool, f64)], opts: &Option
 /// (medians over rounds), and their sum against the untraced time of one operation.
 pub(super) fn render_programs(all: &[Measured], opts: &Options) -> String {
     let mut out = String::new();
+    // (tool, workload, total ns per op), for the closing per-tier table.
+    let mut totals: Vec<(String, Workload, f64)> = Vec::new();
     for (w, tool, runs) in groups(all, |m| !m.programs.is_empty()) {
         let mut names: Vec<String> = runs
             .iter()
@@ -185,6 +187,7 @@ pub(super) fn render_programs(all: &[Measured], opts: &Options) -> String {
             out += &r;
         }
         out += &format!("| **total** | | | **{total:.0}** |\n");
+        totals.push((tool.label(), w, total));
         if let Some(u) = untraced_ns {
             out += &format!(
                 "\nOne untraced operation takes {u:.0} ns of its thread (median): the programs alone add {:.1}% to it, a ratio of at best {:.3}.\n",
@@ -192,6 +195,36 @@ pub(super) fn render_programs(all: &[Measured], opts: &Options) -> String {
                 u / (u + total)
             );
         }
+    }
+    out + &render_tier_totals(&totals)
+}
+
+/// One line per tool: the BPF time its programs add per TCP connection and per UDP socket.
+fn render_tier_totals(totals: &[(String, Workload, f64)]) -> String {
+    let mut tools: Vec<&str> = Vec::new();
+    for (tool, _, _) in totals {
+        if !tools.contains(&tool.as_str()) {
+            tools.push(tool);
+        }
+    }
+    if tools.is_empty() {
+        return String::new();
+    }
+    let mut out = "\nBPF time per operation, by tier (medians above)\n\n\
+                   | tool | ns per TCP connection | ns per UDP socket |\n|---|---|---|\n"
+        .to_string();
+    for tool in tools {
+        let of = |w: Workload| {
+            totals
+                .iter()
+                .find(|t| t.0 == tool && t.1 == w)
+                .map_or("-".to_string(), |t| format!("{:.0}", t.2))
+        };
+        out += &format!(
+            "| {tool} | {} | {} |\n",
+            of(Workload::Tcp),
+            of(Workload::Udp)
+        );
     }
     out
 }
@@ -217,6 +250,18 @@ pub(super) fn to_json(m: &Measured) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tier_totals_have_a_line_per_tool() {
+        let t = render_tier_totals(&[
+            ("port-tracer (cgroup)".into(), Workload::Tcp, 900.4),
+            ("port-tracer (tracepoint)".into(), Workload::Tcp, 2112.0),
+            ("port-tracer (cgroup)".into(), Workload::Udp, 500.0),
+        ]);
+        assert!(t.contains("| port-tracer (cgroup) | 900 | 500 |"), "{t}");
+        assert!(t.contains("| port-tracer (tracepoint) | 2112 | - |"), "{t}");
+        assert_eq!(render_tier_totals(&[]), "");
+    }
 
     #[test]
     fn medians() {

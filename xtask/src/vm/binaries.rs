@@ -24,12 +24,17 @@ pub struct Binaries {
     pub kernel_test: PathBuf,
     /// Tier equivalence (`tests/tiers.rs`).
     pub tiers_test: PathBuf,
+    /// BPF time per operation by tier (`tests/cost.rs`).
+    pub cost_test: PathBuf,
 }
 
 pub fn build() -> Result<Binaries> {
     let mut cmd = Command::new("cargo");
     cmd.args(["test", "--release", "--target", TARGET, "-p", "port-tracer"])
-        .args(["--lib", "--test", "kernel", "--test", "tiers", "--no-run"])
+        .args([
+            "--lib", "--test", "kernel", "--test", "tiers", "--test", "cost",
+        ])
+        .arg("--no-run")
         .arg("--message-format=json-render-diagnostics")
         .env(
             "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
@@ -38,7 +43,8 @@ pub fn build() -> Result<Binaries> {
         .stdout(Stdio::piped());
     eprintln!("xtask: building static binaries for the guests: {cmd:?}");
     let mut child = cmd.spawn().context("starting cargo")?;
-    let (mut tracer, mut lib_test, mut kernel_test, mut tiers_test) = (None, None, None, None);
+    let (mut tracer, mut lib_test, mut kernel_test, mut tiers_test, mut cost_test) =
+        (None, None, None, None, None);
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let Ok(msg) = serde_json::from_str::<Value>(&line?) else {
             continue;
@@ -58,6 +64,7 @@ pub fn build() -> Result<Binaries> {
             "port_tracer" if kind_is("lib") && is_test => lib_test = Some(exe),
             "kernel" if is_test => kernel_test = Some(exe),
             "tiers" if is_test => tiers_test = Some(exe),
+            "cost" if is_test => cost_test = Some(exe),
             _ => {}
         }
     }
@@ -70,12 +77,14 @@ pub fn build() -> Result<Binaries> {
         lib_test: lib_test.context("cargo built no library test binary")?,
         kernel_test: kernel_test.context("cargo built no kernel test binary")?,
         tiers_test: tiers_test.context("cargo built no tiers test binary")?,
+        cost_test: cost_test.context("cargo built no cost test binary")?,
     };
     for b in [
         &bins.tracer,
         &bins.lib_test,
         &bins.kernel_test,
         &bins.tiers_test,
+        &bins.cost_test,
     ] {
         ensure_static(b)?;
     }

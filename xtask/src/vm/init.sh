@@ -72,5 +72,10 @@ if [ -n "$PT_EQUIVALENCE" ]; then
   export PORT_TRACER_TEST_TIERS=$PT_EQUIVALENCE
   run equivalence /tiers_test
 fi
+if [ -n "$PT_COST" ]; then
+  # A measurement that prints its tables: not captured.
+  export PORT_TRACER_TEST_TIERS=$PT_COST RUST_TEST_NOCAPTURE=1
+  run cost /cost_test --ignored
+fi
 echo "@@pt done"
 poweroff -f

@@ -40,6 +40,7 @@ pub fn pack(kernel: &Kernel, bins: &Binaries, plan: &Plan, dir: &Path) -> Result
     copy(&bins.lib_test, &root.join("lib_test"))?;
     copy(&bins.kernel_test, &root.join("kernel_test"))?;
     copy(&bins.tiers_test, &root.join("tiers_test"))?;
+    copy(&bins.cost_test, &root.join("cost_test"))?;
 
     // busybox insmod takes plain .ko files only.
     for (i, m) in kernel.diag_modules.iter().enumerate() {

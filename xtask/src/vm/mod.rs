@@ -17,9 +17,9 @@ use anyhow::{bail, Result};
 use crate::{ensure_apt_packages, workspace_root};
 
 /// The attach tiers, as `--attach` spells them, best first (`port_tracer_common::tiers`).
-pub const TIERS: [&str; 3] = {
+pub const TIERS: [&str; 4] = {
     let t = port_tracer_common::tiers::ALL;
-    [t[0].name, t[1].name, t[2].name]
+    [t[0].name, t[1].name, t[2].name, t[3].name]
 };
 
 /// Boots a kernel gets at most when its guest's kernel crashes (see [`guest::Outcome::crash`]).
@@ -39,7 +39,7 @@ pub struct Options {
     /// Only this kernel (repeatable): debian-5.10, debian-6.1, debian-6.12.
     #[arg(long = "kernel", value_name = "NAME")]
     pub kernels: Vec<String>,
-    /// Only this tier (repeatable): fentry, kprobe, tracepoint. Tier equivalence runs when
+    /// Only this tier (repeatable): fentry, kprobe, cgroup, tracepoint. Tier equivalence runs when
     /// two or more tiers do.
     #[arg(long = "tier", value_name = "TIER", value_parser = clap::builder::PossibleValuesParser::new(TIERS))]
     pub tiers: Vec<String>,
@@ -47,8 +47,13 @@ pub struct Options {
     #[arg(long)]
     pub no_lib: bool,
     /// Give up on a guest after this many seconds.
-    #[arg(long, default_value_t = 900, value_name = "SECS")]
+    #[arg(long, default_value_t = 1500, value_name = "SECS")]
     pub timeout: u64,
+    /// Instead of the tests: each tier's BPF time per TCP connection and UDP socket
+    /// (`tests/cost.rs`), printed after the matrix. Under emulation the ratio between
+    /// tiers means something, the nanoseconds do not.
+    #[arg(long)]
+    pub bpf_cost: bool,
     /// Only tests whose name contains this (libtest filter).
     pub filter: Option<String>,
 }
@@ -59,14 +64,17 @@ pub struct Plan {
     tiers: Vec<String>,
     /// Tiers compared by the equivalence test (none: it does not run).
     equivalence: Vec<String>,
+    /// Tiers whose BPF time per operation is measured (none: not measured).
+    cost: Vec<String>,
     filter: String,
 }
 
 impl Plan {
-    /// Library tests, each of `tiers`, and their equivalence when there are two or more.
-    fn new(lib: bool, tiers: Vec<String>, filter: String) -> Plan {
-        let equivalence = if tiers.len() >= 2 {
-            tiers.clone()
+    /// Library tests, the scenario suite on each of `tiers`, and the equivalence of
+    /// `compared` when there are two or more.
+    fn new(lib: bool, tiers: Vec<String>, compared: Vec<String>, filter: String) -> Plan {
+        let equivalence = if compared.len() >= 2 {
+            compared
         } else {
             Vec::new()
         };
@@ -74,16 +82,29 @@ impl Plan {
             lib,
             tiers,
             equivalence,
+            cost: Vec::new(),
             filter,
+        }
+    }
+
+    /// Only the BPF time per operation of each of `tiers`.
+    fn cost(tiers: Vec<String>) -> Plan {
+        Plan {
+            lib: false,
+            tiers: Vec::new(),
+            equivalence: Vec::new(),
+            cost: tiers,
+            filter: String::new(),
         }
     }
 
     fn conf(&self) -> String {
         format!(
-            "PT_LIB={}\nPT_TIERS='{}'\nPT_EQUIVALENCE='{}'\nPT_FILTER='{}'\n",
+            "PT_LIB={}\nPT_TIERS='{}'\nPT_EQUIVALENCE='{}'\nPT_COST='{}'\nPT_FILTER='{}'\n",
             u8::from(self.lib),
             self.tiers.join(" "),
             self.equivalence.join(","),
+            self.cost.join(","),
             self.filter
         )
     }
@@ -97,6 +118,9 @@ impl Plan {
         s.extend(self.tiers.iter().cloned());
         if !self.equivalence.is_empty() {
             s.push("equivalence".to_string());
+        }
+        if !self.cost.is_empty() {
+            s.push("cost".to_string());
         }
         s
     }
@@ -115,6 +139,11 @@ impl Plan {
                 Vec::new()
             } else {
                 self.equivalence.clone()
+            },
+            cost: if ended("cost") {
+                Vec::new()
+            } else {
+                self.cost.clone()
             },
             filter: self.filter.clone(),
         }
@@ -149,15 +178,21 @@ pub fn run(opts: &Options) -> Result<Totals> {
     {
         bail!("a test filter is a test name or part of one (letters, digits, _ and :)");
     }
-    let plan = Plan::new(
-        !opts.no_lib,
-        if opts.tiers.is_empty() {
-            TIERS.iter().map(|t| t.to_string()).collect()
+    let all: Vec<String> = TIERS.iter().map(|t| t.to_string()).collect();
+    let plan = if opts.bpf_cost {
+        Plan::cost(if opts.tiers.is_empty() {
+            all
         } else {
             opts.tiers.clone()
-        },
-        filter,
-    );
+        })
+    } else if opts.tiers.is_empty() {
+        // The tracepoint tier's suite runs on the host, whose kernel allows it (cargo
+        // xtask test); here it is in the equivalence test, with every other tier.
+        let suites = all.iter().filter(|t| *t != "tracepoint").cloned().collect();
+        Plan::new(!opts.no_lib, suites, all, filter)
+    } else {
+        Plan::new(!opts.no_lib, opts.tiers.clone(), opts.tiers.clone(), filter)
+    };
 
     ensure_apt_packages(
         &HOST_PACKAGES
@@ -326,8 +361,25 @@ pub fn run(opts: &Options) -> Result<Totals> {
     for r in &reports {
         println!("\n{r}");
     }
+    for (k, o, _) in &rows {
+        if let Some(s) = o.sections.iter().find(|s| s.name == "cost") {
+            println!("\n== {}: BPF time per operation ({})", k.name, k.release);
+            for l in cost_tables(&s.output) {
+                println!("{l}");
+            }
+        }
+    }
     println!("\n{} passed, {} failed", totals.passed, totals.failed);
     Ok(totals)
+}
+
+/// The tables and their titles in the cost section's output (`tests/cost.rs`), without
+/// libtest's lines.
+fn cost_tables(output: &[String]) -> impl Iterator<Item = &str> {
+    output
+        .iter()
+        .map(|l| l.trim_end())
+        .filter(|l| l.starts_with('|') || l.contains(" tier, per "))
 }
 
 /// Downloaded packages, apt state and unpacked kernels, kept between runs.
@@ -347,11 +399,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_cost_plan_measures_only_and_its_tables_are_kept() {
+        let p = Plan::cost(vec!["cgroup".into(), "tracepoint".into()]);
+        assert_eq!(p.sections(), ["cost"]);
+        assert!(p.conf().contains("PT_COST='cgroup,tracepoint'"));
+        assert!(p.conf().contains("PT_TIERS=''"));
+        let out: Vec<String> = [
+            "running 1 test",
+            "",
+            "cgroup tier, per tcp connection (2000 of them):",
+            "| program | runs per op | ns per run | ns per op |",
+            "| **total** | | | **2403** |",
+            "test bpf_time_per_operation_by_tier ... ok",
+        ]
+        .map(String::from)
+        .to_vec();
+        let kept: Vec<&str> = cost_tables(&out).collect();
+        assert_eq!(kept.len(), 3, "{kept:?}");
+    }
+
+    #[test]
     fn plan_runs_equivalence_only_with_two_tiers() {
-        let p = Plan::new(true, vec!["fentry".into(), "kprobe".into()], String::new());
+        let two = vec!["fentry".to_string(), "kprobe".to_string()];
+        let p = Plan::new(true, two.clone(), two, String::new());
         assert_eq!(p.sections(), ["lib", "fentry", "kprobe", "equivalence"]);
         assert!(p.conf().contains("PT_EQUIVALENCE='fentry,kprobe'"));
-        let p = Plan::new(true, vec!["fentry".into()], String::new());
+        let one = vec!["fentry".to_string()];
+        let p = Plan::new(true, one.clone(), one, String::new());
         assert_eq!(p.sections(), ["lib", "fentry"]);
         assert!(p.conf().contains("PT_EQUIVALENCE=''"));
     }
@@ -359,7 +433,7 @@ mod tests {
     #[test]
     fn after_a_crash_the_rest_is_what_never_ended() {
         let tiers: Vec<String> = TIERS.iter().map(|t| t.to_string()).collect();
-        let p = Plan::new(true, tiers, "x".into());
+        let p = Plan::new(true, tiers.clone(), tiers, "x".into());
         let mut o = guest::Outcome::default();
         for l in [
             "@@pt begin lib",
@@ -377,10 +451,13 @@ mod tests {
         assert!(o.crash.as_deref().unwrap().contains("Oops: int3"));
         let rest = p.rest(&o);
         // The failed section stays failed; the cut one runs again, the rest still to come.
-        assert_eq!(rest.sections(), ["kprobe", "tracepoint", "equivalence"]);
+        assert_eq!(
+            rest.sections(),
+            ["kprobe", "cgroup", "tracepoint", "equivalence"]
+        );
         assert!(rest
             .conf()
-            .contains("PT_EQUIVALENCE='fentry,kprobe,tracepoint'"));
+            .contains("PT_EQUIVALENCE='fentry,kprobe,cgroup,tracepoint'"));
         assert!(rest.conf().contains("PT_FILTER='x'"));
 
         let mut again = guest::Outcome::default();

@@ -29,6 +29,8 @@ fn time_wait() -> Lifetime {
         time_wait_start: time(3_000),
         lossy: false,
         laddr_learnt: false,
+        seen_at_close: false,
+        ended_at_close: false,
         alloc_ns: None,
     }
 }
@@ -57,6 +59,8 @@ fn open_ipv6() -> Lifetime {
         time_wait_start: None,
         lossy: true,
         laddr_learnt: false,
+        seen_at_close: false,
+        ended_at_close: false,
         alloc_ns: None,
     }
 }
