@@ -29,12 +29,14 @@ use crate::{
 const KNOWN: u8 = 0;
 const CONNECTED: u8 = 1;
 
-/// Remembers `sk` as `mark`.
+/// Remembers `sk` as `mark`; false (counted) when the map is full.
 #[inline(always)]
-fn remember(sk: u64, mark: u8) {
+fn remember(sk: u64, mark: u8) -> bool {
     if SEEN_UDP.insert(sk, mark, 0).is_err() {
         count_lost(lost::MAP_FULL);
+        return false;
     }
+    true
 }
 
 /// Whether `sk` is bound to no local address (IPv4 0.0.0.0 or IPv6 ::), as an autobound
@@ -76,10 +78,10 @@ fn on_sendmsg(ctx: &SockAddrContext) -> Result<(), i32> {
         return Ok(());
     }
     let sk = sock_addr_sock(ctx)?;
-    if !wildcard(sk)? || unsafe { SEEN_UDP.get(sk) }.is_some() {
+    // Not remembered (a full map, counted): not reported either, or every send would be.
+    if !wildcard(sk)? || unsafe { SEEN_UDP.get(sk) }.is_some() || !remember(sk, KNOWN) {
         return Ok(());
     }
-    remember(sk, KNOWN);
     emit(|ev| {
         fill_event(ev, sk, EventKind::Assign, Origin::Autobind, IPPROTO_UDP)?;
         fill_own_port_range(ev, sk);
@@ -104,10 +106,9 @@ fn on_connect(ctx: &SockAddrContext) -> Result<(), i32> {
         return Ok(());
     }
     let sk = sock_addr_sock(ctx)?;
-    if sock_num(sk)? == 0 {
+    // The close looks up the connect only for sockets marked so.
+    if sock_num(sk)? == 0 && remember(sk, CONNECTED) {
         connect::start_connect(sk);
-        // The close looks up the connect only for sockets marked so.
-        remember(sk, CONNECTED);
     }
     Ok(())
 }

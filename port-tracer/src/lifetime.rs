@@ -227,6 +227,12 @@ pub struct Tracker {
     /// The most lifetimes open at once; beyond it the oldest are evicted.
     max_open: usize,
     slots: Vec<Option<Lifetime>>,
+    /// Per slot: how many losses had been seen when its lifetime opened. One that ends
+    /// after a later loss is lossy: marking them all at each loss would walk the whole
+    /// table, again and again while losses go on.
+    opened_after: Vec<u32>,
+    /// Losses seen (see [`Tracker::mark_lossy`]).
+    losses: u32,
     free: Vec<Id>,
     by_sock: HashMap<u64, Id>,
     by_tw: HashMap<u64, Id>,
@@ -264,6 +270,8 @@ impl Tracker {
         Tracker {
             max_open: max_open.max(1),
             slots: Vec::new(),
+            opened_after: Vec::new(),
+            losses: 0,
             free: Vec::new(),
             by_sock: HashMap::default(),
             by_tw: HashMap::default(),
@@ -302,9 +310,15 @@ impl Tracker {
 
     /// Events were lost: every lifetime open now may be incomplete.
     pub fn mark_lossy(&mut self) {
-        for lt in self.slots.iter_mut().flatten() {
-            lt.lossy = true;
-        }
+        self.losses = self.losses.wrapping_add(1);
+    }
+
+    /// Takes the lifetime in slot `id` out of the table, lossy if events were lost while
+    /// it was open.
+    fn take_slot(&mut self, id: Id) -> Lifetime {
+        let mut lt = self.slots[id].take().expect("open lifetime");
+        lt.lossy |= self.opened_after[id] != self.losses;
+        lt
     }
 
     /// Opens `lt` to stay, first making room if the table is full.
@@ -320,10 +334,12 @@ impl Tracker {
         match self.free.pop() {
             Some(id) => {
                 self.slots[id] = Some(lt);
+                self.opened_after[id] = self.losses;
                 id
             }
             None => {
                 self.slots.push(Some(lt));
+                self.opened_after.push(self.losses);
                 self.slots.len() - 1
             }
         }
@@ -364,7 +380,7 @@ impl Tracker {
     /// Ends lifetime `id` at `ts` and emits it.
     fn close(&mut self, id: Id, ts: u64, emit: &mut impl FnMut(Output)) {
         self.unindex(id);
-        let mut lt = self.slots[id].take().expect("open lifetime");
+        let mut lt = self.take_slot(id);
         self.free.push(id);
         if self.by_sock.get(&lt.sock_id) == Some(&id) {
             self.by_sock.remove(&lt.sock_id);
@@ -754,11 +770,13 @@ impl Tracker {
             .collect();
         order.sort_unstable();
         for (_, _, id) in order {
-            if let Some(lt) = self.slots[id].take() {
+            if self.slots[id].is_some() {
+                let lt = self.take_slot(id);
                 emit(Output::Lifetime(lt));
             }
         }
         self.slots.clear();
+        self.opened_after.clear();
         self.free.clear();
         self.by_sock.clear();
         self.by_tw.clear();

@@ -437,6 +437,12 @@ fn lost_events_flag_open_lifetimes_only() {
     let mut t = Tracker::new();
     let mut sink = |_o: Output| {};
     t.process(&E::assign(1, 0x1, 1000, Origin::Bind).0, &mut sink);
+    // Opened and closed before the loss: its slot, reused after it, flags the new one only
+    // if another loss follows.
+    t.process(&E::assign(1, 0x3, 1002, Origin::Bind).0, &mut sink);
+    let mut before = Vec::new();
+    t.process(&E::release(1, 0x3, 1002).0, &mut |o| before.push(o));
+    assert!(matches!(&before[0], Output::Lifetime(l) if !l.lossy));
     t.mark_lossy();
     t.process(&E::assign(2, 0x2, 1001, Origin::Bind).0, &mut sink);
     let (_, lts) = run(&mut t, &[]);
