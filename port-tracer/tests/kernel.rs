@@ -2369,11 +2369,13 @@ fn time_inside_the_allocator_grows_as_the_range_fills() {
         .into_iter()
         .map(|n| n.expect("every connect timed"))
         .collect();
-    // The first tenth found a free port at once; the last tenth searched a range 90% used
-    // towards this destination.
+    // The second tenth found a free port at once; the last tenth searched a range 90% used
+    // towards this destination. Not the first tenth: the first connects in a new netns
+    // also pay for cold caches (under emulation, for translating the code), which once
+    // made an empty range look as slow as a full one.
     let tenth = usize::from(RANGE / 10);
     let (early, late) = (
-        median(&mut connects[..tenth].to_vec()),
+        median(&mut connects[tenth..2 * tenth].to_vec()),
         median(&mut connects[connects.len() - tenth..].to_vec()),
     );
     assert!(
