@@ -22,7 +22,7 @@ use std::{
 
 use port_tracer::{
     event::Event,
-    lifetime::Output,
+    lifetime::OutputRef,
     rebuild::{Rebuild, RebuildConfig, Upto},
 };
 use port_tracer_common::{flags, EventKind, Origin, PortEvent, AF_INET, IPPROTO_TCP};
@@ -260,12 +260,12 @@ fn run(records: &[PortEvent], engine: &mut Rebuild, offset_ns: u64) -> RunResult
     let (mut lifetimes, mut events) = (0u64, 0u64);
     let mut peak = (0usize, 0usize);
     let start = Instant::now();
-    let mut out = |o: Output| match o {
-        Output::Lifetime(l) => {
+    let mut out = |o: OutputRef<'_>| match o {
+        OutputRef::Lifetime(l) => {
             lifetimes += 1;
             black_box(&l);
         }
-        Output::Event(e) => {
+        OutputRef::Event(e) => {
             events += 1;
             black_box(&e);
         }

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::{
     event::{Kind, Origin},
     histogram::Bucket,
-    lifetime::{HeldAtStart, Output},
+    lifetime::{HeldAtStart, OutputRef},
     port_range::PortRange,
 };
 
@@ -94,9 +94,9 @@ impl Analysis {
         self.holders.held_at_start(h);
     }
 
-    pub fn observe(&mut self, o: &Output) {
+    pub fn observe(&mut self, o: OutputRef<'_>) {
         match o {
-            Output::Event(ev) => {
+            OutputRef::Event(ev) => {
                 self.occupancy.seen(ev.ts_ns);
                 self.headroom.seen(ev.ts_ns);
                 match ev.kind {
@@ -130,7 +130,7 @@ impl Analysis {
                     Kind::Release => {}
                 }
             }
-            Output::Lifetime(lt) => {
+            OutputRef::Lifetime(lt) => {
                 self.occupancy.ended(lt);
                 self.headroom.ended(lt);
                 self.holders.ended(lt);

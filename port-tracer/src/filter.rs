@@ -2,7 +2,7 @@
 
 use crate::{
     event::{Endpoints, Proto, Task},
-    lifetime::Output,
+    lifetime::OutputRef,
 };
 
 /// Every field left `None` matches everything.
@@ -28,10 +28,10 @@ impl Filter {
 
     /// Outputs are attributed to their socket's owner, so a filter by process also keeps
     /// the releases and TIME_WAITs the kernel reports from other contexts.
-    pub fn matches_output(&self, o: &Output) -> bool {
+    pub fn matches_output(&self, o: OutputRef<'_>) -> bool {
         match o {
-            Output::Event(ev) => self.matches(&ev.ends, &ev.task),
-            Output::Lifetime(lt) => self.matches(&lt.ends, &lt.owner),
+            OutputRef::Event(ev) => self.matches(&ev.ends, &ev.task),
+            OutputRef::Lifetime(lt) => self.matches(&lt.ends, &lt.owner),
         }
     }
 }

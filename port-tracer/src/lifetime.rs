@@ -105,13 +105,40 @@ impl Lifetime {
     }
 }
 
-/// What the tracker produces.
+/// What the tracker produces, kept (queued for a writer thread, collected by a test).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
     /// An event, attributed to the owner of its lifetime where one is known.
     Event(Event),
     /// A lifetime that ended (or, from [`Tracker::finish`], one still open).
     Lifetime(Lifetime),
+}
+
+/// What the tracker produces, lent: the tracker emits by reference and each consumer
+/// (filter, counts, analyses, printers) reads in place, so an output is copied only by
+/// whoever keeps it. By value, each hop moved 150 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputRef<'a> {
+    Event(&'a Event),
+    Lifetime(&'a Lifetime),
+}
+
+impl OutputRef<'_> {
+    pub fn to_owned(self) -> Output {
+        match self {
+            OutputRef::Event(ev) => Output::Event(*ev),
+            OutputRef::Lifetime(lt) => Output::Lifetime(lt.clone()),
+        }
+    }
+}
+
+impl Output {
+    pub fn as_ref(&self) -> OutputRef<'_> {
+        match self {
+            Output::Event(ev) => OutputRef::Event(ev),
+            Output::Lifetime(lt) => OutputRef::Lifetime(lt),
+        }
+    }
 }
 
 /// What the tracker had to work around: signs of events it never saw.
@@ -322,7 +349,7 @@ impl Tracker {
     }
 
     /// Opens `lt` to stay, first making room if the table is full.
-    fn open(&mut self, lt: Lifetime, emit: &mut impl FnMut(Output)) -> Id {
+    fn open(&mut self, lt: Lifetime, emit: &mut impl FnMut(OutputRef<'_>)) -> Id {
         if self.open_lifetimes() >= self.max_open {
             self.evict_oldest(emit);
         }
@@ -378,7 +405,7 @@ impl Tracker {
     }
 
     /// Ends lifetime `id` at `ts` and emits it.
-    fn close(&mut self, id: Id, ts: u64, emit: &mut impl FnMut(Output)) {
+    fn close(&mut self, id: Id, ts: u64, emit: &mut impl FnMut(OutputRef<'_>)) {
         self.unindex(id);
         let mut lt = self.take_slot(id);
         self.free.push(id);
@@ -386,7 +413,7 @@ impl Tracker {
             self.by_sock.remove(&lt.sock_id);
         }
         lt.released = time(ts);
-        emit(Output::Lifetime(lt));
+        emit(OutputRef::Lifetime(&lt));
     }
 
     /// `ev` attributed to the owner and origin of lifetime `id`.
@@ -435,7 +462,7 @@ impl Tracker {
         }
     }
 
-    fn finalize_cancels(&mut self, before_ns: u64, emit: &mut impl FnMut(Output)) {
+    fn finalize_cancels(&mut self, before_ns: u64, emit: &mut impl FnMut(OutputRef<'_>)) {
         while let Some(&(ts, tw)) = self.cancel_queue.front() {
             if ts.saturating_add(TW_REARM_GRACE_NS) > before_ns {
                 break;
@@ -453,7 +480,7 @@ impl Tracker {
     /// Makes room when the table is full: evicts the oldest sixteenth of the open lifetimes
     /// (by assignment time; held-at-start ones first). Batches keep the cost per eviction
     /// constant without an age index, which would cost memory on every lifetime.
-    fn evict_oldest(&mut self, emit: &mut impl FnMut(Output)) {
+    fn evict_oldest(&mut self, emit: &mut impl FnMut(OutputRef<'_>)) {
         let mut ages: Vec<(u64, Id)> = self
             .slots
             .iter()
@@ -489,12 +516,12 @@ impl Tracker {
             }
             lt.lossy = true;
             self.counters.evicted += 1;
-            emit(Output::Lifetime(lt));
+            emit(OutputRef::Lifetime(&lt));
         }
     }
 
     /// Feeds one event; ended lifetimes and attributed events go to `emit`.
-    pub fn process(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
+    pub fn process(&mut self, ev: &Event, emit: &mut impl FnMut(OutputRef<'_>)) {
         self.counters.events += 1;
         if !self.cancel_queue.is_empty() {
             self.finalize_cancels(ev.ts_ns, emit);
@@ -505,11 +532,11 @@ impl Tracker {
             Kind::Release if ev.time_wait_sock => self.release_time_wait(ev, emit),
             Kind::Release => self.release(ev, emit),
             Kind::TimeWait => self.time_wait(ev, emit),
-            Kind::AllocFailure => emit(Output::Event(*ev)),
+            Kind::AllocFailure => emit(OutputRef::Event(ev)),
         }
     }
 
-    fn assign(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
+    fn assign(&mut self, ev: &Event, emit: &mut impl FnMut(OutputRef<'_>)) {
         self.counters.origin_guessed += u64::from(ev.origin_guessed);
         if let Some(&id) = self.by_sock.get(&ev.sock_id) {
             let lt = self.get(id);
@@ -584,10 +611,10 @@ impl Tracker {
         );
         self.by_sock.insert(ev.sock_id, id);
         self.index(id);
-        emit(Output::Event(Event { task: owner, ..*ev }));
+        emit(OutputRef::Event(&Event { task: owner, ..*ev }));
     }
 
-    fn remote_update(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
+    fn remote_update(&mut self, ev: &Event, emit: &mut impl FnMut(OutputRef<'_>)) {
         let Some(&id) = self.by_sock.get(&ev.sock_id) else {
             self.counters.unmatched += 1;
             return;
@@ -596,10 +623,10 @@ impl Tracker {
         self.get(id).learn_peer(&ev.ends);
         self.index(id);
         let ev = self.attributed(id, ev);
-        emit(Output::Event(ev));
+        emit(OutputRef::Event(&ev));
     }
 
-    fn release(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
+    fn release(&mut self, ev: &Event, emit: &mut impl FnMut(OutputRef<'_>)) {
         match self.by_sock.remove(&ev.sock_id) {
             Some(id) => {
                 let lt = self.get(id);
@@ -614,7 +641,7 @@ impl Tracker {
                 }
                 let ev = self.attributed(id, ev);
                 self.close(id, ev.ts_ns, emit);
-                emit(Output::Event(ev));
+                emit(OutputRef::Event(&ev));
             }
             // A socket that may never have held a port: nothing to end.
             None if ev.ended_at_close => {}
@@ -624,7 +651,7 @@ impl Tracker {
                 let lt = self.unseen(ev);
                 let id = self.insert(lt);
                 self.close(id, ev.ts_ns, emit);
-                emit(Output::Event(*ev));
+                emit(OutputRef::Event(ev));
             }
         }
     }
@@ -653,7 +680,7 @@ impl Tracker {
         }
     }
 
-    fn time_wait(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
+    fn time_wait(&mut self, ev: &Event, emit: &mut impl FnMut(OutputRef<'_>)) {
         let tw = ev.sock_id;
         if let Some(&old) = self.by_tw.get(&tw) {
             let held = self.get(old).ends;
@@ -693,7 +720,7 @@ impl Tracker {
         self.get(id).time_wait_start = time(ev.ts_ns);
         self.by_tw.insert(tw, id);
         let ev = self.attributed(id, ev);
-        emit(Output::Event(ev));
+        emit(OutputRef::Event(&ev));
     }
 
     /// The live connection that took over the 4-tuple of a TIME_WAIT socket ending at `ev`:
@@ -704,7 +731,7 @@ impl Tracker {
         self.get(id).assigned_ns().filter(|&a| a <= ev.ts_ns)
     }
 
-    fn release_time_wait(&mut self, ev: &Event, emit: &mut impl FnMut(Output)) {
+    fn release_time_wait(&mut self, ev: &Event, emit: &mut impl FnMut(OutputRef<'_>)) {
         let tw = ev.sock_id;
         // Killed by a new connection reusing its 4-tuple: a final end, even if a cancel,
         // timed where that connection began (on the tracepoint tier its assignment is timed
@@ -741,25 +768,31 @@ impl Tracker {
         self.end_time_wait_at(id, ev, end, emit);
     }
 
-    fn end_time_wait(&mut self, id: Id, ev: &Event, emit: &mut impl FnMut(Output)) {
+    fn end_time_wait(&mut self, id: Id, ev: &Event, emit: &mut impl FnMut(OutputRef<'_>)) {
         self.end_time_wait_at(id, ev, ev.ts_ns, emit);
     }
 
     /// Ends TIME_WAIT lifetime `id` at `end_ns` (the event keeps its own time).
-    fn end_time_wait_at(&mut self, id: Id, ev: &Event, end_ns: u64, emit: &mut impl FnMut(Output)) {
+    fn end_time_wait_at(
+        &mut self,
+        id: Id,
+        ev: &Event,
+        end_ns: u64,
+        emit: &mut impl FnMut(OutputRef<'_>),
+    ) {
         let ev = self.attributed(id, ev);
         self.close(id, end_ns, emit);
-        emit(Output::Event(ev));
+        emit(OutputRef::Event(&ev));
     }
 
     /// Settles what is pending (cancelled TIME_WAIT timers) as of `now_ns`.
-    pub fn advance(&mut self, now_ns: u64, emit: &mut impl FnMut(Output)) {
+    pub fn advance(&mut self, now_ns: u64, emit: &mut impl FnMut(OutputRef<'_>)) {
         self.finalize_cancels(now_ns, emit);
     }
 
     /// Ends tracing: settles everything pending, then emits every lifetime still open
     /// (with `released_ns` None), oldest first.
-    pub fn finish(&mut self, emit: &mut impl FnMut(Output)) {
+    pub fn finish(&mut self, emit: &mut impl FnMut(OutputRef<'_>)) {
         self.finalize_cancels(u64::MAX, emit);
         // Sort small keys, not the lifetimes: a million 144-byte moves cost more than the rest.
         let mut order: Vec<(Option<u64>, u16, Id)> = self
@@ -772,7 +805,7 @@ impl Tracker {
         for (_, _, id) in order {
             if self.slots[id].is_some() {
                 let lt = self.take_slot(id);
-                emit(Output::Lifetime(lt));
+                emit(OutputRef::Lifetime(&lt));
             }
         }
         self.slots.clear();
@@ -794,7 +827,7 @@ impl Tracker {
             )
         });
         for h in held {
-            emit(Output::Lifetime(h.lifetime()));
+            emit(OutputRef::Lifetime(&h.lifetime()));
         }
     }
 }

@@ -26,7 +26,7 @@ pub use queue::OutputQueue;
 
 use crate::{
     event::Event,
-    lifetime::{Lifetime, Output},
+    lifetime::{Lifetime, OutputRef},
     summary::Summary,
 };
 
@@ -42,10 +42,10 @@ pub trait Printer {
         Ok(())
     }
 
-    fn write(&mut self, o: &Output) -> io::Result<()> {
+    fn write(&mut self, o: OutputRef<'_>) -> io::Result<()> {
         match o {
-            Output::Event(ev) => self.event(ev),
-            Output::Lifetime(lt) => self.lifetime(lt),
+            OutputRef::Event(ev) => self.event(ev),
+            OutputRef::Lifetime(lt) => self.lifetime(lt),
         }
     }
 }
@@ -359,7 +359,7 @@ mod tests {
         for h in &held {
             let mut lt = h.lifetime();
             lt.released = time(1_000);
-            stats.observe(&Output::Lifetime(lt));
+            stats.observe(OutputRef::Lifetime(&lt));
         }
         let span = Span {
             start_ns: 100,
@@ -404,7 +404,7 @@ mod tests {
         });
         // Two connects to one destination: the second searched a range half used.
         for (i, ns) in [(0u16, 900u32), (1, 40_000)] {
-            stats.observe(&Output::Event(Event {
+            stats.observe(OutputRef::Event(&Event {
                 ts_ns: u64::from(i) + 1,
                 kind: Kind::Assign,
                 sock_id: u64::from(i) + 1,

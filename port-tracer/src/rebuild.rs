@@ -13,7 +13,7 @@ use crate::{
     analysis::Span,
     event::Event,
     filter::Filter,
-    lifetime::{HeldAtStart, Output, Tracker, DEFAULT_MAX_OPEN},
+    lifetime::{HeldAtStart, OutputRef, Tracker, DEFAULT_MAX_OPEN},
     port_range::PortRange,
     reorder::Reorderer,
     summary::{Lost, Stats, Summary},
@@ -163,7 +163,7 @@ impl Rebuild {
     }
 
     /// Processes held events up to `upto`; what is shown goes to `out`.
-    pub fn process(&mut self, upto: Upto, out: &mut impl FnMut(Output)) {
+    pub fn process(&mut self, upto: Upto, out: &mut impl FnMut(OutputRef<'_>)) {
         let Rebuild {
             reorder,
             tracker,
@@ -192,7 +192,7 @@ impl Rebuild {
         mut self,
         lost_counts: &[u64],
         end_ns: u64,
-        out: &mut impl FnMut(Output),
+        out: &mut impl FnMut(OutputRef<'_>),
     ) -> Summary {
         self.span.end_ns = self.span.end_ns.max(end_ns);
         self.check_lost(lost_counts);
@@ -220,7 +220,7 @@ impl Rebuild {
     /// Everything held goes to `out`, the lifetimes still open included, and the tables
     /// are emptied (their capacity kept): a run's end, for an engine that may go on (the
     /// collector benchmark's second pass).
-    pub fn end_open(&mut self, out: &mut impl FnMut(Output)) {
+    pub fn end_open(&mut self, out: &mut impl FnMut(OutputRef<'_>)) {
         let Rebuild {
             reorder,
             tracker,
@@ -263,11 +263,11 @@ impl Rebuild {
 fn shown<'a>(
     filter: &'a Option<Filter>,
     stats: &'a mut Stats,
-    out: &'a mut impl FnMut(Output),
-) -> impl FnMut(Output) + 'a {
+    out: &'a mut impl FnMut(OutputRef<'_>),
+) -> impl FnMut(OutputRef<'_>) + 'a {
     move |o| {
-        if filter.as_ref().is_none_or(|f| f.matches_output(&o)) {
-            stats.observe(&o);
+        if filter.as_ref().is_none_or(|f| f.matches_output(o)) {
+            stats.observe(o);
             out(o);
         }
     }

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use port_tracer_common::lost;
 
 use crate::{
-    lifetime::Output,
+    lifetime::OutputRef,
     output::{Destination, Printer, WallClock},
     rebuild::{Rebuild, RebuildConfig, Upto},
     summary::Summary,
@@ -160,9 +160,9 @@ struct Written<'a> {
 }
 
 impl Written<'_> {
-    fn take(&mut self, o: Output) {
+    fn take(&mut self, o: OutputRef<'_>) {
         if self.error.is_none() {
-            self.error = self.printer.write(&o).err();
+            self.error = self.printer.write(o).err();
         }
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::{
     analysis::{Analysis, AnalysisReport, Span},
     histogram::{Bucket, Log2Histogram},
-    lifetime::{Counters, Output},
+    lifetime::{Counters, OutputRef},
     tally::{Counts, Tally},
 };
 
@@ -46,10 +46,10 @@ impl Stats {
         }
     }
 
-    pub fn observe(&mut self, o: &Output) {
+    pub fn observe(&mut self, o: OutputRef<'_>) {
         self.tally.observe(o);
         self.analysis.observe(o);
-        if let Output::Lifetime(lt) = o {
+        if let OutputRef::Lifetime(lt) = o {
             if lt.released_ns().is_some() {
                 if let Some(d) = lt.duration_ns() {
                     self.durations.add(d);

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::{
     event::{Kind, Origin, Proto},
     histogram::DurationHistogram,
-    lifetime::{Lifetime, Output},
+    lifetime::{Lifetime, OutputRef},
 };
 
 /// Every origin, in the order of its discriminant (the index of the count arrays).
@@ -78,9 +78,9 @@ impl Tally {
     /// included), and accepted sockets count as they hold the listener's port too. Sockets
     /// that held ports before tracing started are left out: their start was not seen, so
     /// counting their end alone would drive the gauge below what is held.
-    pub fn observe(&mut self, o: &Output) {
+    pub fn observe(&mut self, o: OutputRef<'_>) {
         match o {
-            Output::Event(ev) => {
+            OutputRef::Event(ev) => {
                 let c = &mut self.counts;
                 c.events += 1;
                 match ev.kind {
@@ -104,7 +104,7 @@ impl Tally {
                     Kind::TimeWait => c.time_wait += 1,
                 }
             }
-            Output::Lifetime(lt) => self.lifetime_out(lt),
+            OutputRef::Lifetime(lt) => self.lifetime_out(lt),
         }
     }
 

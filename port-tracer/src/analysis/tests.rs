@@ -4,7 +4,7 @@ use super::*;
 use crate::lifetime::{time, time_of};
 use crate::{
     event::{Comm, Endpoints, Event, Family, Origin, Proto, Task},
-    lifetime::{Lifetime, Tracker},
+    lifetime::{Lifetime, Output, Tracker},
 };
 
 const NS: u32 = 7;
@@ -83,7 +83,7 @@ fn range(low: u16, high: u16) -> PortRange {
 
 fn feed(a: &mut Analysis, outputs: &[Output]) {
     for o in outputs {
-        a.observe(o);
+        a.observe(o.as_ref());
     }
 }
 
@@ -386,9 +386,9 @@ fn time_wait_seen_through_the_tracker_counts_at_the_peak() {
         ev(9, Kind::Release, 2, true),
     ];
     for e in &events {
-        t.process(e, &mut |o| a.observe(&o));
+        t.process(e, &mut |o| a.observe(o));
     }
-    t.finish(&mut |o| a.observe(&o));
+    t.finish(&mut |o| a.observe(o));
     let g = &a.report(Span::default(), 10).occupancy[0];
     assert_eq!(
         (g.peak_ports, g.ports_held_at_end, g.sockets_at_peak),
@@ -488,7 +488,7 @@ fn connect_headroom_follows_the_kernels_rule_per_destination() {
     }
     conns.sort_by_key(|e| e.ts_ns);
     for c in &conns {
-        a.observe(&Output::Event(*c));
+        a.observe(OutputRef::Event(c));
     }
     // The 21st connect() to the first: no port left towards it.
     let refused = Event {
@@ -496,11 +496,11 @@ fn connect_headroom_follows_the_kernels_rule_per_destination() {
         errno: 99,
         ..tcp_event(Kind::AllocFailure, 70, 999, 0, d1, 5000)
     };
-    a.observe(&Output::Event(refused));
+    a.observe(OutputRef::Event(&refused));
     let to_d3 = tcp_event(Kind::Assign, 80, 300, 40000, d3, 5000);
-    a.observe(&Output::Event(to_d3));
+    a.observe(OutputRef::Event(&to_d3));
     for c in &conns {
-        a.observe(&tcp_lifetime(c, Some(90)));
+        a.observe(tcp_lifetime(c, Some(90)).as_ref());
     }
     // 5 ports held by bind(), by process 2: every destination's cost.
     let mut binds = Vec::new();
@@ -517,7 +517,7 @@ fn connect_headroom_follows_the_kernels_rule_per_destination() {
                 0,
             )
         };
-        a.observe(&Output::Event(b));
+        a.observe(OutputRef::Event(&b));
         binds.push(b);
     }
     // bind() to one of them again: EADDRINUSE, naming its holder.
@@ -528,11 +528,11 @@ fn connect_headroom_follows_the_kernels_rule_per_destination() {
         task: task(3),
         ..tcp_event(Kind::AllocFailure, 110, 500, 40012, "0.0.0.0", 0)
     };
-    a.observe(&Output::Event(in_use));
+    a.observe(OutputRef::Event(&in_use));
     // The run ends: what is open is emitted open.
-    a.observe(&tcp_lifetime(&to_d3, None));
+    a.observe(tcp_lifetime(&to_d3, None).as_ref());
     for b in &binds {
-        a.observe(&tcp_lifetime(b, None));
+        a.observe(tcp_lifetime(b, None).as_ref());
     }
     let r = a.report(
         Span {
@@ -628,14 +628,14 @@ fn holders_of_a_port_say_listening_connected_and_time_wait() {
     };
     let client = tcp_event(Kind::Assign, 3, 3, 40001, "127.0.0.9", 80);
     for ev in [listener, accepted, client] {
-        a.observe(&Output::Event(ev));
+        a.observe(OutputRef::Event(&ev));
     }
     let tw = Event {
         sock_id: 33,
         time_wait_sock: true,
         ..tcp_event(Kind::TimeWait, 4, 33, 40001, "127.0.0.9", 80)
     };
-    a.observe(&Output::Event(tw));
+    a.observe(OutputRef::Event(&tw));
     let of = |a: &Analysis, port| {
         a.holders
             .of(&ends(Proto::Tcp, port, 0))
@@ -652,7 +652,7 @@ fn holders_of_a_port_say_listening_connected_and_time_wait() {
     );
     assert_eq!(of(&a, 40001), [(holders::State::TimeWait, "connect")]);
     // Released: no longer a holder.
-    a.observe(&tcp_lifetime(&client, Some(5)));
+    a.observe(tcp_lifetime(&client, Some(5)).as_ref());
     assert!(of(&a, 40001).is_empty());
 }
 
@@ -673,13 +673,13 @@ fn a_destination_filled_by_time_wait_names_its_holders() {
             "127.0.0.2",
             80,
         );
-        a.observe(&Output::Event(c));
+        a.observe(OutputRef::Event(&c));
         let tw = Event {
             sock_id: 900 + u64::from(i),
             time_wait_sock: true,
             ..tcp_event(Kind::TimeWait, t + 5, 0, 40000 + i, "127.0.0.2", 80)
         };
-        a.observe(&Output::Event(tw));
+        a.observe(OutputRef::Event(&tw));
         in_time_wait.push((c, t + 5));
     }
     let mut live = Vec::new();
@@ -695,18 +695,18 @@ fn a_destination_filled_by_time_wait_names_its_holders() {
                 80,
             )
         };
-        a.observe(&Output::Event(c));
+        a.observe(OutputRef::Event(&c));
         live.push(c);
     }
     // The end of the run: every lifetime is emitted, still open.
     for (c, tw) in in_time_wait {
         if let Output::Lifetime(mut lt) = tcp_lifetime(&c, None) {
             lt.time_wait_start = time(tw);
-            a.observe(&Output::Lifetime(lt));
+            a.observe(OutputRef::Lifetime(&lt));
         }
     }
     for c in &live {
-        a.observe(&tcp_lifetime(c, None));
+        a.observe(tcp_lifetime(c, None).as_ref());
     }
     let r = a.report(
         Span {

@@ -3,7 +3,7 @@ use crate::lifetime::{time, time_of};
 use crate::tally::{Tally, ORIGINS};
 use crate::{
     event::{Event, Kind, Origin, Proto, Task},
-    lifetime::{Lifetime, Output},
+    lifetime::{Lifetime, Output, OutputRef},
     testing::ends,
 };
 
@@ -71,12 +71,12 @@ fn origins_are_listed_in_discriminant_order() {
 #[test]
 fn allocations_and_releases_by_proto_and_origin() {
     let mut c = Tally::default();
-    c.observe(&assign(Proto::Tcp, 40000, Origin::Connect));
-    c.observe(&assign(Proto::Tcp, 40001, Origin::Connect));
-    c.observe(&assign(Proto::Tcp, 8080, Origin::Inherited));
-    c.observe(&assign(Proto::Udp, 5353, Origin::Bind));
-    c.observe(&ended(Proto::Tcp, 40000, Origin::Connect, Some(10), 5));
-    c.observe(&ended(Proto::Udp, 6000, Origin::Preexisting, None, 5));
+    c.observe(assign(Proto::Tcp, 40000, Origin::Connect).as_ref());
+    c.observe(assign(Proto::Tcp, 40001, Origin::Connect).as_ref());
+    c.observe(assign(Proto::Tcp, 8080, Origin::Inherited).as_ref());
+    c.observe(assign(Proto::Udp, 5353, Origin::Bind).as_ref());
+    c.observe(ended(Proto::Tcp, 40000, Origin::Connect, Some(10), 5).as_ref());
+    c.observe(ended(Proto::Udp, 6000, Origin::Preexisting, None, 5).as_ref());
     let s = Snapshot::of(&c, vec![]);
     assert_eq!(count(&s.allocations, Proto::Tcp, Origin::Connect), Some(2));
     assert_eq!(count(&s.allocations, Proto::Udp, Origin::Bind), Some(1));
@@ -94,12 +94,12 @@ fn failures_by_errno_name() {
     let mut c = Tally::default();
     let mut f = event(Kind::AllocFailure, Proto::Tcp, 0, Origin::Connect);
     f.errno = libc::EADDRNOTAVAIL;
-    c.observe(&Output::Event(f));
-    c.observe(&Output::Event(f));
+    c.observe(OutputRef::Event(&f));
+    c.observe(OutputRef::Event(&f));
     f.errno = libc::EPERM;
-    c.observe(&Output::Event(f));
+    c.observe(OutputRef::Event(&f));
     f.errno = libc::EACCES; // also shown as "error": merged with EPERM
-    c.observe(&Output::Event(f));
+    c.observe(OutputRef::Event(&f));
     let s = Snapshot::of(&c, vec![]);
     assert_eq!(
         s.failures,
@@ -110,17 +110,17 @@ fn failures_by_errno_name() {
 #[test]
 fn live_ports_go_up_and_down() {
     let mut c = Tally::default();
-    c.observe(&assign(Proto::Tcp, 40000, Origin::Connect));
-    c.observe(&assign(Proto::Tcp, 8080, Origin::Inherited));
-    c.observe(&assign(Proto::Udp, 5353, Origin::Bind));
+    c.observe(assign(Proto::Tcp, 40000, Origin::Connect).as_ref());
+    c.observe(assign(Proto::Tcp, 8080, Origin::Inherited).as_ref());
+    c.observe(assign(Proto::Udp, 5353, Origin::Bind).as_ref());
     assert_eq!(
         Snapshot::of(&c, vec![]).live_ports,
         vec![(Proto::Tcp, NETNS, 2), (Proto::Udp, NETNS, 1)]
     );
-    c.observe(&ended(Proto::Tcp, 40000, Origin::Connect, Some(1), 1));
+    c.observe(ended(Proto::Tcp, 40000, Origin::Connect, Some(1), 1).as_ref());
     // Held before tracing: its start was never counted, so its end is not either.
-    c.observe(&ended(Proto::Tcp, 22, Origin::Preexisting, None, 1));
-    c.observe(&ended(Proto::Udp, 5353, Origin::Bind, Some(1), 1));
+    c.observe(ended(Proto::Tcp, 22, Origin::Preexisting, None, 1).as_ref());
+    c.observe(ended(Proto::Udp, 5353, Origin::Bind, Some(1), 1).as_ref());
     assert_eq!(
         Snapshot::of(&c, vec![]).live_ports,
         vec![(Proto::Tcp, NETNS, 1)],
@@ -132,18 +132,12 @@ fn live_ports_go_up_and_down() {
 fn histogram_buckets_are_powers_of_two_seconds() {
     let mut c = Tally::default();
     // 1 µs is above 2^-20 s (0.95 µs): the 2^-19 s bucket.
-    c.observe(&ended(Proto::Tcp, 1, Origin::Bind, Some(10), 1_000));
+    c.observe(ended(Proto::Tcp, 1, Origin::Bind, Some(10), 1_000).as_ref());
     // Exactly 1 s: within the 1 s bucket (`le` is inclusive).
-    c.observe(&ended(Proto::Tcp, 2, Origin::Bind, Some(10), 1_000_000_000));
-    c.observe(&ended(Proto::Tcp, 3, Origin::Bind, Some(10), 1_000_000_001));
+    c.observe(ended(Proto::Tcp, 2, Origin::Bind, Some(10), 1_000_000_000).as_ref());
+    c.observe(ended(Proto::Tcp, 3, Origin::Bind, Some(10), 1_000_000_001).as_ref());
     // A day: beyond the last bound.
-    c.observe(&ended(
-        Proto::Tcp,
-        4,
-        Origin::Bind,
-        Some(10),
-        86_400_000_000_000,
-    ));
+    c.observe(ended(Proto::Tcp, 4, Origin::Bind, Some(10), 86_400_000_000_000).as_ref());
     let h = Snapshot::of(&c, vec![]).lifetimes;
     assert_eq!(h.count, 4);
     assert!(
@@ -214,18 +208,12 @@ fn occupancy_gauges_come_from_the_occupancy_analysis() {
 #[test]
 fn the_exposition_has_every_family() {
     let mut c = Tally::default();
-    c.observe(&assign(Proto::Tcp, 40000, Origin::Connect));
+    c.observe(assign(Proto::Tcp, 40000, Origin::Connect).as_ref());
     // 3 µs inside the allocator (an untimed assignment, above, counts in no bucket).
     let mut timed = event(Kind::Assign, Proto::Tcp, 40001, Origin::Connect);
     timed.alloc_ns = Some(3_000);
-    c.observe(&Output::Event(timed));
-    c.observe(&ended(
-        Proto::Udp,
-        5353,
-        Origin::Bind,
-        Some(10),
-        3_000_000_000,
-    ));
+    c.observe(OutputRef::Event(&timed));
+    c.observe(ended(Proto::Udp, 5353, Origin::Bind, Some(10), 3_000_000_000).as_ref());
     let mut snapshot = Snapshot::of(&c, vec![("ringbuf_full", 3), ("undecodable", 0)]);
     snapshot.occupancy = vec![Occupancy {
         netns: NETNS,

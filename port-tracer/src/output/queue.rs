@@ -15,7 +15,10 @@ use std::{
 };
 
 use super::Printer;
-use crate::{lifetime::Output, summary::Summary};
+use crate::{
+    lifetime::{Output, OutputRef},
+    summary::Summary,
+};
 
 /// Records sent to the writer thread at once: amortises the channel, bounds the latency.
 const BATCH: usize = 4096;
@@ -88,8 +91,9 @@ impl OutputQueue {
         }
     }
 
-    pub fn push(&mut self, o: Output) {
-        self.batch.push(o);
+    /// Queues a copy of `o` for the writer thread.
+    pub fn push(&mut self, o: OutputRef<'_>) {
+        self.batch.push(o.to_owned());
         if self.batch.len() >= BATCH {
             self.send(false);
         }
@@ -185,7 +189,7 @@ fn write_all(
         match msg {
             Msg::Outputs(batch) => {
                 for o in &batch {
-                    printer.write(o)?;
+                    printer.write(o.as_ref())?;
                 }
                 queued.fetch_sub(batch.len(), Ordering::Relaxed);
             }
