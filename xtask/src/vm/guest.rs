@@ -253,6 +253,17 @@ pub fn read_line(kernel: &str, line: &str, out: &mut Outcome) {
         s.failed += 1;
         s.failures.push(name.to_string());
         println!("[{kernel}] {}: {name} FAILED{}", s.name, test_took());
+    } else if let Some(counts) = line.strip_prefix("test result: ") {
+        // A test that prints (`--nocapture`, as the cost section runs) splits its
+        // "test NAME ... ok" line: libtest's own totals count it.
+        let count = |what: &str| -> u64 {
+            counts
+                .split(['.', ';'])
+                .find_map(|part| part.trim().strip_suffix(what)?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        s.passed = s.passed.max(count(" passed"));
+        s.failed = s.failed.max(count(" failed"));
     }
 }
 
@@ -269,6 +280,27 @@ mod tests {
 
     fn outcome() -> Outcome {
         Outcome::default()
+    }
+
+    #[test]
+    fn counts_a_test_whose_own_output_split_its_result_line() {
+        let mut o = outcome();
+        for l in [
+            "@@pt begin cost",
+            "running 1 test",
+            "test cost_per_operation has been running for over 60 seconds",
+            "test cost_per_operation ... | tier | tcp ns |",
+            "| cgroup | 3119 |",
+            "ok",
+            "",
+            "test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 70.2s",
+            "@@pt end cost rc=0",
+        ] {
+            read_line("k", l, &mut o);
+        }
+        let s = &o.sections[0];
+        assert_eq!((s.passed, s.failed, s.rc), (1, 0, Some(0)));
+        assert!(s.ok());
     }
 
     #[test]
