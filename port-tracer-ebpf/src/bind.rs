@@ -2,12 +2,12 @@
 //! v2 root): the port a bind took, TCP and UDP.
 //!
 //! `post_bind` runs in `__inet_bind` once `get_port` succeeded, so it sees the port but
-//! not what was asked for: `bind4/6` runs just before, in the same call, and keeps by
-//! thread (`BIND_REQUESTS`) whether the caller asked for port 0 (bind(0): an ephemeral
-//! port) or a given one. (Not per CPU: the thread may be preempted and move in between.)
-//! A bind whose request is not found (evicted) is reported as `bind`, marked guessed. A
-//! bind that fails runs no `post_bind` hook: the cgroup tier does not see bind failures
-//! (README).
+//! not what was asked for: `bind4/6` runs just before, in the same call, and keeps in the
+//! thread's slot of `BIND_REQUESTS` whether the caller asked for port 0 (bind(0): an
+//! ephemeral port) or a given one. (Not per CPU: the thread may be preempted and move in
+//! between.) A bind whose request is not found (another thread sharing the slot bound at
+//! the same time) is reported as `bind`, marked guessed. A bind that fails runs no
+//! `post_bind` hook: the cgroup tier does not see bind failures (README).
 
 use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr},
@@ -21,16 +21,26 @@ use crate::{
     udp_autobind, BIND_REQUESTS,
 };
 
-/// A bind in progress.
+/// Slots of `BIND_REQUESTS` (a power of two): a thread's is its id modulo this.
+pub const BIND_SLOTS: u32 = 16384;
+
+/// A bind in progress, in its thread's slot.
+///
+/// Two threads whose ids share a slot may write it at once. The thread and the port it
+/// asked for are one word, written by one store; a thread takes the request only if both
+/// words are its own (its socket, its thread id), which another thread's writes cannot
+/// produce: a mix of two requests is taken by neither (reported guessed).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct BindRequest {
     pub sk: u64,
-    pub tid: u32,
-    /// The port asked for, host order: 0 for bind(0).
-    pub port: u16,
-    pub _pad: u16,
+    /// The thread id (bits 32-63) and the port asked for (bits 0-15, host order; 0 for
+    /// bind(0)).
+    pub tid_port: u64,
 }
+
+const _: () = assert!(core::mem::size_of::<BindRequest>() == 16);
+const _: () = assert!(BIND_SLOTS.is_power_of_two());
 
 #[inline(always)]
 fn on_bind_request(ctx: &SockAddrContext) -> Result<(), i32> {
@@ -40,14 +50,15 @@ fn on_bind_request(ctx: &SockAddrContext) -> Result<(), i32> {
     }
     let sk = plain_address(unsafe { a.__bindgen_anon_1.sk } as u64)?;
     let tid = tid();
-    let request = BindRequest {
-        sk,
-        tid,
-        port: u16::from_be(a.user_port as u16),
-        _pad: 0,
-    };
-    if BIND_REQUESTS.insert(tid, request, 0).is_err() {
+    let port = u16::from_be(a.user_port as u16);
+    let Some(slot) = BIND_REQUESTS.get_ptr_mut(tid & (BIND_SLOTS - 1)) else {
         count_lost(lost::MAP_FULL);
+        return Ok(());
+    };
+    // SAFETY: a slot of an array map; see `BindRequest` for threads sharing it.
+    unsafe {
+        core::ptr::write_volatile(&mut (*slot).sk, sk);
+        core::ptr::write_volatile(&mut (*slot).tid_port, u64::from(tid) << 32 | u64::from(port));
     }
     Ok(())
 }
@@ -79,16 +90,23 @@ fn on_post_bind(ctx: &SockContext) -> Result<(), i32> {
     // Plain integers, not an Option: the verifier refuses reading an unset payload.
     let (mut origin, mut guessed) = (Origin::Bind, true);
     let tid = tid();
-    if let Some(r) = unsafe { BIND_REQUESTS.get(tid) } {
-        if r.sk == sk {
-            guessed = false;
-            if r.port == 0 {
-                origin = Origin::BindEphemeral;
+    if let Some(slot) = BIND_REQUESTS.get_ptr_mut(tid & (BIND_SLOTS - 1)) {
+        // SAFETY: a slot of an array map; see `BindRequest` for threads sharing it.
+        unsafe {
+            let (r_sk, tid_port) = (
+                core::ptr::read_volatile(&(*slot).sk),
+                core::ptr::read_volatile(&(*slot).tid_port),
+            );
+            if r_sk == sk && (tid_port >> 32) as u32 == tid {
+                guessed = false;
+                if tid_port as u16 == 0 {
+                    origin = Origin::BindEphemeral;
+                }
+                // Taken: a later post_bind of this socket without a request of its own
+                // (none is known) must not find it.
+                core::ptr::write_volatile(&mut (*slot).sk, 0);
             }
         }
-    }
-    if !guessed {
-        let _ = BIND_REQUESTS.remove(tid);
     }
     if proto == IPPROTO_UDP {
         udp_autobind::bound(sk)?;

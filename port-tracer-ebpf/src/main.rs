@@ -23,7 +23,7 @@ mod udp_release;
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use port_tracer_common::{lost, KernelOffsets, ProgramConfig};
 
@@ -70,10 +70,11 @@ static BINDING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 static GET_PORT_START: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
 
 /// Each thread's bind in progress (cgroup tier), from the cgroup `bind` hook to
-/// `post_bind` (see `bind`). A failed bind leaves its entry, which the thread's next bind
-/// replaces; LRU, so that threads that end after a failed bind do not fill it.
+/// `post_bind` (see `bind`), in the slot its thread id picks. An array, not a hash map:
+/// an LRU insert cost 380 ns per bind. Threads that share a slot and bind at once are
+/// told apart by the request's socket and thread (see `bind::BindRequest`).
 #[map]
-static BIND_REQUESTS: LruHashMap<u32, bind::BindRequest> = LruHashMap::with_max_entries(16384, 0);
+static BIND_REQUESTS: Array<bind::BindRequest> = Array::with_max_entries(bind::BIND_SLOTS, 0);
 
 /// UDP sockets bound to the wildcard whose port is known, and those a `connect()`
 /// autobound (cgroup tier), by socket address, until they close (see `udp_autobind`).
