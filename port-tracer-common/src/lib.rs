@@ -89,8 +89,8 @@ pub mod flags {
 /// Bits of [`PortEvent::more_flags`].
 pub mod more_flags {
     /// A bind's origin (bind or bind_ephemeral) could not be told: the cgroup tier's
-    /// `bind` hook's note of the port asked for was not found by `post_bind` (evicted from
-    /// its LRU map). Reported as `bind`.
+    /// `bind` hook's note of the port asked for was not found by `post_bind` (another thread
+    /// whose id shares its slot bound at the same moment). Reported as `bind`.
     pub const ORIGIN_GUESSED: u8 = 1 << 0;
     /// A connect's port reported without who connected (cgroup tier: the task taken at
     /// CLOSE->SYN_SENT was not found at `TCP_CONNECT_CB`: that state change came before

@@ -202,7 +202,7 @@ fn totals(out: &mut impl Write, s: &Summary, clock: &WallClock) -> io::Result<()
         ),
         (
             t.origin_guessed,
-            "binds reported as `bind`, their origin not told (cgroup tier: its note of the bind was evicted)",
+            "binds reported as `bind`, their origin not told (cgroup tier: another thread's bind took its note's slot)",
         ),
         (
             t.time_wait_guessed,
