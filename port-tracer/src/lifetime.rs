@@ -179,6 +179,10 @@ pub struct Counters {
     pub evicted: u64,
     /// Events the reorder window let go early because it was full (possibly out of order).
     pub released_early: u64,
+    /// Events that reached the reorder window after a newer one had left it (their CPU
+    /// was held up for longer than `--reorder-ms`): handled out of order, which can show
+    /// as an unmatched event or a lifetime cut short.
+    pub arrived_late: u64,
 }
 
 /// A UDP autobind reported by a send (not a connect seen at close): the cgroup tier's

@@ -118,7 +118,9 @@ impl Rebuild {
     /// A decoded event into the reorder window.
     pub fn push_event(&mut self, ev: Event) {
         self.span.end_ns = self.span.end_ns.max(ev.ts_ns);
-        self.reorder.push(ev);
+        if !self.reorder.push(ev) {
+            self.tracker.counters.arrived_late += 1;
+        }
     }
 
     /// The ephemeral range of a namespace, best given before its first event: the

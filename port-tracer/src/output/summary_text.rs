@@ -216,6 +216,10 @@ fn totals(out: &mut impl Write, s: &Summary, clock: &WallClock) -> io::Result<()
             t.released_early,
             "events released early by a full reorder window (order not assured)",
         ),
+        (
+            t.arrived_late,
+            "events that came after newer ones had been handled (their CPU was held up past --reorder-ms): handled out of order",
+        ),
     ];
     for (n, what) in notes {
         if n > 0 {
