@@ -168,10 +168,11 @@ pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
     };
     if ret == 0 {
         // With IP_BIND_ADDRESS_NO_PORT, bind(0) takes no port: connect will.
-        if sock_num(p.sk).unwrap_or(0) == 0 {
-            return 0;
+        match sock_num(p.sk) {
+            Ok(0) => {}
+            Ok(_) => report(&p, EventKind::Assign, origin),
+            Err(_) => count_lost(lost::READ_ERROR),
         }
-        report(&p, EventKind::Assign, origin);
     } else if ret == -EADDRINUSE {
         failure(&p, origin, EADDRINUSE, true);
     }
@@ -258,7 +259,11 @@ fn exit_send(ctx: &TracePointContext) -> u32 {
     let Some((p, ret)) = exit(ctx, Call::Send) else {
         return 0;
     };
-    if sock_num(p.sk).unwrap_or(0) != 0 {
+    let Ok(num) = sock_num(p.sk) else {
+        count_lost(lost::READ_ERROR);
+        return 0;
+    };
+    if num != 0 {
         report(&p, EventKind::Assign, Origin::Autobind);
     } else if ret == -EAGAIN {
         failure(&p, Origin::Autobind, EAGAIN, false);

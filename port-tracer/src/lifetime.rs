@@ -649,8 +649,6 @@ impl Tracker {
             }
             // A socket that may never have held a port: nothing to end.
             None if ev.ended_at_close => {}
-            // A socket that may never have held a port: nothing to end.
-            None if ev.ended_at_close => {}
             None => {
                 let lt = self.unseen(ev);
                 let id = self.insert(lt);
