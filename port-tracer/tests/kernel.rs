@@ -1324,7 +1324,12 @@ fn time_wait_reuse_storm_matches_the_kernel_socket_table() {
     let t = tracer.stop();
     let summary = t.summary();
     assert_eq!(summary["lost"]["total"], 0, "{summary}");
-    assert_eq!(summary["tracker"]["unmatched"], 0, "{summary}");
+    assert_eq!(
+        summary["tracker"]["unmatched"],
+        0,
+        "{summary}{}",
+        t.unmatched_context()
+    );
     assert_eq!(summary["tracker"]["time_wait_guessed"], 0, "{summary}");
 
     // What the kernel's table said, checked against ss where there is one.
@@ -1391,8 +1396,26 @@ fn time_wait_reuse_storm_matches_the_kernel_socket_table() {
         .find(|g| g["netns"] == netns && g["proto"] == "tcp" && g["laddr"] == "127.0.0.1")
         .unwrap_or_else(|| panic!("no occupancy for {netns}: {summary}"));
     assert_eq!(g["range"]["size"], n, "{g}");
-    assert_eq!(g["peak_ports"], n, "{g}");
+    // At least what the kernel's table held at any of its snapshots; where round 0 left a
+    // port free, later rounds may never take it (a round outlasting a second reuses its own
+    // first TIME_WAIT sockets instead): seen once on 6.12, 1,999 all along.
+    let range_ports = |snap: &TableSnapshot| {
+        let ports: std::collections::HashSet<u64> = snap
+            .sockets
+            .iter()
+            .filter(|s| (40000..40000 + n as u64).contains(&s.lport))
+            .map(|s| s.lport)
+            .collect();
+        ports.len()
+    };
+    let snapped_peak = snaps.iter().map(|(_, snap, _)| range_ports(snap)).max();
+    let peak = g["peak_ports"].as_u64().unwrap() as usize;
+    assert!(
+        snapped_peak.is_some_and(|p| p <= peak) && peak <= n,
+        "peak {peak}, the kernel's snapshots at most {snapped_peak:?}, range {n}: {g}"
+    );
     if at_start == n {
+        assert_eq!(peak, n, "{g}");
         assert_eq!(g["sockets_at_peak"], n, "{g}");
         assert_eq!(g["time_wait_share_at_peak"], 1.0, "{g}");
         let holders = g["top_holders_at_peak"].as_array().unwrap();

@@ -258,6 +258,24 @@ impl Trace {
             .unwrap_or_else(|| panic!("no {proto} occupancy in {netns}: {summary:#}"))
     }
 
+    /// What an unmatched count points at, for a failing assertion: each lifetime without
+    /// an origin (a socket seen only at its end) and every record of its local port.
+    pub fn unmatched_context(&self) -> String {
+        let mut out = String::new();
+        for lt in self.of_type("lifetime").filter(|l| l["origin"] == "unknown") {
+            out += &format!("\nunmatched: {lt}");
+            for r in self
+                .records
+                .iter()
+                .filter(|r| r["lport"] == lt["lport"] && r["proto"] == lt["proto"])
+                .take(40)
+            {
+                out += &format!("\n  {r}");
+            }
+        }
+        out
+    }
+
     pub fn summary(&self) -> &Value {
         let last = self.records.last().expect("trace has records");
         assert_eq!(last["type"], "summary", "the last record is the summary");
