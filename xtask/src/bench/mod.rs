@@ -139,6 +139,8 @@ pub(super) struct Measured {
     pub(super) expected: Option<u64>,
     pub(super) delivered: Option<u64>,
     pub(super) lost: Option<u64>,
+    /// port-tracer: releases the kernel's hooks never reported (`tracker.release_missing`).
+    pub(super) missed: Option<u64>,
     /// Events the tool handled in all (port-tracer: every event it processed, any process).
     pub(super) tool_events: Option<u64>,
     pub(super) cpu_s: Option<f64>,
@@ -318,6 +320,7 @@ pub(super) fn measure(
         expected: None,
         delivered: None,
         lost: None,
+        missed: None,
         tool_events: None,
         cpu_s: usage.as_ref().map(|u| u.cpu_s),
         max_rss_kb: usage.as_ref().map(|u| u.max_rss_kb),
@@ -367,6 +370,7 @@ pub(super) fn measure(
             m.expected = Some(per * n);
             m.delivered = Some(c.storm_events);
             m.lost = Some(c.lost);
+            m.missed = Some(c.release_missing);
             m.tool_events = Some(c.all_events);
         }
         Tool::Tcpstates => {

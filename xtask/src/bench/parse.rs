@@ -44,6 +44,9 @@ pub(super) struct TracerCounts {
     pub(super) storm_events: u64,
     pub(super) all_events: u64,
     pub(super) lost: u64,
+    /// Releases the tracker never saw (the socket's lifetime ended lossy when its memory was
+    /// reused): not lost in transit, missed at the source.
+    pub(super) release_missing: u64,
 }
 
 /// Counts the storm's events (by pid and origin) in a JSONL trace, and reads its summary.
@@ -53,6 +56,7 @@ pub(super) fn count_tracer_output(path: &Path, pid: u64, origins: &[&str]) -> Re
         storm_events: 0,
         all_events: 0,
         lost: 0,
+        release_missing: 0,
     };
     let mut summary = false;
     for line in BufReader::with_capacity(1 << 20, file).lines() {
@@ -74,6 +78,9 @@ pub(super) fn count_tracer_output(path: &Path, pid: u64, origins: &[&str]) -> Re
                 c.lost = v["lost"]["total"]
                     .as_u64()
                     .context("summary without lost.total")?;
+                c.release_missing = v["tracker"]["release_missing"]
+                    .as_u64()
+                    .context("summary without tracker.release_missing")?;
                 c.all_events = v["tracker"]["events"]
                     .as_u64()
                     .context("summary without tracker.events")?;

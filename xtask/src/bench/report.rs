@@ -16,6 +16,9 @@ pub(super) fn describe(m: &Measured) -> String {
     if let Some(l) = m.lost {
         s += &format!("  lost {l}");
     }
+    if let Some(r) = m.missed.filter(|&r| r > 0) {
+        s += &format!("  releases missed {r}");
+    }
     if let (Some(cpu), Some(rss)) = (m.cpu_s, m.max_rss_kb) {
         s += &format!("  cpu {cpu:.2}s  rss {:.1}MB", rss as f64 / 1024.0);
     }
@@ -98,6 +101,13 @@ pub(super) fn render_table(all: &[Measured], idle: &[(Tool, f64)], opts: &Option
             .filter_map(|m| m.lost)
             .max()
             .map_or("-".into(), |l| l.to_string());
+        // Missed at the source (a hook that did not run), not lost in transit: said apart.
+        let missed = runs.iter().filter_map(|m| m.missed).max().unwrap_or(0);
+        let lost = if missed > 0 {
+            format!("{lost} (+{missed} releases missed)")
+        } else {
+            lost
+        };
         let idle_cpu = idle
             .iter()
             .find(|(t, _)| *t == tool)
@@ -238,6 +248,7 @@ pub(super) fn to_json(m: &Measured) -> Value {
         "events_expected": m.expected,
         "events_delivered": m.delivered,
         "lost": m.lost,
+        "release_missing": m.missed,
         "tool_events": m.tool_events,
         "tool_cpu_s": m.cpu_s,
         "tool_max_rss_kb": m.max_rss_kb,
