@@ -361,7 +361,8 @@ fn test(args: &[String]) -> Result<HostTests> {
 /// One `cargo test` over `targets` with `env`, libtest arguments `args`; its counts.
 fn host_harness(targets: &[&str], env: &[(&str, &str)], args: &[String]) -> Result<HostTests> {
     let mut cmd = Command::new("cargo");
-    cmd.args(["test", "--release"])
+    cmd.args(["test", "--release"]);
+    vm::binaries::statically_linked(&mut cmd)
         .args(targets)
         .arg("--")
         .arg("--test-threads=1")

@@ -28,18 +28,24 @@ pub struct Binaries {
     pub cost_test: PathBuf,
 }
 
+/// Makes `cargo test` build for [`TARGET`], statically linked. The host's own test run
+/// builds the same way, so the guests' build that follows it compiles nothing again.
+pub fn statically_linked(cargo: &mut Command) -> &mut Command {
+    cargo.args(["--target", TARGET]).env(
+        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+        "-C target-feature=+crt-static",
+    )
+}
+
 pub fn build() -> Result<Binaries> {
     let mut cmd = Command::new("cargo");
-    cmd.args(["test", "--release", "--target", TARGET, "-p", "port-tracer"])
+    cmd.args(["test", "--release", "-p", "port-tracer"]);
+    statically_linked(&mut cmd)
         .args([
             "--lib", "--test", "kernel", "--test", "tiers", "--test", "cost",
         ])
         .arg("--no-run")
         .arg("--message-format=json-render-diagnostics")
-        .env(
-            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-            "-C target-feature=+crt-static",
-        )
         .stdout(Stdio::piped());
     eprintln!("xtask: building static binaries for the guests: {cmd:?}");
     let mut child = cmd.spawn().context("starting cargo")?;

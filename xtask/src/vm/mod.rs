@@ -5,7 +5,7 @@
 //! suite once for each tier (forced with `--attach`), then tier equivalence, marking each
 //! on the console. The host reads the marks into a kernel x suite matrix.
 
-mod binaries;
+pub mod binaries;
 mod guest;
 mod initramfs;
 mod kernels;
