@@ -58,7 +58,10 @@ fn on_bind_request(ctx: &SockAddrContext) -> Result<(), i32> {
     // SAFETY: a slot of an array map; see `BindRequest` for threads sharing it.
     unsafe {
         core::ptr::write_volatile(&mut (*slot).sk, sk);
-        core::ptr::write_volatile(&mut (*slot).tid_port, u64::from(tid) << 32 | u64::from(port));
+        core::ptr::write_volatile(
+            &mut (*slot).tid_port,
+            u64::from(tid) << 32 | u64::from(port),
+        );
     }
     Ok(())
 }

@@ -106,7 +106,8 @@ fn xtask(cli: Cli) -> Result<()> {
                     kernels: Vec::new(),
                     tiers: Vec::new(),
                     no_lib: false,
-                    timeout: 1500,
+                    timeout: 2400,
+                    jobs: None,
                     bpf_cost: false,
                     filter,
                 })?

@@ -262,7 +262,10 @@ impl Trace {
     /// an origin (a socket seen only at its end) and every record of its local port.
     pub fn unmatched_context(&self) -> String {
         let mut out = String::new();
-        for lt in self.of_type("lifetime").filter(|l| l["origin"] == "unknown") {
+        for lt in self
+            .of_type("lifetime")
+            .filter(|l| l["origin"] == "unknown")
+        {
             out += &format!("\nunmatched: {lt}");
             for r in self
                 .records

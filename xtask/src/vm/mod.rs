@@ -47,8 +47,12 @@ pub struct Options {
     #[arg(long)]
     pub no_lib: bool,
     /// Give up on a guest after this many seconds.
-    #[arg(long, default_value_t = 1500, value_name = "SECS")]
+    #[arg(long, default_value_t = 2400, value_name = "SECS")]
     pub timeout: u64,
+    /// Guests to run at once (default: the host's CPU count; 1 with --bpf-cost). Each keeps
+    /// about one core busy.
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
     /// Instead of the tests: each tier's BPF time per TCP connection and UDP socket
     /// (`tests/cost.rs`), printed after the matrix. Under emulation the ratio between
     /// tiers means something, the nanoseconds do not.
@@ -214,51 +218,33 @@ pub fn run(opts: &Options) -> Result<Totals> {
         total: Duration::from_secs(opts.timeout),
         silence: Duration::from_secs(240),
     };
-    let mut rows = Vec::new();
-    for k in &kernels {
-        println!("[{}] booting {} ({})", k.name, k.release, k.package);
-        let initrd = initramfs::pack(k, &bins, &plan, &work)?;
-        let log = work.join(format!("console-{}.log", k.name));
-        let started = std::time::Instant::now();
-        let mut outcome = guest::boot(k, &initrd, &log, &limits)?;
-        println!(
-            "[{}] powered off after {:.0} s",
-            k.name,
-            started.elapsed().as_secs_f64()
-        );
-        // The guest's kernel itself may crash under emulation (an int3 left by live code
-        // patching, hit on a hot path while a tracepoint is switched on or off: seen on
-        // 6.12's tracepoint suite; a soft lockup while programs detached, once on 5.10,
-        // made a panic by softlockup_panic=1 rather than a 900 s hang), or hang (a test
-        // printing nothing for 120 s, after the guest's hang watch showed every thread's
-        // stack: once after the tracefs test on 5.10 and 6.1): more boots for what was
-        // left, said in the report with the crash's trace or the hang's dump.
-        let mut log = log;
-        for boot in 2..=BOOTS_AFTER_CRASHES {
-            let (false, Some(crash)) = (outcome.done, outcome.crash.clone()) else {
-                break;
-            };
-            let rest = plan.rest(&outcome);
-            println!(
-                "[{}] the guest crashed or hung: {crash}; booting again for {}",
-                k.name,
-                rest.sections().join(", ")
-            );
-            let initrd = initramfs::pack(k, &bins, &rest, &work)?;
-            let again_log = work.join(format!("console-{}-boot{boot}.log", k.name));
-            let again = guest::boot(k, &initrd, &again_log, &limits)?;
-            // A hang's crash trace is the watch's dump.
-            let trace: String = std::mem::take(&mut outcome.hang_dump)
-                .iter()
-                .chain(&outcome.crash_trace)
-                .map(|l| format!("\n   {l}"))
-                .collect();
-            outcome.continue_with(
-                again,
-                format!("{crash} (console log {}){trace}", log.display()),
-            );
-            log = again_log;
+    // Measurements run one guest at a time: a second guest would be noise in the first.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let jobs = opts
+        .jobs
+        .unwrap_or(if opts.bpf_cost { 1 } else { cpus })
+        .clamp(1, kernels.len().max(1));
+    if jobs > 1 {
+        println!("{jobs} guests at once (--jobs)");
+    }
+    // Each guest keeps about one core busy (emulation: 190 CPU s per 177 s of a suite on
+    // 5.10), so on two cores two guests take about half the time of one after the other.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done: std::sync::Mutex<Vec<Option<Result<(guest::Outcome, PathBuf)>>>> =
+        std::sync::Mutex::new(kernels.iter().map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(k) = kernels.get(i) else { break };
+                let r = run_guest(k, &bins, &plan, &work, &limits);
+                done.lock().unwrap()[i] = Some(r);
+            });
         }
+    });
+    let mut rows = Vec::new();
+    for (k, r) in kernels.iter().zip(done.into_inner().unwrap()) {
+        let (outcome, log) = r.expect("every kernel was taken by a worker")?;
         rows.push((k, outcome, log));
     }
 
@@ -371,6 +357,60 @@ pub fn run(opts: &Options) -> Result<Totals> {
     }
     println!("\n{} passed, {} failed", totals.passed, totals.failed);
     Ok(totals)
+}
+
+/// One kernel's guest: its plan, then more boots for what a crash or hang left.
+fn run_guest(
+    k: &kernels::Kernel,
+    bins: &binaries::Binaries,
+    plan: &Plan,
+    work: &std::path::Path,
+    limits: &guest::Limits,
+) -> Result<(guest::Outcome, PathBuf)> {
+    println!("[{}] booting {} ({})", k.name, k.release, k.package);
+    let initrd = initramfs::pack(k, bins, plan, work)?;
+    let log = work.join(format!("console-{}.log", k.name));
+    let started = std::time::Instant::now();
+    let mut outcome = guest::boot(k, &initrd, &log, limits)?;
+    println!(
+        "[{}] powered off after {:.0} s",
+        k.name,
+        started.elapsed().as_secs_f64()
+    );
+    // The guest's kernel itself may crash under emulation (an int3 left by live code
+    // patching, hit on a hot path while a tracepoint is switched on or off: seen on
+    // 6.12's tracepoint suite; a soft lockup while programs detached, once on 5.10,
+    // made a panic by softlockup_panic=1 rather than a 900 s hang), or hang (a test
+    // printing nothing for 120 s, after the guest's hang watch showed every thread's
+    // stack: once after the tracefs test on 5.10 and 6.1): more boots for what was
+    // left, said in the report with the crash's trace or the hang's dump.
+    let mut log = log;
+    for boot in 2..=BOOTS_AFTER_CRASHES {
+        let (false, Some(crash)) = (outcome.done, outcome.crash.clone()) else {
+            break;
+        };
+        let rest = plan.rest(&outcome);
+        println!(
+            "[{}] the guest crashed or hung: {crash}; booting again for {}",
+            k.name,
+            rest.sections().join(", ")
+        );
+        let initrd = initramfs::pack(k, bins, &rest, work)?;
+        let again_log = work.join(format!("console-{}-boot{boot}.log", k.name));
+        let again = guest::boot(k, &initrd, &again_log, limits)?;
+        // A hang's crash trace is the watch's dump.
+        let trace: String = std::mem::take(&mut outcome.hang_dump)
+            .iter()
+            .chain(&outcome.crash_trace)
+            .map(|l| format!("\n   {l}"))
+            .collect();
+        outcome.continue_with(
+            again,
+            format!("{crash} (console log {}){trace}", log.display()),
+        );
+        log = again_log;
+    }
+    Ok((outcome, log))
 }
 
 /// The tables and their titles in the cost section's output (`tests/cost.rs`), without
