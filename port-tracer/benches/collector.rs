@@ -12,6 +12,10 @@
 //! port at the storm's peak (a counting allocator sees every allocation of the pipeline).
 //!
 //! `cargo bench -p port-tracer --bench collector [-- --connections N --hold N --runs N]`
+//!
+//! `-- --format jsonl` (or text, csv, ...) also formats every output as live tracing's
+//! writer thread does, into a sink: the difference from a run without it is the
+//! printer's cost per event.
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -23,6 +27,7 @@ use std::{
 use port_tracer::{
     event::Event,
     lifetime::OutputRef,
+    output::Printer,
     rebuild::{Rebuild, RebuildConfig, Upto},
 };
 use port_tracer_common::{flags, EventKind, Origin, PortEvent, AF_INET, IPPROTO_TCP};
@@ -57,6 +62,8 @@ struct Params {
     runs: usize,
     /// Synthetic time between connections, ns (sets the reorder window's depth in events).
     spacing_ns: u64,
+    /// Format every output in this format too (into a sink).
+    format: Option<port_tracer::output::Format>,
 }
 
 fn params() -> Params {
@@ -65,6 +72,7 @@ fn params() -> Params {
         hold: 1_000_000,
         runs: 5,
         spacing_ns: 400,
+        format: None,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -74,6 +82,14 @@ fn params() -> Params {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("{} needs a number", args[i]))
         };
+        if args[i] == "--format" {
+            let name = args.get(i + 1).map_or("", String::as_str);
+            p.format = Some(port_tracer::output::Format::from_name(name).unwrap_or_else(|| {
+                panic!("--format: unknown format {name:?} (text, jsonl, csv, parquet, chrome-trace)")
+            }));
+            i += 2;
+            continue;
+        }
         if args[i] == "--summary" {
             // The summary's analyses are part of the engine now: always measured.
             i += 1;
@@ -254,20 +270,30 @@ struct RunResult {
 /// `engine` is fresh (cold: its tables grow during the run, as in a tracer's first
 /// minutes) or has run the storm before (warm: the steady state of a long-running tracer);
 /// `offset_ns` moves this pass's timestamps after the previous one's.
-fn run(records: &[PortEvent], engine: &mut Rebuild, offset_ns: u64) -> RunResult {
+fn run(
+    records: &[PortEvent],
+    engine: &mut Rebuild,
+    offset_ns: u64,
+    printer: &mut Option<Box<dyn Printer + Send>>,
+) -> RunResult {
     const BATCH: usize = 4096;
     let base = LIVE_BYTES.load(Ordering::Relaxed);
     let (mut lifetimes, mut events) = (0u64, 0u64);
     let mut peak = (0usize, 0usize);
     let start = Instant::now();
-    let mut out = |o: OutputRef<'_>| match o {
-        OutputRef::Lifetime(l) => {
-            lifetimes += 1;
-            black_box(&l);
+    let mut out = |o: OutputRef<'_>| {
+        if let Some(p) = printer.as_mut() {
+            p.write(o).expect("writing to a sink");
         }
-        OutputRef::Event(e) => {
-            events += 1;
-            black_box(&e);
+        match o {
+            OutputRef::Lifetime(l) => {
+                lifetimes += 1;
+                black_box(&l);
+            }
+            OutputRef::Event(e) => {
+                events += 1;
+                black_box(&e);
+            }
         }
     };
     let mut newest = 0;
@@ -339,8 +365,19 @@ fn main() {
             EPHEMERAL_FIRST + EPHEMERAL_COUNT - 1
         );
         engine.set_range(port_tracer::port_range::PortRange::parse(NETNS, &range, "").unwrap());
-        let c = run(&records, &mut engine, 0);
-        let w = run(&records, &mut engine, c.newest_ns + REORDER_NS);
+        let mut printer = p.format.map(|f| {
+            f.printer(
+                port_tracer::output::buffered(Box::new(std::io::sink())),
+                port_tracer::output::WallClock::now(),
+            )
+        });
+        let c = run(&records, &mut engine, 0, &mut printer);
+        let w = run(
+            &records,
+            &mut engine,
+            c.newest_ns + REORDER_NS,
+            &mut printer,
+        );
         let summary = engine.finish(&[], w.newest_ns + REORDER_NS, &mut |o| {
             black_box(o);
         });

@@ -417,6 +417,53 @@ fn time_wait_held_at_start_expiring_is_one_release() {
 }
 
 #[test]
+fn a_vcpu_stalled_between_cancel_and_handler_or_rearm_changes_nothing() {
+    // In a VM the host may deschedule the vCPU between the timer's cancel and its handler
+    // (expiry) or its re-arm: 5.8 ms seen under emulation, where a 1 ms grace ended the
+    // TIME_WAIT at the cancel and took the handler for a socket never seen (unmatched).
+    let ms = 1_000_000;
+    let mut t = Tracker::new();
+    let cancel = E::tw_end(9 * ms, 0xb, 40000, 80, true);
+    t.set_held_at_start([held_time_wait(cancel.0.ends, 0)]);
+    let (_, lts) = run(
+        &mut t,
+        &[
+            cancel,
+            E::tw_end(9 * ms + 5_800_000, 0xb, 40000, 80, false), // the expiry's handler
+            E::assign(200 * ms, 0xc, 1, Origin::Bind),
+        ],
+    );
+    let tw = lts.iter().find(|l| l.ends.lport == 40000).unwrap();
+    assert_eq!(
+        (tw.origin, tw.released_ns()),
+        (Origin::Preexisting, Some(9 * ms + 5_800_000))
+    );
+    assert_eq!(lts.iter().filter(|l| l.ends.lport == 40000).count(), 1);
+    assert_eq!(t.counters.unmatched, 0);
+
+    let mut t = Tracker::new();
+    let lts = {
+        let (_, lts) = run(
+            &mut t,
+            &[
+                E::assign(ms, 0xa, 40000, Origin::Connect).remote(80),
+                tw_arm(2 * ms, 0xb, 40000, 80, false),
+                E::release(2 * ms + 1, 0xa, 40000).remote(80),
+                E::tw_end(3 * ms, 0xb, 40000, 80, true), // cancel ...
+                tw_arm(3 * ms + 6_000_000, 0xb, 40000, 80, true), // ... re-armed 6 ms on
+                E::assign(100 * ms, 0xc, 1, Origin::Bind),
+                E::tw_end(160 * ms, 0xb, 40000, 80, false),
+            ],
+        );
+        lts
+    };
+    let lt = lts.iter().find(|l| l.ends.lport == 40000).unwrap();
+    assert_eq!(lt.released_ns(), Some(160 * ms));
+    assert_eq!(t.counters.time_wait_rearm, 1);
+    assert_eq!(t.counters.unmatched, 0);
+}
+
+#[test]
 fn new_port_on_a_socket_without_release_flags_the_old_lifetime() {
     let mut t = Tracker::new();
     let (_, lts) = run(

@@ -10,7 +10,7 @@ use std::{
 
 use super::{Printer, Spec, WallClock};
 use crate::{
-    event::{errno_name, Endpoints, Event, Kind, Origin, Task},
+    event::{errno_name, Comm, Endpoints, Event, Kind, Origin, Task},
     lifetime::Lifetime,
     summary::Summary,
 };
@@ -162,6 +162,13 @@ impl<W: Write> Printer for Jsonl<W> {
 #[derive(Default)]
 pub struct Line(pub Vec<u8>);
 
+/// "00" to "99".
+const TWO_DIGITS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
 impl Line {
     pub fn clear(&mut self) {
         self.0.clear();
@@ -172,16 +179,40 @@ impl Line {
         self.0.extend_from_slice(s.as_bytes());
     }
 
+    /// Decimal digits written straight into the line, two at a time, from the last: no
+    /// intermediate buffer and no copy of variable length (a call to `memcpy` each).
     #[inline(always)]
-    pub fn u64(&mut self, v: u64) {
-        self.0
-            .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    pub fn u64(&mut self, mut v: u64) {
+        let len = v.checked_ilog10().map_or(1, |l| l as usize + 1);
+        self.0.reserve(len);
+        let at = self.0.len();
+        let digits = &mut self.0.spare_capacity_mut()[..len];
+        let mut end = len;
+        while v >= 100 {
+            let d = (v % 100) as usize * 2;
+            v /= 100;
+            end -= 2;
+            digits[end].write(TWO_DIGITS[d]);
+            digits[end + 1].write(TWO_DIGITS[d + 1]);
+        }
+        if v >= 10 {
+            let d = v as usize * 2;
+            digits[0].write(TWO_DIGITS[d]);
+            digits[1].write(TWO_DIGITS[d + 1]);
+        } else {
+            digits[0].write(b'0' + v as u8);
+        }
+        // SAFETY: the `len` bytes after `at` were reserved and every one written above
+        // (`len` is the digit count, so the loop ends with 1 or 2 left at the front).
+        unsafe { self.0.set_len(at + len) };
     }
 
     #[inline(always)]
     pub fn i64(&mut self, v: i64) {
-        self.0
-            .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+        if v < 0 {
+            self.0.push(b'-');
+        }
+        self.u64(v.unsigned_abs());
     }
 
     #[inline(always)]
@@ -197,11 +228,16 @@ impl Line {
     pub fn hex(&mut self, v: u64) {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         self.raw("\"0x");
-        let n = (64 - v.leading_zeros()).div_ceil(4).max(1);
-        for i in (0..n).rev() {
-            self.0.push(DIGITS[((v >> (4 * i)) & 0xf) as usize]);
+        let n = (64 - v.leading_zeros()).div_ceil(4).max(1) as usize;
+        self.0.reserve(n + 1);
+        let at = self.0.len();
+        let out = &mut self.0.spare_capacity_mut()[..n + 1];
+        for (i, d) in out[..n].iter_mut().enumerate() {
+            d.write(DIGITS[((v >> (4 * (n - 1 - i))) & 0xf) as usize]);
         }
-        self.0.push(b'"');
+        out[n].write(b'"');
+        // SAFETY: the `n + 1` bytes after `at` were reserved and all written above.
+        unsafe { self.0.set_len(at + n + 1) };
     }
 
     /// A quoted address: IPv4 written digit by digit, IPv6 (rarer) by its `Display`.
@@ -239,6 +275,24 @@ impl Line {
         }
     }
 
+    /// A task name as a JSON string: its bytes as they are when they are printable ASCII
+    /// without quotes or backslashes (every name in practice), else as `str` writes it.
+    #[inline(always)]
+    pub fn comm(&mut self, c: &Comm) {
+        let end = c.0.iter().position(|&b| b == 0).unwrap_or(c.0.len());
+        let name = &c.0[..end];
+        if name
+            .iter()
+            .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        {
+            self.0.push(b'"');
+            self.0.extend_from_slice(name);
+            self.0.push(b'"');
+        } else {
+            self.str(&c.as_str());
+        }
+    }
+
     /// The fields every record about a socket has, after at least one field. Keys are
     /// written with their punctuation as one literal: fewer, longer copies.
     pub fn socket(&mut self, e: &Endpoints, task: &Task, origin: Origin, sock_id: u64) {
@@ -263,9 +317,9 @@ impl Line {
         self.raw(",\"uid\":");
         self.u64(task.uid.into());
         self.raw(",\"comm\":");
-        self.str(&task.comm.as_str());
+        self.comm(&task.comm);
         self.raw(",\"thread\":");
-        self.str(&task.thread.as_str());
+        self.comm(&task.thread);
         self.raw(",\"cgroup_id\":");
         self.u64(task.cgroup_id);
         self.raw(",\"origin\":\"");
@@ -291,7 +345,31 @@ mod tests {
             assert_eq!(line(|l| l.hex(v)), format!("\"{v:#x}\""));
             assert_eq!(line(|l| l.u64(v)), v.to_string());
         }
-        assert_eq!(line(|l| l.i64(-98)), "-98");
+        // Every digit count, and each side of a power of ten.
+        let mut p = 1u64;
+        for _ in 0..20 {
+            for v in [p - 1, p, p + 1, p.saturating_mul(7).saturating_add(3)] {
+                assert_eq!(line(|l| l.u64(v)), v.to_string());
+            }
+            p = p.saturating_mul(10);
+        }
+        for v in [0i64, 7, -1, -98, 12345, i64::MIN, i64::MAX] {
+            assert_eq!(line(|l| l.i64(v)), v.to_string());
+        }
+        for name in ["storm", "", "a\"b", "tab\there", "x123456789012345"] {
+            let c = Comm::new(name);
+            assert_eq!(
+                line(|l| l.comm(&c)),
+                serde_json::to_string(&c.as_str()).unwrap()
+            );
+        }
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(b"\xff\\ok");
+        let c = Comm(raw);
+        assert_eq!(
+            line(|l| l.comm(&c)),
+            serde_json::to_string(&c.as_str()).unwrap()
+        );
         for a in [
             "0.0.0.0",
             "127.0.0.1",

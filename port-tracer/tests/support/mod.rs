@@ -261,7 +261,11 @@ impl Trace {
     /// What an unmatched count points at, for a failing assertion: each lifetime without
     /// an origin (a socket seen only at its end) and every record of its local port.
     pub fn unmatched_context(&self) -> String {
-        let mut out = String::new();
+        // The tracker counts over every namespace; a trace filtered by --netns shows one.
+        let mut out = String::from(
+            "\n(lifetimes without an origin in this trace follow; none: the unmatched \
+             event was outside its filter, or updated a socket never seen)",
+        );
         for lt in self
             .of_type("lifetime")
             .filter(|l| l["origin"] == "unknown")
