@@ -1,0 +1,84 @@
+//! Traces recorded by an earlier build report as they did then: each `*.ptrace` of
+//! `tests/fixtures` (recorded by 7af1017, trace format version 3, with
+//! `fixtures/record-fixtures.sh` on the cgroup and tracepoint tiers) goes through `report`
+//! and `export` with the arguments its `*.cases` file lists, and every output must equal,
+//! byte for byte, what that build wrote (`fixtures/expected/`). It guards every change of
+//! the per-event path (records, decoding, reconstruction, analyses, printers) against
+//! changing what a user reads. No root needed.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Where `expected` and `got` first differ, with the lines around it.
+fn first_difference(expected: &[u8], got: &[u8]) -> String {
+    let (e, g) = (String::from_utf8_lossy(expected), String::from_utf8_lossy(got));
+    let (el, gl): (Vec<&str>, Vec<&str>) = (e.lines().collect(), g.lines().collect());
+    match el.iter().zip(&gl).position(|(a, b)| a != b) {
+        Some(i) => format!(
+            "line {}:\n  expected: {}\n  got:      {}",
+            i + 1,
+            el[i],
+            gl[i]
+        ),
+        None => format!("{} lines expected, {} written", el.len(), gl.len()),
+    }
+}
+
+/// Runs every case of `tier`'s fixture trace; names each output that differs.
+fn check_tier(tier: &str) {
+    let dir = fixtures();
+    let trace = dir.join(format!("{tier}.ptrace"));
+    let cases = std::fs::read_to_string(dir.join(format!("{tier}.cases")))
+        .unwrap_or_else(|e| panic!("{tier}.cases: {e}"));
+    let out_dir = std::env::temp_dir().join(format!("pt-fixtures-{}-{tier}", std::process::id()));
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let mut failed = Vec::new();
+    let mut ran = 0;
+    for line in cases.lines().filter(|l| !l.trim().is_empty()) {
+        let (name, args) = line.split_once('\t').expect("NAME<TAB>ARGS");
+        let mut args = args.split_whitespace();
+        let cmd = args.next().expect("report or export");
+        let mut c = Command::new(env!("CARGO_BIN_EXE_port-tracer"));
+        c.env("TZ", "UTC").arg(cmd).arg(&trace).args(args);
+        let out_file = out_dir.join(name);
+        if cmd == "export" {
+            let _ = std::fs::remove_file(&out_file);
+            c.arg("-o").arg(&out_file);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{tier} {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = if cmd == "export" {
+            std::fs::read(&out_file).unwrap()
+        } else {
+            out.stdout
+        };
+        let expected = std::fs::read(dir.join("expected").join(format!("{tier}.{name}"))).unwrap();
+        if got != expected {
+            failed.push(format!("{tier} {name}: {}", first_difference(&expected, &got)));
+        }
+        ran += 1;
+    }
+    let _ = std::fs::remove_dir_all(&out_dir);
+    assert!(ran >= 10, "{tier}: only {ran} cases");
+    assert!(failed.is_empty(), "outputs changed:\n{}", failed.join("\n"));
+}
+
+#[test]
+fn a_cgroup_tier_trace_of_format_3_reports_as_before() {
+    check_tier("cgroup");
+}
+
+#[test]
+fn a_tracepoint_tier_trace_of_format_3_reports_as_before() {
+    check_tier("tracepoint");
+}
