@@ -128,6 +128,15 @@ pub struct Args {
     #[arg(long, value_name = "RECORDS")]
     pub output_buffer: Option<usize>,
 
+    /// Let at most this many bytes of kernel records wait between draining the ring buffer
+    /// and rebuilding lifetimes (`256M`, `1G`, or bytes). Draining only copies records
+    /// out, so a burst that rebuilding cannot keep up with waits here, taking memory only
+    /// while it does, and is rebuilt after it; only a full backlog drops records, counted
+    /// as lost (backlog_full). Default: 256M, or a quarter of the memory available at
+    /// start if that is less.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub backlog_size: Option<usize>,
+
     /// Serve Prometheus metrics at http://ADDR/metrics while tracing (IP:PORT, e.g.
     /// 127.0.0.1:9464; port 0 picks a free one). They count what the filters show. The
     /// endpoint has no authentication: keep it on loopback or behind a firewall.
@@ -268,6 +277,7 @@ impl Args {
             duration: self.duration,
             output_buffer: self.output_buffer,
             metrics: self.metrics,
+            backlog_bytes: self.backlog_size,
         }
     }
 }
@@ -409,6 +419,27 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A size in bytes: "1048576", "64K", "256M", "1G" (powers of 1024).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("invalid size `{s}`: expected bytes, or a number with K, M or G"))?;
+    let bytes = n
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("invalid size `{s}`: too large"))?;
+    if bytes == 0 {
+        return Err(format!("invalid size `{s}`: must be positive"));
+    }
+    Ok(bytes)
+}
+
 /// "8080" or "32768-60999".
 pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     let port = |p: &str| {
@@ -442,6 +473,17 @@ mod tests {
         assert!(parse_duration("10x").unwrap_err().contains("unit"));
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("0").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64K").unwrap(), 64 << 10);
+        assert_eq!(parse_size("256M").unwrap(), 256 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12X").unwrap_err().contains("invalid size"));
+        assert!(parse_size("99999999999999999999G").is_err());
     }
 
     #[test]

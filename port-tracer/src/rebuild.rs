@@ -51,6 +51,10 @@ impl Default for RebuildConfig {
     }
 }
 
+/// The lost-event reason of records live tracing's backlog dropped, beside the kernel's
+/// (`port_tracer_common::lost::NAMES`).
+pub const BACKLOG_FULL: &str = "backlog_full";
+
 /// How far [`Rebuild::process`] goes.
 pub enum Upto {
     /// Only what exceeds the reorder window's limit.
@@ -68,6 +72,9 @@ pub struct Rebuild {
     stats: Stats,
     top: usize,
     undecodable: u64,
+    /// Records live tracing's backlog dropped because it was full (see
+    /// `live::backlog`); a rise marks the open lifetimes lossy.
+    backlog_full: u64,
     /// The kernel's lost count last seen: a rise marks the open lifetimes lossy.
     lost_seen: u64,
     span: Span,
@@ -89,6 +96,7 @@ impl Rebuild {
             stats: Stats::new(start_ns),
             top: config.top,
             undecodable: 0,
+            backlog_full: 0,
             lost_seen: 0,
             span: Span {
                 start_ns,
@@ -164,6 +172,20 @@ impl Rebuild {
         }
     }
 
+    /// Records dropped before reaching the engine because live tracing's backlog was full,
+    /// as the count stands: a rise marks the lifetimes open now lossy.
+    pub fn check_backlog_full(&mut self, dropped: u64) {
+        if dropped > self.backlog_full {
+            self.backlog_full = dropped;
+            self.tracker.mark_lossy();
+        }
+    }
+
+    /// Records dropped because live tracing's backlog was full, so far.
+    pub fn backlog_full(&self) -> u64 {
+        self.backlog_full
+    }
+
     /// Processes held events up to `upto`; what is shown goes to `out`.
     pub fn process(&mut self, upto: Upto, out: &mut impl FnMut(OutputRef<'_>)) {
         let Rebuild {
@@ -204,6 +226,7 @@ impl Rebuild {
                 .iter()
                 .copied()
                 .zip(lost_counts.iter().copied())
+                .chain([(BACKLOG_FULL, self.backlog_full)])
                 .collect(),
             undecodable: self.undecodable,
         };

@@ -2078,7 +2078,7 @@ fn the_hosts_tracefs_mounts_are_the_same_after_the_tracer_as_before() {
         std::env::var("PORT_TRACER_TEST_ATTACH").ok().as_deref(),
         Some("fentry" | "kprobe")
     ) {
-        eprintln!("skipped: this tier does not read tracefs");
+        support::skip("this tier does not read tracefs");
         return;
     }
     for mounted in [false, true] {
@@ -2462,7 +2462,7 @@ fn a_sockets_own_port_range_is_the_range_its_failure_is_explained_by() {
     require_root!();
     // Linux 6.3+ (and Debian's 6.1, which has it): elsewhere the option does not exist.
     if let Err(("setsockopt", libc::ENOPROTOOPT)) = connect_in_own_range(1, 1, 1) {
-        eprintln!("skipped: this kernel has no IP_LOCAL_PORT_RANGE");
+        support::skip("this kernel has no IP_LOCAL_PORT_RANGE");
         return;
     }
     let tracer = Tracer::start();
@@ -2558,7 +2558,7 @@ fn io_uring_binds_listens_and_connects_are_seen() {
     use io_uring::{opcode, types::Fd, IoUring, Probe};
     require_root!();
     let Ok(mut ring) = IoUring::new(8) else {
-        eprintln!("skipped: io_uring is not available on this kernel");
+        support::skip("io_uring is not available on this kernel");
         return;
     };
     let mut probe = Probe::new();

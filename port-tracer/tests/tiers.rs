@@ -171,9 +171,9 @@ fn workload(tcp_fixed: u16, udp_fixed: u16) -> (Vec<Obtained>, u16) {
 fn every_tier_reports_the_same_lifetimes() {
     require_root!();
     let Ok(tiers) = std::env::var("PORT_TRACER_TEST_TIERS") else {
-        eprintln!(
-            "skipped: PORT_TRACER_TEST_TIERS is not set (it names the tiers to compare, e.g. \
-             fentry,kprobe,tracepoint; cargo xtask vm-test sets it)"
+        support::skip(
+            "PORT_TRACER_TEST_TIERS is not set (it names the tiers to compare, e.g. \
+             fentry,kprobe,tracepoint; cargo xtask test and vm-test set it)",
         );
         return;
     };

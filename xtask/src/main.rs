@@ -114,7 +114,13 @@ fn xtask(cli: Cli) -> Result<()> {
             };
             // One closing line over the host's harnesses and the VM matrix.
             let (passed, failed) = (host.passed + guests.passed, host.failed + guests.failed);
-            println!("tests: {passed} passed, {failed} failed");
+            let skipped: Vec<Skipped> = host.skipped.into_iter().chain(guests.skipped).collect();
+            println!();
+            print_skipped(&skipped);
+            println!(
+                "tests: {passed} passed, {failed} failed, {} skipped",
+                skipped.len()
+            );
             if failed > 0 || !host.ok {
                 bail!("tests failed");
             }
@@ -319,11 +325,63 @@ fn build() -> Result<()> {
 }
 
 /// What the host's test harnesses reported.
+#[derive(Default)]
 struct HostTests {
     passed: u64,
     failed: u64,
+    /// Tests that did not run here, each with why: those that said so (`skip`) and those
+    /// marked `#[ignore]`. libtest counts the first kind as passed; they are not.
+    skipped: Vec<Skipped>,
     /// cargo test itself succeeded (it fails on build errors too).
     ok: bool,
+}
+
+/// A test that did not run, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Skipped {
+    pub where_: String,
+    pub test: String,
+    pub why: String,
+}
+
+/// The skips a test run listed in its skips file (`TEST<TAB>WHY` lines), under `where_`.
+pub(crate) fn read_skips(text: &str, where_: &str) -> Vec<Skipped> {
+    text.lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(test, why)| Skipped {
+            where_: where_.to_string(),
+            test: test.to_string(),
+            why: why.to_string(),
+        })
+        .collect()
+}
+
+/// The name and reason of a libtest "test NAME ... ignored[, REASON]" line.
+fn ignored_test(line: &str) -> Option<(&str, &str)> {
+    let rest = line.strip_prefix("test ")?;
+    let (name, tail) = rest.split_once(" ... ignored")?;
+    Some((name, tail.strip_prefix(", ").unwrap_or("#[ignore]")))
+}
+
+/// Prints the tests that did not run, grouped by why.
+pub(crate) fn print_skipped(skipped: &[Skipped]) {
+    if skipped.is_empty() {
+        return;
+    }
+    let mut by_why: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for s in skipped {
+        by_why
+            .entry(&s.why)
+            .or_default()
+            .push(format!("{} ({})", s.test, s.where_));
+    }
+    println!("skipped ({}), by why:", skipped.len());
+    for (why, tests) in by_why {
+        println!("  {why}: {}", tests.len());
+        for t in tests {
+            println!("    {t}");
+        }
+    }
 }
 
 fn test(args: &[String]) -> Result<HostTests> {
@@ -334,12 +392,17 @@ fn test(args: &[String]) -> Result<HostTests> {
     if !is_root() {
         eprintln!("xtask: not root: the kernel integration tests will be skipped (run as root)");
     }
+    // Tier equivalence runs in the second harness, where the tiers to compare are named.
+    let mut first_args = args.to_vec();
+    first_args.extend(["--skip".into(), "every_tier_reports_the_same_lifetimes".into()]);
     let all = host_harness(
+        "host",
         &["-p", "port-tracer", "-p", "xtask", "--lib", "--tests"],
         &[],
-        args,
+        &first_args,
     )?;
     let tracepoint = host_harness(
+        "host, tracepoint tier",
         &["-p", "port-tracer", "--test", "kernel", "--test", "tiers"],
         &[
             ("PORT_TRACER_TEST_ATTACH", "tracepoint"),
@@ -351,16 +414,32 @@ fn test(args: &[String]) -> Result<HostTests> {
         all.passed + tracepoint.passed,
         all.failed + tracepoint.failed,
     );
-    println!("host: {passed} passed, {failed} failed");
+    let skipped: Vec<Skipped> = all.skipped.into_iter().chain(tracepoint.skipped).collect();
+    println!(
+        "host: {passed} passed, {failed} failed, {} skipped",
+        skipped.len()
+    );
     Ok(HostTests {
         passed,
         failed,
+        skipped,
         ok: all.ok && tracepoint.ok,
     })
 }
 
-/// One `cargo test` over `targets` with `env`, libtest arguments `args`; its counts.
-fn host_harness(targets: &[&str], env: &[(&str, &str)], args: &[String]) -> Result<HostTests> {
+/// One `cargo test` over `targets` with `env`, libtest arguments `args`; its counts, its
+/// skips named `where_`.
+fn host_harness(
+    where_: &str,
+    targets: &[&str],
+    env: &[(&str, &str)],
+    args: &[String],
+) -> Result<HostTests> {
+    let skips_file = workspace_root().join(format!(
+        "target/test-skips-{}.txt",
+        where_.replace([' ', ','], "-")
+    ));
+    let _ = std::fs::remove_file(&skips_file);
     let mut cmd = Command::new("cargo");
     cmd.args(["test", "--release"]);
     vm::binaries::statically_linked(&mut cmd)
@@ -369,30 +448,42 @@ fn host_harness(targets: &[&str], env: &[(&str, &str)], args: &[String]) -> Resu
         .arg("--test-threads=1")
         .args(args)
         .env("PORT_TRACER_PYTHON", python_tools_path())
+        .env("PORT_TRACER_SKIPS", &skips_file)
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped());
     eprintln!("xtask: running {cmd:?}");
     let mut child = cmd.spawn().context("starting cargo test")?;
     let stdout = child.stdout.take().expect("piped");
-    let (mut passed, mut failed) = (0u64, 0u64);
+    let mut out = HostTests::default();
     for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
         let line = line?;
         println!("{line}");
         if let Some((p, f)) = parse_test_result(&line) {
-            passed += p;
-            failed += f;
+            out.passed += p;
+            out.failed += f;
+        }
+        if let Some((test, why)) = ignored_test(&line) {
+            out.skipped.push(Skipped {
+                where_: where_.to_string(),
+                test: test.to_string(),
+                why: format!("ignored: {why}"),
+            });
         }
     }
     let status = child.wait()?;
-    Ok(HostTests {
-        passed,
-        failed,
-        ok: status.success(),
-    })
+    let said = read_skips(
+        &std::fs::read_to_string(&skips_file).unwrap_or_default(),
+        where_,
+    );
+    // libtest counted these as passed.
+    out.passed = out.passed.saturating_sub(said.len() as u64);
+    out.skipped.extend(said);
+    out.ok = status.success();
+    Ok(out)
 }
 
 /// Reads "test result: ok. 28 passed; 0 failed; ..." lines.
-fn parse_test_result(line: &str) -> Option<(u64, u64)> {
+pub(crate) fn parse_test_result(line: &str) -> Option<(u64, u64)> {
     let rest = line.strip_prefix("test result: ")?;
     let count = |word: &str| -> Option<u64> {
         rest.split(';')
@@ -404,4 +495,27 @@ fn parse_test_result(line: &str) -> Option<(u64, u64)> {
             .and_then(|n| n.trim().parse().ok())
     };
     Some((count(" passed")?, count(" failed")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_and_ignored_tests_are_read_with_why() {
+        let s = read_skips("a::b\tnot root\nbroken line\nc\tno BTF\n", "host");
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].test.as_str(), s[0].why.as_str()), ("a::b", "not root"));
+        assert_eq!(s[1].where_, "host");
+        assert_eq!(
+            ignored_test("test cost_per_operation ... ignored, a measurement"),
+            Some(("cost_per_operation", "a measurement"))
+        );
+        assert_eq!(ignored_test("test x ... ignored"), Some(("x", "#[ignore]")));
+        assert_eq!(ignored_test("test x ... ok"), None);
+        assert_eq!(
+            parse_test_result("test result: ok. 28 passed; 1 failed; 2 ignored"),
+            Some((28, 1))
+        );
+    }
 }

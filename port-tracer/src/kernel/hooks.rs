@@ -160,7 +160,7 @@ mod tests {
     #[test]
     fn every_hook_exists_with_its_parameters_on_this_kernel() {
         if !std::path::Path::new(VMLINUX_BTF).exists() {
-            eprintln!("skipped: no {VMLINUX_BTF}");
+            crate::test_support::skip(&format!("no {VMLINUX_BTF}"));
             return;
         }
         let btf = load_vmlinux_btf().unwrap();
@@ -175,7 +175,7 @@ mod tests {
     #[test]
     fn renamed_missing_and_changed_functions() {
         if !std::path::Path::new(VMLINUX_BTF).exists() {
-            eprintln!("skipped: no {VMLINUX_BTF}");
+            crate::test_support::skip(&format!("no {VMLINUX_BTF}"));
             return;
         }
         let btf = load_vmlinux_btf().unwrap();

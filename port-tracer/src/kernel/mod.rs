@@ -401,7 +401,7 @@ mod tests {
     #[test]
     fn kprobe_programs_pass_this_kernels_verifier() {
         if privileges::check_load().is_err() {
-            eprintln!("skipped: not root");
+            crate::test_support::skip("not root");
             return;
         }
         let btf = offsets::load_vmlinux_btf().unwrap();

@@ -167,7 +167,7 @@ mod tests {
     #[test]
     fn resolves_this_kernels_layout() {
         if !Path::new(VMLINUX_BTF).exists() {
-            eprintln!("skipped: no {VMLINUX_BTF}");
+            crate::test_support::skip(&format!("no {VMLINUX_BTF}"));
             return;
         }
         let btf = load_vmlinux_btf().unwrap();

@@ -140,7 +140,7 @@ mod tests {
     #[test]
     fn a_thread_keeps_only_what_it_names_and_the_others_keep_theirs() {
         if !has(CAP_SYS_ADMIN) {
-            eprintln!("skipped: not root");
+            crate::test_support::skip("not root");
             return;
         }
         let before = caps::read(None, CapSet::Effective).unwrap();

@@ -1,12 +1,18 @@
-//! Live tracing: the kernel programs attached, the ring buffer drained in batches into the
-//! rebuild engine ([`crate::rebuild`]), what it shows written from a thread of its own.
-//! [`record`] writes the raw records to a trace file instead.
+//! Live tracing: the kernel programs attached, the ring buffer drained in batches into a
+//! [`backlog`], the rebuild engine ([`crate::rebuild`]) fed from it on a thread of its own,
+//! and what it shows written from a third. Draining only copies, so it never waits for
+//! rebuilding. [`record`] writes the raw records to a trace file instead.
 
+pub mod backlog;
 pub mod record;
 
 use std::{
     io::{self, IsTerminal},
     net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -18,6 +24,7 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
+use self::backlog::{backlog, records, BacklogReceiver, BacklogSender, Item};
 use crate::{
     clock::monotonic_ns,
     event::netns_and_thread,
@@ -43,6 +50,9 @@ pub struct LiveConfig {
     pub output_buffer: Option<usize>,
     /// Serve Prometheus metrics here.
     pub metrics: Option<SocketAddr>,
+    /// The most bytes of records that wait between draining and rebuilding; None: see
+    /// [`default_backlog_bytes`].
+    pub backlog_bytes: Option<usize>,
 }
 
 /// Records that may wait for a terminal: more than anyone reads before the summary.
@@ -50,15 +60,35 @@ const TERMINAL_OUTPUT_BUFFER: usize = 1 << 14;
 /// Records that may wait for a file or a pipe (about 40 MB).
 const OUTPUT_BUFFER: usize = 1 << 18;
 
-/// The engine fed from the ring buffer, with what live tracing adds around it: the
-/// namespaces' ranges found as their first records arrive, the output queue.
-struct Live {
-    engine: Rebuild,
-    ranges: RangeFinder,
-    queue: OutputQueue,
+/// What the drain side tells the rebuild side, in order with the records.
+#[derive(Debug, PartialEq)]
+enum Note {
+    /// A namespace's port range, found before the records of it that follow.
+    Range(PortRange),
+    /// The ring buffer was drained at `now_ns`; the kernel's lost counts and the records the
+    /// backlog dropped, as they stood then.
+    Tick {
+        now_ns: u64,
+        lost: [u64; lost::COUNT as usize],
+        backlog_full: u64,
+    },
+    /// The run ended at `end_ns`, with the final counts.
+    End {
+        end_ns: u64,
+        lost: [u64; lost::COUNT as usize],
+        backlog_full: u64,
+    },
 }
 
-impl Live {
+/// The drain side: copies records out of the ring buffer into the backlog, and finds each
+/// namespace's range as its first records arrive (while the process that made them is
+/// likely still there to look through).
+struct Drain {
+    backlog: BacklogSender<Note>,
+    ranges: RangeFinder,
+}
+
+impl Drain {
     fn push_record(&mut self, bytes: &[u8]) {
         if let Some((netns, pid, tid)) = netns_and_thread(bytes) {
             // Releases and TIME_WAIT events carry no task: a later event names where to look.
@@ -66,23 +96,37 @@ impl Live {
                 // Before the record reaches the analyses: their groups take the range
                 // they find when they begin.
                 if let Some(r) = self.ranges.find(netns, pid, tid) {
-                    self.engine.set_range(r);
+                    self.backlog.push_note(Note::Range(r));
                 }
             }
         }
-        self.engine.push_record(bytes);
-    }
-
-    fn process(&mut self, upto: Upto) {
-        let queue = &mut self.queue;
-        self.engine.process(upto, &mut |o| queue.push(o));
+        self.backlog.push_record(bytes);
     }
 
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(item) = ring.next() {
             self.push_record(&item);
         }
-        self.process(Upto::Excess);
+        self.backlog.hand_over();
+    }
+}
+
+/// The rebuild side: the engine fed from the backlog, with the output queue and the
+/// metrics it updates.
+struct Live {
+    engine: Rebuild,
+    queue: OutputQueue,
+    publisher: Option<Publisher>,
+}
+
+/// The backlog held at least this much since it was last empty: give the memory back
+/// once it is.
+const TRIM_AFTER_BYTES: usize = 32 << 20;
+
+impl Live {
+    fn process(&mut self, upto: Upto) {
+        let queue = &mut self.queue;
+        self.engine.process(upto, &mut |o| queue.push(o));
     }
 
     /// The metrics now, with the kernel's lost counts `lost_counts`: the summary's own
@@ -92,7 +136,10 @@ impl Live {
             .iter()
             .copied()
             .zip(lost_counts.iter().copied())
-            .chain([("undecodable", self.engine.undecodable())])
+            .chain([
+                ("undecodable", self.engine.undecodable()),
+                (crate::rebuild::BACKLOG_FULL, self.engine.backlog_full()),
+            ])
             .collect();
         let stats = self.engine.stats();
         let mut snapshot = metrics::Snapshot::of(&stats.tally, lost);
@@ -104,23 +151,82 @@ impl Live {
         snapshot
     }
 
+    /// Rebuilds what the backlog hands over until its end; the first write error, if any.
+    /// Sets `stop` when the output fails (a closed pipe, a full disk): tracing ends.
+    fn run(mut self, backlog: BacklogReceiver<Note>, stop: &AtomicBool) -> Option<io::Error> {
+        let mut held_most = 0;
+        while let Some(item) = backlog.recv() {
+            match item {
+                Item::Records(chunk) => {
+                    held_most = held_most.max(chunk.capacity() + backlog.queued_bytes());
+                    for record in records(&chunk) {
+                        self.engine.push_record(record);
+                    }
+                    self.process(Upto::Excess);
+                }
+                Item::Note(Note::Range(r)) => self.engine.set_range(r),
+                Item::Note(Note::Tick {
+                    now_ns,
+                    lost,
+                    backlog_full,
+                }) => {
+                    self.engine.check_lost(&lost);
+                    self.engine.check_backlog_full(backlog_full);
+                    self.process(Upto::InOrder(now_ns));
+                    self.queue.flush();
+                    if let Some(publisher) = &self.publisher {
+                        publisher.publish(self.metrics_snapshot(&lost));
+                    }
+                    if self.queue.failed() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    if held_most >= TRIM_AFTER_BYTES && backlog.is_empty() {
+                        held_most = 0;
+                        trim_heap();
+                    }
+                }
+                Item::Note(Note::End {
+                    end_ns,
+                    lost,
+                    backlog_full,
+                }) => {
+                    self.engine.check_backlog_full(backlog_full);
+                    return self.finish(&lost, end_ns);
+                }
+            }
+        }
+        // The drain side ended without its last word (it failed): end with what came.
+        let lost = [0; lost::COUNT as usize];
+        self.finish(&lost, monotonic_ns())
+    }
+
     /// Ends the run: everything held goes through, then the summary; the first write
     /// error, if any.
     fn finish(self, lost_counts: &[u64], end_ns: u64) -> Option<io::Error> {
         let Live {
-            engine,
-            ranges,
-            mut queue,
+            engine, mut queue, ..
         } = self;
         let mut summary = engine.finish(lost_counts, end_ns, &mut |o| queue.push(o));
-        for (netns, why) in ranges.unreadable() {
-            eprintln!(
-                "port-tracer: the port range of network namespace {netns} could not be \
-                 read ({why}): its occupancy counts every port"
-            );
-        }
         summary.output_dropped = queue.dropped();
         queue.finish(summary).err()
+    }
+}
+
+/// The backlog's default size: 256 MiB (2 million records of the largest kind, more than
+/// the benchmark's UDP flood brings), or a quarter of the memory available at the start
+/// if that is less (at least 16 MiB).
+pub fn default_backlog_bytes() -> usize {
+    const DEFAULT: usize = 256 << 20;
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb.saturating_mul(1024))
+        });
+    match available {
+        Some(bytes) => DEFAULT.min(bytes / 4).max(16 << 20),
+        None => DEFAULT,
     }
 }
 
@@ -148,7 +254,8 @@ pub async fn run(config: LiveConfig) -> Result<()> {
     warn_if_absent(config.rebuild.filter.netns);
     let mut ranges = RangeFinder::new()?;
     let held_ranges = held_ranges(&mut ranges, &held_at_start);
-    // Before the output's thread starts: it takes the capabilities its creator has.
+    // Before the output's and the rebuild's threads start: they take the capabilities
+    // their creator has.
     drop_privileges()?;
     let start_ns = monotonic_ns();
     let limit = config.output_buffer.unwrap_or_else(|| {
@@ -161,16 +268,32 @@ pub async fn run(config: LiveConfig) -> Result<()> {
     });
     let mut live = Live {
         engine: Rebuild::new(config.rebuild.clone(), start_ns),
-        ranges,
-        queue: OutputQueue::start(printer, limit),
+        queue: OutputQueue::idle(),
+        publisher: None,
     };
     for r in held_ranges {
         live.engine.set_range(r);
     }
     live.engine.set_tier(kernel.tier.info().name, None);
     live.engine.set_held_at_start(held_at_start);
-    let publisher = metrics_listener
+    live.publisher = metrics_listener
         .map(|listener| Publisher::serve(listener, live.metrics_snapshot(&[0; lost::NAMES.len()])));
+    live.queue = OutputQueue::start(printer, limit);
+
+    let backlog_bytes = config.backlog_bytes.unwrap_or_else(default_backlog_bytes);
+    let (tx, rx) = backlog(backlog_bytes);
+    let mut drain = Drain {
+        backlog: tx,
+        ranges,
+    };
+    let stop_rebuild = Arc::new(AtomicBool::new(false));
+    let rebuilder = {
+        let stop = stop_rebuild.clone();
+        std::thread::Builder::new()
+            .name("rebuild".into())
+            .spawn(move || live.run(rx, &stop))
+            .context("starting the rebuild thread")?
+    };
 
     let mut stop = Stop::install()?;
     announce(&kernel, "");
@@ -183,32 +306,46 @@ pub async fn run(config: LiveConfig) -> Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                live.drain(guard.get_inner_mut());
+                drain.drain(guard.get_inner_mut());
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                live.drain(ring.get_mut());
-                let lost_counts = lost_counters.read();
-                live.engine.check_lost(&lost_counts);
-                live.process(Upto::InOrder(monotonic_ns()));
-                live.queue.flush();
-                if let Some(publisher) = &publisher {
-                    publisher.publish(live.metrics_snapshot(&lost_counts));
-                }
+                drain.drain(ring.get_mut());
+                let lost = lost_counters.read();
+                let backlog_full = drain.backlog.dropped();
+                drain.backlog.push_note(Note::Tick { now_ns: monotonic_ns(), lost, backlog_full });
             }
             _ = stop.wait() => break,
             _ = &mut deadline => break,
         }
-        if live.queue.failed() {
+        if stop_rebuild.load(Ordering::Relaxed) {
             break;
         }
     }
 
     // Programs still run until `kernel` is detached: take what they wrote so far.
-    live.drain(ring.get_mut());
-    let lost_counts = lost_counters.read();
-    let error = live.finish(&lost_counts, monotonic_ns());
+    drain.drain(ring.get_mut());
+    let lost = lost_counters.read();
+    let backlog_full = drain.backlog.dropped();
+    drain.backlog.push_note(Note::End {
+        end_ns: monotonic_ns(),
+        lost,
+        backlog_full,
+    });
+    let Drain { backlog, ranges } = drain;
+    drop(backlog);
+    // While the rebuild thread works through what is left.
     kernel.detach();
+    let error = match rebuilder.join() {
+        Ok(error) => error,
+        Err(_) => Some(io::Error::other("the rebuild thread panicked")),
+    };
+    for (netns, why) in ranges.unreadable() {
+        eprintln!(
+            "port-tracer: the port range of network namespace {netns} could not be \
+             read ({why}): its occupancy counts every port"
+        );
+    }
     config.output.result(error)
 }
 

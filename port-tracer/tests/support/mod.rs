@@ -16,6 +16,8 @@ use serde_json::Value;
 
 pub mod privileges;
 
+pub use port_tracer::test_support::skip;
+
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
@@ -25,7 +27,7 @@ pub fn is_root() -> bool {
 macro_rules! require_root {
     () => {
         if !support::is_root() {
-            eprintln!("skipped: not root (these tests load eBPF programs)");
+            support::skip("not root (these tests load eBPF programs)");
             return;
         }
     };
@@ -37,7 +39,7 @@ macro_rules! require_root {
 macro_rules! host_only {
     () => {
         if std::env::var_os("PORT_TRACER_IN_VM").is_some() {
-            eprintln!("skipped: userspace only, run on the host");
+            support::skip("userspace only: the host runs it");
             return;
         }
     };

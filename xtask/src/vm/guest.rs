@@ -21,6 +21,9 @@ pub struct Section {
     pub failed: u64,
     /// Names of the failed tests.
     pub failures: Vec<String>,
+    /// Tests that said they could not run here (counted in `passed` by libtest, not
+    /// here), each with why.
+    pub skipped: Vec<(String, String)>,
     /// The exit status, once the section ended.
     pub rc: Option<i32>,
     /// Its console output, for the failure report.
@@ -201,16 +204,25 @@ pub fn read_line(kernel: &str, line: &str, out: &mut Outcome) {
                         .find_map(|w| w.strip_prefix("rc="))
                         .and_then(|rc| rc.parse().ok());
                     println!(
-                        "[{kernel}] {}: {} passed, {} failed, exit {}{}",
+                        "[{kernel}] {}: {} passed, {} failed, {} skipped, exit {}{}",
                         s.name,
                         s.passed,
                         s.failed,
+                        s.skipped.len(),
                         s.rc.map_or("?".into(), |r| r.to_string()),
                         took(out.section_start)
                     );
                 }
             }
             Some("done") => out.done = true,
+            Some("skip") => {
+                if let Some(s) = out.sections.last_mut() {
+                    let test = words.next().unwrap_or("?").to_string();
+                    let why: Vec<&str> = words.collect();
+                    s.skipped.push((test, why.join(" ")));
+                    s.passed = s.passed.saturating_sub(1);
+                }
+            }
             Some("hang:") => {
                 println!("[{kernel}] {line}");
                 out.in_hang_dump = true;
@@ -300,6 +312,28 @@ mod tests {
         }
         let s = &o.sections[0];
         assert_eq!((s.passed, s.failed, s.rc), (1, 0, Some(0)));
+        assert!(s.ok());
+    }
+
+    #[test]
+    fn a_test_that_said_it_skipped_is_not_a_pass() {
+        let mut o = outcome();
+        for l in [
+            "@@pt begin lib",
+            "test a ... ok",
+            "test b ... ok",
+            "test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out",
+            "@@pt skip b userspace only: the host runs it",
+            "@@pt end lib rc=0",
+        ] {
+            read_line("k", l, &mut o);
+        }
+        let s = &o.sections[0];
+        assert_eq!((s.passed, s.failed), (1, 0));
+        assert_eq!(
+            s.skipped,
+            [("b".to_string(), "userspace only: the host runs it".to_string())]
+        );
         assert!(s.ok());
     }
 

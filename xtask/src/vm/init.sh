@@ -26,6 +26,9 @@ echo "@@pt kernel $(uname -r)"
 export RUST_BACKTRACE=1
 # Tests of userspace alone (output, namespaces' ranges) skip here: the host runs them.
 export PORT_TRACER_IN_VM=1
+# Tests that cannot run here list themselves (TEST<TAB>WHY): told to the host as skipped.
+export PORT_TRACER_SKIPS=/tmp/skips
+tab=$(printf '\t')
 # A hang's cause, told before the host gives up on a silent console (240 s): when the
 # running suite has printed nothing for 120 s, every user thread's state and kernel stack,
 # and every CPU's backtrace, between "@@pt hang" and "@@pt hang end"; the host then takes
@@ -58,8 +61,10 @@ run() {
   watch_for_hang &
   watcher=$!
   # The suite's exit status through a file: a pipeline's is tee's.
+  : > /tmp/skips
   { "$@" --test-threads=1 $PT_FILTER 2>&1; echo $? > /tmp/rc; } | tee /tmp/progress
   kill $watcher
+  while IFS="$tab" read -r test why; do echo "@@pt skip $test $why"; done < /tmp/skips
   echo "@@pt end $name rc=$(cat /tmp/rc)"
 }
 [ "$PT_LIB" = 1 ] && run lib /lib_test

@@ -159,6 +159,8 @@ impl Plan {
 pub struct Totals {
     pub passed: u64,
     pub failed: u64,
+    /// Tests that said they could not run in a guest, and why.
+    pub skipped: Vec<crate::Skipped>,
 }
 
 pub fn run(opts: &Options) -> Result<Totals> {
@@ -271,6 +273,11 @@ pub fn run(opts: &Options) -> Result<Totals> {
                 Some(s) => {
                     totals.passed += s.passed;
                     totals.failed += s.failed;
+                    totals.skipped.extend(s.skipped.iter().map(|(test, why)| crate::Skipped {
+                        where_: format!("{} {}", k.name, s.name),
+                        test: test.clone(),
+                        why: why.clone(),
+                    }));
                     if s.rc.is_none() || (s.rc != Some(0) && s.failed == 0) {
                         // Crashed, hung or failed outside a test: one failure.
                         totals.failed += 1;
@@ -280,7 +287,11 @@ pub fn run(opts: &Options) -> Result<Totals> {
                         Some(_) if !s.ok() => " FAIL",
                         Some(_) => "",
                     };
-                    format!("{}/{}{mark}", s.passed, s.passed + s.failed)
+                    let skipped = match s.skipped.len() {
+                        0 => String::new(),
+                        n => format!("+{n}s"),
+                    };
+                    format!("{}/{}{skipped}{mark}", s.passed, s.passed + s.failed)
                 }
                 None => {
                     totals.failed += 1;
@@ -355,7 +366,16 @@ pub fn run(opts: &Options) -> Result<Totals> {
             }
         }
     }
-    println!("\n{} passed, {} failed", totals.passed, totals.failed);
+    if !totals.skipped.is_empty() {
+        println!("\n(+Ns: N tests skipped there, listed with why)");
+        crate::print_skipped(&totals.skipped);
+    }
+    println!(
+        "\n{} passed, {} failed, {} skipped",
+        totals.passed,
+        totals.failed,
+        totals.skipped.len()
+    );
     Ok(totals)
 }
 
