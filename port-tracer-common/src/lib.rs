@@ -4,7 +4,7 @@
 //! byte layout is the same on both sides; each has a compile-time size assertion.
 #![no_std]
 
-/// What happened to a local port. Stored in [`PortEvent::kind`].
+/// What happened to a local port. Stored in [`Head::kind`].
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventKind {
@@ -30,7 +30,7 @@ impl EventKind {
     }
 }
 
-/// How a socket obtained its port. Stored in [`PortEvent::origin`].
+/// How a socket obtained its port. Stored in [`Head::origin`].
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Origin {
@@ -60,7 +60,7 @@ impl Origin {
     }
 }
 
-/// Bits of [`PortEvent::flags`].
+/// Bits of [`Head::flags`].
 pub mod flags {
     /// `sock_id` is an `inet_timewait_sock`, not a full socket.
     pub const TIME_WAIT_SOCK: u8 = 1 << 0;
@@ -75,7 +75,7 @@ pub mod flags {
     /// With [`TW_ARM_KNOWN`]: the timer was re-armed (its cancel came just before, on the
     /// same CPU, inside one `mod_timer`); without: a new TIME_WAIT socket's first arm.
     pub const TW_REARM: u8 = 1 << 4;
-    /// [`PortEvent::alloc_ns`] holds the time spent inside the port allocator (fentry and
+    /// [`Alloc::alloc_ns`] holds the time spent inside the port allocator (fentry and
     /// kprobe tiers, which hook it); without it the time is not known.
     pub const ALLOC_TIMED: u8 = 1 << 5;
     /// Assign reported when the socket closed, timed and attributed as at the call that
@@ -86,7 +86,7 @@ pub mod flags {
     pub const GONE_BEFORE_CLOSE: u8 = 1 << 7;
 }
 
-/// Bits of [`PortEvent::more_flags`].
+/// Bits of [`Head::more_flags`].
 pub mod more_flags {
     /// A bind's origin (bind or bind_ephemeral) could not be told: the cgroup tier's
     /// `bind` hook's note of the port asked for was not found by `post_bind` (another thread
@@ -352,45 +352,35 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const COMM_LEN: usize = 16;
 
-/// One event, as written to the ring buffer.
+/// The task identity an assignment or a failure carries: who obtained (or failed to
+/// obtain) the port. One definition for every program, for connect's pending state and for
+/// userspace's decoder.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct PortEvent {
-    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, nanoseconds.
-    pub ts_ns: u64,
-    /// Kernel address of the socket (`struct sock` or `inet_timewait_sock`). Unique while the
-    /// socket lives; userspace pairs it with the assignment to tell reuses apart.
-    pub sock_id: u64,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
     pub cgroup_id: u64,
-    /// Network namespace inode number.
-    pub netns: u32,
-    /// Process (tgid) and thread of the task that triggered the event; 0 when not known.
+    /// Process (tgid) and thread of the task.
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
-    /// Local and remote address: IPv4 in the first 4 bytes, network order.
-    pub laddr: [u8; 16],
-    pub raddr: [u8; 16],
-    /// Ports in host order.
-    pub lport: u16,
-    pub rport: u16,
-    pub kind: u8,
-    pub origin: u8,
-    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
-    pub proto: u8,
-    /// `AF_INET` or `AF_INET6`.
-    pub family: u8,
-    /// Positive errno of an allocation failure.
-    pub errno: i32,
-    pub flags: u8,
-    /// More flags (`more_flags::*`); zero in traces recorded before them.
-    pub more_flags: u8,
-    pub _pad: [u8; 2],
+    /// The process's parent (its `real_parent`'s tgid, as `getppid()` returns it).
+    pub ppid: u32,
     /// The process's name: its thread group leader's `comm`, as `ps` and /proc/PID/comm
     /// show it.
     pub comm: [u8; COMM_LEN],
     /// The name of the thread that triggered the event (threads may name themselves).
     pub thread: [u8; COMM_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<Owner>() == 56);
+// The kernel side moves names as two 8-byte words.
+const _: () = assert!(core::mem::offset_of!(Owner, comm) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(Owner, thread) % 8 == 0);
+
+/// What an allocation cost and was bounded by.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Alloc {
     /// With [`flags::ALLOC_TIMED`]: nanoseconds from the allocator's entry to its exit
     /// (`inet_csk_get_port`, `udp_lib_get_port`, `inet_hash_connect`'s port search),
     /// saturating at `u32::MAX` (4.3 s).
@@ -401,44 +391,140 @@ pub struct PortEvent {
     pub own_port_range: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<PortEvent>() == 128);
-// The kernel side moves names as two 8-byte words.
-const _: () = assert!(core::mem::offset_of!(PortEvent, comm) % 8 == 0);
-const _: () = assert!(core::mem::offset_of!(PortEvent, thread) % 8 == 0);
+const _: () = assert!(core::mem::size_of::<Alloc>() == 8);
 
-/// Size of a record before `thread` was added (trace format version 1).
-pub const PORT_EVENT_V1_SIZE: usize = 104;
-/// Size of a record before `alloc_ns` was added (trace format version 2).
-pub const PORT_EVENT_V2_SIZE: usize = 120;
+/// The head of every record: what happened to which socket, when. The socket's addresses
+/// follow ([`Addrs4`] or [`Addrs6`], by `family`), then a body by `body` ([`body`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Head {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, nanoseconds.
+    pub ts_ns: u64,
+    /// Kernel address of the socket (`struct sock` or `inet_timewait_sock`). Unique while the
+    /// socket lives; userspace pairs it with the assignment to tell reuses apart.
+    pub sock_id: u64,
+    /// Network namespace inode number.
+    pub netns: u32,
+    /// Ports in host order.
+    pub lport: u16,
+    pub rport: u16,
+    /// An [`EventKind`].
+    pub kind: u8,
+    /// An [`Origin`].
+    pub origin: u8,
+    /// [`flags`] and [`more_flags`] bits.
+    pub flags: u8,
+    pub more_flags: u8,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+    /// `AF_INET` or `AF_INET6`: which addresses follow.
+    pub family: u8,
+    /// What follows the addresses: a [`body`] value.
+    pub body: u8,
+    /// Bytes of the whole record, head included.
+    pub len: u8,
+}
 
-impl PortEvent {
-    pub const fn zeroed() -> Self {
-        Self {
-            ts_ns: 0,
-            sock_id: 0,
-            cgroup_id: 0,
-            netns: 0,
-            pid: 0,
-            tid: 0,
-            uid: 0,
-            laddr: [0; 16],
-            raddr: [0; 16],
-            lport: 0,
-            rport: 0,
-            kind: 0,
-            origin: 0,
-            proto: 0,
-            family: 0,
-            errno: 0,
-            flags: 0,
-            more_flags: 0,
-            _pad: [0; 2],
-            comm: [0; COMM_LEN],
-            thread: [0; COMM_LEN],
-            alloc_ns: 0,
-            own_port_range: 0,
-        }
-    }
+const _: () = assert!(core::mem::size_of::<Head>() == 32);
+
+/// An IPv4 socket's local and remote address, network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Addrs4 {
+    pub laddr: [u8; 4],
+    pub raddr: [u8; 4],
+}
+
+/// An IPv6 socket's local and remote address, network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Addrs6 {
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+}
+
+/// What follows a record's addresses ([`Head::body`]).
+pub mod body {
+    /// Nothing: releases, TIME_WAIT transitions, accepted sockets (their owner is their
+    /// listener's), updates of a socket's peer.
+    pub const NONE: u8 = 0;
+    /// An assignment: [`super::Assigned`].
+    pub const ASSIGNED: u8 = 1;
+    /// A failed allocation: [`super::Failed`].
+    pub const FAILED: u8 = 2;
+}
+
+/// The body of an assignment: who got the port, and what its allocation cost.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Assigned {
+    pub owner: Owner,
+    pub alloc: Alloc,
+}
+
+const _: () = assert!(core::mem::size_of::<Assigned>() == 64);
+
+/// The body of a failed allocation: who asked, what the search cost, and why it failed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Failed {
+    pub owner: Owner,
+    pub alloc: Alloc,
+    /// Positive errno.
+    pub errno: i32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Failed>() == 72);
+
+/// A record without a body.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoBody;
+
+/// One record as written to the ring buffer and to trace files: the head, the addresses of
+/// the socket's family, and the body its kind needs. Releases of IPv4 sockets take 40
+/// bytes, assignments 104.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Record<A, B> {
+    pub head: Head,
+    pub addrs: A,
+    pub body: B,
+}
+
+/// The records the kernel side writes, by family and body.
+pub type Plain4 = Record<Addrs4, NoBody>;
+pub type Plain6 = Record<Addrs6, NoBody>;
+pub type Assigned4 = Record<Addrs4, Assigned>;
+pub type Assigned6 = Record<Addrs6, Assigned>;
+pub type Failed4 = Record<Addrs4, Failed>;
+pub type Failed6 = Record<Addrs6, Failed>;
+
+const _: () = assert!(core::mem::size_of::<Plain4>() == 40);
+const _: () = assert!(core::mem::size_of::<Plain6>() == 64);
+const _: () = assert!(core::mem::size_of::<Assigned4>() == 104);
+const _: () = assert!(core::mem::size_of::<Assigned6>() == 128);
+const _: () = assert!(core::mem::size_of::<Failed4>() == 112);
+const _: () = assert!(core::mem::size_of::<Failed6>() == 136);
+const _: () = assert!(core::mem::offset_of!(Assigned4, body) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(Assigned6, body) % 8 == 0);
+
+/// The size of a record with this family and body; None for a combination that does not
+/// exist.
+pub const fn record_len(family: u8, body: u8) -> Option<usize> {
+    let addrs = match family {
+        AF_INET => core::mem::size_of::<Addrs4>(),
+        AF_INET6 => core::mem::size_of::<Addrs6>(),
+        _ => return None,
+    };
+    let body = match body {
+        body::NONE => 0,
+        body::ASSIGNED => core::mem::size_of::<Assigned>(),
+        body::FAILED => core::mem::size_of::<Failed>(),
+        _ => return None,
+    };
+    Some(core::mem::size_of::<Head>() + addrs + body)
 }
 
 /// Field offsets of the running kernel, resolved from its BTF by userspace at start-up and
@@ -482,12 +568,15 @@ pub struct KernelOffsets {
     /// inet_sock.local_port_range (Linux 6.3+: a socket's own `IP_LOCAL_PORT_RANGE`); 0:
     /// the kernel has none.
     pub inet_local_port_range: u32,
+    // task_struct.real_parent and task_struct.tgid: the parent process's id
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
     pub _pad: u32,
     /// Address of `tw_timer_handler`, the TIME_WAIT timer's callback.
     pub tw_timer_handler: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 112);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 120);
 
 /// Settings of the kernel programs, set by userspace before load.
 #[repr(C)]

@@ -16,8 +16,8 @@ use aya_ebpf::{
 use port_tracer_common::{lost, more_flags, EventKind, Origin, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    emit::{allow, count_lost, emit},
-    kernel::{fill_event, fill_own_port_range, plain_address, tid},
+    emit::{allow, count_lost, emit_assigned, Meta},
+    kernel::{alloc_of, fill_owner, plain_address, tid},
     udp_autobind, BIND_REQUESTS,
 };
 
@@ -114,12 +114,14 @@ fn on_post_bind(ctx: &SockContext) -> Result<(), i32> {
     if proto == IPPROTO_UDP {
         udp_autobind::bound(sk)?;
     }
-    emit(|ev| {
-        fill_event(ev, sk, EventKind::Assign, origin, proto)?;
-        fill_own_port_range(ev, sk);
-        if guessed {
-            ev.more_flags = more_flags::ORIGIN_GUESSED;
-        }
+    let mut meta = Meta::now(EventKind::Assign, origin, proto);
+    if guessed {
+        meta = meta.more_flags(more_flags::ORIGIN_GUESSED);
+    }
+    let (alloc, _) = alloc_of(sk, 0);
+    emit_assigned(sk, meta, |a| {
+        fill_owner(&mut a.owner);
+        a.alloc = alloc;
         Ok(())
     });
     Ok(())

@@ -3,40 +3,31 @@
 //! tiers call in from `inet_hash_connect`; the tracepoint tier from the socket's state
 //! changes ([`crate::tcp_state`]) and connect()'s exit ([`crate::syscalls`]).
 
-use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use port_tracer_common::{
+    errno::{EADDRINUSE, EADDRNOTAVAIL},
+    flags, lost, more_flags, EventKind, Origin, Owner, IPPROTO_TCP,
 };
-use port_tracer_common::{flags, lost, more_flags, EventKind, Origin, PortEvent, IPPROTO_TCP};
 
 use crate::{
-    emit::{count_lost, emit},
-    kernel::{
-        fill_event, fill_names, fill_own_port_range, fill_sock, name_mut, off, read,
-        set_alloc_time, sock_num, tid, Name,
-    },
+    emit::{count_lost, emit_assigned, emit_failed, emit_plain, Meta},
+    kernel::{alloc_of, fill_owner, off, read, sock_num, tid},
     pending::Call,
     CONNECTING, SYSCALLS,
 };
 
-/// Who started a connect, kept until its port is known.
+/// Who started a connect (or a listen's autobind), kept until its port is known.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Connecting {
     pub ts_ns: u64,
-    pub cgroup_id: u64,
-    pub pid: u32,
-    pub tid: u32,
-    pub uid: u32,
+    pub owner: Owner,
     /// The socket was bound before connect: no new port, only the remote endpoint.
     pub had_port: u16,
-    pub _pad: u16,
-    /// The process's name and the thread's (see `kernel::fill_names`).
-    pub comm: Name,
-    pub thread: Name,
+    pub _pad: [u16; 3],
 }
 
-const _: () = assert!(core::mem::size_of::<Connecting>() == 64);
-const _: () = assert!(core::mem::offset_of!(Connecting, comm) % 8 == 0);
+const _: () = assert!(core::mem::size_of::<Connecting>() == 72);
 
 /// The local port in `inet_sport` (host order): still set after the port was put back.
 #[inline(always)]
@@ -79,6 +70,20 @@ pub fn finish_connect(sk: u64, timed: bool) {
     report_connecting(sk, &c, port, timed);
 }
 
+/// A failed allocation of `c`'s, with `errno`: no port (`origin` Connect, or Autobind for
+/// a listen); `timed` as in [`finish_connect`].
+#[inline(always)]
+pub fn report_failed(sk: u64, c: &Connecting, origin: Origin, errno: i32, timed: bool) {
+    let (alloc, timed_flag) = alloc_of(sk, if timed { c.ts_ns } else { 0 });
+    let meta = Meta::at(c.ts_ns, EventKind::AllocFailure, origin, IPPROTO_TCP).flags(timed_flag);
+    emit_failed(sk, meta, None, |f| {
+        f.owner = c.owner;
+        f.alloc = alloc;
+        f.errno = errno;
+        Ok(())
+    });
+}
+
 /// When `sk` leaves SYN_SENT for `new_state` (a state change, where no other hook reported
 /// the connect): the port chosen, or at CLOSE with none, connect's EADDRNOTAVAIL (what
 /// `inet_hash_connect` fails with when the range has no port left for the destination; it
@@ -90,12 +95,9 @@ pub fn left_syn_sent(sk: u64, closed: bool) {
     };
     match connected_port(sk) {
         Some(port) => report_connecting(sk, &c, port, false),
-        None if closed && c.had_port == 0 => emit(|ev| {
-            fill_connecting(ev, sk, &c)?;
-            ev.kind = EventKind::AllocFailure as u8;
-            ev.errno = port_tracer_common::errno::EADDRNOTAVAIL;
-            Ok(())
-        }),
+        None if closed && c.had_port == 0 => {
+            report_failed(sk, &c, Origin::Connect, EADDRNOTAVAIL, false)
+        }
         None => {}
     }
 }
@@ -107,10 +109,11 @@ pub fn finish_listen(sk: u64) {
     let Some(c) = take_connecting(sk) else {
         return;
     };
-    emit(|ev| {
-        fill_connecting(ev, sk, &c)?;
-        ev.kind = EventKind::Assign as u8;
-        ev.origin = Origin::Autobind as u8;
+    let (alloc, _) = alloc_of(sk, 0);
+    let meta = Meta::at(c.ts_ns, EventKind::Assign, Origin::Autobind, IPPROTO_TCP);
+    emit_assigned(sk, meta, |a| {
+        a.owner = c.owner;
+        a.alloc = alloc;
         Ok(())
     });
 }
@@ -122,26 +125,20 @@ pub fn listen_failed(sk: u64) {
     let Some(c) = take_connecting(sk) else {
         return;
     };
-    emit(|ev| {
-        fill_connecting(ev, sk, &c)?;
-        ev.kind = EventKind::AllocFailure as u8;
-        ev.origin = Origin::Autobind as u8;
-        ev.errno = port_tracer_common::errno::EADDRINUSE;
-        Ok(())
-    });
+    report_failed(sk, &c, Origin::Autobind, EADDRINUSE, false);
 }
 
 #[inline(always)]
 fn report_connecting(sk: u64, c: &Connecting, port: u16, timed: bool) {
-    emit(|ev| {
-        fill_connecting(ev, sk, c)?;
-        ev.lport = port;
-        ev.kind = EventKind::Assign as u8;
-        if c.had_port != 0 {
-            ev.flags = flags::REMOTE_UPDATE;
-        } else if timed {
-            set_alloc_time(ev, c.ts_ns);
-        }
+    let meta = Meta::at(c.ts_ns, EventKind::Assign, Origin::Connect, IPPROTO_TCP).lport(port);
+    if c.had_port != 0 {
+        // A bound socket: the port is not new, only its peer.
+        return emit_plain(sk, meta.flags(flags::REMOTE_UPDATE));
+    }
+    let (alloc, timed_flag) = alloc_of(sk, if timed { c.ts_ns } else { 0 });
+    emit_assigned(sk, meta.flags(timed_flag), |a| {
+        a.owner = c.owner;
+        a.alloc = alloc;
         Ok(())
     });
 }
@@ -153,33 +150,16 @@ pub fn report_connect(sk: u64, syn_sent_ns: u64, had_port: bool) {
     let Some(port) = connected_port(sk) else {
         return;
     };
-    emit(|ev| {
-        fill_event(ev, sk, EventKind::Assign, Origin::Connect, IPPROTO_TCP)?;
-        fill_own_port_range(ev, sk);
-        ev.ts_ns = syn_sent_ns;
-        ev.lport = port;
-        if had_port {
-            ev.flags = flags::REMOTE_UPDATE;
-        }
+    let meta = Meta::at(syn_sent_ns, EventKind::Assign, Origin::Connect, IPPROTO_TCP).lport(port);
+    if had_port {
+        return emit_plain(sk, meta.flags(flags::REMOTE_UPDATE));
+    }
+    let (alloc, _) = alloc_of(sk, 0);
+    emit_assigned(sk, meta, |a| {
+        fill_owner(&mut a.owner);
+        a.alloc = alloc;
         Ok(())
     });
-}
-
-/// Fills an event about a connecting TCP socket, attributed to who started the connect.
-#[inline(always)]
-pub fn fill_connecting(ev: &mut PortEvent, sk: u64, c: &Connecting) -> Result<(), i32> {
-    fill_sock(ev, sk)?;
-    fill_own_port_range(ev, sk);
-    ev.ts_ns = c.ts_ns;
-    ev.cgroup_id = c.cgroup_id;
-    ev.pid = c.pid;
-    ev.tid = c.tid;
-    ev.uid = c.uid;
-    *name_mut(&mut ev.comm) = c.comm;
-    *name_mut(&mut ev.thread) = c.thread;
-    ev.origin = Origin::Connect as u8;
-    ev.proto = IPPROTO_TCP;
-    Ok(())
 }
 
 /// Remembers who connects `sk`, and whether it already had a port.
@@ -193,35 +173,15 @@ pub fn start_connect(sk: u64) {
 #[inline(always)]
 fn try_start_connect(sk: u64) -> Result<(), i32> {
     let mut c = Connecting {
-        ts_ns: 0,
-        cgroup_id: 0,
-        pid: 0,
-        tid: 0,
-        uid: 0,
-        had_port: 0,
-        _pad: 0,
-        comm: [0; 2],
-        thread: [0; 2],
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        owner: Owner::default(),
+        had_port: (sock_num(sk)? != 0) as u16,
+        _pad: [0; 3],
     };
-    fill_who(&mut c, sk)?;
+    fill_owner(&mut c.owner);
     if CONNECTING.insert(sk, c, 0).is_err() {
         count_lost(lost::MAP_FULL);
     }
-    Ok(())
-}
-
-/// Who connects `sk`, now, and whether it already had a port.
-#[inline(always)]
-fn fill_who(c: &mut Connecting, sk: u64) -> Result<(), i32> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (pid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    c.ts_ns = unsafe { bpf_ktime_get_ns() };
-    c.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    c.pid = pid;
-    c.tid = tid;
-    c.uid = bpf_get_current_uid_gid() as u32;
-    c.had_port = (sock_num(sk)? != 0) as u16;
-    fill_names(&mut c.comm, &mut c.thread, pid, tid);
     Ok(())
 }
 
@@ -236,14 +196,11 @@ pub fn connect_chose(sk: u64) {
         }
         return;
     }
-    emit(|ev| {
-        fill_sock(ev, sk)?;
-        fill_own_port_range(ev, sk);
-        ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-        ev.kind = EventKind::Assign as u8;
-        ev.origin = Origin::Connect as u8;
-        ev.proto = IPPROTO_TCP;
-        ev.more_flags = more_flags::OWNER_UNKNOWN;
+    let (alloc, _) = alloc_of(sk, 0);
+    let meta = Meta::now(EventKind::Assign, Origin::Connect, IPPROTO_TCP)
+        .more_flags(more_flags::OWNER_UNKNOWN);
+    emit_assigned(sk, meta, |a| {
+        a.alloc = alloc;
         Ok(())
     });
 }

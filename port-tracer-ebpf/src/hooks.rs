@@ -10,12 +10,9 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 use crate::{
     connect,
-    emit::{count_lost, emit},
-    kernel::{
-        fill_event, fill_own_port_range, fill_release, off, read, set_alloc_time, sock_num,
-        sock_protocol, tid,
-    },
-    tcp_state, time_wait, BINDING, GET_PORT_START,
+    emit::{count_lost, emit_assigned, emit_failed, emit_plain, Meta},
+    kernel::{alloc_of, fill_owner, off, read, sock_num, sock_protocol, tid},
+    tcp_state, time_wait, udp_release, BINDING, GET_PORT_START,
 };
 
 const TCP_LISTEN: u8 = 10;
@@ -99,20 +96,22 @@ fn get_port_exit(
     errno: i32,
     start_ns: u64,
 ) {
+    let (alloc, timed) = alloc_of(sk, start_ns);
     if ret == 0 {
-        emit(|ev| {
-            fill_event(ev, sk, EventKind::Assign, origin, proto)?;
-            set_alloc_time(ev, start_ns);
-            fill_own_port_range(ev, sk);
+        let meta = Meta::now(EventKind::Assign, origin, proto).flags(timed);
+        emit_assigned(sk, meta, |a| {
+            fill_owner(&mut a.owner);
+            a.alloc = alloc;
             Ok(())
         });
     } else {
-        emit(|ev| {
-            fill_event(ev, sk, EventKind::AllocFailure, origin, proto)?;
-            ev.errno = errno;
-            ev.lport = snum;
-            set_alloc_time(ev, start_ns);
-            fill_own_port_range(ev, sk);
+        let meta = Meta::now(EventKind::AllocFailure, origin, proto)
+            .flags(timed)
+            .lport(snum);
+        emit_failed(sk, meta, None, |f| {
+            fill_owner(&mut f.owner);
+            f.alloc = alloc;
+            f.errno = errno;
             Ok(())
         });
     }
@@ -139,13 +138,7 @@ pub fn hash_connect_exit(sk: u64, ret: i32) {
     if ret != -EADDRNOTAVAIL {
         return;
     }
-    emit(|ev| {
-        connect::fill_connecting(ev, sk, &c)?;
-        ev.kind = EventKind::AllocFailure as u8;
-        ev.errno = EADDRNOTAVAIL;
-        set_alloc_time(ev, c.ts_ns);
-        Ok(())
-    });
+    connect::report_failed(sk, &c, Origin::Connect, EADDRNOTAVAIL, true);
 }
 
 /// After `__inet_inherit_port(sk, child)`: an accepted socket shares the listener's port.
@@ -163,7 +156,7 @@ pub fn put_port(sk: u64) {
     if sock_num(sk).unwrap_or(0) == 0 {
         return;
     }
-    emit(|ev| fill_release(ev, sk, EventKind::Release, IPPROTO_TCP));
+    tcp_state::release(sk, None);
 }
 
 /// Entry of `udp_lib_unhash(sk)`: a UDP socket gives its port back (close, disconnect).
@@ -172,7 +165,7 @@ pub fn udp_unhash(sk: u64) {
     if sock_protocol(sk) != Ok(IPPROTO_UDP) || sock_num(sk).unwrap_or(0) == 0 {
         return;
     }
-    emit(|ev| fill_release(ev, sk, EventKind::Release, IPPROTO_UDP));
+    emit_plain(sk, udp_release::release());
 }
 
 /// `inet_twsk_hashdance_schedule` (`inet_twsk_hashdance` before 6.11): the port moves to

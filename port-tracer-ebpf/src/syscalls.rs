@@ -7,15 +7,14 @@
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 use port_tracer_common::{
-    errno, flags, lost, EventKind, Origin, PortEvent, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
+    errno, flags, lost, EventKind, Origin, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
     connect,
-    emit::{count_lost, emit},
+    emit::{count_lost, emit_assigned, emit_failed, emit_plain, Meta, Requested},
     kernel::{
-        fill_event, fill_own_port_range, is_inet, sock_family, sock_num, sock_of_fd, sock_protocol,
-        tid,
+        alloc_of, fill_owner, is_inet, sock_family, sock_num, sock_of_fd, sock_protocol, tid,
     },
     pending::{Call, Pending},
     SYSCALLS,
@@ -112,33 +111,34 @@ fn exit(ctx: &TracePointContext, call: Call) -> Option<(Pending, i64)> {
     Some((p, ret))
 }
 
-/// Fills an event about `p.sk` from the current task.
+/// Reports the port `p.sk` got, taken by the current task.
 #[inline(always)]
-fn fill(ev: &mut PortEvent, p: &Pending, kind: EventKind, origin: Origin) -> Result<(), i32> {
-    fill_event(ev, p.sk, kind, origin, p.proto)
-}
-
-/// Reports an event about `p.sk`.
-#[inline(always)]
-fn report(p: &Pending, kind: EventKind, origin: Origin) {
-    emit(|ev| fill(ev, p, kind, origin));
+fn assigned(p: &Pending, origin: Origin) {
+    let (alloc, _) = alloc_of(p.sk, 0);
+    emit_assigned(p.sk, Meta::now(EventKind::Assign, origin, p.proto), |a| {
+        fill_owner(&mut a.owner);
+        a.alloc = alloc;
+        Ok(())
+    });
 }
 
 /// An allocation failure: the port (if any) and address the caller asked for.
 #[inline(always)]
 fn failure(p: &Pending, origin: Origin, errno: i64, requested_local: bool) {
-    emit(|ev| {
-        fill(ev, p, EventKind::AllocFailure, origin)?;
-        fill_own_port_range(ev, p.sk);
-        ev.errno = errno as i32;
-        let a = user_sockaddr(p.uaddr)?;
-        if requested_local {
-            ev.lport = a.port;
-            ev.laddr = a.addr;
-        } else {
-            ev.rport = a.port;
-            ev.raddr = a.addr;
-        }
+    let Ok(a) = user_sockaddr(p.uaddr) else {
+        return count_lost(lost::READ_ERROR);
+    };
+    let requested = Requested {
+        local: requested_local,
+        addr: a.addr,
+        port: a.port,
+    };
+    let (alloc, _) = alloc_of(p.sk, 0);
+    let meta = Meta::now(EventKind::AllocFailure, origin, p.proto);
+    emit_failed(p.sk, meta, Some(&requested), |f| {
+        fill_owner(&mut f.owner);
+        f.alloc = alloc;
+        f.errno = errno as i32;
         Ok(())
     });
 }
@@ -170,7 +170,7 @@ pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
         // With IP_BIND_ADDRESS_NO_PORT, bind(0) takes no port: connect will.
         match sock_num(p.sk) {
             Ok(0) => {}
-            Ok(_) => report(&p, EventKind::Assign, origin),
+            Ok(_) => assigned(&p, origin),
             Err(_) => count_lost(lost::READ_ERROR),
         }
     } else if ret == -EADDRINUSE {
@@ -191,7 +191,7 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
         return 0;
     };
     if ret == 0 {
-        report(&p, EventKind::Assign, Origin::Autobind);
+        assigned(&p, Origin::Autobind);
     } else if ret == -EADDRINUSE {
         failure(&p, Origin::Autobind, EADDRINUSE, true);
     }
@@ -225,7 +225,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     // UDP
     if p.num_before == 0 {
         if ret == 0 {
-            report(&p, EventKind::Assign, Origin::Autobind);
+            assigned(&p, Origin::Autobind);
         } else if ret == -EAGAIN {
             failure(&p, Origin::Autobind, EAGAIN, false);
         }
@@ -233,18 +233,12 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         if user_sockaddr(p.uaddr).is_ok_and(|a| a.family == AF_UNSPEC) {
             // Disconnect: unless bound explicitly, the socket gives its port back.
             if sock_num(p.sk) == Ok(0) {
-                emit(|ev| {
-                    fill(ev, &p, EventKind::Release, Origin::Unknown)?;
-                    ev.lport = p.num_before;
-                    Ok(())
-                });
+                let meta = Meta::now(EventKind::Release, Origin::Unknown, p.proto);
+                emit_plain(p.sk, meta.lport(p.num_before));
             }
         } else {
-            emit(|ev| {
-                fill(ev, &p, EventKind::Assign, Origin::Unknown)?;
-                ev.flags = flags::REMOTE_UPDATE;
-                Ok(())
-            });
+            let meta = Meta::now(EventKind::Assign, Origin::Unknown, p.proto);
+            emit_plain(p.sk, meta.flags(flags::REMOTE_UPDATE));
         }
     }
     0
@@ -264,7 +258,7 @@ fn exit_send(ctx: &TracePointContext) -> u32 {
         return 0;
     };
     if num != 0 {
-        report(&p, EventKind::Assign, Origin::Autobind);
+        assigned(&p, Origin::Autobind);
     } else if ret == -EAGAIN {
         failure(&p, Origin::Autobind, EAGAIN, false);
     }

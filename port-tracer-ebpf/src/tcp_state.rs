@@ -5,13 +5,13 @@
 //! when it is destroyed (ports bound explicitly): whichever finds the bind bucket gone, or
 //! about to go.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use port_tracer_common::{lost, EventKind, Origin, IPPROTO_TCP};
 
 use crate::{
     connect::{self, inet_sport},
-    emit::{count_lost, emit},
-    kernel::{fill_release, fill_sock, off, read, sock_num, sock_protocol},
+    emit::{count_lost, emit_plain, Meta},
+    kernel::{off, read, sock_num, sock_protocol},
     CONFIG,
 };
 
@@ -25,14 +25,18 @@ const TCP_LISTEN: i32 = 10;
 /// current task is not the owner: userspace takes the owner from the listener.
 #[inline(always)]
 pub fn report_accepted(sk: u64) {
-    emit(|ev| {
-        fill_sock(ev, sk)?;
-        ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-        ev.kind = EventKind::Assign as u8;
-        ev.origin = Origin::Inherited as u8;
-        ev.proto = IPPROTO_TCP;
-        Ok(())
-    });
+    emit_plain(
+        sk,
+        Meta::now(EventKind::Assign, Origin::Inherited, IPPROTO_TCP),
+    );
+}
+
+/// TCP socket `sk` gives its port back (`port`: the one it held, when the socket no longer
+/// shows it).
+#[inline(always)]
+pub fn release(sk: u64, port: Option<u16>) {
+    let meta = Meta::now(EventKind::Release, Origin::Unknown, IPPROTO_TCP);
+    emit_plain(sk, port.map_or(meta, |p| meta.lport(p)));
 }
 
 #[inline(always)]
@@ -80,11 +84,7 @@ fn on_set_state(sk: u64, old: i32, new: i32) -> Result<(), i32> {
         let bind_hash: u64 = read(sk, off!(icsk_bind_hash))?;
         let port = inet_sport(sk)?;
         if bind_hash == 0 && port != 0 {
-            emit(|ev| {
-                fill_release(ev, sk, EventKind::Release, IPPROTO_TCP)?;
-                ev.lport = port;
-                Ok(())
-            });
+            release(sk, Some(port));
         }
     }
     Ok(())
@@ -106,7 +106,7 @@ fn on_destroy(sk: u64) -> Result<(), i32> {
     // Fires just before tcp_v4_destroy_sock puts a port that CLOSE did not (bound ports).
     let bind_hash: u64 = read(sk, off!(icsk_bind_hash))?;
     if bind_hash != 0 {
-        emit(|ev| fill_release(ev, sk, EventKind::Release, IPPROTO_TCP));
+        release(sk, None);
     }
     Ok(())
 }

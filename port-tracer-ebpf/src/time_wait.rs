@@ -12,11 +12,11 @@
 //! a moment before (the kernel recycles their memory at once).
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use port_tracer_common::{flags, EventKind, IPPROTO_TCP};
+use port_tracer_common::{flags, EventKind, Origin, IPPROTO_TCP};
 
 use crate::{
-    emit::emit,
-    kernel::{fill_release, off, read},
+    emit::{emit_plain, Meta},
+    kernel::{off, read},
     OFFSETS, TW_CANCELLED,
 };
 
@@ -34,11 +34,8 @@ fn tw_of(timer: u64) -> Option<u64> {
 /// Reports an event about TIME_WAIT socket `tw` (also used by the fentry and kprobe tiers).
 #[inline(always)]
 pub fn report_sock(tw: u64, kind: EventKind, extra_flags: u8) {
-    emit(|ev| {
-        fill_release(ev, tw, kind, IPPROTO_TCP)?;
-        ev.flags = flags::TIME_WAIT_SOCK | extra_flags;
-        Ok(())
-    });
+    let meta = Meta::now(kind, Origin::Unknown, IPPROTO_TCP);
+    emit_plain(tw, meta.flags(flags::TIME_WAIT_SOCK | extra_flags));
 }
 
 /// Notes this CPU's timer event: `cancelled_tw` is the TIME_WAIT timer it cancelled, or 0

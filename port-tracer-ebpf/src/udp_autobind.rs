@@ -19,8 +19,8 @@ use port_tracer_common::{flags, lost, EventKind, Origin, AF_INET, IPPROTO_UDP};
 
 use crate::{
     connect,
-    emit::{allow, count_lost, emit},
-    kernel::{fill_event, fill_own_port_range, off, plain_address, read, sock_family, sock_num},
+    emit::{allow, count_lost, emit_assigned, Meta},
+    kernel::{alloc_of, fill_owner, off, plain_address, read, sock_family, sock_num},
     SEEN_UDP,
 };
 
@@ -82,9 +82,11 @@ fn on_sendmsg(ctx: &SockAddrContext) -> Result<(), i32> {
     if !wildcard(sk)? || unsafe { SEEN_UDP.get(sk) }.is_some() || !remember(sk, KNOWN) {
         return Ok(());
     }
-    emit(|ev| {
-        fill_event(ev, sk, EventKind::Assign, Origin::Autobind, IPPROTO_UDP)?;
-        fill_own_port_range(ev, sk);
+    let (alloc, _) = alloc_of(sk, 0);
+    let meta = Meta::now(EventKind::Assign, Origin::Autobind, IPPROTO_UDP);
+    emit_assigned(sk, meta, |a| {
+        fill_owner(&mut a.owner);
+        a.alloc = alloc;
         Ok(())
     });
     Ok(())
@@ -147,12 +149,12 @@ pub fn released(sk: u64) -> bool {
         count_lost(lost::PORT_UNKNOWN);
         return true;
     }
-    emit(|ev| {
-        connect::fill_connecting(ev, sk, &c)?;
-        ev.proto = IPPROTO_UDP;
-        ev.origin = Origin::Autobind as u8;
-        ev.kind = EventKind::Assign as u8;
-        ev.flags = flags::SEEN_AT_CLOSE;
+    let (alloc, _) = alloc_of(sk, 0);
+    let meta = Meta::at(c.ts_ns, EventKind::Assign, Origin::Autobind, IPPROTO_UDP)
+        .flags(flags::SEEN_AT_CLOSE);
+    emit_assigned(sk, meta, |a| {
+        a.owner = c.owner;
+        a.alloc = alloc;
         Ok(())
     });
     false

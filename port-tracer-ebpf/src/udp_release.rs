@@ -4,12 +4,12 @@
 //! just before the protocol unhashes it.
 
 use aya_ebpf::{macros::cgroup_sock, programs::SockContext};
-use port_tracer_common::{flags, EventKind, IPPROTO_UDP};
+use port_tracer_common::{flags, EventKind, Origin, IPPROTO_UDP};
 
 use crate::{
     bind::sock_address,
-    emit::{allow, emit},
-    kernel::{fill_release, sock_num},
+    emit::{allow, emit_plain, Meta},
+    kernel::sock_num,
     udp_autobind, CONFIG,
 };
 
@@ -28,19 +28,21 @@ fn on_release(ctx: &SockContext) -> Result<(), i32> {
         if num == 0 {
             // A port the socket held may have been given back by connect(AF_UNSPEC), which
             // no hook of this tier sees: its lifetime, if one is open, ends now.
-            emit(|ev| {
-                fill_release(ev, sk, EventKind::Release, IPPROTO_UDP)?;
-                ev.flags = flags::GONE_BEFORE_CLOSE;
-                Ok(())
-            });
+            emit_plain(sk, release().flags(flags::GONE_BEFORE_CLOSE));
             return Ok(());
         }
     }
     if num == 0 {
         return Ok(());
     }
-    emit(|ev| fill_release(ev, sk, EventKind::Release, IPPROTO_UDP));
+    emit_plain(sk, release());
     Ok(())
+}
+
+/// A UDP socket's release, now.
+#[inline(always)]
+pub fn release() -> Meta {
+    Meta::now(EventKind::Release, Origin::Unknown, IPPROTO_UDP)
 }
 
 #[cgroup_sock(sock_release)]

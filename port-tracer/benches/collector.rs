@@ -25,12 +25,12 @@ use std::{
 };
 
 use port_tracer::{
-    event::Event,
+    event::{Comm, Endpoints, Event, Family, Kind, Origin, Proto, Task},
     lifetime::OutputRef,
     output::Printer,
     rebuild::{Rebuild, RebuildConfig, Upto},
+    trace_file::Records,
 };
-use port_tracer_common::{flags, EventKind, Origin, PortEvent, AF_INET, IPPROTO_TCP};
 
 /// Counts live heap bytes.
 struct Counting;
@@ -116,31 +116,30 @@ const EPHEMERAL_COUNT: u64 = 60999 - 32768 + 1;
 const LISTEN_PORT: u16 = 8080;
 const CPUS: u64 = 4;
 
-fn record(
-    ts: u64,
-    kind: EventKind,
-    sock: u64,
-    lport: u16,
-    raddr: [u8; 4],
-    rport: u16,
-) -> PortEvent {
-    let mut e = PortEvent::zeroed();
-    e.ts_ns = ts;
-    e.kind = kind as u8;
-    e.sock_id = sock;
-    e.lport = lport;
-    e.rport = rport;
-    e.laddr[..4].copy_from_slice(&[10, 1, 0, 1]);
-    e.raddr[..4].copy_from_slice(&raddr);
-    e.proto = IPPROTO_TCP;
-    e.family = AF_INET;
-    e.netns = NETNS;
-    e.pid = 4242;
-    e.tid = 4242 + (ts % CPUS) as u32;
-    e.cgroup_id = 1;
-    let comm = b"storm";
-    e.comm[..comm.len()].copy_from_slice(comm);
-    e
+fn record(ts: u64, kind: Kind, sock: u64, lport: u16, raddr: [u8; 4], rport: u16) -> Event {
+    let ends = Endpoints {
+        proto: Proto::Tcp,
+        family: Family::Ipv4,
+        netns: NETNS,
+        laddr: [10, 1, 0, 1].into(),
+        lport,
+        raddr: raddr.into(),
+        rport,
+    };
+    let mut ev = Event::new(kind, ts, sock, ends);
+    // As the kernel side writes them: releases and TIME_WAIT transitions carry no task.
+    if matches!(kind, Kind::Assign | Kind::AllocFailure) {
+        ev.task = Task {
+            pid: 4242,
+            tid: 4242 + (ts % CPUS) as u32,
+            ppid: Some(1),
+            cgroup_id: 1,
+            comm: Comm::new("storm"),
+            thread: Comm::new("storm"),
+            ..Task::default()
+        };
+    }
+    ev
 }
 
 /// Where connection `i` goes: one in DESTINATIONS to the local listener, the others to
@@ -161,19 +160,19 @@ fn ephemeral_port(i: u64) -> u16 {
     (EPHEMERAL_FIRST + (i / DESTINATIONS) % EPHEMERAL_COUNT) as u16
 }
 
-/// The storm's records in ring buffer order.
-fn storm(p: &Params) -> Vec<PortEvent> {
+/// The storm's records in ring buffer order, back to back as the ring buffer holds them.
+fn storm(p: &Params) -> Records {
     let mut evs = Vec::with_capacity(p.connections as usize * 5);
     let mut listener = record(
         0,
-        EventKind::Assign,
+        Kind::Assign,
         0xffff_9000_0000_0000,
         LISTEN_PORT,
         [0; 4],
         0,
     );
-    listener.origin = Origin::Bind as u8;
-    listener.laddr = [0; 16];
+    listener.origin = Origin::Bind;
+    listener.ends.laddr = [0, 0, 0, 0].into();
     evs.push(listener);
     for i in 0..p.connections {
         let t = 1_000 + i * p.spacing_ns;
@@ -181,44 +180,37 @@ fn storm(p: &Params) -> Vec<PortEvent> {
         let port = ephemeral_port(i);
         let client = 0xffff_8880_0000_0000 + i * 0x800;
         let tw = 0xffff_8890_0000_0000 + i * 0x100;
-        let mut connect = record(t, EventKind::Assign, client, port, raddr, rport);
-        connect.origin = Origin::Connect as u8;
+        let mut connect = record(t, Kind::Assign, client, port, raddr, rport);
+        connect.origin = Origin::Connect;
         // Timed by the allocator hooks, as on the fentry and kprobe tiers.
-        connect.flags = flags::ALLOC_TIMED;
-        connect.alloc_ns = 800 + (i % 64) as u32 * 50;
+        connect.alloc_ns = Some(800 + (i % 64) as u32 * 50);
         evs.push(connect);
         if local {
             let accepted = 0xffff_88a0_0000_0000 + i * 0x800;
             let mut inh = record(
                 t + 50,
-                EventKind::Assign,
+                Kind::Assign,
                 accepted,
                 LISTEN_PORT,
                 [10, 1, 0, 1],
                 port,
             );
-            inh.origin = Origin::Inherited as u8;
+            inh.origin = Origin::Inherited;
+            inh.task = Task::default();
             evs.push(inh);
             evs.push(record(
                 t + 300,
-                EventKind::Release,
+                Kind::Release,
                 accepted,
                 LISTEN_PORT,
                 [10, 1, 0, 1],
                 port,
             ));
         }
-        let mut enter_tw = record(t + 200, EventKind::TimeWait, tw, port, raddr, rport);
-        enter_tw.flags = flags::TIME_WAIT_SOCK;
+        let mut enter_tw = record(t + 200, Kind::TimeWait, tw, port, raddr, rport);
+        enter_tw.time_wait_sock = true;
         evs.push(enter_tw);
-        evs.push(record(
-            t + 210,
-            EventKind::Release,
-            client,
-            port,
-            raddr,
-            rport,
-        ));
+        evs.push(record(t + 210, Kind::Release, client, port, raddr, rport));
         // The TIME_WAIT socket of connection i - hold dies now.
         if i >= p.hold {
             let j = i - p.hold;
@@ -226,13 +218,13 @@ fn storm(p: &Params) -> Vec<PortEvent> {
             let jport = ephemeral_port(j);
             let mut end = record(
                 t + 100,
-                EventKind::Release,
+                Kind::Release,
                 0xffff_8890_0000_0000 + j * 0x100,
                 jport,
                 raddr,
                 rport,
             );
-            end.flags = flags::TIME_WAIT_SOCK;
+            end.time_wait_sock = true;
             evs.push(end);
         }
     }
@@ -247,12 +239,7 @@ fn storm(p: &Params) -> Vec<PortEvent> {
             w.swap(k, (seed % (k as u64 + 1)) as usize);
         }
     }
-    evs
-}
-
-fn bytes_of(e: &PortEvent) -> &[u8] {
-    // SAFETY: PortEvent is plain integers, 128 bytes.
-    unsafe { std::slice::from_raw_parts((e as *const PortEvent).cast(), size_of::<PortEvent>()) }
+    Records::current(evs.iter().flat_map(Event::encode).collect())
 }
 
 struct RunResult {
@@ -271,7 +258,7 @@ struct RunResult {
 /// minutes) or has run the storm before (warm: the steady state of a long-running tracer);
 /// `offset_ns` moves this pass's timestamps after the previous one's.
 fn run(
-    records: &[PortEvent],
+    records: &[&[u8]],
     engine: &mut Rebuild,
     offset_ns: u64,
     printer: &mut Option<Box<dyn Printer + Send>>,
@@ -299,7 +286,7 @@ fn run(
     let mut newest = 0;
     for (n, chunk) in records.chunks(BATCH).enumerate() {
         for r in chunk {
-            let mut ev = Event::decode(bytes_of(r)).expect("valid record");
+            let mut ev = Event::decode(r).expect("valid record");
             ev.ts_ns += offset_ns;
             newest = newest.max(ev.ts_ns);
             engine.push_event(ev);
@@ -341,13 +328,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let p = params();
-    let records = storm(&p);
+    let storm = storm(&p);
+    let records: Vec<&[u8]> = storm.iter().collect();
     println!(
         "collector benchmark: {} connections, TIME_WAIT hold {} connections, {} records ({} MB), {} runs",
         p.connections,
         p.hold,
         records.len(),
-        (records.len() * size_of::<PortEvent>()) >> 20,
+        storm.bytes.len() >> 20,
         p.runs
     );
     let (mut cold, mut warm) = (Vec::new(), Vec::new());
@@ -389,11 +377,12 @@ fn main() {
         );
         for (what, r) in [("cold", &c), ("warm", &w)] {
             println!(
-                "  run {} {what}: {:.3} s, {:.2} M events/s, {:.1} ns/event, peak {} live ports, {} lifetimes",
+                "  run {} {what}: {:.3} s, {:.2} M events/s, {:.1} ns/event, {:.2} M connections/s, peak {} live ports, {} lifetimes",
                 i + 1,
                 r.secs,
                 r.events as f64 / r.secs / 1e6,
                 r.secs * 1e9 / r.events as f64,
+                p.connections as f64 / r.secs / 1e6,
                 r.peak_live,
                 r.lifetimes
             );
@@ -409,12 +398,15 @@ fn main() {
     let eps = |v: &[RunResult]| median(v.iter().map(|r| r.events as f64 / r.secs).collect());
     let (ec, ew) = (eps(&cold), eps(&warm));
     let bpp = median(cold.iter().map(|r| r.bytes_per_live_port).collect());
+    let per_conn = records.len() as f64 / p.connections as f64;
     println!(
-        "median: cold (fresh tables) {:.2} M events/s, {:.1} ns/event; warm (tables grown) {:.2} M events/s, {:.1} ns/event; {:.0} bytes per live port (peak {} live)",
+        "median: cold (fresh tables) {:.2} M events/s, {:.1} ns/event, {:.2} M connections/s; warm (tables grown) {:.2} M events/s, {:.1} ns/event, {:.2} M connections/s; {:.0} bytes per live port (peak {} live)",
         ec / 1e6,
         1e9 / ec,
+        ec / per_conn / 1e6,
         ew / 1e6,
         1e9 / ew,
+        ew / per_conn / 1e6,
         bpp,
         cold[0].peak_live
     );

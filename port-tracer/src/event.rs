@@ -1,4 +1,5 @@
-//! Decoded events: the kernel's [`PortEvent`] records turned into typed values.
+//! Decoded events: the kernel's records (`port_tracer_common::Record`) turned into typed
+//! values, and back (for tests, benchmarks and synthetic traces).
 
 use std::{
     fmt,
@@ -6,10 +7,10 @@ use std::{
 };
 
 use port_tracer_common::{
-    flags, more_flags, EventKind, Origin as RawOrigin, PortEvent, AF_INET, AF_INET6, COMM_LEN,
-    IPPROTO_TCP, IPPROTO_UDP,
+    body, flags, more_flags, record_len, Addrs4, Addrs6, Assigned, EventKind, Failed, Head, NoBody,
+    Origin as RawOrigin, Owner, Record, AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP, IPPROTO_UDP,
 };
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Transport protocol of a socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
@@ -80,7 +81,7 @@ impl Origin {
         )
     }
 
-    fn from_raw(o: RawOrigin) -> Self {
+    pub(crate) fn from_raw(o: RawOrigin) -> Self {
         match o {
             RawOrigin::Unknown => Origin::Unknown,
             RawOrigin::Bind => Origin::Bind,
@@ -133,18 +134,37 @@ impl Comm {
     }
 }
 
+/// As a string (trace files' held sockets).
+impl Serialize for Comm {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Comm {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Comm::new(&String::deserialize(d)?))
+    }
+}
+
 impl fmt::Debug for Comm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.as_str())
     }
 }
 
-/// The process a socket event is attributed to.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The process a socket event is attributed to. As a trace file's held sockets store it,
+/// fields it lacks (written by an older version) are their defaults.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Task {
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
+    /// The process's parent (`getppid()`); None when not known (no owner, traces recorded
+    /// before it was traced).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<u32>,
     pub cgroup_id: u64,
     /// The process's name (its thread group leader's, as `ps` and /proc/PID/comm show).
     pub comm: Comm,
@@ -156,6 +176,32 @@ pub struct Task {
 impl Task {
     pub fn is_known(&self) -> bool {
         self.pid != 0
+    }
+
+    /// The task a kernel record names (none when its pid is 0).
+    pub fn from_owner(o: &Owner) -> Task {
+        Task {
+            pid: o.pid,
+            tid: o.tid,
+            uid: o.uid,
+            ppid: (o.pid != 0).then_some(o.ppid),
+            cgroup_id: o.cgroup_id,
+            comm: Comm(o.comm),
+            thread: Comm(o.thread),
+        }
+    }
+
+    /// As a kernel record carries it.
+    pub fn to_owner(&self) -> Owner {
+        Owner {
+            cgroup_id: self.cgroup_id,
+            pid: self.pid,
+            tid: self.tid,
+            uid: self.uid,
+            ppid: self.ppid.unwrap_or(0),
+            comm: self.comm.0,
+            thread: self.thread.0,
+        }
     }
 }
 
@@ -189,7 +235,7 @@ pub struct Event {
     /// CLOCK_MONOTONIC nanoseconds.
     pub ts_ns: u64,
     pub kind: Kind,
-    /// Kernel address of the socket; see [`PortEvent::sock_id`].
+    /// Kernel address of the socket; see `port_tracer_common::Head::sock_id`.
     pub sock_id: u64,
     /// The socket is a TIME_WAIT socket.
     pub time_wait_sock: bool,
@@ -225,27 +271,51 @@ pub struct Event {
 /// Why a ring buffer record could not be decoded.
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
-    Size(usize),
+    /// Bytes of the record, and what its head says it should have.
+    Size(usize, Option<usize>),
     Kind(u8),
     Proto(u8),
     Family(u8),
+    Body(u8),
 }
 
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DecodeError::Size(n) => write!(f, "record of {n} bytes, expected {}", RECORD_SIZE),
+            DecodeError::Size(n, Some(want)) => write!(f, "record of {n} bytes, expected {want}"),
+            DecodeError::Size(n, None) => write!(f, "record of {n} bytes: too short"),
             DecodeError::Kind(k) => write!(f, "unknown event kind {k}"),
             DecodeError::Proto(p) => write!(f, "unknown protocol {p}"),
             DecodeError::Family(a) => write!(f, "unknown address family {a}"),
+            DecodeError::Body(b) => write!(f, "unknown record body {b}"),
         }
     }
 }
 
 impl std::error::Error for DecodeError {}
 
-/// Bytes of one ring buffer record.
-const RECORD_SIZE: usize = std::mem::size_of::<PortEvent>();
+/// Bytes of every record's head.
+pub const HEAD_LEN: usize = std::mem::size_of::<Head>();
+
+/// A `T` at the start of `bytes` (plain integers: any bit pattern is valid), if long
+/// enough.
+fn read_pod<T: Copy>(bytes: &[u8], offset: usize) -> Option<T> {
+    let b = bytes.get(offset..offset.checked_add(std::mem::size_of::<T>())?)?;
+    // SAFETY: the length is checked; T is one of the `#[repr(C)]` plain-integer records of
+    // port-tracer-common; read_unaligned copes with any alignment.
+    Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast()) })
+}
+
+/// The bytes of a plain-integer record.
+fn pod_bytes<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: `#[repr(C)]` plain integers with explicit padding, fully initialised.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast(), std::mem::size_of::<T>()) }
+}
+
+/// A record's head, if `bytes` holds one.
+pub fn head(bytes: &[u8]) -> Option<Head> {
+    read_pod(bytes, 0)
+}
 
 fn addr(family: Family, bytes: &[u8; 16]) -> IpAddr {
     match family {
@@ -254,85 +324,274 @@ fn addr(family: Family, bytes: &[u8; 16]) -> IpAddr {
     }
 }
 
-/// The network namespace, pid and tid of a raw record, without decoding the rest (the
-/// recorder's per-record check for namespaces it has not seen).
+/// The network namespace, pid and tid of a raw record (0s for a record without an owner),
+/// without decoding the rest (the per-record check for namespaces not seen yet).
 pub fn netns_and_thread(bytes: &[u8]) -> Option<(u32, u32, u32)> {
-    let field = |offset: usize| {
-        let b = bytes.get(offset..offset + 4)?;
-        Some(u32::from_ne_bytes(b.try_into().ok()?))
+    let h = head(bytes)?;
+    let addrs = match h.family {
+        AF_INET => std::mem::size_of::<Addrs4>(),
+        AF_INET6 => std::mem::size_of::<Addrs6>(),
+        _ => return None,
     };
-    Some((
-        field(std::mem::offset_of!(PortEvent, netns))?,
-        field(std::mem::offset_of!(PortEvent, pid))?,
-        field(std::mem::offset_of!(PortEvent, tid))?,
-    ))
+    if h.body == body::NONE {
+        return Some((h.netns, 0, 0));
+    }
+    let owner: Owner = read_pod(bytes, HEAD_LEN + addrs)?;
+    Some((h.netns, owner.pid, owner.tid))
 }
 
-impl Event {
-    /// Decodes one ring buffer record.
-    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        if bytes.len() < RECORD_SIZE {
-            return Err(DecodeError::Size(bytes.len()));
-        }
-        // SAFETY: the length is checked and PortEvent is plain integers (any bit pattern is
-        // valid); read_unaligned copes with any alignment.
-        let raw: PortEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        Self::from_raw(&raw)
-    }
+/// An event as a record of any layout gives it (its head's `body` and `len` aside), on its
+/// way to the typed form.
+pub(crate) struct Raw<'a> {
+    pub head: Head,
+    pub laddr: &'a [u8; 16],
+    pub raddr: &'a [u8; 16],
+    pub task: Task,
+    pub errno: i32,
+    pub alloc_ns: u32,
+    pub own_port_range: u32,
+}
 
-    pub fn from_raw(raw: &PortEvent) -> Result<Self, DecodeError> {
-        let kind = match EventKind::from_u8(raw.kind).ok_or(DecodeError::Kind(raw.kind))? {
-            EventKind::Assign if raw.flags & flags::REMOTE_UPDATE != 0 => Kind::RemoteUpdate,
+impl Raw<'_> {
+    /// The typed event these fields describe.
+    pub(crate) fn event(&self) -> Result<Event, DecodeError> {
+        let h = &self.head;
+        let kind = match EventKind::from_u8(h.kind).ok_or(DecodeError::Kind(h.kind))? {
+            EventKind::Assign if h.flags & flags::REMOTE_UPDATE != 0 => Kind::RemoteUpdate,
             EventKind::Assign => Kind::Assign,
             EventKind::Release => Kind::Release,
             EventKind::TimeWait => Kind::TimeWait,
             EventKind::AllocFailure => Kind::AllocFailure,
         };
-        let proto = match raw.proto {
+        let proto = match h.proto {
             IPPROTO_TCP => Proto::Tcp,
             IPPROTO_UDP => Proto::Udp,
             p => return Err(DecodeError::Proto(p)),
         };
-        let family = match raw.family {
+        let family = match h.family {
             AF_INET => Family::Ipv4,
             AF_INET6 => Family::Ipv6,
             f => return Err(DecodeError::Family(f)),
         };
         Ok(Event {
-            ts_ns: raw.ts_ns,
+            ts_ns: h.ts_ns,
             kind,
-            sock_id: raw.sock_id,
-            time_wait_sock: raw.flags & flags::TIME_WAIT_SOCK != 0,
-            tw_cancel: raw.flags & flags::TW_CANCEL != 0,
-            tw_rearm: (raw.flags & flags::TW_ARM_KNOWN != 0)
-                .then_some(raw.flags & flags::TW_REARM != 0),
+            sock_id: h.sock_id,
+            time_wait_sock: h.flags & flags::TIME_WAIT_SOCK != 0,
+            tw_cancel: h.flags & flags::TW_CANCEL != 0,
+            tw_rearm: (h.flags & flags::TW_ARM_KNOWN != 0)
+                .then_some(h.flags & flags::TW_REARM != 0),
             ends: Endpoints {
                 proto,
                 family,
-                netns: raw.netns,
-                laddr: addr(family, &raw.laddr),
-                lport: raw.lport,
-                raddr: addr(family, &raw.raddr),
-                rport: raw.rport,
+                netns: h.netns,
+                laddr: addr(family, self.laddr),
+                lport: h.lport,
+                raddr: addr(family, self.raddr),
+                rport: h.rport,
             },
-            origin: Origin::from_raw(RawOrigin::from_u8(raw.origin)),
-            errno: raw.errno,
-            task: Task {
-                pid: raw.pid,
-                tid: raw.tid,
-                uid: raw.uid,
-                cgroup_id: raw.cgroup_id,
-                comm: Comm(raw.comm),
-                thread: Comm(raw.thread),
-            },
-            alloc_ns: (raw.flags & flags::ALLOC_TIMED != 0).then_some(raw.alloc_ns),
-            own_port_range: (raw.own_port_range != 0)
-                .then_some((raw.own_port_range as u16, (raw.own_port_range >> 16) as u16)),
-            seen_at_close: raw.flags & flags::SEEN_AT_CLOSE != 0,
-            ended_at_close: raw.flags & flags::GONE_BEFORE_CLOSE != 0,
-            origin_guessed: raw.more_flags & more_flags::ORIGIN_GUESSED != 0,
-            owner_unknown: raw.more_flags & more_flags::OWNER_UNKNOWN != 0,
+            origin: Origin::from_raw(RawOrigin::from_u8(h.origin)),
+            errno: self.errno,
+            task: self.task,
+            alloc_ns: (h.flags & flags::ALLOC_TIMED != 0).then_some(self.alloc_ns),
+            own_port_range: (self.own_port_range != 0).then_some((
+                self.own_port_range as u16,
+                (self.own_port_range >> 16) as u16,
+            )),
+            seen_at_close: h.flags & flags::SEEN_AT_CLOSE != 0,
+            ended_at_close: h.flags & flags::GONE_BEFORE_CLOSE != 0,
+            origin_guessed: h.more_flags & more_flags::ORIGIN_GUESSED != 0,
+            owner_unknown: h.more_flags & more_flags::OWNER_UNKNOWN != 0,
         })
+    }
+}
+
+impl Event {
+    /// An event of `kind` at `ts_ns` for socket `sock_id` with endpoints `ends`: origin
+    /// unknown, no task, no flag; set the rest on top.
+    pub fn new(kind: Kind, ts_ns: u64, sock_id: u64, ends: Endpoints) -> Event {
+        Event {
+            ts_ns,
+            kind,
+            sock_id,
+            time_wait_sock: false,
+            tw_cancel: false,
+            tw_rearm: None,
+            ends,
+            origin: Origin::Unknown,
+            errno: 0,
+            task: Task::default(),
+            alloc_ns: None,
+            own_port_range: None,
+            seen_at_close: false,
+            ended_at_close: false,
+            origin_guessed: false,
+            owner_unknown: false,
+        }
+    }
+
+    /// Decodes one kernel record (`port_tracer_common::Record`): its head, the addresses of
+    /// its family, the body its head names.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let h = head(bytes).ok_or(DecodeError::Size(bytes.len(), None))?;
+        let want = record_len(h.family, h.body);
+        if want != Some(bytes.len()) || usize::from(h.len) != bytes.len() {
+            return match want {
+                None if record_len(h.family, body::NONE).is_none() => {
+                    Err(DecodeError::Family(h.family))
+                }
+                None => Err(DecodeError::Body(h.body)),
+                Some(_) => Err(DecodeError::Size(bytes.len(), want)),
+            };
+        }
+        let mut laddr = [0u8; 16];
+        let mut raddr = [0u8; 16];
+        let addrs_len = if h.family == AF_INET {
+            let a: Addrs4 = read_pod(bytes, HEAD_LEN).expect("length checked");
+            laddr[..4].copy_from_slice(&a.laddr);
+            raddr[..4].copy_from_slice(&a.raddr);
+            std::mem::size_of::<Addrs4>()
+        } else {
+            let a: Addrs6 = read_pod(bytes, HEAD_LEN).expect("length checked");
+            (laddr, raddr) = (a.laddr, a.raddr);
+            std::mem::size_of::<Addrs6>()
+        };
+        let at = HEAD_LEN + addrs_len;
+        let (owner, alloc, errno) = match h.body {
+            body::ASSIGNED => {
+                let b: Assigned = read_pod(bytes, at).expect("length checked");
+                (Some(b.owner), b.alloc, 0)
+            }
+            body::FAILED => {
+                let b: Failed = read_pod(bytes, at).expect("length checked");
+                (Some(b.owner), b.alloc, b.errno)
+            }
+            _ => (None, Default::default(), 0),
+        };
+        Raw {
+            head: h,
+            laddr: &laddr,
+            raddr: &raddr,
+            task: owner.as_ref().map(Task::from_owner).unwrap_or_default(),
+            errno,
+            alloc_ns: alloc.alloc_ns,
+            own_port_range: alloc.own_port_range,
+        }
+        .event()
+    }
+
+    /// The kernel record of this event, as the kernel side would write it (tests,
+    /// benchmarks, synthetic traces). Assignments carry their owner, but accepted sockets
+    /// (which take their listener's) and updates of a peer; failures carry theirs and the
+    /// errno; releases and TIME_WAIT transitions carry neither.
+    pub fn encode(&self) -> Vec<u8> {
+        let e = &self.ends;
+        let mut flags = 0u8;
+        let mut set = |on: bool, bit: u8| {
+            if on {
+                flags |= bit
+            }
+        };
+        set(self.time_wait_sock, flags::TIME_WAIT_SOCK);
+        set(self.tw_cancel, flags::TW_CANCEL);
+        set(self.kind == Kind::RemoteUpdate, flags::REMOTE_UPDATE);
+        set(self.tw_rearm.is_some(), flags::TW_ARM_KNOWN);
+        set(self.tw_rearm == Some(true), flags::TW_REARM);
+        set(self.alloc_ns.is_some(), flags::ALLOC_TIMED);
+        set(self.seen_at_close, flags::SEEN_AT_CLOSE);
+        set(self.ended_at_close, flags::GONE_BEFORE_CLOSE);
+        let more = if self.origin_guessed {
+            more_flags::ORIGIN_GUESSED
+        } else {
+            0
+        } | if self.owner_unknown {
+            more_flags::OWNER_UNKNOWN
+        } else {
+            0
+        };
+        let (kind, body) = match self.kind {
+            Kind::Assign if self.origin == Origin::Inherited && !self.task.is_known() => {
+                (EventKind::Assign, body::NONE)
+            }
+            Kind::Assign => (EventKind::Assign, body::ASSIGNED),
+            Kind::RemoteUpdate => (EventKind::Assign, body::NONE),
+            Kind::Release => (EventKind::Release, body::NONE),
+            Kind::TimeWait => (EventKind::TimeWait, body::NONE),
+            Kind::AllocFailure => (EventKind::AllocFailure, body::FAILED),
+        };
+        let family = match e.family {
+            Family::Ipv4 => AF_INET,
+            Family::Ipv6 => AF_INET6,
+        };
+        let head = Head {
+            ts_ns: self.ts_ns,
+            sock_id: self.sock_id,
+            netns: e.netns,
+            lport: e.lport,
+            rport: e.rport,
+            kind: kind as u8,
+            origin: raw_origin(self.origin) as u8,
+            flags,
+            more_flags: more,
+            proto: match e.proto {
+                Proto::Tcp => IPPROTO_TCP,
+                Proto::Udp => IPPROTO_UDP,
+            },
+            family,
+            body,
+            len: record_len(family, body).expect("a known family and body") as u8,
+        };
+        let alloc = port_tracer_common::Alloc {
+            alloc_ns: self.alloc_ns.unwrap_or(0),
+            own_port_range: self
+                .own_port_range
+                .map_or(0, |(lo, hi)| u32::from(lo) | u32::from(hi) << 16),
+        };
+        let owner = self.task.to_owner();
+        let octets = |a: IpAddr| match a {
+            IpAddr::V4(v4) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&v4.octets());
+                b
+            }
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        let (l, r) = (octets(e.laddr), octets(e.raddr));
+        fn bytes<A: Copy, B: Copy>(head: Head, addrs: A, body: B) -> Vec<u8> {
+            pod_bytes(&Record { head, addrs, body }).to_vec()
+        }
+        let a4 = Addrs4 {
+            laddr: [l[0], l[1], l[2], l[3]],
+            raddr: [r[0], r[1], r[2], r[3]],
+        };
+        let a6 = Addrs6 { laddr: l, raddr: r };
+        let assigned = Assigned { owner, alloc };
+        let failed = Failed {
+            owner,
+            alloc,
+            errno: self.errno,
+            _pad: 0,
+        };
+        match (family, body) {
+            (AF_INET, body::NONE) => bytes(head, a4, NoBody),
+            (AF_INET, body::ASSIGNED) => bytes(head, a4, assigned),
+            (AF_INET, _) => bytes(head, a4, failed),
+            (_, body::NONE) => bytes(head, a6, NoBody),
+            (_, body::ASSIGNED) => bytes(head, a6, assigned),
+            (_, _) => bytes(head, a6, failed),
+        }
+    }
+}
+
+/// The kernel's number for an origin (`Preexisting`, which no record carries, as unknown).
+fn raw_origin(o: Origin) -> RawOrigin {
+    match o {
+        Origin::Bind => RawOrigin::Bind,
+        Origin::BindEphemeral => RawOrigin::BindEphemeral,
+        Origin::Connect => RawOrigin::Connect,
+        Origin::Autobind => RawOrigin::Autobind,
+        Origin::Inherited => RawOrigin::Inherited,
+        Origin::Unknown | Origin::Preexisting => RawOrigin::Unknown,
     }
 }
 
@@ -344,48 +603,77 @@ pub fn errno_name(errno: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::event;
 
     #[test]
-    fn decodes_a_record() {
-        let mut raw = PortEvent::zeroed();
-        raw.ts_ns = 42;
-        raw.kind = EventKind::Assign as u8;
-        raw.origin = RawOrigin::Connect as u8;
-        raw.proto = IPPROTO_TCP;
-        raw.family = AF_INET;
-        raw.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        raw.lport = 40000;
-        raw.comm[..4].copy_from_slice(b"curl");
-        let bytes: [u8; RECORD_SIZE] = unsafe { std::mem::transmute(raw) };
-        let ev = Event::decode(&bytes).unwrap();
-        assert_eq!(ev.kind, Kind::Assign);
-        assert_eq!(ev.origin, Origin::Connect);
-        assert_eq!(ev.ends.laddr, "127.0.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(ev.ends.lport, 40000);
-        assert_eq!(ev.task.comm.as_str(), "curl");
+    fn records_are_as_long_as_their_family_and_kind_need() {
+        let mut ev = event(Kind::Release, 42, 0x10, 40000);
+        assert_eq!(ev.encode().len(), 40);
+        ev.kind = Kind::Assign;
+        ev.task.pid = 7;
+        assert_eq!(ev.encode().len(), 104);
+        ev.kind = Kind::AllocFailure;
+        assert_eq!(ev.encode().len(), 112);
+        ev.ends.family = Family::Ipv6;
+        ev.ends.laddr = "::1".parse().unwrap();
+        ev.ends.raddr = "::1".parse().unwrap();
+        assert_eq!(ev.encode().len(), 136);
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        let mut assign = event(Kind::Assign, 42, 0x10, 40000);
+        assign.task = Task {
+            pid: 5,
+            tid: 6,
+            uid: 7,
+            ppid: Some(1),
+            cgroup_id: 9,
+            comm: Comm::new("curl"),
+            thread: Comm::new("worker"),
+        };
+        assign.alloc_ns = Some(1500);
+        assign.own_port_range = Some((40000, 40100));
+        let mut failure = assign;
+        failure.kind = Kind::AllocFailure;
+        failure.errno = 99;
+        let mut accepted = event(Kind::Assign, 43, 0x11, 8080);
+        accepted.origin = Origin::Inherited;
+        let mut tw = event(Kind::TimeWait, 44, 0x12, 40000);
+        tw.time_wait_sock = true;
+        tw.tw_rearm = Some(true);
+        let mut six = event(Kind::RemoteUpdate, 45, 0x13, 1);
+        six.ends.family = Family::Ipv6;
+        six.ends.laddr = "fe80::1".parse().unwrap();
+        six.ends.raddr = "2001:db8::2".parse().unwrap();
+        six.origin = Origin::Unknown;
+        for ev in [assign, failure, accepted, tw, six] {
+            assert_eq!(Event::decode(&ev.encode()), Ok(ev), "{ev:?}");
+        }
+        let (netns, pid, tid) = netns_and_thread(&assign.encode()).unwrap();
+        assert_eq!((netns, pid, tid), (7, 5, 6));
+        assert_eq!(netns_and_thread(&tw.encode()), Some((7, 0, 0)));
     }
 
     #[test]
     fn rejects_bad_records() {
-        assert_eq!(Event::decode(&[0u8; 10]), Err(DecodeError::Size(10)));
-        let mut raw = PortEvent::zeroed();
-        raw.kind = 9;
-        let bytes: [u8; RECORD_SIZE] = unsafe { std::mem::transmute(raw) };
-        assert_eq!(Event::decode(&bytes), Err(DecodeError::Kind(9)));
-        raw.kind = 1;
-        raw.proto = IPPROTO_UDP;
-        raw.family = 1;
-        let bytes: [u8; RECORD_SIZE] = unsafe { std::mem::transmute(raw) };
-        assert_eq!(Event::decode(&bytes), Err(DecodeError::Family(1)));
-    }
-
-    #[test]
-    fn remote_update_flag_makes_its_own_kind() {
-        let mut raw = PortEvent::zeroed();
-        raw.kind = EventKind::Assign as u8;
-        raw.flags = flags::REMOTE_UPDATE;
-        raw.proto = IPPROTO_UDP;
-        raw.family = AF_INET6;
-        assert_eq!(Event::from_raw(&raw).unwrap().kind, Kind::RemoteUpdate);
+        assert_eq!(Event::decode(&[0u8; 10]), Err(DecodeError::Size(10, None)));
+        let good = event(Kind::Release, 1, 2, 3).encode();
+        let mut bad = good.clone();
+        bad[24] = 9; // kind
+        assert_eq!(Event::decode(&bad), Err(DecodeError::Kind(9)));
+        let mut bad = good.clone();
+        bad[29] = 1; // family
+        assert_eq!(Event::decode(&bad), Err(DecodeError::Family(1)));
+        let mut bad = good.clone();
+        bad[30] = 7; // body
+        assert_eq!(Event::decode(&bad), Err(DecodeError::Body(7)));
+        assert_eq!(
+            Event::decode(&good[..39]),
+            Err(DecodeError::Size(39, Some(40)))
+        );
+        let mut bad = good;
+        bad[28] = 200; // protocol
+        assert_eq!(Event::decode(&bad), Err(DecodeError::Proto(200)));
     }
 }

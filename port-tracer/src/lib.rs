@@ -59,7 +59,10 @@ pub mod test_support {
                 .and_then(|mut f| f.write_all(line.as_bytes()));
             if let Err(e) = written {
                 // A skip nobody can count would pass as a pass.
-                panic!("{name} skipped ({why}), but {}: {e}", path.to_string_lossy());
+                panic!(
+                    "{name} skipped ({why}), but {}: {e}",
+                    path.to_string_lossy()
+                );
             }
         }
     }
@@ -69,9 +72,18 @@ pub mod test_support {
 #[cfg(test)]
 pub(crate) mod testing {
     use crate::{
-        event::{Comm, Endpoints, Family, Origin, Proto, Task},
+        event::{Comm, Endpoints, Event, Family, Kind, Origin, Proto, Task},
         lifetime::{time, Lifetime},
     };
+
+    /// An event of `kind` at `ts` for socket `sock` with endpoints `ends(lport)`, origin
+    /// bind, no task: set what a test needs on top.
+    pub fn event(kind: Kind, ts: u64, sock: u64, lport: u16) -> Event {
+        Event {
+            origin: Origin::Bind,
+            ..Event::new(kind, ts, sock, ends(lport))
+        }
+    }
 
     /// TCP 127.0.0.1:`lport` -> 127.0.0.1:80 in netns 7.
     pub fn ends(lport: u16) -> Endpoints {
@@ -95,6 +107,7 @@ pub(crate) mod testing {
             owner: Task {
                 pid: 9,
                 tid: 10,
+                ppid: Some(8),
                 comm: Comm::new("a,\"b"),
                 thread: Comm::new("w 1"),
                 ..Default::default()

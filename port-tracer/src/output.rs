@@ -405,22 +405,9 @@ mod tests {
         // Two connects to one destination: the second searched a range half used.
         for (i, ns) in [(0u16, 900u32), (1, 40_000)] {
             stats.observe(OutputRef::Event(&Event {
-                ts_ns: u64::from(i) + 1,
-                kind: Kind::Assign,
-                sock_id: u64::from(i) + 1,
-                time_wait_sock: false,
-                tw_cancel: false,
-                tw_rearm: None,
-                seen_at_close: false,
-                ended_at_close: false,
-                origin_guessed: false,
-                owner_unknown: false,
-                ends: ends(40000 + i),
                 origin: Origin::Connect,
-                errno: 0,
-                task: Task::default(),
                 alloc_ns: Some(ns),
-                own_port_range: None,
+                ..crate::testing::event(Kind::Assign, u64::from(i) + 1, u64::from(i) + 1, 40000 + i)
             }));
         }
         let summary = Summary::new(

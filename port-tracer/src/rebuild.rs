@@ -11,7 +11,7 @@ use port_tracer_common::lost;
 
 use crate::{
     analysis::Span,
-    event::Event,
+    event::{DecodeError, Event},
     filter::Filter,
     lifetime::{HeldAtStart, OutputRef, Tracker, DEFAULT_MAX_OPEN},
     port_range::PortRange,
@@ -110,7 +110,13 @@ impl Rebuild {
     /// Decodes one raw kernel record into the reorder window; its timestamp if valid
     /// (undecodable records are counted).
     pub fn push_record(&mut self, bytes: &[u8]) -> Option<u64> {
-        match Event::decode(bytes) {
+        self.push_decoded(Event::decode(bytes))
+    }
+
+    /// A record decoded (by its trace's layout) into the reorder window; its timestamp if
+    /// valid (undecodable records are counted).
+    pub fn push_decoded(&mut self, decoded: Result<Event, DecodeError>) -> Option<u64> {
+        match decoded {
             Ok(ev) => {
                 let ts = ev.ts_ns;
                 self.push_event(ev);

@@ -106,27 +106,10 @@ impl Reorderer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Kind, Origin, Task};
+    use crate::event::Kind;
 
     fn ev(ts: u64, sock: u64) -> Event {
-        Event {
-            ts_ns: ts,
-            kind: Kind::Assign,
-            sock_id: sock,
-            time_wait_sock: false,
-            tw_cancel: false,
-            tw_rearm: None,
-            seen_at_close: false,
-            ended_at_close: false,
-            origin_guessed: false,
-            owner_unknown: false,
-            ends: crate::testing::ends(1000),
-            origin: Origin::Bind,
-            errno: 0,
-            task: Task::default(),
-            alloc_ns: None,
-            own_port_range: None,
-        }
+        crate::testing::event(Kind::Assign, ts, sock, 1000)
     }
 
     fn released(r: &mut Reorderer, now: u64) -> Vec<(u64, u64)> {

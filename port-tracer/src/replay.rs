@@ -12,7 +12,7 @@ use crate::{
     output::{Destination, Printer, WallClock},
     rebuild::{Rebuild, RebuildConfig, Upto},
     summary::Summary,
-    trace_file::{Block, Metadata, TraceError, TraceReader, RECORD_SIZE},
+    trace_file::{Block, Metadata, TraceError, TraceReader},
 };
 
 /// What `report` and `export` do.
@@ -105,9 +105,9 @@ pub fn replay<R: io::Read>(
         blocks += 1;
         match block {
             Block::Events(raw) => {
-                for rec in raw.chunks_exact(RECORD_SIZE) {
+                for rec in raw.iter() {
                     records += 1;
-                    if let Some(ts) = engine.push_record(rec) {
+                    if let Some(ts) = engine.push_decoded(raw.decode(rec)) {
                         newest = newest.max(ts);
                     }
                 }

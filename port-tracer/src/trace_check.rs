@@ -13,12 +13,11 @@ use std::{
 };
 
 use crate::{
-    event::Event,
     filter::Filter,
     output::{buffered, Format, WallClock},
     rebuild::RebuildConfig,
     replay::replay,
-    trace_file::{Block, TraceError, TraceReader, MAGIC, RECORD_SIZE, VERSION},
+    trace_file::{Block, TraceError, TraceReader, MAGIC, VERSION},
 };
 
 mod synthetic;
@@ -109,9 +108,9 @@ pub fn read_trace(bytes: &[u8]) -> TraceCheck {
             Ok(Some(block)) => {
                 check.blocks += 1;
                 if let Block::Events(raw) = &block {
-                    for rec in raw.chunks_exact(RECORD_SIZE) {
+                    for rec in raw.iter() {
                         check.records += 1;
-                        if Event::decode(rec).is_err() {
+                        if raw.decode(rec).is_err() {
                             check.undecodable += 1;
                         }
                     }

@@ -9,34 +9,35 @@
 //! ```
 //!
 //! Integers are little-endian; each CRC-32 covers what precedes it in its header or block
-//! (after the magic), payload included. Blocks: `EVENTS` (raw 128-byte kernel records,
-//! back to back, as the ring buffer delivered them), `LOST` (the kernel's cumulative
+//! (after the magic), payload included. Blocks: `EVENTS` (raw kernel records,
+//! `port_tracer_common::Record`, back to back as the ring buffer delivered them; each is as
+//! long as its head's `len`: 40 bytes for an IPv4 release, 104 for an assignment), `LOST` (the kernel's cumulative
 //! lost-event counters, one u64 per reason), `HELD` (sockets holding ports at start, JSON),
 //! `RANGES` (ephemeral ranges of namespaces first seen after the start, JSON, written
 //! before the events of those namespaces), `END` (a clean end, with the monotonic time
 //! recording stopped as a u64; a file without it was cut short).
 //!
-//! Versions 1 (records of 104 bytes: no thread name, and `comm` was the thread's name) and
-//! 2 (120 bytes: no time inside the allocator) are still read: their records are widened
-//! to this version's with an empty thread name and no allocator time.
+//! Versions 1 to 3, whose records had one fixed size for every event (104, 120 and 128
+//! bytes), are still read ([`legacy`]).
 
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Comm, Endpoints, Family, Proto, Task};
+use crate::event::{DecodeError, Endpoints, Event, Family, Proto, Task, HEAD_LEN};
 use crate::lifetime::HeldAtStart;
 pub use crate::port_range::PortRange;
 
+pub mod legacy;
+
 pub const MAGIC: [u8; 8] = *b"PTRACE\r\n";
 /// The format version this build writes and the newest it reads.
-pub const VERSION: u16 = 3;
-/// Size of one kernel record (`port_tracer_common::PortEvent`).
-pub const RECORD_SIZE: usize = std::mem::size_of::<port_tracer_common::PortEvent>();
-/// Size of a record in version 1 traces.
-const RECORD_SIZE_V1: usize = port_tracer_common::PORT_EVENT_V1_SIZE;
-/// Size of a record in version 2 traces.
-const RECORD_SIZE_V2: usize = port_tracer_common::PORT_EVENT_V2_SIZE;
+pub const VERSION: u16 = 4;
+/// The metadata's `record_size` of this version: 0, records are as long as their heads say
+/// (versions 1 to 3 had one size, given there).
+pub const RECORD_SIZE_VARIABLE: u32 = 0;
+/// Where a record's head gives its length.
+const LEN_AT: usize = std::mem::offset_of!(port_tracer_common::Head, len);
 /// Blocks larger than this are refused as corrupt (the writer never makes them).
 const MAX_BLOCK: u32 = 64 << 20;
 
@@ -92,11 +93,10 @@ struct HeldSocket {
     lport: u16,
     raddr: std::net::IpAddr,
     rport: u16,
-    pid: u32,
-    tid: u32,
-    uid: u32,
-    cgroup_id: u64,
-    comm: String,
+    /// A process that had it open (fields an older version did not write are their
+    /// defaults: `thread` before version 4, `ppid` before version 4 and when not known).
+    #[serde(flatten)]
+    owner: Task,
     listening: bool,
     /// A TIME_WAIT socket (absent in version 1 traces, which did not record it).
     #[serde(default)]
@@ -122,11 +122,7 @@ impl HeldSocket {
             lport: h.ends.lport,
             raddr: h.ends.raddr,
             rport: h.ends.rport,
-            pid: h.owner.pid,
-            tid: h.owner.tid,
-            uid: h.owner.uid,
-            cgroup_id: h.owner.cgroup_id,
-            comm: h.owner.comm.as_str().into_owned(),
+            owner: h.owner,
             listening: h.listening,
             time_wait: h.time_wait,
             seen_ns: h.seen_ns,
@@ -152,14 +148,7 @@ impl HeldSocket {
                 raddr: self.raddr,
                 rport: self.rport,
             },
-            owner: Task {
-                pid: self.pid,
-                tid: self.tid,
-                uid: self.uid,
-                cgroup_id: self.cgroup_id,
-                comm: Comm::new(&self.comm),
-                thread: Comm::default(),
-            },
+            owner: self.owner,
             listening: self.listening,
             time_wait: self.time_wait,
             seen_ns: self.seen_ns,
@@ -301,11 +290,84 @@ impl std::fmt::Display for TraceError {
 
 impl std::error::Error for TraceError {}
 
+/// How the records of a trace are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `port_tracer_common::Record`s, each as long as its head says (version 4).
+    Current,
+    /// Version 1 to 3 records of this many bytes each ([`legacy`]).
+    Legacy(usize),
+}
+
+/// The records of an `EVENTS` block, whole (checked when the block was read).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Records {
+    pub bytes: Vec<u8>,
+    pub layout: Layout,
+}
+
+impl Records {
+    /// Records of the current layout (tests).
+    pub fn current(bytes: Vec<u8>) -> Records {
+        Records {
+            bytes,
+            layout: Layout::Current,
+        }
+    }
+
+    /// Each record's bytes, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let (layout, mut rest) = (self.layout, &self.bytes[..]);
+        std::iter::from_fn(move || {
+            let len = match layout {
+                Layout::Current => usize::from(*rest.get(LEN_AT)?),
+                Layout::Legacy(size) => size,
+            };
+            let (record, tail) = rest.split_at_checked(len)?;
+            rest = tail;
+            Some(record)
+        })
+    }
+
+    /// Decodes one of these records.
+    pub fn decode(&self, record: &[u8]) -> Result<Event, DecodeError> {
+        match self.layout {
+            Layout::Current => Event::decode(record),
+            Layout::Legacy(_) => legacy::decode(record),
+        }
+    }
+}
+
+/// Whether `payload` is whole records of `layout`; what is wrong otherwise.
+fn check_framing(payload: &[u8], layout: Layout) -> Result<(), String> {
+    match layout {
+        Layout::Legacy(size) if !payload.len().is_multiple_of(size) => Err(format!(
+            "events block of {} bytes is not whole {size}-byte records",
+            payload.len()
+        )),
+        Layout::Legacy(_) => Ok(()),
+        Layout::Current => {
+            let mut at = 0;
+            while at < payload.len() {
+                let Some(&len) = payload.get(at + LEN_AT) else {
+                    return Err(format!("events block ends inside a record head at {at}"));
+                };
+                let len = usize::from(len);
+                if len < HEAD_LEN || at + len > payload.len() {
+                    return Err(format!("record of {len} bytes at {at} of the events block"));
+                }
+                at += len;
+            }
+            Ok(())
+        }
+    }
+}
+
 /// One block read back.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Block {
-    /// Raw kernel records, `RECORD_SIZE` bytes each.
-    Events(Vec<u8>),
+    /// Raw kernel records.
+    Events(Records),
     Lost(Vec<u64>),
     Held(Vec<HeldAtStart>),
     Ranges(Vec<PortRange>),
@@ -321,8 +383,8 @@ pub struct TraceReader<R: Read> {
     pub meta: Metadata,
     /// The file's format version.
     pub version: u16,
-    /// The file's record size (older versions' records are widened to [`RECORD_SIZE`]).
-    record_size: usize,
+    /// How its records are laid out.
+    layout: Layout,
 }
 
 /// Reads exactly `buf.len()` bytes; `Ok(false)` at a clean end of input before any byte.
@@ -407,16 +469,18 @@ impl<R: Read> TraceReader<R> {
             offset: 16,
             what: format!("metadata: {e}"),
         })?;
-        let expected = match version {
-            1 => RECORD_SIZE_V1,
-            2 => RECORD_SIZE_V2,
-            _ => RECORD_SIZE,
+        let (layout, expected) = match version {
+            1..=3 => {
+                let size = legacy::size_of_version(version);
+                (Layout::Legacy(size), size as u32)
+            }
+            _ => (Layout::Current, RECORD_SIZE_VARIABLE),
         };
-        if meta.record_size as usize != expected {
+        if meta.record_size != expected {
             return Err(TraceError::Corrupt {
                 offset: 16,
                 what: format!(
-                    "records of {} bytes, version {version} traces have {expected}",
+                    "record size {} in the metadata, version {version} traces have {expected}",
                     meta.record_size
                 ),
             });
@@ -426,7 +490,7 @@ impl<R: Read> TraceReader<R> {
             offset: crc_at + 4,
             meta,
             version,
-            record_size: expected,
+            layout,
         })
     }
 
@@ -453,17 +517,11 @@ impl<R: Read> TraceReader<R> {
         }
         let block = match tag {
             Tag::Events => {
-                let size = self.record_size;
-                if !payload.len().is_multiple_of(size) {
-                    return Err(corrupt(format!(
-                        "events block of {len} bytes is not whole {size}-byte records"
-                    )));
-                }
-                if size == RECORD_SIZE {
-                    Block::Events(payload)
-                } else {
-                    Block::Events(widen(&payload, size))
-                }
+                check_framing(&payload, self.layout).map_err(corrupt)?;
+                Block::Events(Records {
+                    bytes: payload,
+                    layout: self.layout,
+                })
             }
             Tag::Lost => {
                 if !payload.len().is_multiple_of(8) {
@@ -507,17 +565,6 @@ impl<R: Read> TraceReader<R> {
         self.offset = at + 12 + len as u64;
         Ok(Some(block))
     }
-}
-
-/// Records of an older, shorter layout as this version's: the fields they lack (at the
-/// end) are zero.
-fn widen(payload: &[u8], size: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() / size * RECORD_SIZE);
-    for rec in payload.chunks_exact(size) {
-        out.extend_from_slice(rec);
-        out.resize(out.len() + RECORD_SIZE - size, 0);
-    }
-    out
 }
 
 #[cfg(test)]

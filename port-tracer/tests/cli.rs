@@ -208,14 +208,14 @@ fn trace_holding_one_listener_ending(path: &std::path::Path, end_mark: bool) {
     use port_tracer::{
         event::{Comm, Endpoints, Family, Proto, Task},
         lifetime::HeldAtStart,
-        trace_file::{Metadata, TraceWriter, RECORD_SIZE},
+        trace_file::{Metadata, TraceWriter, RECORD_SIZE_VARIABLE},
     };
     let meta = Metadata {
         host: "h".into(),
         kernel_release: "6.18.0".into(),
         tier: "tracepoint".into(),
         port_tracer_version: env!("CARGO_PKG_VERSION").into(),
-        record_size: RECORD_SIZE as u32,
+        record_size: RECORD_SIZE_VARIABLE,
         lost_reasons: Vec::new(),
         realtime_offset_ns: 0,
         started_ns: 0,

@@ -16,22 +16,81 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// What changed on purpose since the build that wrote the expected outputs, applied to an
-/// expected line before it is compared; each change says why.
-fn since_7af1017(line: &str) -> String {
-    // Live tracing's backlog (issue 22) counts the records it drops beside the kernel's
-    // lost events: `backlog_full`, 0 in every report.
-    if let Some(rest) = line.strip_prefix("  lost events: ") {
-        if let Some((total, reasons)) = rest.split_once(" (") {
-            return format!("  lost events: {total} (backlog_full 0, {reasons}");
+/// What changed on purpose since the build that wrote the expected outputs, applied to
+/// the expected lines before they are compared; each change says why.
+fn since_7af1017(lines: Vec<String>) -> Vec<String> {
+    let mut uid_column = None;
+    lines
+        .into_iter()
+        .enumerate()
+        .map(|(i, line)| {
+            // Live tracing's backlog (issue 22) counts the records it drops beside the
+            // kernel's lost events: `backlog_full`, 0 in every report.
+            if let Some(rest) = line.strip_prefix("  lost events: ") {
+                if let Some((total, reasons)) = rest.split_once(" (") {
+                    return format!("  lost events: {total} (backlog_full 0, {reasons}");
+                }
+            }
+            if line.starts_with('{') && line.contains("\"type\":\"summary\"") {
+                let mut v: serde_json::Value = serde_json::from_str(&line).expect("a summary");
+                v["lost"]["backlog_full"] = 0.into();
+                return v.to_string();
+            }
+            // Records name the owner's parent process (`ppid`, issue 22), unknown in
+            // traces recorded before it was.
+            if line.starts_with('{') {
+                if let Some(at) = line.find("\"uid\":") {
+                    let end = at + line[at..].find(',').expect("a field after uid");
+                    return format!("{},\"ppid\":null{}", &line[..end], &line[end..]);
+                }
+            }
+            if i == 0 && line.starts_with("proto,family,") {
+                let mut fields = csv_fields(&line);
+                let uid = fields
+                    .iter()
+                    .position(|f| f == "uid")
+                    .expect("a uid column");
+                uid_column = Some(uid);
+                fields.insert(uid + 1, "ppid".into());
+                return fields.join(",");
+            }
+            if let Some(uid) = uid_column {
+                // Rows re-quoted as written: a field with a comma or a quote was quoted.
+                let mut fields: Vec<String> = csv_fields(&line)
+                    .into_iter()
+                    .map(|f| {
+                        if f.contains([',', '"']) {
+                            format!("\"{}\"", f.replace('"', "\"\""))
+                        } else {
+                            f
+                        }
+                    })
+                    .collect();
+                fields.insert(uid + 1, String::new());
+                return fields.join(",");
+            }
+            line
+        })
+        .collect()
+}
+
+/// The fields of a CSV line (RFC 4180 quoting).
+fn csv_fields(line: &str) -> Vec<String> {
+    let (mut fields, mut field, mut quoted, mut chars) =
+        (Vec::new(), String::new(), false, line.chars().peekable());
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => fields.push(std::mem::take(&mut field)),
+            (c, _) => field.push(c),
         }
     }
-    if line.starts_with('{') && line.contains("\"type\":\"summary\"") {
-        let mut v: serde_json::Value = serde_json::from_str(line).expect("a JSON summary");
-        v["lost"]["backlog_full"] = 0.into();
-        return v.to_string();
-    }
-    line.to_string()
+    fields.push(field);
+    fields
 }
 
 /// Whether `got` is `expected`: byte for byte, but for JSON summaries (one line of many
@@ -41,26 +100,33 @@ fn same_line(expected: &str, got: &str) -> bool {
         return true;
     }
     let json = |l: &str| serde_json::from_str::<serde_json::Value>(l).ok();
-    expected.contains("\"type\":\"summary\"") && json(expected).is_some() && json(expected) == json(got)
+    expected.contains("\"type\":\"summary\"")
+        && json(expected).is_some()
+        && json(expected) == json(got)
 }
 
 /// Where `expected` and `got` first differ, with the lines around it.
 fn first_difference(expected: &[u8], got: &[u8]) -> Option<String> {
-    let (e, g) = (String::from_utf8_lossy(expected), String::from_utf8_lossy(got));
-    let el: Vec<String> = e.lines().map(since_7af1017).collect();
+    let (e, g) = (
+        String::from_utf8_lossy(expected),
+        String::from_utf8_lossy(got),
+    );
+    let el = since_7af1017(e.lines().map(String::from).collect());
     let gl: Vec<&str> = g.lines().collect();
     if el.len() == gl.len() && el.iter().zip(&gl).all(|(a, b)| same_line(a, b)) {
         return None;
     }
-    Some(match el.iter().zip(&gl).position(|(a, b)| !same_line(a, b)) {
-        Some(i) => format!(
-            "line {}:\n  expected: {}\n  got:      {}",
-            i + 1,
-            el[i],
-            gl[i]
-        ),
-        None => format!("{} lines expected, {} written", el.len(), gl.len()),
-    })
+    Some(
+        match el.iter().zip(&gl).position(|(a, b)| !same_line(a, b)) {
+            Some(i) => format!(
+                "line {}:\n  expected: {}\n  got:      {}",
+                i + 1,
+                el[i],
+                gl[i]
+            ),
+            None => format!("{} lines expected, {} written", el.len(), gl.len()),
+        },
+    )
 }
 
 /// Runs every case of `tier`'s fixture trace; names each output that differs.

@@ -17,7 +17,7 @@ import json, sys
 import duckdb, pyarrow.parquet as pq
 
 path, pid = sys.argv[1], int(sys.argv[2])
-cols = ["proto", "lport", "rport", "origin", "pid", "comm", "thread", "released_ns"]
+cols = ["proto", "lport", "rport", "origin", "pid", "ppid", "comm", "thread", "released_ns"]
 
 table = pq.read_table(path)
 arrow = {
@@ -113,6 +113,8 @@ fn parquet_export_reads_back_in_pyarrow_and_duckdb() {
             assert_eq!(lt["pid"], pid, "{reader}: {lt}");
             assert_eq!(lt["comm"], comm.as_str(), "{reader}: {lt}");
             assert_eq!(lt["thread"], thread.as_str(), "{reader}: {lt}");
+            // The parent, as the kernel knew it (getppid()), on every tier.
+            assert_eq!(lt["ppid"], unsafe { libc::getppid() }, "{reader}: {lt}");
         }
         let client = row("tcp", ports.client, "connect");
         assert_eq!(client["rport"], ports.listener, "{reader}: {client}");
@@ -133,6 +135,7 @@ fn parquet_export_reads_back_in_pyarrow_and_duckdb() {
     assert_eq!(arrow["released_ns"], json!(["uint64", true]));
     assert_eq!(arrow["lossy"], json!(["bool", false]));
     assert_eq!(arrow["alloc_ns"], json!(["uint64", true]));
+    assert_eq!(arrow["ppid"], json!(["uint32", true]));
     let duck = &read["duckdb"]["types"];
     assert_eq!(duck["lport"], "USMALLINT");
     assert_eq!(duck["pid"], "UINTEGER");
@@ -142,9 +145,10 @@ fn parquet_export_reads_back_in_pyarrow_and_duckdb() {
     assert_eq!(duck["sock_id"], "VARCHAR");
     assert_eq!(duck["lossy"], "BOOLEAN");
     assert_eq!(duck["alloc_ns"], "UBIGINT");
+    assert_eq!(duck["ppid"], "UINTEGER");
     assert_eq!(
         duck.as_object().unwrap().keys().len(),
-        22,
+        23,
         "the JSONL lifetime fields: {duck}"
     );
 

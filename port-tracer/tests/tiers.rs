@@ -38,8 +38,8 @@ fn facts(t: &Trace, bind_failures: bool) -> Vec<String> {
         .of_type("lifetime")
         .map(|l| {
             format!(
-                "lifetime {} {} {}:{} -> {}:{} netns={} pid={} tid={} comm={} thread={} origin={} sock={} \
-                 released={} time_wait={} lossy={}",
+                "lifetime {} {} {}:{} -> {}:{} netns={} pid={} ppid={} tid={} comm={} thread={} \
+                 origin={} sock={} released={} time_wait={} lossy={}",
                 l["proto"],
                 l["family"],
                 l["laddr"],
@@ -48,6 +48,7 @@ fn facts(t: &Trace, bind_failures: bool) -> Vec<String> {
                 l["rport"],
                 l["netns"],
                 l["pid"],
+                l["ppid"],
                 l["tid"],
                 l["comm"],
                 l["thread"],
@@ -58,20 +59,24 @@ fn facts(t: &Trace, bind_failures: bool) -> Vec<String> {
                 l["lossy"],
             )
         })
-        .chain(t.of_type("alloc_failure").filter(|f| bind_failures || f["error"] != "EADDRINUSE").map(|f| {
-            format!(
-                "alloc_failure {} {} {}:{} netns={} pid={} tid={} origin={} error={}",
-                f["proto"],
-                f["family"],
-                f["laddr"],
-                f["lport"],
-                f["netns"],
-                f["pid"],
-                f["tid"],
-                f["origin"],
-                f["error"],
-            )
-        }))
+        .chain(
+            t.of_type("alloc_failure")
+                .filter(|f| bind_failures || f["error"] != "EADDRINUSE")
+                .map(|f| {
+                    format!(
+                        "alloc_failure {} {} {}:{} netns={} pid={} tid={} origin={} error={}",
+                        f["proto"],
+                        f["family"],
+                        f["laddr"],
+                        f["lport"],
+                        f["netns"],
+                        f["pid"],
+                        f["tid"],
+                        f["origin"],
+                        f["error"],
+                    )
+                }),
+        )
         .collect();
     out.sort();
     out

@@ -394,7 +394,10 @@ fn test(args: &[String]) -> Result<HostTests> {
     }
     // Tier equivalence runs in the second harness, where the tiers to compare are named.
     let mut first_args = args.to_vec();
-    first_args.extend(["--skip".into(), "every_tier_reports_the_same_lifetimes".into()]);
+    first_args.extend([
+        "--skip".into(),
+        "every_tier_reports_the_same_lifetimes".into(),
+    ]);
     let all = host_harness(
         "host",
         &["-p", "port-tracer", "-p", "xtask", "--lib", "--tests"],
@@ -505,7 +508,10 @@ mod tests {
     fn skips_and_ignored_tests_are_read_with_why() {
         let s = read_skips("a::b\tnot root\nbroken line\nc\tno BTF\n", "host");
         assert_eq!(s.len(), 2);
-        assert_eq!((s[0].test.as_str(), s[0].why.as_str()), ("a::b", "not root"));
+        assert_eq!(
+            (s[0].test.as_str(), s[0].why.as_str()),
+            ("a::b", "not root")
+        );
         assert_eq!(s[1].where_, "host");
         assert_eq!(
             ignored_test("test cost_per_operation ... ignored, a measurement"),

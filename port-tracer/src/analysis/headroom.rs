@@ -820,25 +820,12 @@ mod tests {
         };
         let mut holders = PortHolders::default();
         let connected = Event {
-            ts_ns: 2,
-            kind: crate::event::Kind::Assign,
-            sock_id: 5,
-            time_wait_sock: false,
-            tw_cancel: false,
-            tw_rearm: None,
-            seen_at_close: false,
-            ended_at_close: false,
-            origin_guessed: false,
-            owner_unknown: false,
             ends: Endpoints {
                 lport: 40003,
                 ..ends
             },
             origin: Origin::Connect,
-            errno: 0,
-            task: crate::event::Task::default(),
-            alloc_ns: None,
-            own_port_range: None,
+            ..crate::testing::event(crate::event::Kind::Assign, 2, 5, 40003)
         };
         holders.assigned(&connected);
         // The low bound lies outside the namespace's range: the kernel keeps the range's.

@@ -15,6 +15,7 @@ fn task(pid: u32) -> Task {
         pid,
         tid: pid,
         uid: 0,
+        ppid: Some(1),
         cgroup_id: 40 + u64::from(pid),
         comm: Comm::new(&format!("app{pid}")),
         thread: Comm::new(&format!("worker{pid}")),
@@ -35,22 +36,10 @@ fn ends(proto: Proto, lport: u16, rport: u16) -> Endpoints {
 
 fn assign(ts: u64, sock: u64, lport: u16, origin: Origin, pid: u32) -> Output {
     Output::Event(Event {
-        ts_ns: ts,
-        kind: Kind::Assign,
-        sock_id: sock,
-        time_wait_sock: false,
-        tw_cancel: false,
-        tw_rearm: None,
-        seen_at_close: false,
-        ended_at_close: false,
-        origin_guessed: false,
-        owner_unknown: false,
         ends: ends(Proto::Tcp, lport, 80),
         origin,
-        errno: 0,
         task: task(pid),
-        alloc_ns: None,
-        own_port_range: None,
+        ..crate::testing::event(Kind::Assign, ts, sock, lport)
     })
 }
 
@@ -326,22 +315,10 @@ fn failures_are_grouped_by_process_destination_and_error() {
     let mut a = Analysis::new(0);
     let fail = |ts, rport| {
         Output::Event(Event {
-            ts_ns: ts,
-            kind: Kind::AllocFailure,
-            sock_id: 1,
-            time_wait_sock: false,
-            tw_cancel: false,
-            tw_rearm: None,
-            seen_at_close: false,
-            ended_at_close: false,
-            origin_guessed: false,
-            owner_unknown: false,
-            ends: ends(Proto::Tcp, 0, rport),
             origin: Origin::Connect,
             errno: 99,
             task: task(1),
-            alloc_ns: None,
-            own_port_range: None,
+            ..Event::new(Kind::AllocFailure, ts, 1, ends(Proto::Tcp, 0, rport))
         })
     };
     feed(&mut a, &[fail(5, 80), fail(7, 80), fail(8, 443)]);

@@ -105,6 +105,7 @@ pub fn socket_owners() -> std::collections::HashMap<u32, Task> {
             continue;
         };
         let mut comm = None;
+        let mut ppid = None;
         for fd in fds.flatten() {
             let Ok(target) = std::fs::read_link(fd.path()) else {
                 continue;
@@ -120,10 +121,15 @@ pub fn socket_owners() -> std::collections::HashMap<u32, Task> {
                 let c = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
                 Comm::new(c.trim_end())
             });
+            let ppid = *ppid.get_or_insert_with(|| {
+                let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+                parent_of_stat(&stat)
+            });
             out.entry(inode).or_insert(Task {
                 pid,
                 tid: pid,
                 uid: 0,
+                ppid,
                 cgroup_id: 0,
                 comm,
                 thread: Comm::default(),
@@ -131,6 +137,14 @@ pub fn socket_owners() -> std::collections::HashMap<u32, Task> {
         }
     }
     out
+}
+
+/// The parent pid in a /proc/PID/stat line: the field after the state, after the name in
+/// parentheses (which may hold anything, parentheses and spaces included: the last `)`
+/// ends it).
+fn parent_of_stat(stat: &str) -> Option<u32> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_ascii_whitespace().nth(1)?.parse().ok()
 }
 
 /// Every socket with a local port in every network namespace in use.
@@ -295,6 +309,14 @@ fn parse_diag_msg(m: &[u8], proto: Proto, netns: u32) -> Option<DiagSocket> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_parent_comes_after_a_name_of_any_shape() {
+        assert_eq!(parent_of_stat("42 (curl) S 7 42 42 0"), Some(7));
+        assert_eq!(parent_of_stat("42 (a) b) 3 (c) R 99 1 1"), Some(99));
+        assert_eq!(parent_of_stat("42 (x"), None);
+        assert_eq!(parent_of_stat(""), None);
+    }
 
     #[test]
     fn parses_a_diag_message() {

@@ -140,6 +140,8 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         // 6.3+; the field is `struct { u16 lo, hi; }` until 6.7, `u32 lo | hi << 16` since:
         // the same four bytes.
         inet_local_port_range: member_offset(btf, "inet_sock", "local_port_range").unwrap_or(0),
+        task_real_parent: member_offset(btf, "task_struct", "real_parent")?,
+        task_tgid: member_offset(btf, "task_struct", "tgid")?,
         _pad: 0,
         // Only the tracepoint tier needs it: read then (kallsyms is slow to read).
         tw_timer_handler: 0,
@@ -147,7 +149,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
 }
 
 /// The programs read `sock_common`'s addresses, ports and family as one 20-byte block
-/// starting at `skc_daddr` (kernel.rs `SockHead`): refuse a kernel laid out otherwise.
+/// starting at `skc_daddr` (emit.rs `SockHead`): refuse a kernel laid out otherwise.
 fn check_sock_head(daddr: u32, rcv_saddr: u32, dport: u32, num: u32, family: u32) -> Result<()> {
     let want = [daddr + 4, daddr + 12, daddr + 14, daddr + 16];
     if [rcv_saddr, dport, num, family] != want {

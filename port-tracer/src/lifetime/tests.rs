@@ -19,6 +19,7 @@ fn task(pid: u32, comm: &str) -> Task {
         pid,
         tid: pid,
         uid: 0,
+        ppid: Some(1),
         cgroup_id: 1,
         comm: Comm::new(comm),
         thread: Comm::default(),
@@ -32,16 +33,6 @@ struct E(Event);
 impl E {
     fn new(kind: Kind, ts: u64, sock: u64, proto: Proto, lport: u16) -> E {
         E(Event {
-            ts_ns: ts,
-            kind,
-            sock_id: sock,
-            time_wait_sock: false,
-            tw_cancel: false,
-            tw_rearm: None,
-            seen_at_close: false,
-            ended_at_close: false,
-            origin_guessed: false,
-            owner_unknown: false,
             ends: Endpoints {
                 proto,
                 family: Family::Ipv4,
@@ -52,10 +43,8 @@ impl E {
                 rport: 0,
             },
             origin: Origin::Unknown,
-            errno: 0,
             task: task(100, "app"),
-            alloc_ns: None,
-            own_port_range: None,
+            ..crate::testing::event(kind, ts, sock, lport)
         })
     }
     fn assign(ts: u64, sock: u64, lport: u16, origin: Origin) -> E {

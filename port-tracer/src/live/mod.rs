@@ -217,13 +217,11 @@ impl Live {
 /// if that is less (at least 16 MiB).
 pub fn default_backlog_bytes() -> usize {
     const DEFAULT: usize = 256 << 20;
-    let available = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
-            let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kb.saturating_mul(1024))
-        });
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb.saturating_mul(1024))
+    });
     match available {
         Some(bytes) => DEFAULT.min(bytes / 4).max(16 << 20),
         None => DEFAULT,

@@ -19,7 +19,7 @@ use crate::{
         LoadOptions,
     },
     output::{file, WallClock},
-    trace_file::{Metadata, TraceWriter, RECORD_SIZE},
+    trace_file::{Metadata, TraceWriter, RECORD_SIZE_VARIABLE},
 };
 
 /// What `record` does.
@@ -66,7 +66,7 @@ pub async fn run(args: RecordConfig) -> Result<()> {
         kernel_release: kernel::kernel_release(),
         tier: kernel.tier.to_string(),
         port_tracer_version: env!("CARGO_PKG_VERSION").into(),
-        record_size: RECORD_SIZE as u32,
+        record_size: RECORD_SIZE_VARIABLE,
         lost_reasons: lost::NAMES.iter().map(|n| n.to_string()).collect(),
         realtime_offset_ns: WallClock::now().offset_ns as i64,
         started_ns: monotonic_ns(),

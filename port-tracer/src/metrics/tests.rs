@@ -13,22 +13,9 @@ fn event(kind: Kind, proto: Proto, lport: u16, origin: Origin) -> Event {
     let mut e = ends(lport);
     e.proto = proto;
     Event {
-        ts_ns: 1,
-        kind,
-        sock_id: u64::from(lport),
-        time_wait_sock: false,
-        tw_cancel: false,
-        tw_rearm: None,
-        seen_at_close: false,
-        ended_at_close: false,
-        origin_guessed: false,
-        owner_unknown: false,
         ends: e,
         origin,
-        errno: 0,
-        task: Task::default(),
-        alloc_ns: None,
-        own_port_range: None,
+        ..crate::testing::event(kind, 1, u64::from(lport), lport)
     }
 }
 

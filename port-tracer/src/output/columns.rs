@@ -13,6 +13,8 @@ pub enum ColumnType {
     U16,
     U32,
     U64,
+    /// Unsigned 32-bit, null when unknown (the parent of a process not known).
+    OptionalU32,
     /// Unsigned 64-bit, null when unknown (times not seen, lifetimes not ended, allocator
     /// time on a tier that does not measure it).
     OptionalU64,
@@ -72,6 +74,9 @@ pub const LIFETIME_COLUMNS: &[Column] = &[
     column("pid", U32, |lt| Value::Uint(lt.owner.pid.into())),
     column("tid", U32, |lt| Value::Uint(lt.owner.tid.into())),
     column("uid", U32, |lt| Value::Uint(lt.owner.uid.into())),
+    column("ppid", OptionalU32, |lt| {
+        lt.owner.ppid.map(u64::from).into()
+    }),
     column("comm", Text, |lt| Value::Text(lt.owner.comm.as_str())),
     column("thread", Text, |lt| Value::Text(lt.owner.thread.as_str())),
     column("cgroup_id", U64, |lt| Value::Uint(lt.owner.cgroup_id)),

@@ -109,17 +109,22 @@ mod tests {
         let row = csv_row(&lt());
         assert_eq!(
             row,
-            "tcp,ipv4,127.0.0.1,40000,127.0.0.1,80,7,9,10,0,\"a,\"\"b\",w 1,0,connect,0x10,1000,5000,4000,3000,2000,1500,false\n"
+            "tcp,ipv4,127.0.0.1,40000,127.0.0.1,80,7,9,10,0,8,\"a,\"\"b\",w 1,0,connect,0x10,1000,5000,4000,3000,2000,1500,false\n"
         );
         assert_eq!(
             csv_header(),
-            "proto,family,laddr,lport,raddr,rport,netns,pid,tid,uid,comm,thread,cgroup_id,origin,sock_id,assigned_ns,released_ns,duration_ns,time_wait_start_ns,time_wait_ns,alloc_ns,lossy"
+            "proto,family,laddr,lport,raddr,rport,netns,pid,tid,uid,ppid,comm,thread,cgroup_id,origin,sock_id,assigned_ns,released_ns,duration_ns,time_wait_start_ns,time_wait_ns,alloc_ns,lossy"
         );
-        let open = Lifetime {
+        let mut open = Lifetime {
             released: None,
             alloc_ns: None,
             ..lt()
         };
+        open.owner.ppid = None;
         assert!(csv_row(&open).contains(",1000,,,3000,,,false"));
+        assert!(
+            csv_row(&open).contains(",10,0,,\"a,"),
+            "no parent: an empty field"
+        );
     }
 }

@@ -316,6 +316,8 @@ impl Line {
         self.u64(task.tid.into());
         self.raw(",\"uid\":");
         self.u64(task.uid.into());
+        self.raw(",\"ppid\":");
+        self.opt_u64(task.ppid.map(u64::from));
         self.raw(",\"comm\":");
         self.comm(&task.comm);
         self.raw(",\"thread\":");
@@ -332,6 +334,66 @@ impl Line {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::columns::{Value as Cell, LIFETIME_COLUMNS};
+
+    /// A JSON object's fields in the order they were written.
+    struct Ordered(Vec<(String, serde_json::Value)>);
+
+    impl<'de> serde::Deserialize<'de> for Ordered {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Fields;
+            impl<'de> serde::de::Visitor<'de> for Fields {
+                type Value = Ordered;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Ordered, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some(kv) = map.next_entry()? {
+                        out.push(kv);
+                    }
+                    Ok(Ordered(out))
+                }
+            }
+            d.deserialize_map(Fields)
+        }
+    }
+
+    /// The JSONL lifetime record and the CSV/Parquet table (`columns`) are one schema: the
+    /// same fields in the same order with the same values. A field added to one only fails
+    /// here.
+    #[test]
+    fn lifetime_lines_are_the_tables_columns_in_order() {
+        for lt in [crate::testing::lifetime(), {
+            let mut open = crate::testing::lifetime();
+            open.released = None;
+            open.alloc_ns = None;
+            open.owner.ppid = None;
+            open
+        }] {
+            let mut j = Jsonl::new(Vec::new(), WallClock { offset_ns: 0 });
+            j.lifetime(&lt).unwrap();
+            let line = String::from_utf8(j.into_inner()).unwrap();
+            let Ordered(fields) = serde_json::from_str(&line).unwrap();
+            assert_eq!(fields[0], ("type".to_string(), "lifetime".into()));
+            let want: Vec<(String, serde_json::Value)> = LIFETIME_COLUMNS
+                .iter()
+                .map(|c| {
+                    let v = match (c.value)(&lt) {
+                        Cell::Text(s) => s.into_owned().into(),
+                        Cell::Uint(n) => n.into(),
+                        Cell::Null => serde_json::Value::Null,
+                        Cell::Bool(b) => b.into(),
+                    };
+                    (c.name.to_string(), v)
+                })
+                .collect();
+            assert_eq!(fields[1..], want[..], "{line}");
+        }
+    }
 
     fn line(f: impl FnOnce(&mut Line)) -> String {
         let mut l = Line::default();

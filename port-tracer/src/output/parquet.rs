@@ -79,7 +79,11 @@ pub const ROW_GROUP_ROWS: usize = 1 << 16;
 /// values keep their bits; their logical type says they are unsigned).
 enum Cells {
     Text(Vec<ByteArray>),
-    Int32(Vec<i32>),
+    /// `defs` as for `Int64`.
+    Int32 {
+        values: Vec<i32>,
+        defs: Option<Vec<i16>>,
+    },
     /// `defs` (1 present, 0 null) for nullable columns; `values` holds only those present.
     Int64 {
         values: Vec<i64>,
@@ -92,7 +96,14 @@ impl Cells {
     fn new(ty: ColumnType) -> Self {
         match ty {
             ColumnType::Text => Cells::Text(Vec::new()),
-            ColumnType::U16 | ColumnType::U32 => Cells::Int32(Vec::new()),
+            ColumnType::U16 | ColumnType::U32 => Cells::Int32 {
+                values: Vec::new(),
+                defs: None,
+            },
+            ColumnType::OptionalU32 => Cells::Int32 {
+                values: Vec::new(),
+                defs: Some(Vec::new()),
+            },
             ColumnType::U64 => Cells::Int64 {
                 values: Vec::new(),
                 defs: None,
@@ -108,7 +119,18 @@ impl Cells {
     fn push(&mut self, value: Value) {
         match (self, value) {
             (Cells::Text(v), Value::Text(s)) => v.push(s.into_owned().into_bytes().into()),
-            (Cells::Int32(v), Value::Uint(x)) => v.push(x as u32 as i32),
+            (Cells::Int32 { values, defs }, Value::Uint(x)) => {
+                values.push(x as u32 as i32);
+                if let Some(defs) = defs {
+                    defs.push(1);
+                }
+            }
+            (
+                Cells::Int32 {
+                    defs: Some(defs), ..
+                },
+                Value::Null,
+            ) => defs.push(0),
             (Cells::Int64 { values, defs }, Value::Uint(x)) => {
                 values.push(x as i64);
                 if let Some(defs) = defs {
@@ -129,7 +151,12 @@ impl Cells {
     fn clear(&mut self) {
         match self {
             Cells::Text(v) => v.clear(),
-            Cells::Int32(v) => v.clear(),
+            Cells::Int32 { values, defs } => {
+                values.clear();
+                if let Some(defs) = defs {
+                    defs.clear();
+                }
+            }
             Cells::Int64 { values, defs } => {
                 values.clear();
                 if let Some(defs) = defs {
@@ -146,13 +173,15 @@ fn field(name: &str, ty: ColumnType) -> Result<Type, ParquetError> {
     let (physical, logical) = match ty {
         ColumnType::Text => (PhysicalType::BYTE_ARRAY, Some(LogicalType::String)),
         ColumnType::U16 => (PhysicalType::INT32, Some(LogicalType::integer(16, false))),
-        ColumnType::U32 => (PhysicalType::INT32, Some(LogicalType::integer(32, false))),
+        ColumnType::U32 | ColumnType::OptionalU32 => {
+            (PhysicalType::INT32, Some(LogicalType::integer(32, false)))
+        }
         ColumnType::U64 | ColumnType::OptionalU64 => {
             (PhysicalType::INT64, Some(LogicalType::integer(64, false)))
         }
         ColumnType::Bool => (PhysicalType::BOOLEAN, None),
     };
-    let repetition = if ty == ColumnType::OptionalU64 {
+    let repetition = if matches!(ty, ColumnType::OptionalU32 | ColumnType::OptionalU64) {
         Repetition::OPTIONAL
     } else {
         Repetition::REQUIRED
@@ -231,7 +260,11 @@ impl ParquetTable {
                 .ok_or_else(|| io::Error::other("parquet schema has fewer columns than rows"))?;
             match cells {
                 Cells::Text(v) => column.typed::<ByteArrayType>().write_batch(v, None, None),
-                Cells::Int32(v) => column.typed::<Int32Type>().write_batch(v, None, None),
+                Cells::Int32 { values, defs } => {
+                    column
+                        .typed::<Int32Type>()
+                        .write_batch(values, defs.as_deref(), None)
+                }
                 Cells::Int64 { values, defs } => {
                     column
                         .typed::<Int64Type>()

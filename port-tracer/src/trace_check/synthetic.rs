@@ -3,14 +3,17 @@
 //! pass every check and draw sockets, ports and addresses from small pools, so the
 //! tracker sees assigns, releases and TIME_WAITs of the same sockets in any order.
 
-use port_tracer_common::{flags, PortEvent, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
+use port_tracer_common::{flags, Origin as RawOrigin};
 
 use super::ReplayLimits;
 use crate::{
-    event::{Comm, Endpoints, Family, Proto, Task},
+    event::{Comm, Endpoints, Event, Family, Kind, Origin, Proto, Task},
     lifetime::HeldAtStart,
-    trace_file::{Metadata, PortRange, TraceWriter, RECORD_SIZE},
+    trace_file::{Metadata, PortRange, TraceWriter, RECORD_SIZE_VARIABLE},
 };
+
+/// Where a record's head gives its kind.
+const KIND_AT: usize = std::mem::offset_of!(port_tracer_common::Head, kind);
 
 /// Hands out the input's bytes in order, then zeros.
 struct Draw<'a>(&'a [u8]);
@@ -43,32 +46,27 @@ fn addr16(v4: [u8; 4]) -> [u8; 16] {
 }
 
 /// One raw kernel record; `clock` is the trace's running time, which mostly rises.
-fn record(d: &mut Draw, clock: &mut u64) -> [u8; RECORD_SIZE] {
-    let mut raw = PortEvent::zeroed();
+fn record(d: &mut Draw, clock: &mut u64) -> Vec<u8> {
     let what = d.byte();
     // Kinds 1-4 as the kernel numbers them; 0 and 5 are invalid (undecodable records).
-    raw.kind = what % 6;
-    raw.flags = (what / 6)
+    let raw_kind = what % 6;
+    let bits = (what / 6)
         & (flags::TIME_WAIT_SOCK
             | flags::TW_CANCEL
             | flags::REMOTE_UPDATE
             | flags::TW_ARM_KNOWN
             | flags::TW_REARM);
-    raw.sock_id = 0x1000 + u64::from(d.byte() % 8);
-    let ends = d.byte();
-    raw.proto = if ends & 1 == 0 {
-        IPPROTO_TCP
-    } else {
-        IPPROTO_UDP
+    let kind = match raw_kind {
+        1 if bits & flags::REMOTE_UPDATE != 0 => Kind::RemoteUpdate,
+        1 => Kind::Assign,
+        3 => Kind::TimeWait,
+        4 => Kind::AllocFailure,
+        _ => Kind::Release,
     };
-    raw.family = if ends & 2 == 0 { AF_INET } else { AF_INET6 };
-    raw.netns = u32::from(ends >> 2 & 1);
-    raw.lport = d.pick(&LPORTS);
-    raw.rport = d.pick(&RPORTS);
-    raw.laddr = addr16(d.pick(&ADDRS));
-    raw.raddr = addr16(d.pick(&ADDRS));
-    raw.origin = d.byte() % 7;
-    raw.pid = u32::from(d.byte() % 3);
+    let sock_id = 0x1000 + u64::from(d.byte() % 8);
+    let ends = endpoints(d);
+    let origin = Origin::from_raw(RawOrigin::from_u8(d.byte() % 7));
+    let pid = u32::from(d.byte() % 3);
     // Mostly small steps forward (a few ms: about the reorder delay and the TIME_WAIT
     // re-arm grace), sometimes back by up to 0.35 ms, rarely a leap towards u64::MAX.
     let step = d.byte();
@@ -76,12 +74,29 @@ fn record(d: &mut Draw, clock: &mut u64) -> [u8; RECORD_SIZE] {
         255 => clock.saturating_add(u64::MAX / 4),
         s => clock.saturating_add(u64::from(s) * 20_000),
     };
-    raw.ts_ns = clock.saturating_sub(u64::from(d.byte() % 8) * 50_000);
-    // SAFETY: PortEvent is RECORD_SIZE bytes of plain integers with explicit padding.
-    unsafe { std::mem::transmute::<PortEvent, [u8; RECORD_SIZE]>(raw) }
+    let ts_ns = clock.saturating_sub(u64::from(d.byte() % 8) * 50_000);
+    let ev = Event {
+        time_wait_sock: bits & flags::TIME_WAIT_SOCK != 0,
+        tw_cancel: bits & flags::TW_CANCEL != 0,
+        tw_rearm: (bits & flags::TW_ARM_KNOWN != 0).then_some(bits & flags::TW_REARM != 0),
+        origin,
+        task: Task {
+            pid,
+            ppid: (pid != 0).then_some(1),
+            ..Task::default()
+        },
+        ..Event::new(kind, ts_ns, sock_id, ends)
+    };
+    let mut bytes = ev.encode();
+    if raw_kind == 0 || raw_kind == 5 {
+        bytes[KIND_AT] = raw_kind;
+    }
+    bytes
 }
 
-fn held_socket(d: &mut Draw) -> HeldAtStart {
+/// A socket's endpoints: protocol, family and namespace from one byte, then ports and
+/// addresses from the pools.
+fn endpoints(d: &mut Draw) -> Endpoints {
     let ends = d.byte();
     let family = if ends & 2 == 0 {
         Family::Ipv4
@@ -92,30 +107,34 @@ fn held_socket(d: &mut Draw) -> HeldAtStart {
         Family::Ipv4 => std::net::IpAddr::from(a),
         Family::Ipv6 => std::net::IpAddr::from(addr16(a)),
     };
-    HeldAtStart {
-        ends: Endpoints {
-            proto: if ends & 1 == 0 {
-                Proto::Tcp
-            } else {
-                Proto::Udp
-            },
-            family,
-            netns: u32::from(ends >> 2 & 1),
-            laddr: ip(d.pick(&ADDRS)),
-            lport: d.pick(&LPORTS),
-            raddr: ip(d.pick(&ADDRS)),
-            rport: d.pick(&RPORTS),
+    Endpoints {
+        proto: if ends & 1 == 0 {
+            Proto::Tcp
+        } else {
+            Proto::Udp
         },
+        family,
+        netns: u32::from(ends >> 2 & 1),
+        lport: d.pick(&LPORTS),
+        rport: d.pick(&RPORTS),
+        laddr: ip(d.pick(&ADDRS)),
+        raddr: ip(d.pick(&ADDRS)),
+    }
+}
+
+fn held_socket(d: &mut Draw) -> HeldAtStart {
+    let flags = d.byte();
+    HeldAtStart {
+        ends: endpoints(d),
         owner: Task {
             pid: u32::from(d.byte() % 3),
             tid: 1,
-            uid: 0,
             cgroup_id: 1,
             comm: Comm::new("held"),
-            thread: Comm::default(),
+            ..Task::default()
         },
-        listening: ends & 8 != 0,
-        time_wait: ends & 16 != 0,
+        listening: flags & 1 != 0,
+        time_wait: flags & 2 != 0,
         seen_ns: 0,
     }
 }
@@ -126,7 +145,7 @@ fn metadata() -> Metadata {
         kernel_release: "6.18.0".into(),
         tier: "tracepoint".into(),
         port_tracer_version: env!("CARGO_PKG_VERSION").into(),
-        record_size: RECORD_SIZE as u32,
+        record_size: RECORD_SIZE_VARIABLE,
         lost_reasons: port_tracer_common::lost::NAMES.map(String::from).to_vec(),
         realtime_offset_ns: 0,
         started_ns: 0,

@@ -1,6 +1,7 @@
 //! The trace format, written and read back; every way a file can be damaged.
 
 use super::*;
+use crate::event::{Comm, Kind};
 
 fn meta() -> Metadata {
     Metadata {
@@ -8,7 +9,7 @@ fn meta() -> Metadata {
         kernel_release: "6.1.0".into(),
         tier: "tracepoint".into(),
         port_tracer_version: "0.1.0".into(),
-        record_size: RECORD_SIZE as u32,
+        record_size: RECORD_SIZE_VARIABLE,
         lost_reasons: vec!["ringbuf_full".into(), "map_full".into()],
         realtime_offset_ns: 1_700_000_000_000_000_000,
         started_ns: 42,
@@ -22,7 +23,11 @@ fn meta() -> Metadata {
 }
 
 fn record(n: u8) -> Vec<u8> {
-    vec![n; RECORD_SIZE]
+    crate::testing::event(Kind::Release, n.into(), n.into(), 1000).encode()
+}
+
+fn records(n: u8) -> Records {
+    Records::current(record(n))
 }
 
 fn held() -> HeldAtStart {
@@ -31,10 +36,10 @@ fn held() -> HeldAtStart {
         owner: Task {
             pid: 7,
             tid: 7,
-            uid: 0,
+            ppid: Some(1),
             cgroup_id: 1,
             comm: Comm::new("nginx"),
-            thread: Comm::default(),
+            ..Task::default()
         },
         listening: true,
         time_wait: false,
@@ -93,11 +98,11 @@ fn round_trip() {
         blocks.unwrap(),
         vec![
             Block::Held(vec![held()]),
-            Block::Events(record(1)),
+            Block::Events(records(1)),
             Block::Ranges(vec![range()]),
-            Block::Events(record(2)),
+            Block::Events(records(2)),
             Block::Lost(vec![0, 3]),
-            Block::Events(record(3)),
+            Block::Events(records(3)),
             Block::End(Some(99)),
         ]
     );
@@ -177,7 +182,10 @@ fn foreign_and_newer_files_are_refused() {
     other_size.record_size = 96;
     let w = TraceWriter::new(Vec::new(), &other_size).unwrap();
     let e = TraceReader::new(&w.out[..]).err().unwrap().to_string();
-    assert!(e.contains("records of 96 bytes"), "{e}");
+    assert!(
+        e.contains("record size 96 in the metadata, version 4 traces have 0"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -187,7 +195,8 @@ fn a_block_that_does_not_parse_is_reported_at_its_start() {
     let mut w = TraceWriter::new(Vec::new(), &meta()).unwrap();
     let start = w.out.len() as u64;
     w.block(Tag::Held, b"[{\"not\": \"a socket\"}]").unwrap();
-    w.block(Tag::Events, &[0u8; RECORD_SIZE + 1]).unwrap();
+    // A record head that says the record has no bytes.
+    w.block(Tag::Events, &[0u8; 41]).unwrap();
     let bytes = w.out;
     let mut r = TraceReader::new(&bytes[..]).unwrap();
     let e = r.next_block().unwrap_err();
@@ -215,19 +224,85 @@ fn a_length_beyond_the_file_is_truncation_at_the_block() {
 }
 
 #[test]
-fn older_traces_are_read_with_their_records_widened() {
+fn records_are_read_whole_at_their_own_lengths() {
+    let mut six = crate::testing::event(Kind::Assign, 5, 6, 7);
+    six.ends.family = Family::Ipv6;
+    six.ends.laddr = "::1".parse().unwrap();
+    six.ends.raddr = "::1".parse().unwrap();
+    six.task.pid = 3;
+    six.task.ppid = Some(1);
+    let mut w = TraceWriter::new(Vec::new(), &meta()).unwrap();
+    let (a, b) = (record(1), six.encode());
+    w.push_record(&a);
+    w.push_record(&b);
+    w.finish(9).unwrap();
+    let mut r = TraceReader::new(&w.out[..]).unwrap();
+    let Some(Block::Events(events)) = r.next_block().unwrap() else {
+        panic!("an events block first")
+    };
+    let got: Vec<&[u8]> = events.iter().collect();
+    assert_eq!(got, [&a[..], &b[..]]);
+    assert_eq!(events.decode(got[1]), Ok(six));
+    // A record cut in the middle, or claiming more than the block holds, is damage.
+    for bad in [&a[..39], &[a.clone(), b[..60].to_vec()].concat()[..]] {
+        let mut w = TraceWriter::new(Vec::new(), &meta()).unwrap();
+        let start = w.out.len() as u64;
+        w.block(Tag::Events, bad).unwrap();
+        let e = TraceReader::new(&w.out[..])
+            .unwrap()
+            .next_block()
+            .unwrap_err();
+        assert!(
+            matches!(&e, TraceError::Corrupt { offset, what } if *offset == start
+                && what.contains("of the events block")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn older_traces_are_read_in_their_own_layout() {
     // Version 1: before records carried the thread's name (104 bytes); version 2: before
-    // they carried the time inside the allocator (120 bytes).
-    for (version, size, lacks) in [
-        (1u16, RECORD_SIZE_V1, "no thread name"),
-        (2, RECORD_SIZE_V2, "no allocator time"),
+    // they carried the time inside the allocator (120 bytes); version 3: 128 bytes. None
+    // carried the owner's parent.
+    let mut rec = legacy::LegacyRecord {
+        ts_ns: 11,
+        sock_id: 0x10,
+        cgroup_id: 1,
+        netns: 7,
+        pid: 5,
+        tid: 6,
+        uid: 0,
+        lport: 40000,
+        rport: 80,
+        kind: port_tracer_common::EventKind::Assign as u8,
+        origin: port_tracer_common::Origin::Connect as u8,
+        proto: port_tracer_common::IPPROTO_TCP,
+        family: port_tracer_common::AF_INET,
+        flags: port_tracer_common::flags::ALLOC_TIMED,
+        alloc_ns: 1500,
+        ..Default::default()
+    };
+    rec.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    rec.raddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    rec.comm[..4].copy_from_slice(b"curl");
+    rec.thread[..2].copy_from_slice(b"w1");
+    for (version, size) in [
+        (1u16, legacy::SIZE_V1),
+        (2, legacy::SIZE_V2),
+        (3, legacy::SIZE_V3),
     ] {
         let mut old = meta();
         old.record_size = size as u32;
+        // Versions before 3 had no time to mark.
+        rec.flags = if version == 3 {
+            port_tracer_common::flags::ALLOC_TIMED
+        } else {
+            0
+        };
         let mut w = TraceWriter::new(Vec::new(), &old).unwrap();
-        let rec: Vec<u8> = (0..size).map(|i| i as u8).collect();
-        w.push_record(&rec);
-        w.push_record(&rec);
+        w.push_record(&rec.bytes()[..size]);
+        w.push_record(&rec.bytes()[..size]);
         w.finish(7).unwrap();
         let mut bytes = w.out;
         bytes[8..10].copy_from_slice(&version.to_le_bytes());
@@ -236,16 +311,22 @@ fn older_traces_are_read_with_their_records_widened() {
         let Some(Block::Events(events)) = r.next_block().unwrap() else {
             panic!("an events block first")
         };
-        assert_eq!(events.len(), 2 * RECORD_SIZE);
-        for got in events.chunks_exact(RECORD_SIZE) {
-            assert_eq!(&got[..size], &rec[..]);
-            assert!(got[size..].iter().all(|&b| b == 0), "{lacks}");
-        }
+        let got: Vec<Event> = events.iter().map(|b| events.decode(b).unwrap()).collect();
+        assert_eq!(got.len(), 2);
+        let ev = got[0];
+        assert_eq!((ev.ts_ns, ev.ends.lport, ev.task.pid), (11, 40000, 5));
+        assert_eq!(ev.task.comm.as_str(), "curl");
+        assert_eq!(ev.task.ppid, None);
+        assert_eq!(
+            ev.task.thread.as_str(),
+            if version == 1 { "" } else { "w1" }
+        );
+        assert_eq!(ev.alloc_ns, (version == 3).then_some(1500));
         assert_eq!(r.next_block().unwrap(), Some(Block::End(Some(7))));
 
-        // An older trace claiming this version's record size is corrupt.
+        // An older trace claiming another record size is corrupt.
         let mut wrong = meta();
-        wrong.record_size = RECORD_SIZE as u32;
+        wrong.record_size = 99;
         let mut bytes = TraceWriter::new(Vec::new(), &wrong).unwrap().out;
         bytes[8..10].copy_from_slice(&version.to_le_bytes());
         let bytes = crate::trace_check::repair_checksums(&bytes);

@@ -319,9 +319,10 @@ pub fn netns_of(path: &str) -> u64 {
 }
 
 /// Asserts the lifetime belongs to this process and thread: `comm` the process's name,
-/// `thread` the thread's.
+/// `thread` the thread's, `ppid` this process's parent.
 pub fn assert_owned_by_me(lt: &Value) {
     assert_eq!(lt["pid"], std::process::id(), "pid of {lt}");
+    assert_eq!(lt["ppid"], unsafe { libc::getppid() }, "ppid of {lt}");
     assert_eq!(lt["comm"], process_comm(), "comm of {lt}");
     assert_eq!(lt["thread"], thread_comm(), "thread of {lt}");
 }

@@ -332,7 +332,10 @@ mod tests {
         assert_eq!((s.passed, s.failed), (1, 0));
         assert_eq!(
             s.skipped,
-            [("b".to_string(), "userspace only: the host runs it".to_string())]
+            [(
+                "b".to_string(),
+                "userspace only: the host runs it".to_string()
+            )]
         );
         assert!(s.ok());
     }

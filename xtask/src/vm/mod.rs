@@ -273,11 +273,13 @@ pub fn run(opts: &Options) -> Result<Totals> {
                 Some(s) => {
                     totals.passed += s.passed;
                     totals.failed += s.failed;
-                    totals.skipped.extend(s.skipped.iter().map(|(test, why)| crate::Skipped {
-                        where_: format!("{} {}", k.name, s.name),
-                        test: test.clone(),
-                        why: why.clone(),
-                    }));
+                    totals
+                        .skipped
+                        .extend(s.skipped.iter().map(|(test, why)| crate::Skipped {
+                            where_: format!("{} {}", k.name, s.name),
+                            test: test.clone(),
+                            why: why.clone(),
+                        }));
                     if s.rc.is_none() || (s.rc != Some(0) && s.failed == 0) {
                         // Crashed, hung or failed outside a test: one failure.
                         totals.failed += 1;

@@ -18,6 +18,7 @@ fn time_wait() -> Lifetime {
             pid: 9,
             tid: 10,
             uid: 1000,
+            ppid: Some(1),
             comm: Comm::new("curl"),
             thread: Comm::new("curl-worker"),
             cgroup_id: u64::MAX - 1,
