@@ -527,6 +527,11 @@ pub const fn record_len(family: u8, body: u8) -> Option<usize> {
     Some(core::mem::size_of::<Head>() + addrs + body)
 }
 
+/// Where `skc_net` lies from `skc_daddr` (the start of `struct sock_common`): the kernel
+/// side reads the socket's addresses, ports, family and namespace in one go up to it
+/// (userspace refuses a kernel laid out otherwise).
+pub const SOCK_HEAD_NET: usize = 48;
+
 /// Field offsets of the running kernel, resolved from its BTF by userspace at start-up and
 /// handed to the programs as a global: nothing depends on a compiled-in kernel layout.
 #[repr(C)]

@@ -99,34 +99,38 @@ impl Meta {
 }
 
 /// The head of `sock_common`, read in one go: `skc_addrpair`, `skc_hash`, `skc_portpair`,
-/// `skc_family`. Userspace checks at start that the kernel lays them out this way (every
-/// kernel since 2.6.38 does).
+/// `skc_family`, then up to `skc_net` (at [`SOCK_HEAD_NET`] from `skc_daddr`). Userspace
+/// checks at start that the kernel lays them out this way (every kernel since 4.x does).
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct SockHead {
-    daddr: [u8; 4],
-    rcv_saddr: [u8; 4],
+pub struct SockHead {
+    pub daddr: [u8; 4],
+    pub rcv_saddr: [u8; 4],
     _hash: u32,
-    dport: u16,
-    num: u16,
-    family: u16,
+    pub dport: u16,
+    pub num: u16,
+    pub family: u16,
     _state_and_flags: u16,
+    _between: [u64; 3],
+    pub net: u64,
 }
+
+const _: () = assert!(core::mem::offset_of!(SockHead, net) == port_tracer_common::SOCK_HEAD_NET);
 
 /// What a record takes from its socket, read before the record is reserved: the family
 /// says how long the record is.
-struct Sock {
-    sk: u64,
-    head: SockHead,
-    netns: u32,
+pub struct Sock {
+    pub sk: u64,
+    pub head: SockHead,
+    pub netns: u32,
 }
 
+/// Reads what a record of socket `sk` takes from it: two kernel reads (one for the head
+/// and the namespace's address, one for the namespace's inode), each a helper call.
 #[inline(always)]
-fn read_sock(sk: u64) -> Result<Sock, i32> {
-    // One kernel read for the head instead of five: each costs a helper call.
+pub fn read_sock(sk: u64) -> Result<Sock, i32> {
     let head: SockHead = read(sk, off!(skc_daddr))?;
-    let net: u64 = read(sk, off!(skc_net))?;
-    let netns: u32 = read(net, off!(net_inum))?;
+    let netns: u32 = read(head.net, off!(net_inum))?;
     Ok(Sock { sk, head, netns })
 }
 
@@ -193,13 +197,24 @@ fn emit<B: Copy + 'static>(
     requested: Option<&Requested>,
     fill: impl FnOnce(&mut B) -> Result<(), i32>,
 ) {
-    let s = match read_sock(sk) {
-        Ok(s) => s,
-        Err(_) => return count_lost(lost::READ_ERROR),
-    };
+    match read_sock(sk) {
+        Ok(s) => emit_sock(&s, meta, body, requested, fill),
+        Err(_) => count_lost(lost::READ_ERROR),
+    }
+}
+
+/// [`emit`] for a socket already read.
+#[inline(always)]
+fn emit_sock<B: Copy + 'static>(
+    s: &Sock,
+    meta: Meta,
+    body: u8,
+    requested: Option<&Requested>,
+    fill: impl FnOnce(&mut B) -> Result<(), i32>,
+) {
     match s.head.family as u8 {
-        AF_INET => write::<Addrs4, B>(&s, meta, body, requested, fill),
-        AF_INET6 => write::<Addrs6, B>(&s, meta, body, requested, fill),
+        AF_INET => write::<Addrs4, B>(s, meta, body, requested, fill),
+        AF_INET6 => write::<Addrs6, B>(s, meta, body, requested, fill),
         // Not an inet socket after all: a read raced with the socket's end.
         _ => count_lost(lost::READ_ERROR),
     }
@@ -272,6 +287,12 @@ fn write<A: Addrs + Copy + 'static, B: Copy + 'static>(
 #[inline(always)]
 pub fn emit_plain(sk: u64, meta: Meta) {
     emit::<NoBody>(sk, meta, body::NONE, None, |_| Ok(()));
+}
+
+/// [`emit_plain`] for a socket already read.
+#[inline(always)]
+pub fn emit_plain_sock(s: &Sock, meta: Meta) {
+    emit_sock::<NoBody>(s, meta, body::NONE, None, |_| Ok(()));
 }
 
 /// An assignment of socket `sk`; `fill` writes who got the port and what it cost.

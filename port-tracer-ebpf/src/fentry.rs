@@ -114,7 +114,7 @@ pub fn fentry_udp_lib_unhash(ctx: FEntryContext) -> u32 {
 /// inet_twsk_hashdance(tw, ...) before: userspace attaches this to whichever exists.
 #[fentry(function = "inet_twsk_hashdance_schedule")]
 pub fn fentry_inet_twsk_hashdance(ctx: FEntryContext) -> u32 {
-    hooks::time_wait_enter(ctx.arg(0));
+    hooks::time_wait_enter(ctx.arg(0), ctx.arg(1));
     0
 }
 

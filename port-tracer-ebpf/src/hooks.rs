@@ -153,10 +153,10 @@ pub fn inherit_port_exit(child: u64, ret: i32) {
 /// Entry of `inet_put_port(sk)`: a TCP socket gives its port back.
 #[inline(always)]
 pub fn put_port(sk: u64) {
-    if sock_num(sk).unwrap_or(0) == 0 {
-        return;
+    let port = sock_num(sk).unwrap_or(0);
+    if port != 0 {
+        tcp_state::release(sk, port);
     }
-    tcp_state::release(sk, None);
 }
 
 /// Entry of `udp_lib_unhash(sk)`: a UDP socket gives its port back (close, disconnect).
@@ -168,11 +168,11 @@ pub fn udp_unhash(sk: u64) {
     emit_plain(sk, udp_release::release());
 }
 
-/// `inet_twsk_hashdance_schedule` (`inet_twsk_hashdance` before 6.11): the port moves to
-/// the TIME_WAIT socket `tw`.
+/// `inet_twsk_hashdance_schedule` (`inet_twsk_hashdance` before 6.11): the port of `sk`
+/// moves to the TIME_WAIT socket `tw`.
 #[inline(always)]
-pub fn time_wait_enter(tw: u64) {
-    time_wait::report_sock(tw, EventKind::TimeWait, 0);
+pub fn time_wait_enter(tw: u64, sk: u64) {
+    time_wait::entered(tw, sk, 0);
 }
 
 /// `inet_twsk_kill(tw)`: the TIME_WAIT socket dies and frees the port.

@@ -152,8 +152,8 @@ pub fn kprobe_udp_lib_unhash(ctx: ProbeContext) -> u32 {
 /// inet_twsk_hashdance_schedule or inet_twsk_hashdance: (tw, sk, hashinfo, ...)
 #[kprobe]
 pub fn kprobe_inet_twsk_hashdance(ctx: ProbeContext) -> u32 {
-    if let Some(tw) = ctx.arg(0) {
-        hooks::time_wait_enter(tw);
+    if let (Some(tw), Some(sk)) = (ctx.arg(0), ctx.arg(1)) {
+        hooks::time_wait_enter(tw, sk);
     }
     0
 }

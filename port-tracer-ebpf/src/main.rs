@@ -60,6 +60,11 @@ static CONNECTING: HashMap<u64, connect::Connecting> = HashMap::with_max_entries
 #[map]
 static TW_CANCELLED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per CPU: the socket that just handed its port to a TIME_WAIT socket (see
+/// `time_wait::Handoff`): its own release, which follows on this CPU, is not reported.
+#[map]
+static TW_HANDOFF: PerCpuArray<time_wait::Handoff> = PerCpuArray::with_max_entries(1, 0);
+
 /// Threads inside bind() (fentry and kprobe tiers), to tell bind(0) from autobind.
 #[map]
 static BINDING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);

@@ -10,9 +10,9 @@ use port_tracer_common::{lost, EventKind, Origin, IPPROTO_TCP};
 
 use crate::{
     connect::{self, inet_sport},
-    emit::{count_lost, emit_plain, Meta},
+    emit::{count_lost, emit_plain, emit_plain_sock, read_sock, Meta},
     kernel::{off, read, sock_num, sock_protocol},
-    CONFIG,
+    time_wait, CONFIG,
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -31,12 +31,17 @@ pub fn report_accepted(sk: u64) {
     );
 }
 
-/// TCP socket `sk` gives its port back (`port`: the one it held, when the socket no longer
-/// shows it).
+/// TCP socket `sk` gives `port` back, unless a TIME_WAIT socket just took it over.
 #[inline(always)]
-pub fn release(sk: u64, port: Option<u16>) {
+pub fn release(sk: u64, port: u16) {
+    let Ok(s) = read_sock(sk) else {
+        return count_lost(lost::READ_ERROR);
+    };
+    if time_wait::handed_over(&s, port) {
+        return;
+    }
     let meta = Meta::now(EventKind::Release, Origin::Unknown, IPPROTO_TCP);
-    emit_plain(sk, port.map_or(meta, |p| meta.lport(p)));
+    emit_plain_sock(&s, meta.lport(port));
 }
 
 #[inline(always)]
@@ -44,8 +49,11 @@ fn on_set_state(sk: u64, old: i32, new: i32) -> Result<(), i32> {
     // Most changes (FIN_WAIT1, CLOSE_WAIT, ...) carry nothing: bail out before any read.
     let cgroup_tier = unsafe { core::ptr::read_volatile(&CONFIG.cgroup_tier) } != 0;
     let listen_start = cgroup_tier && old == TCP_CLOSE && new == TCP_LISTEN;
+    // On the cgroup tier sockops' `TCP_CONNECT_CB` reported the port: leaving SYN_SENT
+    // says something only when it ends in CLOSE without one (EADDRNOTAVAIL).
+    let leaves_syn_sent = old == TCP_SYN_SENT && (!cgroup_tier || new == TCP_CLOSE);
     if new != TCP_SYN_SENT
-        && old != TCP_SYN_SENT
+        && !leaves_syn_sent
         && new != TCP_CLOSE
         && !(old == TCP_SYN_RECV && new == TCP_ESTABLISHED)
         && !listen_start
@@ -71,7 +79,7 @@ fn on_set_state(sk: u64, old: i32, new: i32) -> Result<(), i32> {
         }
         return Ok(());
     }
-    if old == TCP_SYN_SENT {
+    if leaves_syn_sent {
         connect::left_syn_sent(sk, new == TCP_CLOSE);
     }
     if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
@@ -84,7 +92,7 @@ fn on_set_state(sk: u64, old: i32, new: i32) -> Result<(), i32> {
         let bind_hash: u64 = read(sk, off!(icsk_bind_hash))?;
         let port = inet_sport(sk)?;
         if bind_hash == 0 && port != 0 {
-            release(sk, Some(port));
+            release(sk, port);
         }
     }
     Ok(())
@@ -106,7 +114,7 @@ fn on_destroy(sk: u64) -> Result<(), i32> {
     // Fires just before tcp_v4_destroy_sock puts a port that CLOSE did not (bound ports).
     let bind_hash: u64 = read(sk, off!(icsk_bind_hash))?;
     if bind_hash != 0 {
-        release(sk, None);
+        release(sk, sock_num(sk)?);
     }
     Ok(())
 }

@@ -112,6 +112,14 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         sc("skc_num")?,
         sc("skc_family")?,
     )?;
+    let (daddr, net) = (sc("skc_daddr")?, sc("skc_net")?);
+    if net.checked_sub(daddr) != Some(port_tracer_common::SOCK_HEAD_NET as u32) {
+        bail!(
+            "unsupported kernel: struct sock_common's skc_net sits at {net}, not {} bytes \
+             after skc_daddr ({daddr}) where port-tracer reads it",
+            port_tracer_common::SOCK_HEAD_NET
+        );
+    }
     Ok(KernelOffsets {
         skc_daddr: sc("skc_daddr")?,
         skc_rcv_saddr: sc("skc_rcv_saddr")?,
