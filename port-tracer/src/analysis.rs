@@ -9,6 +9,7 @@ pub mod failures;
 pub mod headroom;
 pub mod holders;
 pub mod occupancy;
+pub mod ports;
 pub mod reuse;
 pub mod timeline;
 
@@ -17,7 +18,7 @@ use serde::Serialize;
 use crate::{
     event::{Kind, Origin},
     histogram::Bucket,
-    lifetime::{HeldAtStart, OutputRef},
+    lifetime::{HeldAtStart, Links, OutputRef},
     port_range::PortRange,
 };
 
@@ -94,24 +95,27 @@ impl Analysis {
         self.holders.held_at_start(h);
     }
 
-    pub fn observe(&mut self, o: OutputRef<'_>) {
+    /// One output of the tracker, shown; `links`: the handles kept in the slot of the
+    /// lifetime it is about (see [`Links`]), None when there is none (or the outputs were
+    /// made without a tracker): then each analysis looks its state up.
+    pub fn observe(&mut self, o: OutputRef<'_>, mut links: Option<&mut Links>) {
         match o {
             OutputRef::Event(ev) => {
                 self.occupancy.seen(ev.ts_ns);
                 self.headroom.seen(ev.ts_ns);
                 match ev.kind {
                     Kind::Assign => {
+                        // How full the range was for this search, before it took a port.
+                        let connect_share = self.headroom.assigned(ev, links.as_deref_mut());
+                        let share = self.occupancy.assigned(ev, links.as_deref_mut());
                         if ev.origin.is_allocation() {
-                            // How full the range was for this search, before it took a port.
                             let share = match ev.origin {
-                                Origin::Connect => self.headroom.used_share(ev),
-                                _ => self.occupancy.used_share(ev.ends.netns, ev.ends.proto),
+                                Origin::Connect => connect_share,
+                                _ => share,
                             };
                             self.alloc_time.assigned(ev, share);
                         }
-                        self.occupancy.assigned(ev);
-                        self.headroom.assigned(ev);
-                        self.holders.assigned(ev);
+                        self.holders.assigned(ev, links.as_deref_mut());
                         if ev.origin.is_allocation() {
                             self.churn.allocation(ev);
                             self.reuse.allocated(ev);
@@ -123,17 +127,17 @@ impl Analysis {
                             .failed(ev, || failures::Why::of(ev, holders, headroom));
                     }
                     Kind::TimeWait => {
-                        self.headroom.time_wait(ev);
-                        self.holders.time_wait(ev);
+                        self.headroom.time_wait(ev, links.as_deref());
+                        self.holders.time_wait(ev, links.as_deref());
                     }
-                    Kind::RemoteUpdate => self.holders.remote_learnt(ev),
+                    Kind::RemoteUpdate => self.holders.remote_learnt(ev, links.as_deref()),
                     Kind::Release => {}
                 }
             }
             OutputRef::Lifetime(lt) => {
-                self.occupancy.ended(lt);
-                self.headroom.ended(lt);
-                self.holders.ended(lt);
+                self.occupancy.ended(lt, links.as_deref());
+                self.headroom.ended(lt, links.as_deref());
+                self.holders.ended(lt, links.as_deref());
                 self.reuse.released(lt);
                 self.anti_patterns.ended(lt);
             }

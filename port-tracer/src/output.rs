@@ -359,7 +359,7 @@ mod tests {
         for h in &held {
             let mut lt = h.lifetime();
             lt.released = time(1_000);
-            stats.observe(OutputRef::Lifetime(&lt));
+            stats.observe(OutputRef::Lifetime(&lt), None);
         }
         let span = Span {
             start_ns: 100,
@@ -404,11 +404,19 @@ mod tests {
         });
         // Two connects to one destination: the second searched a range half used.
         for (i, ns) in [(0u16, 900u32), (1, 40_000)] {
-            stats.observe(OutputRef::Event(&Event {
-                origin: Origin::Connect,
-                alloc_ns: Some(ns),
-                ..crate::testing::event(Kind::Assign, u64::from(i) + 1, u64::from(i) + 1, 40000 + i)
-            }));
+            stats.observe(
+                OutputRef::Event(&Event {
+                    origin: Origin::Connect,
+                    alloc_ns: Some(ns),
+                    ..crate::testing::event(
+                        Kind::Assign,
+                        u64::from(i) + 1,
+                        u64::from(i) + 1,
+                        40000 + i,
+                    )
+                }),
+                None,
+            );
         }
         let summary = Summary::new(
             &stats,

@@ -13,7 +13,7 @@ use crate::{
     analysis::Span,
     event::{DecodeError, Event},
     filter::Filter,
-    lifetime::{HeldAtStart, OutputRef, Tracker, DEFAULT_MAX_OPEN},
+    lifetime::{Emitted, HeldAtStart, OutputRef, Tracker, DEFAULT_MAX_OPEN},
     port_range::PortRange,
     reorder::Reorderer,
     summary::{Lost, Stats, Summary},
@@ -290,16 +290,17 @@ impl Rebuild {
     }
 }
 
-/// What the tracker emits, on its way out: selected, then counted and analysed.
+/// What the tracker emits, on its way out: selected, then counted and analysed (the
+/// analyses keep their handles in the lifetime's slot).
 fn shown<'a>(
     filter: &'a Option<Filter>,
     stats: &'a mut Stats,
     out: &'a mut impl FnMut(OutputRef<'_>),
-) -> impl FnMut(OutputRef<'_>) + 'a {
-    move |o| {
-        if filter.as_ref().is_none_or(|f| f.matches_output(o)) {
-            stats.observe(o);
-            out(o);
+) -> impl FnMut(Emitted<'_>) + 'a {
+    move |e| {
+        if filter.as_ref().is_none_or(|f| f.matches_output(e.output)) {
+            stats.observe(e.output, e.links);
+            out(e.output);
         }
     }
 }

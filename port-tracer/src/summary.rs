@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::{
     analysis::{Analysis, AnalysisReport, Span},
     histogram::{Bucket, Log2Histogram},
-    lifetime::{Counters, OutputRef},
+    lifetime::{Counters, Links, OutputRef},
     tally::{Counts, Tally},
 };
 
@@ -46,9 +46,11 @@ impl Stats {
         }
     }
 
-    pub fn observe(&mut self, o: OutputRef<'_>) {
+    /// Counts and analyses one output; `links`: the handles the analyses keep in the
+    /// slot of the lifetime it is about, if open.
+    pub fn observe(&mut self, o: OutputRef<'_>, links: Option<&mut Links>) {
         self.tally.observe(o);
-        self.analysis.observe(o);
+        self.analysis.observe(o, links);
         if let OutputRef::Lifetime(lt) = o {
             if lt.released_ns().is_some() {
                 if let Some(d) = lt.duration_ns() {

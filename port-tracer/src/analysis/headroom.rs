@@ -16,15 +16,22 @@
 //! all updated at each bind: each is settled at its own changes (and at the end) against
 //! the most bind-held ports since its last change ([`MaxSince`]).
 
+mod dest;
+mod space;
+
 use std::net::IpAddr;
 
 use foldhash::{HashMap, HashMapExt};
 use serde::Serialize;
 
+use self::{
+    dest::{AtWorst, Dest, DestKey, Worst},
+    space::{BoundSpan, Space},
+};
 use super::holders::PortHolders;
 use crate::{
     event::{Comm, Endpoints, Event, Origin, Proto},
-    lifetime::{HeldAtStart, Lifetime},
+    lifetime::{HeldAtStart, HeldKey, Lifetime, Links},
     port_range::PortRange,
 };
 
@@ -38,264 +45,19 @@ const NAMED: usize = 5;
 
 type Who = (u32, Comm);
 
-/// The highest value set after a point in a sequence of changes, in memory bounded by the
-/// number of distinct values: entries hold strictly decreasing values.
-#[derive(Clone, Debug, Default)]
-struct MaxSince {
-    /// (sequence number, time, value).
-    entries: Vec<(u64, u64, u32)>,
-}
-
-impl MaxSince {
-    fn push(&mut self, seq: u64, ts: u64, value: u32) {
-        while self.entries.last().is_some_and(|e| e.2 <= value) {
-            self.entries.pop();
-        }
-        self.entries.push((seq, ts, value));
-    }
-
-    /// The highest value set after change `seq`, and when it was set.
-    fn after(&self, seq: u64) -> Option<(u64, u32)> {
-        let i = self.entries.partition_point(|e| e.0 <= seq);
-        self.entries.get(i).map(|e| (e.1, e.2))
-    }
-}
-
-/// A bind-held socket's time on its port.
-#[derive(Clone, Copy, Debug)]
-struct BoundSpan {
-    from_ns: u64,
-    /// None: still held at the end.
-    to_ns: Option<u64>,
-    time_wait_from_ns: Option<u64>,
-    who: Who,
-}
-
-impl BoundSpan {
-    fn spans(&self, t: u64) -> bool {
-        self.from_ns <= t && self.to_ns.is_none_or(|e| e > t)
-    }
-}
-
-/// One namespace's TCP ports, as connect() sees them.
-#[derive(Clone, Debug)]
-struct Space {
-    range: PortRange,
-    size: u32,
-    /// Ports connect() hands out (the range minus reserved ports), from `range.low`.
-    automatic: Vec<bool>,
-    /// Bind-held sockets per port.
-    bound: HashMap<u16, u32>,
-    /// Distinct bind-held ports connect() would otherwise hand out.
-    bound_ports: u32,
-    /// Bind-held sockets now, by process.
-    bound_by: HashMap<Who, u32>,
-    /// Changes of `bound_ports` so far.
-    seq: u64,
-    history: MaxSince,
-    spans: Vec<BoundSpan>,
-    spans_not_kept: u64,
-}
-
-impl Space {
-    fn new(range: PortRange) -> Self {
-        let mut automatic = vec![true; usize::from(range.high.saturating_sub(range.low)) + 1];
-        for (lo, hi) in range.reserved_intervals() {
-            for p in lo.max(range.low)..=hi.min(range.high) {
-                automatic[usize::from(p - range.low)] = false;
-            }
-        }
-        Space {
-            size: range.size(),
-            range,
-            automatic,
-            bound: HashMap::new(),
-            bound_ports: 0,
-            bound_by: HashMap::new(),
-            seq: 0,
-            history: MaxSince::default(),
-            spans: Vec::new(),
-            spans_not_kept: 0,
-        }
-    }
-
-    /// The headroom of a connect() to `e` by a socket with its own range `low..=high`
-    /// (`IP_LOCAL_PORT_RANGE`): the kernel searches only that range, each bound taken where
-    /// it lies inside the namespace's (`inet_sk_get_local_port_range`), so the ports
-    /// counted are those in it (`holders` tells which are connected to `e`).
-    fn within(
-        &self,
-        low: u16,
-        high: u16,
-        e: &Endpoints,
-        holders: &PortHolders,
-        top_holders: Vec<HolderCount>,
-    ) -> HeadroomNow {
-        let inside = |p: u16| (self.range.low..=self.range.high).contains(&p);
-        let lo = if inside(low) { low } else { self.range.low };
-        let hi = if inside(high) { high } else { self.range.high };
-        let (mut size, mut bind_held, mut in_use) = (0u32, 0u32, 0u32);
-        for port in (lo..=hi).filter(|&p| self.counts(p)) {
-            size += 1;
-            if self.bound.get(&port).is_some_and(|&n| n > 0) {
-                bind_held += 1;
-            } else if holders.towards(e, port) {
-                in_use += 1;
-            }
-        }
-        HeadroomNow {
-            own_range: Some(Ports { low: lo, high: hi }),
-            headroom: size - bind_held - in_use,
-            range_size: size,
-            in_use,
-            bind_held,
-            top_holders,
-        }
-    }
-
-    fn counts(&self, port: u16) -> bool {
-        port >= self.range.low
-            && self
-                .automatic
-                .get(usize::from(port - self.range.low))
-                .copied()
-                .unwrap_or(false)
-    }
-
-    fn bind(&mut self, port: u16, who: Who, ts: u64) {
-        if self.counts(port) {
-            *self.bound_by.entry(who).or_default() += 1;
-        }
-        let n = self.bound.entry(port).or_default();
-        *n += 1;
-        if *n == 1 && self.counts(port) {
-            self.bound_ports += 1;
-            self.seq += 1;
-            self.history.push(self.seq, ts, self.bound_ports);
-        }
-    }
-
-    fn unbind(&mut self, port: u16, who: Who, ts: u64) {
-        let counted = self.counts(port);
-        if let Some(n) = self.bound_by.get_mut(&who).filter(|_| counted) {
-            *n -= 1;
-            if *n == 0 {
-                self.bound_by.remove(&who);
-            }
-        }
-        let Some(n) = self.bound.get_mut(&port) else {
-            return;
-        };
-        *n -= 1;
-        if *n == 0 {
-            self.bound.remove(&port);
-            if self.counts(port) {
-                self.bound_ports -= 1;
-                self.seq += 1;
-                self.history.push(self.seq, ts, self.bound_ports);
-            }
-        }
-    }
-
-    /// Bind-held sockets at `t`, by process, with how many of them were in TIME_WAIT.
-    fn bound_at(&self, t: u64) -> (HashMap<Who, u32>, u32) {
-        let mut by = HashMap::new();
-        let mut time_wait = 0;
-        for s in self.spans.iter().filter(|s| s.spans(t)) {
-            *by.entry(s.who).or_default() += 1;
-            time_wait += u32::from(s.time_wait_from_ns.is_some_and(|tw| tw <= t));
-        }
-        (by, time_wait)
-    }
-}
-
-/// A destination of TCP connections from one local address in one namespace.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct DestKey {
-    netns: u32,
-    laddr: IpAddr,
-    raddr: IpAddr,
-    rport: u16,
-}
-
-#[derive(Clone, Debug, Default)]
-struct Dest {
-    /// Sockets towards it. The kernel lets one socket at a time hold a 4-tuple, so they
-    /// hold as many ports (a TIME_WAIT socket killed by a new connection reusing its
-    /// 4-tuple ends a moment after that one begins: the two count for an instant).
-    sockets: u32,
-    /// Those whose port is in the range.
-    level: u32,
-    peak_in_use: u32,
-    /// Its sockets now, by process, and how many are in TIME_WAIT.
-    by: HashMap<Who, u32>,
-    time_wait: u32,
-    /// The space's `seq` when last settled. Between settles its sockets do not change.
-    since: u64,
-    /// The most ports that counted against its headroom at once, and when.
-    worst: Option<Worst>,
-    /// Its sockets spanning the worst moment, counted as they end (a new worst starts
-    /// over: every socket spanning it ends after it, as with the occupancy's peak).
-    at_worst: AtWorst,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Worst {
-    used: u32,
-    ts: u64,
-    level: u32,
-}
-
-#[derive(Clone, Debug, Default)]
-struct AtWorst {
-    sockets: u32,
-    time_wait: u32,
-    by: HashMap<Who, u32>,
-}
-
-impl Dest {
-    /// A worse moment than the worst so far, since the last settle or now, if any.
-    fn worse(&self, space: &Space, now: u64) -> Option<Worst> {
-        let mut worse: Option<Worst> = None;
-        let candidates = space
-            .history
-            .after(self.since)
-            .into_iter()
-            .chain([(now, space.bound_ports)]);
-        for (ts, bound) in candidates {
-            let used = bound + self.level;
-            let best = worse.or(self.worst);
-            if best.is_none_or(|w| used > w.used) {
-                worse = Some(Worst {
-                    used,
-                    ts,
-                    level: self.level,
-                });
-            }
-        }
-        worse
-    }
-
-    /// Takes in the bind-held high-water marks since the last settle, then now: before
-    /// and after each change of its own sockets.
-    fn settle(&mut self, space: &Space, now: u64) {
-        if let Some(w) = self.worse(space, now) {
-            self.worst = Some(w);
-            self.at_worst.sockets = 0;
-            self.at_worst.time_wait = 0;
-            self.at_worst.by.clear();
-        }
-        self.since = space.seq;
-    }
-}
-
 /// Headroom of every destination in namespaces whose range is known.
 #[derive(Clone, Debug, Default)]
 pub struct Headroom {
-    spaces: HashMap<u32, Space>,
-    dests: HashMap<DestKey, Dest>,
+    /// Each namespace's ports, in the order their ranges came, by netns.
+    spaces: Vec<Space>,
+    space_of: HashMap<u32, u32>,
+    /// The last namespace looked up, and its space: storms repeat it.
+    last_space: Option<(u32, u32)>,
+    /// Destinations in the order first seen, by key.
+    dests: Vec<(DestKey, Dest)>,
+    dest_of: HashMap<DestKey, u32>,
     /// Connected sockets held at start taken as connect()'s (the rest are accepted ones).
-    held_towards: foldhash::HashSet<crate::lifetime::HeldKey>,
+    held_towards: foldhash::HashSet<HeldKey>,
     /// Connections towards destinations past [`MAX_DESTINATIONS`].
     untracked: u64,
     start_ns: u64,
@@ -409,10 +171,30 @@ fn merged(mut a: HashMap<Who, u32>, b: &HashMap<Who, u32>) -> HashMap<Who, u32> 
 /// towards a destination (shared with other destinations).
 #[derive(Clone, Copy, Debug)]
 enum Hold {
+    /// In the namespace's space (an index of `spaces`).
     Bound(u32),
     Towards(DestKey),
     /// Accepted sockets share their listener's port; UDP is another table.
     Nothing,
+}
+
+/// [`Links::dest`] of a bind-held socket: its space's index with this bit (else a
+/// destination's index).
+const BOUND: u32 = 1 << 31;
+
+/// Where a socket's hold was found when it was assigned, from its handle.
+enum Found {
+    Space(usize),
+    Dest(usize),
+}
+
+fn found(links: Option<&Links>) -> Option<Found> {
+    let d = links?.dest;
+    match d {
+        Links::NONE => None,
+        d if d & BOUND != 0 => Some(Found::Space((d & !BOUND) as usize)),
+        d => Some(Found::Dest(d as usize)),
+    }
 }
 
 impl Headroom {
@@ -426,9 +208,10 @@ impl Headroom {
 
     /// A namespace's range: its destinations are followed once it is known.
     pub fn set_range(&mut self, range: PortRange) {
-        self.spaces
-            .entry(range.netns)
-            .or_insert_with(|| Space::new(range));
+        if !self.space_of.contains_key(&range.netns) {
+            self.space_of.insert(range.netns, self.spaces.len() as u32);
+            self.spaces.push(Space::new(range));
+        }
     }
 
     /// Time goes on.
@@ -436,10 +219,25 @@ impl Headroom {
         self.now_ns = self.now_ns.max(ts_ns);
     }
 
-    fn hold(&self, origin: Origin, e: &Endpoints, laddr: IpAddr) -> Hold {
-        if e.proto != Proto::Tcp || !self.spaces.contains_key(&e.netns) {
+    /// The space of `netns`, if its range is known.
+    fn space(&mut self, netns: u32) -> Option<u32> {
+        if let Some((n, i)) = self.last_space {
+            if n == netns {
+                return Some(i);
+            }
+        }
+        let i = *self.space_of.get(&netns)?;
+        self.last_space = Some((netns, i));
+        Some(i)
+    }
+
+    fn hold(&mut self, origin: Origin, e: &Endpoints, laddr: IpAddr) -> Hold {
+        if e.proto != Proto::Tcp {
             return Hold::Nothing;
         }
+        let Some(space) = self.space(e.netns) else {
+            return Hold::Nothing;
+        };
         let towards = Hold::Towards(DestKey {
             netns: e.netns,
             laddr,
@@ -451,13 +249,13 @@ impl Headroom {
             Origin::Connect if e.rport != 0 => towards,
             Origin::Connect => Hold::Nothing,
             Origin::Preexisting if e.rport != 0 => {
-                if self.held_towards.contains(&crate::lifetime::HeldKey::of(e)) {
+                if self.held_towards.contains(&HeldKey::of(e)) {
                     towards
                 } else {
                     Hold::Nothing
                 }
             }
-            _ => Hold::Bound(e.netns),
+            _ => Hold::Bound(space),
         }
     }
 
@@ -470,173 +268,213 @@ impl Headroom {
         }
         if e.rport != 0 {
             let accepted = self
-                .spaces
-                .get(&e.netns)
-                .is_none_or(|s| s.bound.contains_key(&e.lport));
+                .space(e.netns)
+                .is_none_or(|s| self.spaces[s as usize].bound.get(e.lport) > 0);
             if accepted {
                 return;
             }
-            self.held_towards.insert(crate::lifetime::HeldKey::of(e));
+            self.held_towards.insert(HeldKey::of(e));
         }
         let hold = self.hold(Origin::Preexisting, e, e.laddr);
         let who = (h.owner.pid, h.owner.comm);
         self.take(hold, e.lport, who, self.start_ns);
     }
 
-    /// A port assigned (TCP: bind, listen, connect).
-    pub fn assigned(&mut self, ev: &Event) {
-        let hold = self.hold(ev.origin, &ev.ends, ev.ends.laddr);
-        self.take(hold, ev.ends.lport, (ev.task.pid, ev.task.comm), ev.ts_ns);
+    /// A port assigned (TCP: bind, listen, connect); where its hold is goes in `links`.
+    /// Returns, for a connect(), the share of the range it could not use towards its
+    /// destination just before it got its port: bind-held ports and ports already
+    /// connected to it (how far the kernel's search had to walk); None when the range is
+    /// not known.
+    pub fn assigned(&mut self, ev: &Event, links: Option<&mut Links>) -> Option<f64> {
+        let e = &ev.ends;
+        let hold = self.hold(ev.origin, e, e.laddr);
+        let share = if ev.origin == Origin::Connect && e.proto == Proto::Tcp {
+            self.space(e.netns).and_then(|s| {
+                let space = &self.spaces[s as usize];
+                let level = match hold {
+                    Hold::Towards(k) => self
+                        .dest_of
+                        .get(&k)
+                        .map_or(0, |&d| self.dests[d as usize].1.level),
+                    _ => 0,
+                };
+                (space.size > 0).then(|| {
+                    (f64::from(space.bound_ports + level) / f64::from(space.size)).min(1.0)
+                })
+            })
+        } else {
+            None
+        };
+        let handle = self.take(hold, e.lport, (ev.task.pid, ev.task.comm), ev.ts_ns);
+        if let (Some(l), Some(h)) = (links, handle) {
+            l.dest = h;
+        }
+        share
     }
 
-    fn take(&mut self, hold: Hold, port: u16, who: Who, ts: u64) {
+    /// Counts a hold; its handle (see [`Links::dest`]), if it is followed.
+    fn take(&mut self, hold: Hold, port: u16, who: Who, ts: u64) -> Option<u32> {
         match hold {
-            Hold::Nothing => {}
-            Hold::Bound(netns) => {
-                if let Some(space) = self.spaces.get_mut(&netns) {
-                    space.bind(port, who, ts);
-                }
+            Hold::Nothing => None,
+            Hold::Bound(s) => {
+                self.spaces[s as usize].bind(port, who, ts);
+                Some(s | BOUND)
             }
             Hold::Towards(k) => {
-                if !self.dests.contains_key(&k) && self.dests.len() >= MAX_DESTINATIONS {
-                    self.untracked += 1;
-                    return;
-                }
-                let space = &self.spaces[&k.netns];
-                let d = self.dests.entry(k).or_insert_with(|| Dest {
-                    since: space.seq,
-                    ..Default::default()
-                });
-                d.settle(space, ts);
-                d.sockets += 1;
+                let d = match self.dest_of.get(&k) {
+                    Some(&d) => d,
+                    None if self.dests.len() >= MAX_DESTINATIONS => {
+                        self.untracked += 1;
+                        return None;
+                    }
+                    None => {
+                        let s = self.space(k.netns).expect("a destination's space is known");
+                        let d = self.dests.len() as u32;
+                        self.dests.push((
+                            k,
+                            Dest {
+                                space: s,
+                                since: self.spaces[s as usize].seq,
+                                ..Default::default()
+                            },
+                        ));
+                        self.dest_of.insert(k, d);
+                        d
+                    }
+                };
+                let dest = &mut self.dests[d as usize].1;
+                let space = &self.spaces[dest.space as usize];
+                dest.settle(space, ts);
+                dest.sockets += 1;
                 if space.counts(port) {
-                    d.level += 1;
-                    d.peak_in_use = d.peak_in_use.max(d.level);
+                    dest.level += 1;
+                    dest.peak_in_use = dest.peak_in_use.max(dest.level);
                 }
-                *d.by.entry(who).or_default() += 1;
-                d.settle(space, ts);
+                *dest.by.entry(who).or_default() += 1;
+                dest.settle(space, ts);
+                Some(d)
+            }
+        }
+    }
+
+    /// The destination of a socket towards `e`: from its handle, else looked up.
+    fn dest_for(&self, e: &Endpoints, laddr: IpAddr, links: Option<&Links>) -> Option<usize> {
+        match found(links) {
+            Some(Found::Dest(d)) => Some(d),
+            Some(Found::Space(_)) => None,
+            None => {
+                let k = DestKey {
+                    netns: e.netns,
+                    laddr,
+                    raddr: e.raddr,
+                    rport: e.rport,
+                };
+                self.dest_of.get(&k).map(|&d| d as usize)
             }
         }
     }
 
     /// A socket towards a destination entered TIME_WAIT (it goes on holding its port).
-    pub fn time_wait(&mut self, ev: &Event) {
+    pub fn time_wait(&mut self, ev: &Event, links: Option<&Links>) {
         let e = &ev.ends;
         if e.proto != Proto::Tcp || e.rport == 0 {
             return;
         }
-        let k = DestKey {
-            netns: e.netns,
-            laddr: e.laddr,
-            raddr: e.raddr,
-            rport: e.rport,
-        };
-        let (Some(d), Some(space)) = (self.dests.get_mut(&k), self.spaces.get(&e.netns)) else {
+        let Some(d) = self.dest_for(e, e.laddr, links) else {
             return;
         };
-        if d.sockets > d.time_wait {
-            d.settle(space, ev.ts_ns);
-            d.time_wait += 1;
-            d.settle(space, ev.ts_ns);
+        let dest = &mut self.dests[d].1;
+        let space = &self.spaces[dest.space as usize];
+        if dest.sockets > dest.time_wait {
+            dest.settle(space, ev.ts_ns);
+            dest.time_wait += 1;
+            dest.settle(space, ev.ts_ns);
         }
     }
 
     /// A lifetime the tracker emitted: released, or cut off still open at the end.
-    pub fn ended(&mut self, lt: &Lifetime) {
+    pub fn ended(&mut self, lt: &Lifetime, links: Option<&Links>) {
         let e = &lt.ends;
-        let hold = self.hold(lt.origin, e, lt.assigned_laddr());
         let released = lt.released_ns();
         let ts = released.unwrap_or(self.now_ns);
         self.now_ns = self.now_ns.max(ts);
         let who = (lt.owner.pid, lt.owner.comm);
-        match hold {
-            Hold::Nothing => {}
-            Hold::Bound(netns) => {
-                let start = self.start_ns;
-                let Some(space) = self.spaces.get_mut(&netns) else {
-                    return;
-                };
-                // Never bound here (a socket from before the start that was not in the
-                // snapshot, say): nothing to undo.
-                if !space.bound.contains_key(&e.lport) {
-                    return;
-                }
-                if space.counts(e.lport) {
-                    if space.spans.len() < MAX_BOUND_SPANS {
-                        space.spans.push(BoundSpan {
-                            from_ns: lt.assigned_ns().unwrap_or(start),
-                            to_ns: released,
-                            time_wait_from_ns: lt.time_wait_start_ns(),
-                            who,
-                        });
-                    } else {
-                        space.spans_not_kept += 1;
+        let (space, dest) = match found(links) {
+            Some(Found::Space(s)) => (Some(s), None),
+            Some(Found::Dest(d)) => (None, Some(d)),
+            None => match self.hold(lt.origin, e, lt.assigned_laddr()) {
+                Hold::Nothing => return,
+                Hold::Bound(s) => (Some(s as usize), None),
+                Hold::Towards(k) => {
+                    if lt.origin == Origin::Preexisting && released.is_some() {
+                        self.held_towards.remove(&HeldKey::of(e));
+                    }
+                    match self.dest_of.get(&k) {
+                        Some(&d) => (None, Some(d as usize)),
+                        None => return,
                     }
                 }
-                if released.is_some() {
-                    space.unbind(e.lport, who, ts);
+            },
+        };
+        if let Some(s) = space {
+            let start = self.start_ns;
+            let space = &mut self.spaces[s];
+            // Never bound here (a socket from before the start that was not in the
+            // snapshot, say): nothing to undo.
+            if space.bound.get(e.lport) == 0 {
+                return;
+            }
+            if space.counts(e.lport) {
+                if space.spans.len() < MAX_BOUND_SPANS {
+                    space.spans.push(BoundSpan {
+                        from_ns: lt.assigned_ns().unwrap_or(start),
+                        to_ns: released,
+                        time_wait_from_ns: lt.time_wait_start_ns(),
+                        who,
+                    });
+                } else {
+                    space.spans_not_kept += 1;
                 }
             }
-            Hold::Towards(k) => {
-                if lt.origin == Origin::Preexisting && released.is_some() {
-                    self.held_towards.remove(&crate::lifetime::HeldKey::of(e));
-                }
-                let (Some(d), Some(space)) = (self.dests.get_mut(&k), self.spaces.get(&k.netns))
-                else {
-                    return;
-                };
-                if d.sockets == 0 {
-                    return;
-                }
-                d.settle(space, ts);
-                if let Some(w) = d.worst {
-                    let spans = lt.assigned_ns().is_none_or(|a| a <= w.ts)
-                        && released.is_none_or(|r| r > w.ts);
-                    if spans {
-                        d.at_worst.sockets += 1;
-                        let time_wait = lt.time_wait_start_ns().is_some_and(|t| t <= w.ts);
-                        d.at_worst.time_wait += u32::from(time_wait);
-                        *d.at_worst.by.entry(who).or_default() += 1;
-                    }
-                }
-                if released.is_none() {
-                    return;
-                }
-                d.sockets -= 1;
-                if space.counts(e.lport) {
-                    d.level = d.level.saturating_sub(1);
-                }
-                if let Some(n) = d.by.get_mut(&who) {
-                    *n -= 1;
-                    if *n == 0 {
-                        d.by.remove(&who);
-                    }
-                }
-                if lt.time_wait_start_ns().is_some() {
-                    d.time_wait = d.time_wait.saturating_sub(1);
-                }
-                d.since = space.seq;
+            if released.is_some() {
+                space.unbind(e.lport, who, ts);
+            }
+            return;
+        }
+        let Some(d) = dest else { return };
+        let dest = &mut self.dests[d].1;
+        let space = &self.spaces[dest.space as usize];
+        if dest.sockets == 0 {
+            return;
+        }
+        dest.settle(space, ts);
+        if let Some(w) = dest.worst {
+            let spans =
+                lt.assigned_ns().is_none_or(|a| a <= w.ts) && released.is_none_or(|r| r > w.ts);
+            if spans {
+                dest.at_worst.sockets += 1;
+                let time_wait = lt.time_wait_start_ns().is_some_and(|t| t <= w.ts);
+                dest.at_worst.time_wait += u32::from(time_wait);
+                *dest.at_worst.by.entry(who).or_default() += 1;
             }
         }
-    }
-
-    /// The share of the range a connect() `ev` could not use towards its destination just
-    /// before it got its port: bind-held ports and ports already connected to it (how far
-    /// the kernel's search had to walk). None when the range is not known.
-    pub fn used_share(&self, ev: &Event) -> Option<f64> {
-        let e = &ev.ends;
-        let space = self
-            .spaces
-            .get(&e.netns)
-            .filter(|s| e.proto == Proto::Tcp && s.size > 0)?;
-        let key = DestKey {
-            netns: e.netns,
-            laddr: e.laddr,
-            raddr: e.raddr,
-            rport: e.rport,
-        };
-        let level = self.dests.get(&key).map_or(0, |d| d.level);
-        Some((f64::from(space.bound_ports + level) / f64::from(space.size)).min(1.0))
+        if released.is_none() {
+            return;
+        }
+        dest.sockets -= 1;
+        if space.counts(e.lport) {
+            dest.level = dest.level.saturating_sub(1);
+        }
+        if let Some(n) = dest.by.get_mut(&who) {
+            *n -= 1;
+            if *n == 0 {
+                dest.by.remove(&who);
+            }
+        }
+        if lt.time_wait_start_ns().is_some() {
+            dest.time_wait = dest.time_wait.saturating_sub(1);
+        }
+        dest.since = space.seq;
     }
 
     /// The headroom towards the destination of a failed connect() `ev`, at its instant.
@@ -644,23 +482,23 @@ impl Headroom {
     /// destination with that remote end.
     pub fn now(&self, ev: &Event, holders: &PortHolders) -> Option<HeadroomNow> {
         let e = &ev.ends;
-        let space = self
-            .spaces
-            .get(&e.netns)
-            .filter(|_| e.proto == Proto::Tcp)?;
+        if e.proto != Proto::Tcp {
+            return None;
+        }
+        let space = &self.spaces[*self.space_of.get(&e.netns)? as usize];
         let exact = DestKey {
             netns: e.netns,
             laddr: e.laddr,
             raddr: e.raddr,
             rport: e.rport,
         };
-        let d = match self.dests.get_key_value(&exact) {
-            Some(d) => Some(d),
+        let d = match self.dest_of.get(&exact) {
+            Some(&d) => Some(&self.dests[d as usize]),
             None if e.laddr.is_unspecified() => self
                 .dests
                 .iter()
                 .filter(|(k, _)| (k.netns, k.raddr, k.rport) == (e.netns, e.raddr, e.rport))
-                .max_by_key(|(k, d)| (d.level, std::cmp::Reverse(**k))),
+                .max_by_key(|(k, d)| (d.level, std::cmp::Reverse(*k))),
             None => None,
         };
         let (in_use, by) = d.map_or((0, HashMap::new()), |(_, d)| (d.level, d.by.clone()));
@@ -688,7 +526,7 @@ impl Headroom {
     pub fn not_followed(&self) -> NotFollowed {
         NotFollowed {
             connections: self.untracked,
-            bind_held_holders: self.spaces.values().map(|s| s.spans_not_kept).sum(),
+            bind_held_holders: self.spaces.iter().map(|s| s.spans_not_kept).sum(),
         }
     }
 
@@ -698,15 +536,15 @@ impl Headroom {
             .dests
             .iter()
             .filter(|(_, d)| d.level > 0)
-            .filter_map(|(k, d)| {
-                let space = self.spaces.get(&k.netns)?;
-                Some(HeadroomGauge {
+            .map(|(k, d)| {
+                let space = &self.spaces[d.space as usize];
+                HeadroomGauge {
                     netns: k.netns,
                     laddr: k.laddr,
                     raddr: k.raddr,
                     rport: k.rport,
                     ports: space.size.saturating_sub(space.bound_ports + d.level),
-                })
+                }
             })
             .collect();
         let order = |a: &HeadroomGauge, b: &HeadroomGauge| {
@@ -731,7 +569,7 @@ impl Headroom {
             .dests
             .iter()
             .filter_map(|(k, d)| {
-                let space = self.spaces.get(&k.netns)?;
+                let space = &self.spaces[d.space as usize];
                 match d.worse(space, now) {
                     Some(w) => {
                         let by = d.by.clone();
@@ -779,76 +617,5 @@ impl Headroom {
                 }
             })
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_highest_value_since_a_change_is_found_in_bounded_memory() {
-        let mut m = MaxSince::default();
-        for (seq, v) in [(1, 5), (2, 3), (3, 4), (4, 1), (5, 2)] {
-            m.push(seq, seq * 10, v);
-        }
-        // Strictly decreasing: 5 (1), 4 (3), 2 (5).
-        assert_eq!(m.entries.len(), 3);
-        assert_eq!(m.after(0), Some((10, 5)));
-        assert_eq!(m.after(1), Some((30, 4)));
-        assert_eq!(m.after(3), Some((50, 2)));
-        assert_eq!(m.after(5), None);
-    }
-
-    #[test]
-    fn a_sockets_own_range_counts_only_its_ports_with_bounds_outside_the_namespaces_ignored() {
-        let mut space = Space::new(PortRange {
-            netns: 1,
-            low: 40000,
-            high: 40019,
-            reserved: "40001".into(),
-        });
-        space.bind(40002, (9, Comm::new("srv")), 1);
-        let ends = Endpoints {
-            proto: Proto::Tcp,
-            family: crate::event::Family::Ipv4,
-            netns: 1,
-            laddr: "127.0.0.1".parse().unwrap(),
-            lport: 0,
-            raddr: "127.0.0.2".parse().unwrap(),
-            rport: 80,
-        };
-        let mut holders = PortHolders::default();
-        let connected = Event {
-            ends: Endpoints {
-                lport: 40003,
-                ..ends
-            },
-            origin: Origin::Connect,
-            ..crate::testing::event(crate::event::Kind::Assign, 2, 5, 40003)
-        };
-        holders.assigned(&connected);
-        // The low bound lies outside the namespace's range: the kernel keeps the range's.
-        let h = space.within(39000, 40004, &ends, &holders, Vec::new());
-        assert_eq!(
-            h.own_range,
-            Some(Ports {
-                low: 40000,
-                high: 40004
-            })
-        );
-        // 40000..=40004 less reserved 40001: 4 ports, 40002 bind-held, 40003 connected.
-        assert_eq!(
-            (h.range_size, h.bind_held, h.in_use, h.headroom),
-            (4, 1, 1, 2)
-        );
-        // Towards another destination, 40003 is free.
-        let other = Endpoints { rport: 81, ..ends };
-        assert_eq!(
-            space
-                .within(39000, 40004, &other, &holders, Vec::new())
-                .headroom,
-            3
-        );
     }
 }

@@ -4,12 +4,12 @@
 
 use std::{hash::BuildHasher, net::IpAddr};
 
-use foldhash::HashMap;
 use serde::Serialize;
 
+use super::ports::PortTables;
 use crate::{
     event::{Comm, Endpoints, Event, Origin, Proto},
-    lifetime::{HeldAtStart, Lifetime},
+    lifetime::{HeldAtStart, Lifetime, Links},
 };
 
 /// Holders named per refused port, longest-held first.
@@ -18,23 +18,32 @@ const NAMED: usize = 8;
 /// as in the occupancy); more are counted in `not_kept`.
 const MAX_KEPT: usize = crate::lifetime::DEFAULT_MAX_OPEN;
 
-/// One socket holding a port: 48 bytes, kept for every open socket.
+/// One socket holding a port, kept for every open socket, in its port's chain.
 #[derive(Clone, Copy, Debug)]
 struct Holding {
     sock_id: u64,
+    /// When it got the port; 0: held when tracing started.
+    since_ns: u64,
     /// Its local address, hashed (0: the wildcard): a bind() conflicts with the same
     /// address or a wildcard.
     laddr: u32,
     /// The remote end (and the local address), hashed: tells which socket entered
     /// TIME_WAIT among those sharing a port.
     peer: u32,
-    /// When it got the port; 0: held when tracing started.
-    since_ns: u64,
     pid: u32,
     comm: Comm,
+    /// Its port's chain: the port, the other holdings.
+    netns: u32,
+    port: u16,
+    proto: Proto,
     origin: Origin,
     state: State,
+    prev: u32,
+    next: u32,
 }
+
+/// No holding (the end of a chain).
+const END: u32 = u32::MAX;
 
 /// What a socket was doing with its port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -71,12 +80,13 @@ pub struct Holder {
     pub since_ns: Option<u64>,
 }
 
-/// Open sockets by (netns, protocol, port).
-const _: () = assert!(std::mem::size_of::<Holding>() == 48);
-
+/// Open sockets, each in the chain of its (netns, protocol, port).
 #[derive(Clone, Debug, Default)]
 pub struct PortHolders {
-    by_port: HashMap<(u32, Proto, u16), Vec<Holding>>,
+    holdings: Vec<Holding>,
+    free: Vec<u32>,
+    /// Per (netns, protocol): each port's first holding, plus one (0: none).
+    heads: PortTables<u32>,
     kept: usize,
     /// Sockets past [`MAX_KEPT`]: not named as holders.
     pub not_kept: u64,
@@ -93,18 +103,69 @@ fn laddr_of(a: IpAddr) -> u32 {
     (foldhash::fast::FixedState::with_seed(1).hash_one(a) as u32).max(1)
 }
 
-fn key(e: &Endpoints) -> (u32, Proto, u16) {
-    (e.netns, e.proto, e.lport)
-}
-
 impl PortHolders {
-    fn add(&mut self, e: &Endpoints, h: Holding) {
+    /// The holdings of `netns`, `proto`, `port`, first to last.
+    fn chain(&self, netns: u32, proto: Proto, port: u16) -> impl Iterator<Item = u32> + '_ {
+        let mut at = self
+            .heads
+            .get(netns, proto)
+            .map_or(END, |ports| ports.get(port).wrapping_sub(1));
+        std::iter::from_fn(move || {
+            if at == END {
+                return None;
+            }
+            let here = at;
+            at = self.holdings[here as usize].next;
+            Some(here)
+        })
+    }
+
+    /// Keeps `h` for `e`'s port; its index, unless past the bound (counted).
+    fn add(&mut self, e: &Endpoints, mut h: Holding) -> Option<u32> {
         if self.kept >= MAX_KEPT {
             self.not_kept += 1;
-            return;
+            return None;
         }
         self.kept += 1;
-        self.by_port.entry(key(e)).or_default().push(h);
+        let head = self
+            .heads
+            .get_mut(e.netns, e.proto)
+            .get(e.lport)
+            .wrapping_sub(1);
+        (h.netns, h.proto, h.port, h.prev, h.next) = (e.netns, e.proto, e.lport, END, head);
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.holdings[i as usize] = h;
+                i
+            }
+            None => {
+                self.holdings.push(h);
+                (self.holdings.len() - 1) as u32
+            }
+        };
+        if head != END {
+            self.holdings[head as usize].prev = i;
+        }
+        self.heads.get_mut(e.netns, e.proto).set(e.lport, i + 1);
+        Some(i)
+    }
+
+    /// Takes holding `i` out of its chain.
+    fn remove(&mut self, i: u32) {
+        let h = self.holdings[i as usize];
+        match h.prev {
+            END => {
+                self.heads
+                    .get_mut(h.netns, h.proto)
+                    .set(h.port, h.next.wrapping_add(1));
+            }
+            p => self.holdings[p as usize].next = h.next,
+        }
+        if h.next != END {
+            self.holdings[h.next as usize].prev = h.prev;
+        }
+        self.free.push(i);
+        self.kept -= 1;
     }
 
     pub fn held_at_start(&mut self, h: &HeldAtStart) {
@@ -121,25 +182,33 @@ impl PortHolders {
             &h.ends,
             Holding {
                 sock_id: 0,
+                since_ns: 0,
                 laddr: laddr_of(h.ends.laddr),
                 peer: peer_of(&h.ends),
-                since_ns: 0,
                 pid: h.owner.pid,
                 comm: h.owner.comm,
+                netns: 0,
+                port: 0,
+                proto: Proto::Tcp,
                 origin: Origin::Preexisting,
                 state,
+                prev: END,
+                next: END,
             },
         );
     }
 
-    /// A socket got a port; an accepted one shows its listener listens.
-    pub fn assigned(&mut self, ev: &Event) {
+    /// A socket got a port (its holding's index goes in `links`); an accepted one shows
+    /// its listener listens.
+    pub fn assigned(&mut self, ev: &Event, links: Option<&mut Links>) {
         let e = &ev.ends;
         if ev.origin == Origin::Inherited {
-            if let Some(hs) = self.by_port.get_mut(&key(e)) {
-                for h in hs.iter_mut().filter(|h| h.state == State::Bound) {
-                    h.state = State::Listening;
-                }
+            let bound: Vec<u32> = self
+                .chain(e.netns, e.proto, e.lport)
+                .filter(|&i| self.holdings[i as usize].state == State::Bound)
+                .collect();
+            for i in bound {
+                self.holdings[i as usize].state = State::Listening;
             }
         }
         let state = match ev.origin {
@@ -148,79 +217,108 @@ impl PortHolders {
             Origin::Autobind if e.proto == Proto::Tcp => State::Listening,
             _ => State::Bound,
         };
-        self.add(
+        let i = self.add(
             e,
             Holding {
                 sock_id: ev.sock_id,
+                since_ns: ev.ts_ns,
                 laddr: laddr_of(e.laddr),
                 peer: peer_of(e),
-                since_ns: ev.ts_ns,
                 pid: ev.task.pid,
                 comm: ev.task.comm,
+                netns: 0,
+                port: 0,
+                proto: Proto::Tcp,
                 origin: ev.origin,
                 state,
+                prev: END,
+                next: END,
             },
         );
+        if let (Some(l), Some(i)) = (links, i) {
+            l.holder = i;
+        }
+    }
+
+    /// The holding of socket `sock_id` on `e`'s port: from its handle, else looked up.
+    fn find(&self, e: &Endpoints, sock_id: u64, links: Option<&Links>) -> Option<u32> {
+        match links.map(|l| l.holder) {
+            Some(i) if i != Links::NONE => Some(i),
+            _ => self
+                .chain(e.netns, e.proto, e.lport)
+                .find(|&i| self.holdings[i as usize].sock_id == sock_id),
+        }
     }
 
     /// A bound socket connected: its remote end, to know it when it enters TIME_WAIT.
-    pub fn remote_learnt(&mut self, ev: &Event) {
-        if let Some(hs) = self.by_port.get_mut(&key(&ev.ends)) {
-            if let Some(h) = hs.iter_mut().find(|h| h.sock_id == ev.sock_id) {
-                h.peer = peer_of(&ev.ends);
-                if h.state == State::Bound {
-                    h.state = State::Connected;
-                }
+    pub fn remote_learnt(&mut self, ev: &Event, links: Option<&Links>) {
+        if let Some(i) = self.find(&ev.ends, ev.sock_id, links) {
+            let h = &mut self.holdings[i as usize];
+            h.peer = peer_of(&ev.ends);
+            if h.state == State::Bound {
+                h.state = State::Connected;
             }
         }
     }
 
-    /// A socket of this port went into TIME_WAIT. The event names the TIME_WAIT socket, so
-    /// the holding is found by its endpoints, else as the port's one connected or bound
-    /// socket.
-    pub fn time_wait(&mut self, ev: &Event) {
+    /// A socket of this port went into TIME_WAIT: found by its handle; else (the event
+    /// names the TIME_WAIT socket) by its endpoints, or as the port's one connected or
+    /// bound socket.
+    pub fn time_wait(&mut self, ev: &Event, links: Option<&Links>) {
         let peer = peer_of(&ev.ends);
-        let Some(hs) = self.by_port.get_mut(&key(&ev.ends)) else {
-            return;
-        };
-        let live = |h: &&mut Holding| matches!(h.state, State::Bound | State::Connected);
-        let at = match hs
-            .iter()
-            .position(|h| h.peer == peer && h.state != State::TimeWait)
-        {
-            Some(i) => Some(i),
-            None if hs.iter_mut().filter(live).count() == 1 => hs
-                .iter()
-                .position(|h| matches!(h.state, State::Bound | State::Connected)),
-            None => None,
+        let e = &ev.ends;
+        let at = match links.map(|l| l.holder) {
+            Some(i) if i != Links::NONE => Some(i),
+            _ => {
+                let live = |h: &Holding| matches!(h.state, State::Bound | State::Connected);
+                let chain: Vec<u32> = self.chain(e.netns, e.proto, e.lport).collect();
+                let hs = &self.holdings;
+                match chain.iter().rev().find(|&&i| {
+                    hs[i as usize].peer == peer && hs[i as usize].state != State::TimeWait
+                }) {
+                    Some(&i) => Some(i),
+                    None if chain.iter().filter(|&&i| live(&hs[i as usize])).count() == 1 => {
+                        chain.iter().rev().copied().find(|&i| live(&hs[i as usize]))
+                    }
+                    None => None,
+                }
+            }
         };
         if let Some(i) = at {
-            hs[i].state = State::TimeWait;
-            hs[i].peer = peer;
+            let h = &mut self.holdings[i as usize];
+            h.state = State::TimeWait;
+            h.peer = peer;
         }
     }
 
     /// A lifetime ended (one cut off still open keeps its holding: it is still held).
-    pub fn ended(&mut self, lt: &Lifetime) {
+    pub fn ended(&mut self, lt: &Lifetime, links: Option<&Links>) {
         if lt.released_ns().is_none() {
             return;
         }
-        let k = key(&lt.ends);
-        let Some(hs) = self.by_port.get_mut(&k) else {
-            return;
-        };
-        let at = if lt.sock_id != 0 {
-            hs.iter().position(|h| h.sock_id == lt.sock_id)
-        } else {
-            let peer = peer_of(&lt.ends);
-            hs.iter().position(|h| h.sock_id == 0 && h.peer == peer)
+        let e = &lt.ends;
+        let at = match links.map(|l| l.holder) {
+            Some(i) if i != Links::NONE => Some(i),
+            _ if lt.sock_id != 0 => self
+                .chain(e.netns, e.proto, e.lport)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .find(|&i| self.holdings[i as usize].sock_id == lt.sock_id),
+            _ => {
+                let peer = peer_of(e);
+                self.chain(e.netns, e.proto, e.lport)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .find(|&i| {
+                        let h = &self.holdings[i as usize];
+                        h.sock_id == 0 && h.peer == peer
+                    })
+            }
         };
         if let Some(i) = at {
-            hs.swap_remove(i);
-            self.kept -= 1;
-        }
-        if hs.is_empty() {
-            self.by_port.remove(&k);
+            self.remove(i);
         }
     }
 
@@ -228,13 +326,10 @@ impl PortHolders {
     /// from its local address: a connect() there cannot take that port.
     pub fn towards(&self, ends: &Endpoints, port: u16) -> bool {
         let peer = peer_of(ends);
-        self.by_port
-            .get(&(ends.netns, ends.proto, port))
-            .is_some_and(|hs| {
-                hs.iter().any(|h| {
-                    h.peer == peer && matches!(h.state, State::Connected | State::TimeWait)
-                })
-            })
+        self.chain(ends.netns, ends.proto, port).any(|i| {
+            let h = &self.holdings[i as usize];
+            h.peer == peer && matches!(h.state, State::Connected | State::TimeWait)
+        })
     }
 
     /// Who holds `ends`' port now on its address (or a wildcard one, or on any when it is
@@ -243,12 +338,9 @@ impl PortHolders {
         let asked = laddr_of(ends.laddr);
         let overlaps = |a: u32| a == asked || a == 0 || asked == 0;
         let mut held: Vec<Holding> = self
-            .by_port
-            .get(&key(ends))
-            .into_iter()
-            .flatten()
+            .chain(ends.netns, ends.proto, ends.lport)
+            .map(|i| self.holdings[i as usize])
             .filter(|h| overlaps(h.laddr))
-            .copied()
             .collect();
         let rank = |s: State| match s {
             State::Listening => 0,

@@ -14,11 +14,12 @@ use serde::Serialize;
 
 use crate::{
     event::{Comm, Event, Origin, Proto},
-    lifetime::{HeldAtStart, Lifetime},
+    lifetime::{HeldAtStart, Lifetime, Links},
     port_range::PortRange,
 };
 
 use super::{
+    ports::PortMap,
     timeline::{Series, Timeline},
     Span,
 };
@@ -53,7 +54,7 @@ struct Group {
     /// Its size (see [`PortRange::size`]).
     size: Option<u32>,
     /// Sockets holding each port (several can share one).
-    ports: HashMap<u16, u32>,
+    ports: PortMap<u32>,
     /// Distinct ports held that count (in the range, when known).
     level: u32,
     peak: u32,
@@ -70,9 +71,8 @@ impl Group {
     }
 
     fn hold(&mut self, port: u16, ts: u64) {
-        let n = self.ports.entry(port).or_default();
-        *n += 1;
-        if *n == 1 && self.counts(port) {
+        let n = self.ports.update(port, |n| n + 1);
+        if n == 1 && self.counts(port) {
             self.level += 1;
             self.timeline.set(ts, self.level);
             if self.level > self.peak {
@@ -88,7 +88,7 @@ impl Group {
     fn adopt(&mut self, range: PortRange, now_ns: u64) {
         self.size = Some(range.size());
         self.range = Some(range);
-        self.level = self.ports.keys().filter(|&&p| self.counts(p)).count() as u32;
+        self.level = self.ports.iter().filter(|&(p, _)| self.counts(p)).count() as u32;
         self.peak = self.level;
         self.peak_ns = (self.level > 0).then_some(now_ns);
         self.at_peak = AtPeak::default();
@@ -96,16 +96,12 @@ impl Group {
     }
 
     fn unhold(&mut self, port: u16, ts: u64) {
-        let Some(n) = self.ports.get_mut(&port) else {
+        if self.ports.get(port) == 0 {
             return;
-        };
-        *n -= 1;
-        if *n == 0 {
-            self.ports.remove(&port);
-            if self.counts(port) {
-                self.level -= 1;
-                self.timeline.set(ts, self.level);
-            }
+        }
+        if self.ports.update(port, |n| n - 1) == 0 && self.counts(port) {
+            self.level -= 1;
+            self.timeline.set(ts, self.level);
         }
     }
 
@@ -251,7 +247,7 @@ impl Occupancy {
             key,
             size: range.as_ref().map(PortRange::size),
             range,
-            ports: HashMap::new(),
+            ports: PortMap::default(),
             level: 0,
             peak: 0,
             peak_ns: None,
@@ -301,19 +297,35 @@ impl Occupancy {
         self.now_ns = self.now_ns.max(ts_ns);
     }
 
-    /// An assignment (accepted sockets share their listener's port: they do not count).
-    pub fn assigned(&mut self, ev: &Event) {
+    /// An assignment (accepted sockets share their listener's port: they do not count);
+    /// its groups go in `links`. Returns how much of the namespace's range its protocol
+    /// held just before, all addresses together (how far a bind(0) or autobind search
+    /// walked), when the range is known.
+    pub fn assigned(&mut self, ev: &Event, links: Option<&mut Links>) -> Option<f64> {
         if ev.origin == Origin::Inherited {
-            return;
+            return None;
         }
         let e = &ev.ends;
-        self.hold(e.netns, e.proto, e.laddr, e.lport, ev.ts_ns);
+        let groups = self.groups_of(e.netns, e.proto, e.laddr);
+        let all = &self.groups[groups[1] as usize];
+        let share = all
+            .size
+            .filter(|&size| size > 0)
+            .map(|size| (f64::from(all.level) / f64::from(size)).min(1.0));
+        for g in groups {
+            self.groups[g as usize].hold(e.lport, ev.ts_ns);
+        }
+        if let Some(l) = links {
+            l.groups = groups;
+        }
+        share
     }
 
     /// A lifetime the tracker emitted: ended, or cut off still open (at the end, or evicted).
-    /// It counted from its assignment, or from the start if held then; the tracker emits
-    /// each lifetime once, so no table of holders is needed to pair the two.
-    pub fn ended(&mut self, lt: &Lifetime) {
+    /// It counted from its assignment (its groups in `links`), or from the start if held
+    /// then; the tracker emits each lifetime once, so no table of holders is needed to pair
+    /// the two.
+    pub fn ended(&mut self, lt: &Lifetime, links: Option<&Links>) {
         let counted = lt.origin != Origin::Inherited
             && (lt.assigned_ns().is_some() || lt.origin == Origin::Preexisting);
         if !counted {
@@ -322,7 +334,11 @@ impl Occupancy {
         let ts = lt.released_ns().unwrap_or(self.now_ns);
         self.now_ns = self.now_ns.max(ts);
         let e = &lt.ends;
-        for g in self.groups_of(e.netns, e.proto, lt.assigned_laddr()) {
+        let groups = match links.map(|l| l.groups) {
+            Some(g) if g[0] != Links::NONE => g,
+            _ => self.groups_of(e.netns, e.proto, lt.assigned_laddr()),
+        };
+        for g in groups {
             let group = &mut self.groups[g as usize];
             group.ended(lt, self.start_ns, ts);
             if lt.released_ns().is_some() {

@@ -1,18 +1,13 @@
 //! Port reuse interval: from a port's release to its next assignment in the same
 //! namespace and protocol. Short intervals mean the range is cycling fast.
 
-use foldhash::HashMap;
-
-use crate::{
-    event::{Event, Proto},
-    histogram::Log2Histogram,
-    lifetime::Lifetime,
-};
+use super::ports::PortTables;
+use crate::{event::Event, histogram::Log2Histogram, lifetime::Lifetime};
 
 #[derive(Clone, Debug, Default)]
 pub struct Reuse {
-    /// Last release of each (netns, proto, port).
-    released: HashMap<(u32, Proto, u16), u64>,
+    /// Last release of each (netns, proto, port); 0: none since its last allocation.
+    released: PortTables<u64>,
     pub intervals: Log2Histogram,
 }
 
@@ -20,15 +15,23 @@ impl Reuse {
     pub fn released(&mut self, lt: &Lifetime) {
         if let Some(r) = lt.released_ns() {
             let e = &lt.ends;
-            self.released.insert((e.netns, e.proto, e.lport), r);
+            // A release at 0 (never on a running host) is kept as 1, as a `Time` is.
+            self.released
+                .get_mut(e.netns, e.proto)
+                .set(e.lport, r.max(1));
         }
     }
 
     /// An allocation: measures the time since the port's last release, if any.
     pub fn allocated(&mut self, ev: &Event) {
         let e = &ev.ends;
-        if let Some(r) = self.released.remove(&(e.netns, e.proto, e.lport)) {
-            self.intervals.add(ev.ts_ns.saturating_sub(r));
+        let Some(ports) = self.released.get(e.netns, e.proto) else {
+            return;
+        };
+        if ports.get(e.lport) == 0 {
+            return;
         }
+        let r = self.released.get_mut(e.netns, e.proto).set(e.lport, 0);
+        self.intervals.add(ev.ts_ns.saturating_sub(r));
     }
 }

@@ -46,18 +46,15 @@ fn assign(ts: u64, sock: u64, lport: u16, origin: Origin, pid: u32) -> Output {
 /// The lifetime of socket `sock` assigned at `from`, released at `to`.
 fn ended(sock: u64, lport: u16, from: u64, tw: Option<u64>, to: Option<u64>, pid: u32) -> Output {
     Output::Lifetime(Lifetime {
-        ends: ends(Proto::Tcp, lport, 80),
-        owner: task(pid),
-        origin: Origin::Connect,
-        sock_id: sock,
         assigned: time(from),
         released: time_of(to),
         time_wait_start: time_of(tw),
-        lossy: false,
-        laddr_learnt: false,
-        seen_at_close: false,
-        ended_at_close: false,
-        alloc_ns: None,
+        ..Lifetime::new(
+            ends(Proto::Tcp, lport, 80),
+            task(pid),
+            Origin::Connect,
+            sock,
+        )
     })
 }
 
@@ -70,9 +67,11 @@ fn range(low: u16, high: u16) -> PortRange {
     }
 }
 
+/// Feeds outputs made by hand, without a tracker: no handles in a slot, every analysis
+/// looks its state up (as for lifetimes held at start).
 fn feed(a: &mut Analysis, outputs: &[Output]) {
     for o in outputs {
-        a.observe(o.as_ref());
+        a.observe(o.as_ref(), None);
     }
 }
 
@@ -252,18 +251,9 @@ fn bind_zero_before_connect_is_named_with_its_process() {
     let mut a = Analysis::new(0);
     let lifetime = |origin, proto, rport, pid| {
         Output::Lifetime(Lifetime {
-            ends: ends(proto, 40000, rport),
-            owner: task(pid),
-            origin,
-            sock_id: 1,
             assigned: time(1),
             released: time(2),
-            time_wait_start: None,
-            lossy: false,
-            laddr_learnt: false,
-            seen_at_close: false,
-            ended_at_close: false,
-            alloc_ns: None,
+            ..Lifetime::new(ends(proto, 40000, rport), task(pid), origin, 1)
         })
     };
     feed(
@@ -363,9 +353,9 @@ fn time_wait_seen_through_the_tracker_counts_at_the_peak() {
         ev(9, Kind::Release, 2, true),
     ];
     for e in &events {
-        t.process(e, &mut |o| a.observe(o));
+        t.process(e, &mut |e| a.observe(e.output, e.links));
     }
-    t.finish(&mut |o| a.observe(o));
+    t.finish(&mut |e| a.observe(e.output, e.links));
     let g = &a.report(Span::default(), 10).occupancy[0];
     assert_eq!(
         (g.peak_ports, g.ports_held_at_end, g.sockets_at_peak),
@@ -434,18 +424,9 @@ fn tcp_event(kind: Kind, ts: u64, sock: u64, lport: u16, raddr: &str, rport: u16
 
 fn tcp_lifetime(ev: &Event, to: Option<u64>) -> Output {
     Output::Lifetime(Lifetime {
-        ends: ev.ends,
-        owner: ev.task,
-        origin: ev.origin,
-        sock_id: ev.sock_id,
         assigned: time(ev.ts_ns),
         released: time_of(to),
-        time_wait_start: None,
-        lossy: false,
-        laddr_learnt: false,
-        seen_at_close: false,
-        ended_at_close: false,
-        alloc_ns: None,
+        ..Lifetime::new(ev.ends, ev.task, ev.origin, ev.sock_id)
     })
 }
 
@@ -465,7 +446,7 @@ fn connect_headroom_follows_the_kernels_rule_per_destination() {
     }
     conns.sort_by_key(|e| e.ts_ns);
     for c in &conns {
-        a.observe(OutputRef::Event(c));
+        a.observe(OutputRef::Event(c), None);
     }
     // The 21st connect() to the first: no port left towards it.
     let refused = Event {
@@ -473,11 +454,11 @@ fn connect_headroom_follows_the_kernels_rule_per_destination() {
         errno: 99,
         ..tcp_event(Kind::AllocFailure, 70, 999, 0, d1, 5000)
     };
-    a.observe(OutputRef::Event(&refused));
+    a.observe(OutputRef::Event(&refused), None);
     let to_d3 = tcp_event(Kind::Assign, 80, 300, 40000, d3, 5000);
-    a.observe(OutputRef::Event(&to_d3));
+    a.observe(OutputRef::Event(&to_d3), None);
     for c in &conns {
-        a.observe(tcp_lifetime(c, Some(90)).as_ref());
+        a.observe(tcp_lifetime(c, Some(90)).as_ref(), None);
     }
     // 5 ports held by bind(), by process 2: every destination's cost.
     let mut binds = Vec::new();
@@ -494,7 +475,7 @@ fn connect_headroom_follows_the_kernels_rule_per_destination() {
                 0,
             )
         };
-        a.observe(OutputRef::Event(&b));
+        a.observe(OutputRef::Event(&b), None);
         binds.push(b);
     }
     // bind() to one of them again: EADDRINUSE, naming its holder.
@@ -505,11 +486,11 @@ fn connect_headroom_follows_the_kernels_rule_per_destination() {
         task: task(3),
         ..tcp_event(Kind::AllocFailure, 110, 500, 40012, "0.0.0.0", 0)
     };
-    a.observe(OutputRef::Event(&in_use));
+    a.observe(OutputRef::Event(&in_use), None);
     // The run ends: what is open is emitted open.
-    a.observe(tcp_lifetime(&to_d3, None).as_ref());
+    a.observe(tcp_lifetime(&to_d3, None).as_ref(), None);
     for b in &binds {
-        a.observe(tcp_lifetime(b, None).as_ref());
+        a.observe(tcp_lifetime(b, None).as_ref(), None);
     }
     let r = a.report(
         Span {
@@ -605,14 +586,14 @@ fn holders_of_a_port_say_listening_connected_and_time_wait() {
     };
     let client = tcp_event(Kind::Assign, 3, 3, 40001, "127.0.0.9", 80);
     for ev in [listener, accepted, client] {
-        a.observe(OutputRef::Event(&ev));
+        a.observe(OutputRef::Event(&ev), None);
     }
     let tw = Event {
         sock_id: 33,
         time_wait_sock: true,
         ..tcp_event(Kind::TimeWait, 4, 33, 40001, "127.0.0.9", 80)
     };
-    a.observe(OutputRef::Event(&tw));
+    a.observe(OutputRef::Event(&tw), None);
     let of = |a: &Analysis, port| {
         a.holders
             .of(&ends(Proto::Tcp, port, 0))
@@ -629,7 +610,7 @@ fn holders_of_a_port_say_listening_connected_and_time_wait() {
     );
     assert_eq!(of(&a, 40001), [(holders::State::TimeWait, "connect")]);
     // Released: no longer a holder.
-    a.observe(tcp_lifetime(&client, Some(5)).as_ref());
+    a.observe(tcp_lifetime(&client, Some(5)).as_ref(), None);
     assert!(of(&a, 40001).is_empty());
 }
 
@@ -650,13 +631,13 @@ fn a_destination_filled_by_time_wait_names_its_holders() {
             "127.0.0.2",
             80,
         );
-        a.observe(OutputRef::Event(&c));
+        a.observe(OutputRef::Event(&c), None);
         let tw = Event {
             sock_id: 900 + u64::from(i),
             time_wait_sock: true,
             ..tcp_event(Kind::TimeWait, t + 5, 0, 40000 + i, "127.0.0.2", 80)
         };
-        a.observe(OutputRef::Event(&tw));
+        a.observe(OutputRef::Event(&tw), None);
         in_time_wait.push((c, t + 5));
     }
     let mut live = Vec::new();
@@ -672,18 +653,18 @@ fn a_destination_filled_by_time_wait_names_its_holders() {
                 80,
             )
         };
-        a.observe(OutputRef::Event(&c));
+        a.observe(OutputRef::Event(&c), None);
         live.push(c);
     }
     // The end of the run: every lifetime is emitted, still open.
     for (c, tw) in in_time_wait {
         if let Output::Lifetime(mut lt) = tcp_lifetime(&c, None) {
             lt.time_wait_start = time(tw);
-            a.observe(OutputRef::Lifetime(&lt));
+            a.observe(OutputRef::Lifetime(&lt), None);
         }
     }
     for c in &live {
-        a.observe(tcp_lifetime(c, None).as_ref());
+        a.observe(tcp_lifetime(c, None).as_ref(), None);
     }
     let r = a.report(
         Span {

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use super::*;
 use crate::{
-    event::{Comm, Family, Kind},
+    event::{Comm, Endpoints, Event, Family, Kind, Origin, Proto, Task},
     reorder::Reorderer,
 };
 
@@ -84,7 +84,7 @@ impl E {
 
 fn run(tracker: &mut Tracker, events: &[E]) -> (Vec<Event>, Vec<Lifetime>) {
     let (mut evs, mut lts) = (Vec::new(), Vec::new());
-    let mut emit = |o: OutputRef<'_>| match o {
+    let mut emit = |e: Emitted<'_>| match e.output {
         OutputRef::Event(e) => evs.push(*e),
         OutputRef::Lifetime(l) => lts.push(l.clone()),
     };
@@ -98,9 +98,9 @@ fn run(tracker: &mut Tracker, events: &[E]) -> (Vec<Event>, Vec<Lifetime>) {
 fn evs_and_lifetimes(tracker: &mut Tracker, events: &[E]) -> Vec<Output> {
     let mut out = Vec::new();
     for e in events {
-        tracker.process(&e.0, &mut |o| out.push(o.to_owned()));
+        tracker.process(&e.0, &mut |e| out.push(e.output.to_owned()));
     }
-    tracker.finish(&mut |o| out.push(o.to_owned()));
+    tracker.finish(&mut |e| out.push(e.output.to_owned()));
     out
 }
 
@@ -185,7 +185,7 @@ fn accepted_sockets_share_the_port_each_with_its_own_lifetime() {
     );
     let mut stats = crate::summary::Stats::default();
     for o in evs_and_lifetimes(&mut Tracker::new(), &events) {
-        stats.observe(o.as_ref());
+        stats.observe(o.as_ref(), None);
     }
     assert_eq!(
         stats.tally.counts.allocations, 1,
@@ -471,14 +471,14 @@ fn new_port_on_a_socket_without_release_flags_the_old_lifetime() {
 #[test]
 fn lost_events_flag_open_lifetimes_only() {
     let mut t = Tracker::new();
-    let mut sink = |_o: OutputRef<'_>| {};
+    let mut sink = |_e: Emitted<'_>| {};
     t.process(&E::assign(1, 0x1, 1000, Origin::Bind).0, &mut sink);
     // Opened and closed before the loss: its slot, reused after it, flags the new one only
     // if another loss follows.
     t.process(&E::assign(1, 0x3, 1002, Origin::Bind).0, &mut sink);
     let mut before = Vec::new();
-    t.process(&E::release(1, 0x3, 1002).0, &mut |o| {
-        before.push(o.to_owned())
+    t.process(&E::release(1, 0x3, 1002).0, &mut |e| {
+        before.push(e.output.to_owned())
     });
     assert!(matches!(&before[0], Output::Lifetime(l) if !l.lossy));
     t.mark_lossy();
@@ -553,8 +553,8 @@ fn events_shuffled_across_cpus_give_the_same_lifetimes() {
         let mut reorder = Reorderer::new(10_000);
         let mut t = Tracker::new();
         let mut got = Vec::new();
-        let mut emit = |o: OutputRef<'_>| {
-            if let OutputRef::Lifetime(l) = o {
+        let mut emit = |e: Emitted<'_>| {
+            if let OutputRef::Lifetime(l) = e.output {
                 got.push(l.clone())
             }
         };
@@ -586,7 +586,7 @@ fn events_shuffled_across_cpus_give_the_same_lifetimes() {
 fn a_full_table_evicts_the_oldest_open_lifetimes_and_counts_them() {
     let mut t = Tracker::with_max_open(32);
     let mut out = Vec::new();
-    let mut emit = |o: OutputRef<'_>| out.push(o.to_owned());
+    let mut emit = |e: Emitted<'_>| out.push(e.output.to_owned());
     // 40 UDP binds, never released, then a TIME_WAIT hold of one of the newest.
     for i in 0..40u64 {
         let e = E::assign(10 * (i + 1), 0x100 + i, 20000 + i as u16, Origin::Bind).udp();
@@ -610,7 +610,7 @@ fn a_full_table_evicts_the_oldest_open_lifetimes_and_counts_them() {
 
     // A release of an evicted socket is unmatched; one of a kept socket ends its lifetime.
     out.clear();
-    let mut emit = |o: OutputRef<'_>| out.push(o.to_owned());
+    let mut emit = |e: Emitted<'_>| out.push(e.output.to_owned());
     t.process(&E::release(1000, 0x100, 20000).udp().0, &mut emit);
     assert_eq!(t.counters.unmatched, 1);
     t.process(&E::release(1001, 0x100 + 39, 20039).udp().0, &mut emit);

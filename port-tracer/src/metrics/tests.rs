@@ -27,18 +27,9 @@ fn ended(proto: Proto, lport: u16, origin: Origin, assigned: Option<u64>, ns: u6
     let mut e = ends(lport);
     e.proto = proto;
     Output::Lifetime(Lifetime {
-        ends: e,
-        owner: Task::default(),
-        origin,
-        sock_id: u64::from(lport),
         assigned: time_of(assigned),
         released: time(assigned.unwrap_or(0) + ns),
-        time_wait_start: None,
-        lossy: false,
-        laddr_learnt: false,
-        seen_at_close: false,
-        ended_at_close: false,
-        alloc_ns: None,
+        ..Lifetime::new(e, Task::default(), origin, u64::from(lport))
     })
 }
 
@@ -153,12 +144,12 @@ fn occupancy_gauges_come_from_the_occupancy_analysis() {
     });
     for (proto, port) in [(Proto::Tcp, 40000), (Proto::Tcp, 8080), (Proto::Udp, 40001)] {
         if let Output::Event(ev) = assign(proto, port, Origin::Connect) {
-            a.assigned(&ev);
+            a.assigned(&ev, None);
         }
     }
     let mut unknown = event(Kind::Assign, Proto::Tcp, 40002, Origin::Connect);
     unknown.ends.netns = NETNS + 1;
-    a.assigned(&unknown);
+    a.assigned(&unknown, None);
     let gauges = Occupancy::of(a.current());
     // 9 ports (one reserved); the namespace without a known range has no gauge.
     assert_eq!(
@@ -258,7 +249,7 @@ fn connect_headroom_is_exported_for_the_destinations_closest_to_running_out() {
         let mut ev = event(Kind::Assign, Proto::Tcp, lport, Origin::Connect);
         ev.ts_ns = i as u64 + 1;
         ev.ends.rport = rport;
-        a.assigned(&ev);
+        a.assigned(&ev, None);
     }
     let closest = a.closest(HEADROOM_DESTINATIONS);
     assert_eq!(closest.len(), HEADROOM_DESTINATIONS, "bounded");
