@@ -303,6 +303,7 @@ pub mod programs {
 /// and the benchmark read. Each produces the same events; they differ in what the kernel
 /// lets them hook.
 pub mod tiers {
+    #[derive(Debug, PartialEq, Eq)]
     pub struct TierInfo {
         /// As `--attach` and the traces name it.
         pub name: &'static str,
@@ -343,6 +344,14 @@ pub mod tiers {
         sees_bind_failures: false,
     };
     pub const ALL: [TierInfo; 4] = [FENTRY, KPROBE, CGROUP, TRACEPOINT];
+
+    /// The tier of this name: for the edges where a name comes in (`--attach`, a trace
+    /// file's metadata, a test's environment); everything past them holds the
+    /// `&'static TierInfo`.
+    pub fn by_name(name: &str) -> Option<&'static TierInfo> {
+        const TIERS: &[TierInfo] = &ALL;
+        TIERS.iter().find(|t| t.name == name)
+    }
 }
 
 /// `AF_INET` and `AF_INET6` as the kernel numbers them.

@@ -445,9 +445,15 @@ mod tests {
             lifetime::Counters,
             summary::{Lost, Stats, Summary},
         };
-        assert_eq!(bind_failures_unseen("fentry"), None);
-        assert_eq!(bind_failures_unseen("tracepoint"), None);
-        let why = bind_failures_unseen("cgroup").unwrap();
+        assert_eq!(
+            bind_failures_unseen(Some(&port_tracer_common::tiers::FENTRY)),
+            None
+        );
+        assert_eq!(
+            bind_failures_unseen(Some(&port_tracer_common::tiers::TRACEPOINT)),
+            None
+        );
+        let why = bind_failures_unseen(Some(&port_tracer_common::tiers::CGROUP)).unwrap();
         let mut summary = Summary::new(
             &Stats::new(0),
             &Counters::default(),

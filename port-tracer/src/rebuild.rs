@@ -7,7 +7,7 @@
 //! `report`, `export`, the fuzz targets and the collector benchmark all drive this one
 //! engine.
 
-use port_tracer_common::lost;
+use port_tracer_common::{lost, tiers::TierInfo};
 
 use crate::{
     analysis::Span,
@@ -143,8 +143,9 @@ impl Rebuild {
         self.stats.analysis.set_range(range);
     }
 
-    /// The tier the events come from, for what the summary says it could not see.
-    pub fn set_tier(&mut self, tier: &str, trace_version: Option<u16>) {
+    /// The tier the events come from (None: not one this build knows), for what the
+    /// summary says it could not see; `trace_version`: the recorded trace's format.
+    pub fn set_tier(&mut self, tier: Option<&'static TierInfo>, trace_version: Option<u16>) {
         self.alloc_time_unmeasured =
             crate::analysis::alloc_time::unmeasured_reason(tier, trace_version);
         self.bind_failures_unseen = crate::analysis::failures::bind_failures_unseen(tier);

@@ -5,7 +5,7 @@
 use std::{fs::File, io, io::BufReader, path::PathBuf};
 
 use anyhow::{bail, Context, Result};
-use port_tracer_common::lost;
+use port_tracer_common::{lost, tiers};
 
 use crate::{
     lifetime::OutputRef,
@@ -85,7 +85,8 @@ pub fn replay<R: io::Read>(
     printer: &mut (dyn Printer + Send),
 ) -> Result<Replayed, TraceError> {
     let mut engine = Rebuild::new(config, r.meta.started_ns);
-    engine.set_tier(&r.meta.tier, Some(r.version));
+    // The trace names its tier: the one place it is looked up by name.
+    engine.set_tier(tiers::by_name(&r.meta.tier), Some(r.version));
     for range in &r.meta.port_ranges {
         engine.set_range(range.clone());
     }

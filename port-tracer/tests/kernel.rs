@@ -252,7 +252,7 @@ fn udp_autobind_by_connect() {
     let port = local_port(fd);
     std::thread::sleep(Duration::from_millis(100));
     unsafe { libc::close(fd) };
-    let tier = tracer.tier().name;
+    let tier = tracer.tier();
     let t = tracer.stop();
     let lt = t.lifetime("udp", port);
     assert_eq!(lt["origin"], "autobind");
@@ -265,7 +265,7 @@ fn udp_autobind_by_connect() {
         (before_connect..=after_connect).contains(&assigned),
         "{before_connect} <= {assigned} <= {after_connect}"
     );
-    let late = tier == "cgroup";
+    let late = *tier == tiers::CGROUP;
     assert_eq!(lt["seen_at_close"].as_bool().unwrap_or(false), late, "{lt}");
 }
 
@@ -297,13 +297,13 @@ fn udp_disconnect_gives_the_port_back() {
     std::thread::sleep(Duration::from_millis(100));
     let closing = port_tracer::clock::monotonic_ns();
     unsafe { libc::close(fd) };
-    let tier = tracer.tier().name;
+    let tier = tracer.tier();
     let t = tracer.stop();
     let lt = t.lifetime("udp", port);
     let released = lt["released_ns"].as_u64().expect("released");
     // Exact tiers end it at the disconnect; the cgroup tier, which does not see it, at the
     // close, and says so.
-    if tier == "cgroup" {
+    if *tier == tiers::CGROUP {
         assert!(released >= closing, "{lt}");
         assert_eq!(lt["ended_at_close"], true, "{lt}");
     } else {
@@ -1864,9 +1864,9 @@ fn a_process_named_with_escapes_and_a_newline_stays_on_one_text_line() {
 fn capabilities_of_the_tier() -> Vec<u32> {
     use support::privileges::*;
     let mut caps = vec![CAP_BPF, CAP_PERFMON];
-    match std::env::var("PORT_TRACER_TEST_ATTACH").ok().as_deref() {
-        Some("fentry" | "kprobe") => {}
-        Some("tracepoint") => caps.extend([CAP_NET_ADMIN, CAP_DAC_READ_SEARCH]),
+    match attach_tier() {
+        Some(t) if *t == tiers::FENTRY || *t == tiers::KPROBE => {}
+        Some(t) if *t == tiers::TRACEPOINT => caps.extend([CAP_NET_ADMIN, CAP_DAC_READ_SEARCH]),
         // The cgroup tier needs no tracefs (raw tracepoints); `auto` picks it where fentry
         // and kprobes do not work (the VM matrix names every tier).
         _ => caps.push(CAP_NET_ADMIN),
@@ -2074,10 +2074,7 @@ fn the_hosts_tracefs_mounts_are_the_same_after_the_tracer_as_before() {
     use support::privileges::*;
     require_root!();
     // Only the tracepoint tier reads tracefs (auto, on the host, is that tier).
-    if matches!(
-        std::env::var("PORT_TRACER_TEST_ATTACH").ok().as_deref(),
-        Some("fentry" | "kprobe")
-    ) {
+    if attach_tier().is_some_and(|t| *t == tiers::FENTRY || *t == tiers::KPROBE) {
         support::skip("this tier does not read tracefs");
         return;
     }
@@ -2570,7 +2567,7 @@ fn io_uring_binds_listens_and_connects_are_seen() {
         "IORING_OP_CONNECT is 5.5+"
     );
     let tracer = Tracer::start();
-    let tier = tracer.tier().name;
+    let tier = tracer.tier();
     let any = loopback(0);
     let sa = |a: &libc::sockaddr_in| (a as *const libc::sockaddr_in).cast::<libc::sockaddr>();
     // Listener: bound and listening through io_uring where the kernel can (6.11+), through
@@ -2616,7 +2613,7 @@ fn io_uring_binds_listens_and_connects_are_seen() {
         return;
     }
     // The syscall tracepoints never see io_uring's binds (README); every other tier does.
-    let binds_seen = tier != "tracepoint";
+    let binds_seen = *tier != tiers::TRACEPOINT;
     for (proto, port) in [("tcp", lport), ("udp", uport)] {
         let lts: Vec<_> = t
             .lifetimes(proto, port)
@@ -2626,7 +2623,8 @@ fn io_uring_binds_listens_and_connects_are_seen() {
         assert_eq!(
             lts.len(),
             usize::from(binds_seen),
-            "{tier}: {proto} {port}: {lts:#?}"
+            "{}: {proto} {port}: {lts:#?}",
+            tier.name
         );
     }
     assert_eq!(t.summary()["lost"]["total"], 0);

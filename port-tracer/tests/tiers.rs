@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use port_tracer_common::tiers::{self, TierInfo};
 use support::*;
 
 /// A port the workload obtained, as the kernel reported it through getsockname.
@@ -20,15 +21,6 @@ struct Obtained {
     proto: &'static str,
     port: u16,
     origin: &'static str,
-}
-
-/// Whether `tier` sees bind() fail (README: the cgroup tier does not).
-fn sees_bind_failures(tier: &str) -> bool {
-    port_tracer_common::tiers::ALL
-        .iter()
-        .find(|t| t.name == tier)
-        .unwrap_or_else(|| panic!("unknown tier {tier}"))
-        .sees_bind_failures
 }
 
 /// What one tier's trace says, reduced to what every tier must agree on: one line per
@@ -182,27 +174,37 @@ fn every_tier_reports_the_same_lifetimes() {
         );
         return;
     };
-    let tiers: Vec<&str> = tiers.split(',').collect();
-    assert!(tiers.len() >= 2, "compare at least two tiers: {tiers:?}");
+    // The environment names them: the one place a tier is looked up by name.
+    let tiers: Vec<&'static TierInfo> = tiers
+        .split(',')
+        .map(|t| tiers::by_name(t).unwrap_or_else(|| panic!("unknown tier {t}")))
+        .collect();
+    assert!(tiers.len() >= 2, "compare at least two tiers");
     let tcp_fixed = free_tcp_port();
     let udp_fixed = free_udp_port();
 
     let me = std::process::id().to_string();
-    let tracers: Vec<(&str, Tracer)> = tiers
+    let tracers: Vec<(&TierInfo, Tracer)> = tiers
         .iter()
-        .map(|&t| (t, Tracer::start_tier(Some(t), &["--pid", &me])))
+        .map(|&t| (t, Tracer::start_tier(Some(t.name), &["--pid", &me])))
         .collect();
     let (obtained, tw_port) = workload(tcp_fixed, udp_fixed);
     for (tier, tracer) in &tracers {
         let ended = tracer.wait_for_record(Duration::from_secs(30), |r| {
             r["type"] == "release" && r["time_wait_sock"] == true && r["lport"] == tw_port
         });
-        assert!(ended, "{tier}: TIME_WAIT of port {tw_port} never ended");
+        assert!(
+            ended,
+            "{}: TIME_WAIT of port {tw_port} never ended",
+            tier.name
+        );
     }
-    let traces: Vec<(&str, Trace)> = tracers.into_iter().map(|(t, tr)| (t, tr.stop())).collect();
+    let traces: Vec<(&TierInfo, Trace)> =
+        tracers.into_iter().map(|(t, tr)| (t, tr.stop())).collect();
 
     // Each trace holds what the kernel did, checked against getsockname...
-    for (tier, t) in &traces {
+    for (info, t) in &traces {
+        let tier = info.name;
         for o in &obtained {
             let lts = t.lifetimes(o.proto, o.port);
             assert!(
@@ -216,7 +218,7 @@ fn every_tier_reports_the_same_lifetimes() {
         }
         let tw = t.lifetime("tcp", tw_port);
         assert!(!tw["time_wait_start_ns"].is_null() && !tw["released_ns"].is_null());
-        let bind_failures = usize::from(sees_bind_failures(tier));
+        let bind_failures = usize::from(info.sees_bind_failures);
         assert_eq!(
             t.of_type("alloc_failure").count(),
             bind_failures,
@@ -226,17 +228,19 @@ fn every_tier_reports_the_same_lifetimes() {
     }
     // ...and they agree line for line, but for the documented allowance: a tier blind to
     // bind failures is compared without them.
-    let (ref_tier, ref_trace) = &traces[0];
+    let (ref_info, ref_trace) = &traces[0];
+    let ref_tier = ref_info.name;
     let mut differences = BTreeMap::new();
-    for (tier, t) in &traces[1..] {
-        let both_see = sees_bind_failures(ref_tier) && sees_bind_failures(tier);
+    for (info, t) in &traces[1..] {
+        let tier = info.name;
+        let both_see = ref_info.sees_bind_failures && info.sees_bind_failures;
         let reference = facts(ref_trace, both_see);
         let these = facts(t, both_see);
         if these != reference {
             let only_ref: Vec<&String> = reference.iter().filter(|f| !these.contains(f)).collect();
             let only_this: Vec<&String> = these.iter().filter(|f| !reference.contains(f)).collect();
             differences.insert(
-                *tier,
+                tier,
                 format!("only in {ref_tier}: {only_ref:#?}\nonly in {tier}: {only_this:#?}"),
             );
         }

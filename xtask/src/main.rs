@@ -404,12 +404,15 @@ fn test(args: &[String]) -> Result<HostTests> {
         &[],
         &first_args,
     )?;
+    // The tiers this kernel runs (the VM matrix runs the others).
+    use port_tracer_common::tiers::{CGROUP, TRACEPOINT};
+    let compared = format!("{},{}", CGROUP.name, TRACEPOINT.name);
     let tracepoint = host_harness(
         "host, tracepoint tier",
         &["-p", "port-tracer", "--test", "kernel", "--test", "tiers"],
         &[
-            ("PORT_TRACER_TEST_ATTACH", "tracepoint"),
-            ("PORT_TRACER_TEST_TIERS", "cgroup,tracepoint"),
+            ("PORT_TRACER_TEST_ATTACH", TRACEPOINT.name),
+            ("PORT_TRACER_TEST_TIERS", &compared),
         ],
         args,
     )?;

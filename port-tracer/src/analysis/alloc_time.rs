@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use port_tracer_common::tiers::TierInfo;
 use serde::Serialize;
 
 use crate::{
@@ -167,20 +168,22 @@ pub struct AllocTimeReport {
 
 /// Why a run's events carry no allocator time, if they cannot: the tier that traced it
 /// does not hook the allocators, or the trace (format `version`) predates the field.
-pub fn unmeasured_reason(tier: &str, trace_version: Option<u16>) -> Option<String> {
+pub fn unmeasured_reason(
+    tier: Option<&'static TierInfo>,
+    trace_version: Option<u16>,
+) -> Option<String> {
     if let Some(v) = trace_version.filter(|&v| v < 3) {
         return Some(format!(
             "this trace (format version {v}) was recorded before port-tracer timed the allocator"
         ));
     }
-    let info = port_tracer_common::tiers::ALL
-        .iter()
-        .find(|t| t.name == tier)?;
+    let info = tier?;
     (!info.times_allocator).then(|| {
         format!(
-            "the {tier} tier hooks the calls around the allocator (syscalls or socket \
+            "the {} tier hooks the calls around the allocator (syscalls or socket \
              hooks, and state changes), not the allocator functions, so it cannot time them \
-             (the fentry and kprobe tiers do)"
+             (the fentry and kprobe tiers do)",
+            info.name
         )
     })
 }
@@ -302,12 +305,13 @@ mod tests {
 
     #[test]
     fn the_reason_times_are_missing_names_the_tier_or_the_format() {
-        assert_eq!(unmeasured_reason("fentry", None), None);
-        assert_eq!(unmeasured_reason("kprobe", Some(3)), None);
-        assert!(unmeasured_reason("tracepoint", Some(3))
+        use port_tracer_common::tiers;
+        assert_eq!(unmeasured_reason(Some(&tiers::FENTRY), None), None);
+        assert_eq!(unmeasured_reason(Some(&tiers::KPROBE), Some(3)), None);
+        assert!(unmeasured_reason(Some(&tiers::TRACEPOINT), Some(3))
             .unwrap()
             .contains("the tracepoint tier"));
-        assert!(unmeasured_reason("fentry", Some(2))
+        assert!(unmeasured_reason(Some(&tiers::FENTRY), Some(2))
             .unwrap()
             .contains("format version 2"));
     }

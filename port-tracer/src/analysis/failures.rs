@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use foldhash::HashMap;
+use port_tracer_common::tiers::TierInfo;
 use serde::Serialize;
 
 use port_tracer_common::errno::{EADDRINUSE, EADDRNOTAVAIL};
@@ -116,14 +117,13 @@ pub struct FailureReport {
 
 /// Why a trace made with `tier` holds no failed bind() or listen() (EADDRINUSE), if it
 /// cannot: the cgroup tier's hooks run only after a bind succeeded.
-pub fn bind_failures_unseen(tier: &str) -> Option<String> {
-    let info = port_tracer_common::tiers::ALL
-        .iter()
-        .find(|t| t.name == tier)?;
+pub fn bind_failures_unseen(tier: Option<&'static TierInfo>) -> Option<String> {
+    let info = tier?;
     (!info.sees_bind_failures).then(|| {
         format!(
-            "the {tier} tier does not see bind() fail (its hooks run only after a bind \
-             succeeded); --attach tracepoint does, at the cost of syscall tracepoints"
+            "the {} tier does not see bind() fail (its hooks run only after a bind \
+             succeeded); --attach tracepoint does, at the cost of syscall tracepoints",
+            info.name
         )
     })
 }

@@ -272,7 +272,7 @@ pub async fn run(config: LiveConfig) -> Result<()> {
     for r in held_ranges {
         live.engine.set_range(r);
     }
-    live.engine.set_tier(kernel.tier.info().name, None);
+    live.engine.set_tier(Some(kernel.tier.info()), None);
     live.engine.set_held_at_start(held_at_start);
     live.publisher = metrics_listener
         .map(|listener| Publisher::serve(listener, live.metrics_snapshot(&[0; lost::NAMES.len()])));

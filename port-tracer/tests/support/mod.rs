@@ -17,6 +17,7 @@ use serde_json::Value;
 pub mod privileges;
 
 pub use port_tracer::test_support::skip;
+pub use port_tracer_common::tiers::{self, TierInfo};
 
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
@@ -43,6 +44,13 @@ macro_rules! host_only {
             return;
         }
     };
+}
+
+/// The tier the environment forces (PORT_TRACER_TEST_ATTACH, as the VM matrix sets it);
+/// None: auto. The one place the tests look a tier up by its name.
+pub fn attach_tier() -> Option<&'static TierInfo> {
+    let name = std::env::var("PORT_TRACER_TEST_ATTACH").ok()?;
+    Some(tiers::by_name(&name).unwrap_or_else(|| panic!("unknown tier {name}")))
 }
 
 /// A running `port-tracer --format jsonl` writing to a temporary file.
@@ -124,15 +132,10 @@ impl Tracer {
     /// Starts the tracer showing only this process, on a tier that sees bind() fail: the
     /// tier under test if it does, else the tracepoint tier.
     pub fn start_seeing_bind_failures() -> Tracer {
-        let tier = std::env::var("PORT_TRACER_TEST_ATTACH")
-            .ok()
-            .filter(|t| {
-                port_tracer_common::tiers::ALL
-                    .iter()
-                    .any(|i| i.name == t && i.sees_bind_failures)
-            })
-            .unwrap_or_else(|| "tracepoint".into());
-        Self::start_tier(Some(&tier), &["--pid", &std::process::id().to_string()])
+        let tier = attach_tier()
+            .filter(|t| t.sees_bind_failures)
+            .unwrap_or(&tiers::TRACEPOINT);
+        Self::start_tier(Some(tier.name), &["--pid", &std::process::id().to_string()])
     }
 
     /// Waits (up to `limit`) until the tracer has written a record matching `f`; the tracer

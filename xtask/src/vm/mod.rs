@@ -14,12 +14,20 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Result};
 
+use port_tracer_common::tiers;
+
 use crate::{ensure_apt_packages, workspace_root};
 
-/// The attach tiers, as `--attach` spells them, best first (`port_tracer_common::tiers`).
-pub const TIERS: [&str; 4] = {
-    let t = port_tracer_common::tiers::ALL;
-    [t[0].name, t[1].name, t[2].name, t[3].name]
+/// The attach tiers, as `--attach` spells them, best first: the registry's
+/// (`port_tracer_common::tiers::ALL`), whatever it holds.
+pub const TIERS: [&str; tiers::ALL.len()] = {
+    let mut names = [""; tiers::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = tiers::ALL[i].name;
+        i += 1;
+    }
+    names
 };
 
 /// Boots a kernel gets at most when its guest's kernel crashes (see [`guest::Outcome::crash`]).
@@ -194,7 +202,11 @@ pub fn run(opts: &Options) -> Result<Totals> {
     } else if opts.tiers.is_empty() {
         // The tracepoint tier's suite runs on the host, whose kernel allows it (cargo
         // xtask test); here it is in the equivalence test, with every other tier.
-        let suites = all.iter().filter(|t| *t != "tracepoint").cloned().collect();
+        let suites = all
+            .iter()
+            .filter(|t| *t != tiers::TRACEPOINT.name)
+            .cloned()
+            .collect();
         Plan::new(!opts.no_lib, suites, all, filter)
     } else {
         Plan::new(!opts.no_lib, opts.tiers.clone(), opts.tiers.clone(), filter)
