@@ -29,6 +29,37 @@ pub struct Jsonl<W: Write> {
     clock: WallClock,
     /// Lines not yet written.
     line: Line,
+    /// Parts of the last records, kept as written: consecutive records mostly repeat them.
+    memo: Memo,
+}
+
+/// The owner and the addresses of the last records, as JSON: written once, copied after.
+#[derive(Default)]
+pub struct Memo {
+    owner: Option<(Task, Vec<u8>)>,
+    laddr: Option<(IpAddr, Vec<u8>)>,
+    raddr: Option<(IpAddr, Vec<u8>)>,
+}
+
+/// Copies what `key` was written as last time (into `memo`), or writes it with `write`
+/// and keeps that.
+#[inline(always)]
+fn memoized<K: PartialEq + Copy>(
+    line: &mut Line,
+    memo: &mut Option<(K, Vec<u8>)>,
+    key: K,
+    write: impl FnOnce(&mut Line),
+) {
+    if let Some((k, bytes)) = memo {
+        if *k == key {
+            line.0.extend_from_slice(bytes);
+            return;
+        }
+    }
+    let at = line.0.len();
+    write(line);
+    let bytes = line.0[at..].to_vec();
+    *memo = Some((key, bytes));
 }
 
 impl<W: Write> Jsonl<W> {
@@ -41,6 +72,7 @@ impl<W: Write> Jsonl<W> {
             out,
             clock,
             line: Line(Vec::with_capacity(Self::BLOCK + 1024)),
+            memo: Memo::default(),
         }
     }
 
@@ -73,7 +105,7 @@ impl<W: Write> Printer for Jsonl<W> {
         l.raw(ev.kind.as_str());
         l.raw("\",\"ts_ns\":");
         l.u64(ev.ts_ns);
-        l.socket(&ev.ends, &ev.task, ev.origin, ev.sock_id);
+        l.socket(&ev.ends, &ev.task, ev.origin, ev.sock_id, &mut self.memo);
         if matches!(ev.kind, Kind::Assign | Kind::AllocFailure) {
             l.raw(",\"alloc_ns\":");
             l.opt_u64(ev.alloc_ns.map(u64::from));
@@ -105,7 +137,7 @@ impl<W: Write> Printer for Jsonl<W> {
     fn lifetime(&mut self, lt: &Lifetime) -> io::Result<()> {
         let l = &mut self.line;
         l.raw("{\"type\":\"lifetime\"");
-        l.socket(&lt.ends, &lt.owner, lt.origin, lt.sock_id);
+        l.socket(&lt.ends, &lt.owner, lt.origin, lt.sock_id, &mut self.memo);
         l.raw(",\"assigned_ns\":");
         l.opt_u64(lt.assigned_ns());
         l.raw(",\"released_ns\":");
@@ -295,35 +327,44 @@ impl Line {
 
     /// The fields every record about a socket has, after at least one field. Keys are
     /// written with their punctuation as one literal: fewer, longer copies.
-    pub fn socket(&mut self, e: &Endpoints, task: &Task, origin: Origin, sock_id: u64) {
+    pub fn socket(
+        &mut self,
+        e: &Endpoints,
+        task: &Task,
+        origin: Origin,
+        sock_id: u64,
+        memo: &mut Memo,
+    ) {
         self.raw(",\"proto\":\"");
         self.raw(e.proto.as_str());
         self.raw("\",\"family\":\"");
         self.raw(e.family.as_str());
         self.raw("\",\"laddr\":");
-        self.ip(e.laddr);
+        memoized(self, &mut memo.laddr, e.laddr, |l| l.ip(e.laddr));
         self.raw(",\"lport\":");
         self.u64(e.lport.into());
         self.raw(",\"raddr\":");
-        self.ip(e.raddr);
+        memoized(self, &mut memo.raddr, e.raddr, |l| l.ip(e.raddr));
         self.raw(",\"rport\":");
         self.u64(e.rport.into());
         self.raw(",\"netns\":");
         self.u64(e.netns.into());
-        self.raw(",\"pid\":");
-        self.u64(task.pid.into());
-        self.raw(",\"tid\":");
-        self.u64(task.tid.into());
-        self.raw(",\"uid\":");
-        self.u64(task.uid.into());
-        self.raw(",\"ppid\":");
-        self.opt_u64(task.ppid.map(u64::from));
-        self.raw(",\"comm\":");
-        self.comm(&task.comm);
-        self.raw(",\"thread\":");
-        self.comm(&task.thread);
-        self.raw(",\"cgroup_id\":");
-        self.u64(task.cgroup_id);
+        memoized(self, &mut memo.owner, *task, |l| {
+            l.raw(",\"pid\":");
+            l.u64(task.pid.into());
+            l.raw(",\"tid\":");
+            l.u64(task.tid.into());
+            l.raw(",\"uid\":");
+            l.u64(task.uid.into());
+            l.raw(",\"ppid\":");
+            l.opt_u64(task.ppid.map(u64::from));
+            l.raw(",\"comm\":");
+            l.comm(&task.comm);
+            l.raw(",\"thread\":");
+            l.comm(&task.thread);
+            l.raw(",\"cgroup_id\":");
+            l.u64(task.cgroup_id);
+        });
         self.raw(",\"origin\":\"");
         self.raw(origin.as_str());
         self.raw("\",\"sock_id\":");
