@@ -910,3 +910,14 @@ impl Tracker {
         }
     }
 }
+
+#[cfg(test)]
+mod size {
+    /// What a million open lifetimes cost in slots (README's --max-lifetimes says so).
+    #[test]
+    fn an_open_slot_takes_about_a_hundred_bytes() {
+        let n = std::mem::size_of::<Option<super::Open>>();
+        eprintln!("open slot: {n} bytes");
+        assert!(n <= 112, "{n}");
+    }
+}
