@@ -272,23 +272,17 @@ mod tests {
 
     #[test]
     fn jsonl_lifetime_has_the_schema_fields() {
+        let owner = Task {
+            pid: 9,
+            comm: Comm::new("a\"b"),
+            ..Default::default()
+        };
         let lt = Lifetime {
-            ends: ends(40000),
-            owner: Task {
-                pid: 9,
-                comm: Comm::new("a\"b"),
-                ..Default::default()
-            },
-            origin: Origin::Connect,
-            sock_id: 0x10,
             assigned: time(100),
             released: time(350),
             time_wait_start: time(300),
-            lossy: false,
-            laddr_learnt: false,
-            seen_at_close: false,
-            ended_at_close: false,
             alloc_ns: Some(42),
+            ..Lifetime::new(ends(40000), owner, Origin::Connect, 0x10)
         };
         let mut p = jsonl::Jsonl::new(Vec::new(), WallClock { offset_ns: 0 });
         p.lifetime(&lt).unwrap();
@@ -307,18 +301,9 @@ mod tests {
     #[test]
     fn open_lifetime_has_null_release() {
         let lt = Lifetime {
-            ends: ends(1),
-            owner: Task::default(),
-            origin: Origin::Bind,
-            sock_id: 1,
             assigned: time(1),
-            released: None,
-            time_wait_start: None,
             lossy: true,
-            laddr_learnt: false,
-            seen_at_close: false,
-            ended_at_close: false,
-            alloc_ns: None,
+            ..Lifetime::new(ends(1), Task::default(), Origin::Bind, 1)
         };
         let mut p = jsonl::Jsonl::new(Vec::new(), WallClock { offset_ns: 0 });
         p.lifetime(&lt).unwrap();

@@ -465,6 +465,8 @@ fn burst_of_10000_connections_loses_nothing() {
     let t = tracer.stop();
     let summary = t.summary();
     assert_eq!(summary["lost"]["total"], 0, "{summary}");
+    // The backlog between draining and rebuilding is counted among the lost reasons.
+    assert_eq!(summary["lost"]["backlog_full"], 0, "{summary}");
     assert_eq!(summary["tracker"]["unmatched"], 0, "{summary}");
     let mut connect_lifetimes = std::collections::HashMap::new();
     for lt in t.of_type("lifetime").filter(|l| l["origin"] == "connect") {

@@ -198,6 +198,7 @@ fn metrics_scraped_during_a_run_and_read_by_the_prometheus_parser() {
         "return_missed",
         "port_unknown",
         "undecodable",
+        "backlog_full",
     ] {
         let lost = s.value("port_tracer_lost_events_total", &[("reason", reason)]);
         assert!(lost.is_some_and(|n| n >= 0.0), "lost reason {reason}");

@@ -13,7 +13,6 @@ use crate::{
 /// A TCP connect that went through TIME_WAIT, every field known.
 fn time_wait() -> Lifetime {
     Lifetime {
-        ends: ends(40000),
         owner: Task {
             pid: 9,
             tid: 10,
@@ -23,16 +22,15 @@ fn time_wait() -> Lifetime {
             thread: Comm::new("curl-worker"),
             cgroup_id: u64::MAX - 1,
         },
-        origin: Origin::Connect,
-        sock_id: 0xffff_8881_02da_e5c0,
         assigned: time(1_000),
         released: time(5_000),
         time_wait_start: time(3_000),
-        lossy: false,
-        laddr_learnt: false,
-        seen_at_close: false,
-        ended_at_close: false,
-        alloc_ns: None,
+        ..Lifetime::new(
+            ends(40000),
+            Task::default(),
+            Origin::Connect,
+            0xffff_8881_02da_e5c0,
+        )
     }
 }
 
@@ -53,16 +51,9 @@ fn open_ipv6() -> Lifetime {
             comm: Comm::new("ünï,\"x"),
             ..Default::default()
         },
-        origin: Origin::BindEphemeral,
-        sock_id: 0x10,
         assigned: time(2_000),
-        released: None,
-        time_wait_start: None,
         lossy: true,
-        laddr_learnt: false,
-        seen_at_close: false,
-        ended_at_close: false,
-        alloc_ns: None,
+        ..Lifetime::new(ends(0), Task::default(), Origin::BindEphemeral, 0x10)
     }
 }
 
