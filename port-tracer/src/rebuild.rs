@@ -205,12 +205,13 @@ impl Rebuild {
         let mut emit = shown(filter, stats, out);
         match upto {
             Upto::Excess => {
-                let early = reorder
-                    .release_excess(self.max_reorder_held, |ev| tracker.process(ev, &mut emit));
+                let early = reorder.release_excess(self.max_reorder_held, |ev| {
+                    tracker.process_in_place(ev, &mut emit)
+                });
                 tracker.counters.released_early += early;
             }
             Upto::InOrder(now) => {
-                reorder.release(now, |ev| tracker.process(ev, &mut emit));
+                reorder.release(now, |ev| tracker.process_in_place(ev, &mut emit));
                 tracker.advance(now.saturating_sub(reorder.delay_ns()), &mut emit);
             }
         }
@@ -261,7 +262,7 @@ impl Rebuild {
             ..
         } = self;
         let mut emit = shown(filter, stats, out);
-        reorder.release_all(|ev| tracker.process(ev, &mut emit));
+        reorder.release_all(|ev| tracker.process_in_place(ev, &mut emit));
         tracker.finish(&mut emit);
     }
 

@@ -68,31 +68,32 @@ impl Reorderer {
     }
 
     /// Hands `f` every event older than `now_ns - delay`, in timestamp order (ties keep
-    /// arrival order).
-    pub fn release(&mut self, now_ns: u64, f: impl FnMut(&Event)) {
+    /// arrival order); each is `f`'s to change, as it leaves the window (not copied out).
+    pub fn release(&mut self, now_ns: u64, f: impl FnMut(&mut Event)) {
         self.release_until(now_ns.saturating_sub(self.delay_ns), f);
     }
 
     /// Hands `f` the oldest events until at most `max` are held; returns how many went.
     /// Bounds the window's memory when events arrive faster than it was sized for.
-    pub fn release_excess(&mut self, max: usize, mut f: impl FnMut(&Event)) -> u64 {
+    pub fn release_excess(&mut self, max: usize, mut f: impl FnMut(&mut Event)) -> u64 {
         let mut n = 0;
         while self.held.len() > max {
-            let ev = self.held.pop_front().expect("more than max held");
+            let ev = self.held.front_mut().expect("more than max held");
             self.released_ts = self.released_ts.max(ev.ts_ns);
-            f(&ev);
+            f(ev);
+            self.held.pop_front();
             n += 1;
         }
         n
     }
 
     /// Hands `f` every event held.
-    pub fn release_all(&mut self, f: impl FnMut(&Event)) {
+    pub fn release_all(&mut self, f: impl FnMut(&mut Event)) {
         self.release_until(u64::MAX, f);
     }
 
-    fn release_until(&mut self, watermark: u64, mut f: impl FnMut(&Event)) {
-        while let Some(ev) = self.held.front() {
+    fn release_until(&mut self, watermark: u64, mut f: impl FnMut(&mut Event)) {
+        while let Some(ev) = self.held.front_mut() {
             if ev.ts_ns > watermark {
                 break;
             }

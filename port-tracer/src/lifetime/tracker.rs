@@ -513,20 +513,17 @@ impl Tracker {
         give(emit, OutputRef::Lifetime(&lt), Some(&mut links));
     }
 
-    /// `ev` attributed to the owner and origin of lifetime `id`.
-    fn attributed(&mut self, id: Id, ev: &Event) -> Event {
-        Event {
-            task: self.owner_of(id),
-            origin: self.get(id).origin,
-            ..*ev
-        }
+    /// Attributes `ev`, in place, to the owner and origin of lifetime `id`.
+    fn attribute(&mut self, id: Id, ev: &mut Event) {
+        ev.task = self.owner_of(id);
+        ev.origin = self.get(id).origin;
     }
 
     /// Emits `ev` (attributed) about open lifetime `id`, with its handles.
-    fn emit_about(&mut self, id: Id, ev: &Event, emit: &mut impl FnMut(Emitted<'_>)) {
-        let ev = self.attributed(id, ev);
+    fn emit_about(&mut self, id: Id, ev: &mut Event, emit: &mut impl FnMut(Emitted<'_>)) {
+        self.attribute(id, ev);
         let links = &mut self.get(id).links;
-        give(emit, OutputRef::Event(&ev), Some(links));
+        give(emit, OutputRef::Event(ev), Some(links));
     }
 
     /// A lifetime for a socket seen only at its end: held at start, or missed.
@@ -560,9 +557,9 @@ impl Tracker {
             }
             self.cancel_queue.pop_front();
             if self.pending_cancel.get(&tw).map(|ev| ev.ts_ns) == Some(ts) {
-                let ev = self.pending_cancel.remove(&tw).expect("checked above");
+                let mut ev = self.pending_cancel.remove(&tw).expect("checked above");
                 if let Some(id) = self.by_tw.remove(&tw) {
-                    self.end_time_wait(id, &ev, emit);
+                    self.end_time_wait(id, &mut ev, emit);
                 }
             }
         }
@@ -609,6 +606,12 @@ impl Tracker {
 
     /// Feeds one event; ended lifetimes and attributed events go to `emit`.
     pub fn process(&mut self, ev: &Event, emit: &mut impl FnMut(Emitted<'_>)) {
+        self.process_in_place(&mut ev.clone(), emit);
+    }
+
+    /// [`Tracker::process`] of an event the caller gives up: it is attributed to its
+    /// lifetime's owner in place, not copied for that (the reorder window's events).
+    pub fn process_in_place(&mut self, ev: &mut Event, emit: &mut impl FnMut(Emitted<'_>)) {
         self.counters.events += 1;
         if !self.cancel_queue.is_empty() {
             self.finalize_cancels(ev.ts_ns, emit);
@@ -623,7 +626,7 @@ impl Tracker {
         }
     }
 
-    fn assign(&mut self, ev: &Event, emit: &mut impl FnMut(Emitted<'_>)) {
+    fn assign(&mut self, ev: &mut Event, emit: &mut impl FnMut(Emitted<'_>)) {
         self.counters.origin_guessed += u64::from(ev.origin_guessed);
         if let Some(id) = self.sock_of(ev.sock_id) {
             let o = self.get(id);
@@ -687,12 +690,12 @@ impl Tracker {
         let id = self.open_new(lt, true, emit);
         self.map_sock(ev.sock_id, id);
         self.index(id);
-        let ev = Event { task: owner, ..*ev };
+        ev.task = owner;
         let links = &mut self.get(id).links;
-        give(emit, OutputRef::Event(&ev), Some(links));
+        give(emit, OutputRef::Event(ev), Some(links));
     }
 
-    fn remote_update(&mut self, ev: &Event, emit: &mut impl FnMut(Emitted<'_>)) {
+    fn remote_update(&mut self, ev: &mut Event, emit: &mut impl FnMut(Emitted<'_>)) {
         let Some(id) = self.sock_of(ev.sock_id) else {
             self.counters.unmatched += 1;
             return;
@@ -703,7 +706,7 @@ impl Tracker {
         self.emit_about(id, ev, emit);
     }
 
-    fn release(&mut self, ev: &Event, emit: &mut impl FnMut(Emitted<'_>)) {
+    fn release(&mut self, ev: &mut Event, emit: &mut impl FnMut(Emitted<'_>)) {
         match self.sock_of(ev.sock_id) {
             Some(id) => {
                 self.unmap_sock(ev.sock_id);
@@ -717,9 +720,9 @@ impl Tracker {
                     // does not see connect itself): keep it, as a remote update would.
                     o.learn_peer(&ev.ends);
                 }
-                let ev = self.attributed(id, ev);
+                self.attribute(id, ev);
                 self.close(id, ev.ts_ns, emit);
-                give(emit, OutputRef::Event(&ev), None);
+                give(emit, OutputRef::Event(ev), None);
             }
             // A socket that may never have held a port: nothing to end.
             None if ev.ended_at_close => {}
@@ -756,7 +759,7 @@ impl Tracker {
         }
     }
 
-    fn time_wait(&mut self, ev: &Event, emit: &mut impl FnMut(Emitted<'_>)) {
+    fn time_wait(&mut self, ev: &mut Event, emit: &mut impl FnMut(Emitted<'_>)) {
         let tw = ev.sock_id;
         if let Some(&old) = self.by_tw.get(&tw) {
             let held = self.get(old).ends;
@@ -769,7 +772,7 @@ impl Tracker {
             // end (or, without one, its end was missed).
             self.by_tw.remove(&tw);
             match self.pending_cancel.remove(&tw) {
-                Some(cancel) => self.end_time_wait(old, &cancel, emit),
+                Some(mut cancel) => self.end_time_wait(old, &mut cancel, emit),
                 None => {
                     self.counters.release_missing += 1;
                     self.get(old).flags |= LOSSY;
@@ -809,7 +812,7 @@ impl Tracker {
             .filter(|&a| a <= ev.ts_ns)
     }
 
-    fn release_time_wait(&mut self, ev: &Event, emit: &mut impl FnMut(Emitted<'_>)) {
+    fn release_time_wait(&mut self, ev: &mut Event, emit: &mut impl FnMut(Emitted<'_>)) {
         let tw = ev.sock_id;
         // Killed by a new connection reusing its 4-tuple: a final end, even if a cancel,
         // timed where that connection began (on the tracepoint tier its assignment is timed
@@ -846,7 +849,7 @@ impl Tracker {
         self.end_time_wait_at(id, ev, end, emit);
     }
 
-    fn end_time_wait(&mut self, id: Id, ev: &Event, emit: &mut impl FnMut(Emitted<'_>)) {
+    fn end_time_wait(&mut self, id: Id, ev: &mut Event, emit: &mut impl FnMut(Emitted<'_>)) {
         self.end_time_wait_at(id, ev, ev.ts_ns, emit);
     }
 
@@ -854,13 +857,13 @@ impl Tracker {
     fn end_time_wait_at(
         &mut self,
         id: Id,
-        ev: &Event,
+        ev: &mut Event,
         end_ns: u64,
         emit: &mut impl FnMut(Emitted<'_>),
     ) {
-        let ev = self.attributed(id, ev);
+        self.attribute(id, ev);
         self.close(id, end_ns, emit);
-        give(emit, OutputRef::Event(&ev), None);
+        give(emit, OutputRef::Event(ev), None);
     }
 
     /// Settles what is pending (cancelled TIME_WAIT timers) as of `now_ns`.
