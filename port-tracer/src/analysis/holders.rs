@@ -6,6 +6,8 @@ use std::{hash::BuildHasher, net::IpAddr};
 
 use serde::Serialize;
 
+use foldhash::HashMap;
+
 use super::ports::PortTables;
 use crate::{
     event::{Comm, Endpoints, Event, Origin, Proto},
@@ -30,8 +32,8 @@ struct Holding {
     /// The remote end (and the local address), hashed: tells which socket entered
     /// TIME_WAIT among those sharing a port.
     peer: u32,
-    pid: u32,
-    comm: Comm,
+    /// Its process, in [`Whos`].
+    who: u32,
     /// Its port's chain: the port, the other holdings.
     netns: u32,
     port: u16,
@@ -44,6 +46,60 @@ struct Holding {
 
 /// No holding (the end of a chain).
 const END: u32 = u32::MAX;
+
+/// The processes of the holdings kept, each once while a holding has it.
+#[derive(Clone, Debug, Default)]
+struct Whos {
+    list: Vec<((u32, Comm), u32)>,
+    free: Vec<u32>,
+    index: HashMap<(u32, Comm), u32>,
+    /// The last one interned: storms repeat it.
+    last: Option<u32>,
+}
+
+impl Whos {
+    fn get(&self, id: u32) -> (u32, Comm) {
+        self.list[id as usize].0
+    }
+
+    fn intern(&mut self, who: (u32, Comm)) -> u32 {
+        let id = match self.last.filter(|&id| self.list[id as usize].0 == who) {
+            Some(id) => id,
+            None => match self.index.get(&who) {
+                Some(&id) => id,
+                None => {
+                    let id = match self.free.pop() {
+                        Some(id) => {
+                            self.list[id as usize] = (who, 0);
+                            id
+                        }
+                        None => {
+                            self.list.push((who, 0));
+                            (self.list.len() - 1) as u32
+                        }
+                    };
+                    self.index.insert(who, id);
+                    id
+                }
+            },
+        };
+        self.list[id as usize].1 += 1;
+        self.last = Some(id);
+        id
+    }
+
+    fn release(&mut self, id: u32) {
+        let (who, refs) = &mut self.list[id as usize];
+        *refs -= 1;
+        if *refs == 0 {
+            self.index.remove(who);
+            self.free.push(id);
+            if self.last == Some(id) {
+                self.last = None;
+            }
+        }
+    }
+}
 
 /// What a socket was doing with its port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -87,6 +143,7 @@ pub struct PortHolders {
     free: Vec<u32>,
     /// Per (netns, protocol): each port's first holding, plus one (0: none).
     heads: PortTables<u32>,
+    whos: Whos,
     kept: usize,
     /// Sockets past [`MAX_KEPT`]: not named as holders.
     pub not_kept: u64,
@@ -120,13 +177,15 @@ impl PortHolders {
         })
     }
 
-    /// Keeps `h` for `e`'s port; its index, unless past the bound (counted).
-    fn add(&mut self, e: &Endpoints, mut h: Holding) -> Option<u32> {
+    /// Keeps `h`, held by process `who`, for `e`'s port; its index, unless past the bound
+    /// (counted).
+    fn add(&mut self, e: &Endpoints, who: (u32, Comm), mut h: Holding) -> Option<u32> {
         if self.kept >= MAX_KEPT {
             self.not_kept += 1;
             return None;
         }
         self.kept += 1;
+        h.who = self.whos.intern(who);
         let head = self
             .heads
             .get_mut(e.netns, e.proto)
@@ -164,6 +223,7 @@ impl PortHolders {
         if h.next != END {
             self.holdings[h.next as usize].prev = h.prev;
         }
+        self.whos.release(h.who);
         self.free.push(i);
         self.kept -= 1;
     }
@@ -180,13 +240,13 @@ impl PortHolders {
         };
         self.add(
             &h.ends,
+            (h.owner.pid, h.owner.comm),
             Holding {
                 sock_id: 0,
                 since_ns: 0,
                 laddr: laddr_of(h.ends.laddr),
                 peer: peer_of(&h.ends),
-                pid: h.owner.pid,
-                comm: h.owner.comm,
+                who: 0,
                 netns: 0,
                 port: 0,
                 proto: Proto::Tcp,
@@ -219,13 +279,13 @@ impl PortHolders {
         };
         let i = self.add(
             e,
+            (ev.task.pid, ev.task.comm),
             Holding {
                 sock_id: ev.sock_id,
                 since_ns: ev.ts_ns,
                 laddr: laddr_of(e.laddr),
                 peer: peer_of(e),
-                pid: ev.task.pid,
-                comm: ev.task.comm,
+                who: 0,
                 netns: 0,
                 port: 0,
                 proto: Proto::Tcp,
@@ -348,12 +408,12 @@ impl PortHolders {
             State::TimeWait => 2,
             State::Connected => 3,
         };
-        held.sort_by_key(|h| (rank(h.state), h.since_ns, h.pid, h.sock_id));
+        held.sort_by_key(|h| (rank(h.state), h.since_ns, self.whos.get(h.who).0, h.sock_id));
         held.truncate(NAMED);
         held.iter()
             .map(|h| Holder {
-                pid: h.pid,
-                comm: h.comm.as_str().into_owned(),
+                pid: self.whos.get(h.who).0,
+                comm: self.whos.get(h.who).1.as_str().into_owned(),
                 origin: h.origin.as_str(),
                 state: h.state,
                 since_ns: (h.since_ns != 0).then_some(h.since_ns),

@@ -87,6 +87,8 @@ const ALLOC_TIMED: u8 = 1 << 4;
 struct Open {
     ends: Endpoints,
     sock_id: u64,
+    /// The TIME_WAIT socket that holds its port now (0: none).
+    tw_sock: u64,
     assigned: Time,
     time_wait_start: Time,
     /// In [`Owners`].
@@ -240,8 +242,9 @@ pub struct Tracker {
     owners: Owners,
     /// Open lifetimes by socket address (slot ids, hashed by their `sock_id`).
     by_sock: HashTable<Id>,
-    /// Lifetimes in TIME_WAIT, by the TIME_WAIT socket's address.
-    by_tw: HashMap<u64, Id>,
+    /// Lifetimes in TIME_WAIT, by the TIME_WAIT socket's address (slot ids, hashed by
+    /// their `tw_sock`).
+    by_tw: HashTable<Id>,
     /// Open TCP lifetimes with a remote endpoint and not yet in TIME_WAIT, by endpoints.
     by_tuple: HashTable<Id>,
     /// Open TCP lifetimes without a remote endpoint (bound, listening), by (netns, port).
@@ -285,7 +288,7 @@ impl Tracker {
             free: Vec::new(),
             owners: Owners::default(),
             by_sock: HashTable::new(),
-            by_tw: HashMap::default(),
+            by_tw: HashTable::new(),
             by_tuple: HashTable::new(),
             bound_tcp: HashTable::new(),
             pending_cancel: HashMap::default(),
@@ -338,9 +341,12 @@ impl Tracker {
     /// Takes lifetime `id` out of the table as it ends (`released`: when, or None, cut off
     /// still open), lossy if events were lost while it was open; with its handles.
     fn take_slot(&mut self, id: Id, released: Time) -> (Lifetime, Links) {
-        let sock = self.get(id).sock_id;
+        let (sock, tw) = (self.get(id).sock_id, self.get(id).tw_sock);
         if self.sock_of(sock) == Some(id) {
             self.unmap_sock(sock);
+        }
+        if tw != 0 && self.tw_of(tw) == Some(id) {
+            self.unmap_tw(tw);
         }
         let o = self.slots[id as usize].take().expect("open lifetime");
         self.free.push(id);
@@ -373,6 +379,7 @@ impl Tracker {
         let o = Open {
             ends: lt.ends,
             sock_id: lt.sock_id,
+            tw_sock: 0,
             assigned: lt.assigned,
             time_wait_start: lt.time_wait_start,
             owner: self.owners.intern(&lt.owner),
@@ -424,6 +431,39 @@ impl Tracker {
         }) {
             e.remove();
         }
+    }
+
+    /// The lifetime whose port TIME_WAIT socket `tw` holds, if any.
+    fn tw_of(&self, tw: u64) -> Option<Id> {
+        let slots = &self.slots;
+        self.by_tw
+            .find(hash(tw), |&id| {
+                slots[id as usize].as_ref().is_some_and(|o| o.tw_sock == tw)
+            })
+            .copied()
+    }
+
+    /// TIME_WAIT socket `tw` holds lifetime `id`'s port from now on.
+    fn map_tw(&mut self, tw: u64, id: Id) {
+        self.unmap_tw(tw);
+        self.get(id).tw_sock = tw;
+        let slots = &self.slots;
+        self.by_tw.insert_unique(hash(tw), id, |&id| {
+            hash(slots[id as usize].as_ref().expect("open").tw_sock)
+        });
+    }
+
+    /// Forgets TIME_WAIT socket `tw`; the lifetime it held, if any.
+    fn unmap_tw(&mut self, tw: u64) -> Option<Id> {
+        let slots = &self.slots;
+        let e = self
+            .by_tw
+            .find_entry(hash(tw), |&id| {
+                slots[id as usize].as_ref().is_some_and(|o| o.tw_sock == tw)
+            })
+            .ok()?;
+        let (id, _) = e.remove();
+        Some(id)
     }
 
     /// The open connected TCP lifetime (not in TIME_WAIT) of endpoints `e`, if any.
@@ -558,7 +598,7 @@ impl Tracker {
             self.cancel_queue.pop_front();
             if self.pending_cancel.get(&tw).map(|ev| ev.ts_ns) == Some(ts) {
                 let mut ev = self.pending_cancel.remove(&tw).expect("checked above");
-                if let Some(id) = self.by_tw.remove(&tw) {
+                if let Some(id) = self.unmap_tw(tw) {
                     self.end_time_wait(id, &mut ev, emit);
                 }
             }
@@ -579,11 +619,6 @@ impl Tracker {
         ages.select_nth_unstable(k - 1);
         ages.truncate(k);
         ages.sort_unstable();
-        let mut evicted = vec![false; self.slots.len()];
-        for &(_, id) in &ages {
-            evicted[id as usize] = true;
-        }
-        self.by_tw.retain(|_, id| !evicted[*id as usize]);
         for (_, id) in ages {
             self.unindex(id);
             let (mut lt, mut links) = self.take_slot(id, None);
@@ -761,7 +796,7 @@ impl Tracker {
 
     fn time_wait(&mut self, ev: &mut Event, emit: &mut impl FnMut(Emitted<'_>)) {
         let tw = ev.sock_id;
-        if let Some(&old) = self.by_tw.get(&tw) {
+        if let Some(old) = self.tw_of(tw) {
             let held = self.get(old).ends;
             if self.is_rearm(&held, ev) {
                 self.pending_cancel.remove(&tw);
@@ -770,7 +805,7 @@ impl Tracker {
             }
             // A new TIME_WAIT socket at the address of one that died: its cancel was its
             // end (or, without one, its end was missed).
-            self.by_tw.remove(&tw);
+            self.unmap_tw(tw);
             match self.pending_cancel.remove(&tw) {
                 Some(mut cancel) => self.end_time_wait(old, &mut cancel, emit),
                 None => {
@@ -797,7 +832,7 @@ impl Tracker {
             }
         };
         self.get(id).time_wait_start = time(ev.ts_ns);
-        self.by_tw.insert(tw, id);
+        self.map_tw(tw, id);
         self.emit_about(id, ev, emit);
     }
 
@@ -822,7 +857,7 @@ impl Tracker {
             self.counters.time_wait_reused += 1;
         }
         let end = reused_at.unwrap_or(ev.ts_ns);
-        if !self.by_tw.contains_key(&tw) {
+        if self.tw_of(tw).is_none() {
             // A TIME_WAIT socket from before the start (or missed). A cancel may be a
             // re-arm, or the timer's own expiry (which cancels, then runs the handler):
             // decided as for any TIME_WAIT socket, so its final release is not a second,
@@ -830,7 +865,7 @@ impl Tracker {
             let lt = self.unseen(ev);
             if ev.tw_cancel && reused_at.is_none() {
                 let id = self.open_new(lt, true, emit);
-                self.by_tw.insert(tw, id);
+                self.map_tw(tw, id);
                 self.pending_cancel.insert(tw, *ev);
                 self.cancel_queue.push_back((ev.ts_ns, tw));
                 return;
@@ -845,7 +880,7 @@ impl Tracker {
             return;
         }
         self.pending_cancel.remove(&tw);
-        let id = self.by_tw.remove(&tw).expect("checked above");
+        let id = self.unmap_tw(tw).expect("checked above");
         self.end_time_wait_at(id, ev, end, emit);
     }
 
