@@ -33,13 +33,21 @@ pub struct Jsonl<W: Write> {
     memo: Memo,
 }
 
-/// The owner and the addresses of the last records, as JSON: written once, copied after.
+/// The owners, addresses and namespace of the last records, as JSON: written once, copied
+/// after. Owners alternate (a client's connect, the listener's accepted socket), so the
+/// last few are kept.
 #[derive(Default)]
 pub struct Memo {
-    owner: Option<(Task, Vec<u8>)>,
+    owners: [Option<(Task, Vec<u8>)>; OWNERS],
+    /// The slot the next new owner takes.
+    next_owner: usize,
     laddr: Option<(IpAddr, Vec<u8>)>,
     raddr: Option<(IpAddr, Vec<u8>)>,
+    netns: Option<(u32, Vec<u8>)>,
 }
+
+/// Owners kept written.
+const OWNERS: usize = 4;
 
 /// Copies what `key` was written as last time (into `memo`), or writes it with `write`
 /// and keeps that.
@@ -348,8 +356,21 @@ impl Line {
         self.raw(",\"rport\":");
         self.u64(e.rport.into());
         self.raw(",\"netns\":");
-        self.u64(e.netns.into());
-        memoized(self, &mut memo.owner, *task, |l| {
+        memoized(self, &mut memo.netns, e.netns, |l| l.u64(e.netns.into()));
+        let slot = match memo
+            .owners
+            .iter()
+            .position(|o| o.as_ref().is_some_and(|(t, _)| t == task))
+        {
+            Some(i) => i,
+            None => {
+                let i = memo.next_owner;
+                memo.next_owner = (i + 1) % OWNERS;
+                memo.owners[i] = None;
+                i
+            }
+        };
+        memoized(self, &mut memo.owners[slot], *task, |l| {
             l.raw(",\"pid\":");
             l.u64(task.pid.into());
             l.raw(",\"tid\":");
