@@ -375,7 +375,7 @@ pub struct RebuildArgs {
     #[arg(long, default_value_t = 50, value_name = "MS")]
     pub reorder_ms: u64,
 
-    /// Keep at most this many lifetimes open (about 210 bytes each, the analyses' included).
+    /// Keep at most this many lifetimes open (about 180 bytes each, the analyses' included).
     /// When full, the oldest sixteenth is emitted still open, marked lossy, and counted as
     /// evicted in the summary.
     #[arg(long, default_value_t = port_tracer::lifetime::DEFAULT_MAX_OPEN, value_name = "N")]

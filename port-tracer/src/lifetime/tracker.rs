@@ -18,7 +18,8 @@ use crate::event::{Endpoints, Event, Kind, Origin, Proto, Task};
 /// the cancel's time, and whether a start is a re-arm is the kernel's mark, not the gap.
 pub const TW_REARM_GRACE_NS: u64 = 50_000_000;
 
-/// Default limit of open lifetimes: about 150 MB of tables at some 140 bytes each.
+/// Default limit of open lifetimes: about 190 MB at some 180 bytes each (the analyses'
+/// state included).
 pub const DEFAULT_MAX_OPEN: usize = 1 << 20;
 
 /// What the tracker had to work around: signs of events it never saw.
