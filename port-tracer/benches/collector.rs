@@ -357,6 +357,7 @@ fn main() {
             f.printer(
                 port_tracer::output::buffered(Box::new(std::io::sink())),
                 port_tracer::output::WallClock::now(),
+                port_tracer::cgroups::Cgroups::recorded(),
             )
         });
         let c = run(&records, &mut engine, 0, &mut printer);

@@ -324,9 +324,19 @@ fn addr(family: Family, bytes: &[u8; 16]) -> IpAddr {
     }
 }
 
-/// The network namespace, pid and tid of a raw record (0s for a record without an owner),
-/// without decoding the rest (the per-record check for namespaces not seen yet).
-pub fn netns_and_thread(bytes: &[u8]) -> Option<(u32, u32, u32)> {
+/// Who a raw record names, read without decoding the rest: the drain side's per-record
+/// check for namespaces and cgroups not seen yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordOwner {
+    pub netns: u32,
+    /// 0s for a record without an owner (releases, TIME_WAIT transitions).
+    pub pid: u32,
+    pub tid: u32,
+    pub cgroup_id: u64,
+}
+
+/// The namespace and owner of a raw record, without decoding the rest.
+pub fn record_owner(bytes: &[u8]) -> Option<RecordOwner> {
     let h = head(bytes)?;
     let addrs = match h.family {
         AF_INET => std::mem::size_of::<Addrs4>(),
@@ -334,10 +344,18 @@ pub fn netns_and_thread(bytes: &[u8]) -> Option<(u32, u32, u32)> {
         _ => return None,
     };
     if h.body == body::NONE {
-        return Some((h.netns, 0, 0));
+        return Some(RecordOwner {
+            netns: h.netns,
+            ..Default::default()
+        });
     }
     let owner: Owner = read_pod(bytes, HEAD_LEN + addrs)?;
-    Some((h.netns, owner.pid, owner.tid))
+    Some(RecordOwner {
+        netns: h.netns,
+        pid: owner.pid,
+        tid: owner.tid,
+        cgroup_id: owner.cgroup_id,
+    })
 }
 
 /// An event as a record of any layout gives it (its head's `body` and `len` aside), on its
@@ -650,9 +668,10 @@ mod tests {
         for ev in [assign, failure, accepted, tw, six] {
             assert_eq!(Event::decode(&ev.encode()), Ok(ev), "{ev:?}");
         }
-        let (netns, pid, tid) = netns_and_thread(&assign.encode()).unwrap();
-        assert_eq!((netns, pid, tid), (7, 5, 6));
-        assert_eq!(netns_and_thread(&tw.encode()), Some((7, 0, 0)));
+        let o = record_owner(&assign.encode()).unwrap();
+        assert_eq!((o.netns, o.pid, o.tid, o.cgroup_id), (7, 5, 6, 9));
+        let o = record_owner(&tw.encode()).unwrap();
+        assert_eq!((o.netns, o.pid, o.cgroup_id), (7, 0, 0));
     }
 
     #[test]

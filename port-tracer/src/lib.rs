@@ -13,6 +13,7 @@
 //! path (`replay`, `trace_check`) uses neither `kernel` nor `live`.
 
 pub mod analysis;
+pub mod cgroups;
 pub mod clock;
 pub mod event;
 pub mod filter;

@@ -25,6 +25,7 @@ mod text;
 pub use queue::OutputQueue;
 
 use crate::{
+    cgroups::Cgroups,
     event::Event,
     lifetime::{Lifetime, OutputRef},
     summary::Summary,
@@ -62,7 +63,9 @@ pub struct Spec {
     pub binary: bool,
     /// A file for other tools (what `export` writes): lifetimes, no summary.
     pub for_tools: bool,
-    pub printer: fn(Out, WallClock) -> Box<dyn Printer + Send>,
+    /// A printer writing to `Out`, times of day from the clock, owners' cgroups named from
+    /// the table.
+    pub printer: fn(Out, WallClock, Cgroups) -> Box<dyn Printer + Send>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,9 +100,10 @@ impl Format {
         Format::ALL.into_iter().find(|f| f.spec().name == name)
     }
 
-    /// A printer of this format writing to `out`, times of day from `clock`.
-    pub fn printer(self, out: Out, clock: WallClock) -> Box<dyn Printer + Send> {
-        (self.spec().printer)(out, clock)
+    /// A printer of this format writing to `out`, times of day from `clock`, owners'
+    /// cgroups named from `cgroups`.
+    pub fn printer(self, out: Out, clock: WallClock, cgroups: Cgroups) -> Box<dyn Printer + Send> {
+        (self.spec().printer)(out, clock, cgroups)
     }
 }
 
@@ -135,6 +139,7 @@ impl Destination {
     pub fn open(
         &self,
         clock: WallClock,
+        cgroups: Cgroups,
     ) -> anyhow::Result<(Box<dyn Printer + Send>, Option<file::Created>)> {
         let (out, created): (Box<dyn Write + Send>, _) = match &self.path {
             Some(path) => {
@@ -144,7 +149,7 @@ impl Destination {
             }
             None => (Box::new(io::stdout()), None),
         };
-        Ok((self.format.printer(buffered(out), clock), created))
+        Ok((self.format.printer(buffered(out), clock, cgroups), created))
     }
 
     /// The outcome of writing, given its first error: the error named by where the output

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use port_tracer_common::{lost, tiers};
 
 use crate::{
+    cgroups::Cgroups,
     lifetime::OutputRef,
     output::{Destination, Printer, WallClock},
     rebuild::{Rebuild, RebuildConfig, Upto},
@@ -37,8 +38,9 @@ pub fn run(config: ReportConfig) -> Result<()> {
     let clock = WallClock {
         offset_ns: r.meta.realtime_offset_ns.into(),
     };
-    let (mut printer, _) = config.output.open(clock)?;
-    let done = replay(r, config.rebuild, &mut *printer)
+    let cgroups = Cgroups::recorded();
+    let (mut printer, _) = config.output.open(clock, cgroups.clone())?;
+    let done = replay(r, config.rebuild, &mut *printer, &cgroups)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     config.output.result(done.write_error)?;
     if let Some(e) = done.damage {
@@ -77,13 +79,16 @@ pub struct Replayed {
 }
 
 /// Replays the trace `r` through a rebuild engine configured by `config` to `printer`,
-/// summary last. Damage (truncation, corruption) ends the replay where it is, reported in
+/// summary last; the trace's cgroups go in `cgroups` (which `printer` names owners from). Damage (truncation, corruption) ends the replay where it is, reported in
 /// [`Replayed::damage`]; any other read error is the error.
 pub fn replay<R: io::Read>(
     mut r: TraceReader<R>,
     config: RebuildConfig,
     printer: &mut (dyn Printer + Send),
+    cgroups: &Cgroups,
 ) -> Result<Replayed, TraceError> {
+    // Traces before version 5 carry no cgroup table: their ids are not looked for.
+    let names_cgroups = r.version >= 5;
     let mut engine = Rebuild::new(config, r.meta.started_ns);
     // The trace names its tier: the one place it is looked up by name.
     engine.set_tier(tiers::by_name(&r.meta.tier), Some(r.version));
@@ -108,7 +113,11 @@ pub fn replay<R: io::Read>(
             Block::Events(raw) => {
                 for rec in raw.iter() {
                     records += 1;
-                    if let Some(ts) = engine.push_decoded(raw.decode(rec)) {
+                    let decoded = raw.decode(rec);
+                    if let (true, Ok(ev)) = (names_cgroups, &decoded) {
+                        cgroups.note(ev.task.cgroup_id);
+                    }
+                    if let Some(ts) = engine.push_decoded(decoded) {
                         newest = newest.max(ts);
                     }
                 }
@@ -121,6 +130,11 @@ pub fn replay<R: io::Read>(
                 engine.check_lost(&lost_counts);
             }
             Block::Held(held) => engine.set_held_at_start(held),
+            Block::Cgroups(entries) => {
+                for e in entries {
+                    cgroups.insert(e);
+                }
+            }
             Block::Ranges(ranges) => {
                 for range in ranges {
                     engine.set_range(range);
@@ -135,7 +149,8 @@ pub fn replay<R: io::Read>(
             break None;
         }
     };
-    let summary = engine.finish(&lost_counts, newest, &mut |o| w.take(o));
+    let mut summary = engine.finish(&lost_counts, newest, &mut |o| w.take(o));
+    summary.cgroups = cgroups.counts();
     if w.error.is_none() {
         w.error = w
             .printer

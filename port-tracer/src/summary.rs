@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::{
     analysis::{Analysis, AnalysisReport, Span},
+    cgroups::CgroupCounts,
     histogram::{Bucket, Log2Histogram},
     lifetime::{Counters, Links, OutputRef},
     tally::{Counts, Tally},
@@ -84,6 +85,8 @@ pub struct Summary {
     /// Records not written because the output could not keep up (live tracing); the
     /// summary still counts them.
     pub output_dropped: u64,
+    /// Owners' cgroups named, and those that could not be (see [`crate::cgroups`]).
+    pub cgroups: CgroupCounts,
     #[serde(flatten)]
     pub analysis: AnalysisReport,
 }
@@ -109,6 +112,7 @@ impl Summary {
             lifetime_histogram: stats.durations.buckets(),
             time_wait_histogram: stats.time_waits.buckets(),
             output_dropped: 0,
+            cgroups: CgroupCounts::default(),
             analysis,
         }
     }

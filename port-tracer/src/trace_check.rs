@@ -13,6 +13,7 @@ use std::{
 };
 
 use crate::{
+    cgroups::Cgroups,
     filter::Filter,
     output::{buffered, Format, WallClock},
     rebuild::RebuildConfig,
@@ -164,8 +165,13 @@ pub fn replay_trace(bytes: &[u8], limits: &ReplayLimits) -> TraceCheck {
         filter: Filter::default(),
         top: 10,
     };
-    let mut jsonl = Format::Jsonl.printer(buffered(Box::new(Counted(written.clone()))), clock);
-    match replay(reader, config, &mut *jsonl) {
+    let cgroups = Cgroups::recorded();
+    let mut jsonl = Format::Jsonl.printer(
+        buffered(Box::new(Counted(written.clone()))),
+        clock,
+        cgroups.clone(),
+    );
+    match replay(reader, config, &mut *jsonl, &cgroups) {
         Ok(done) => {
             let c = &done.summary.stats;
             check.blocks = done.blocks;
@@ -176,7 +182,7 @@ pub fn replay_trace(bytes: &[u8], limits: &ReplayLimits) -> TraceCheck {
             check.tracked_events = Some(done.summary.tracker.events);
             check.outputs = c.events + c.lifetimes_ended + c.lifetimes_open;
             let mut text =
-                Format::Text.printer(buffered(Box::new(Counted(written.clone()))), clock);
+                Format::Text.printer(buffered(Box::new(Counted(written.clone()))), clock, cgroups);
             text.summary(&done.summary).expect("writing to memory");
             text.flush().expect("writing to memory");
         }

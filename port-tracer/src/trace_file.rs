@@ -14,10 +14,12 @@
 //! long as its head's `len`: 40 bytes for an IPv4 release, 104 for an assignment), `LOST` (the kernel's cumulative
 //! lost-event counters, one u64 per reason), `HELD` (sockets holding ports at start, JSON),
 //! `RANGES` (ephemeral ranges of namespaces first seen after the start, JSON, written
-//! before the events of those namespaces), `END` (a clean end, with the monotonic time
-//! recording stopped as a u64; a file without it was cut short).
+//! before the events of those namespaces), `CGROUPS` (version 5: the paths of the
+//! cgroups that owners' ids name, JSON `[{"id", "path"}]`, written before the first event
+//! naming each), `END` (a clean end, with the monotonic time recording stopped as a u64; a
+//! file without it was cut short).
 //!
-//! Versions 1 to 3, whose records had one fixed size for every event (104, 120 and 128
+//! Version 4 is version 5 without `CGROUPS` blocks. Versions 1 to 3, whose records had one fixed size for every event (104, 120 and 128
 //! bytes), are still read ([`legacy`]).
 
 use std::io::{self, Read, Write};
@@ -32,7 +34,7 @@ pub mod legacy;
 
 pub const MAGIC: [u8; 8] = *b"PTRACE\r\n";
 /// The format version this build writes and the newest it reads.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// The metadata's `record_size` of this version: 0, records are as long as their heads say
 /// (versions 1 to 3 had one size, given there).
 pub const RECORD_SIZE_VARIABLE: u32 = 0;
@@ -49,6 +51,7 @@ pub enum Tag {
     Held = 3,
     End = 4,
     Ranges = 5,
+    Cgroups = 6,
 }
 
 impl Tag {
@@ -59,6 +62,7 @@ impl Tag {
             3 => Tag::Held,
             4 => Tag::End,
             5 => Tag::Ranges,
+            6 => Tag::Cgroups,
             _ => return None,
         })
     }
@@ -240,6 +244,13 @@ impl<W: Write> TraceWriter<W> {
         self.block(Tag::Ranges, &payload)
     }
 
+    /// Cgroups that the events to come name (pending records go first).
+    pub fn write_cgroups(&mut self, cgroups: &[crate::cgroups::Entry]) -> io::Result<()> {
+        self.write_events()?;
+        let payload = serde_json::to_vec(cgroups).expect("cgroups serialize");
+        self.block(Tag::Cgroups, &payload)
+    }
+
     /// Ends the trace cleanly at monotonic `end_ns` (pending records first) and flushes.
     pub fn finish(&mut self, end_ns: u64) -> io::Result<()> {
         self.write_events()?;
@@ -371,6 +382,7 @@ pub enum Block {
     Lost(Vec<u64>),
     Held(Vec<HeldAtStart>),
     Ranges(Vec<PortRange>),
+    Cgroups(Vec<crate::cgroups::Entry>),
     /// A clean end, with when recording stopped (monotonic ns).
     End(Option<u64>),
 }
@@ -542,6 +554,9 @@ impl<R: Read> TraceReader<R> {
                 }
                 Block::Ranges(ranges)
             }
+            Tag::Cgroups => Block::Cgroups(
+                serde_json::from_slice(&payload).map_err(|e| corrupt(format!("cgroups: {e}")))?,
+            ),
             Tag::Held => {
                 let list: Vec<HeldSocket> = serde_json::from_slice(&payload)
                     .map_err(|e| corrupt(format!("held sockets: {e}")))?;

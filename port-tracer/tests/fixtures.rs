@@ -34,14 +34,25 @@ fn since_7af1017(lines: Vec<String>) -> Vec<String> {
             if line.starts_with('{') && line.contains("\"type\":\"summary\"") {
                 let mut v: serde_json::Value = serde_json::from_str(&line).expect("a summary");
                 v["lost"]["backlog_full"] = 0.into();
+                // Owners' cgroups named (issue 23): none looked for in a trace without a
+                // cgroup table.
+                v["cgroups"] = serde_json::json!({"resolved": 0, "unresolved": 0});
                 return v.to_string();
             }
             // Records name the owner's parent process (`ppid`, issue 22), unknown in
-            // traces recorded before it was.
+            // traces recorded before it was; and its cgroup's path, container, pod and
+            // unit (issue 23), which traces before format 5 do not carry.
             if line.starts_with('{') {
                 if let Some(at) = line.find("\"uid\":") {
                     let end = at + line[at..].find(',').expect("a field after uid");
-                    return format!("{},\"ppid\":null{}", &line[..end], &line[end..]);
+                    let line = format!("{},\"ppid\":null{}", &line[..end], &line[end..]);
+                    let at = line.find("\"cgroup_id\":").expect("cgroup_id with uid");
+                    let end = at + line[at..].find(',').expect("a field after cgroup_id");
+                    return format!(
+                        "{},\"cgroup\":null,\"container_id\":null,\"pod_uid\":null,\"unit\":null{}",
+                        &line[..end],
+                        &line[end..]
+                    );
                 }
             }
             if i == 0 && line.starts_with("proto,family,") {
@@ -52,6 +63,16 @@ fn since_7af1017(lines: Vec<String>) -> Vec<String> {
                     .expect("a uid column");
                 uid_column = Some(uid);
                 fields.insert(uid + 1, "ppid".into());
+                let cgroup_id = fields
+                    .iter()
+                    .position(|f| f == "cgroup_id")
+                    .expect("cgroup_id");
+                for (i, name) in ["cgroup", "container_id", "pod_uid", "unit"]
+                    .iter()
+                    .enumerate()
+                {
+                    fields.insert(cgroup_id + 1 + i, name.to_string());
+                }
                 return fields.join(",");
             }
             if let Some(uid) = uid_column {
@@ -67,6 +88,10 @@ fn since_7af1017(lines: Vec<String>) -> Vec<String> {
                     })
                     .collect();
                 fields.insert(uid + 1, String::new());
+                // cgroup_id is 3 columns after ppid (comm, thread between).
+                for _ in 0..4 {
+                    fields.insert(uid + 5, String::new());
+                }
                 return fields.join(",");
             }
             line

@@ -2644,3 +2644,323 @@ fn io_uring_binds_listens_and_connects_are_seen() {
     }
     assert_eq!(t.summary()["lost"]["total"], 0);
 }
+
+/// Cgroups made for a test, named as container runtimes and kubelet name theirs, under a
+/// directory of the test's own at the cgroup v2 root; removed on drop.
+struct RuntimeCgroups {
+    root: std::path::PathBuf,
+    /// Paths under the cgroup v2 mount, as the kernel shows them in /proc/PID/cgroup.
+    made: Vec<String>,
+}
+
+impl RuntimeCgroups {
+    fn new(tag: &str) -> RuntimeCgroups {
+        let root = cgroup2_mount();
+        let top = format!("/port-tracer-test-{}-{tag}", std::process::id());
+        let _ = std::fs::remove_dir_all(root.join(&top[1..]));
+        RuntimeCgroups {
+            root,
+            made: vec![top],
+        }
+    }
+
+    /// Makes `path` (under the test's directory); its full path under the mount.
+    fn make(&mut self, path: &str) -> String {
+        let full = format!("{}/{path}", self.made[0]);
+        std::fs::create_dir_all(self.root.join(&full[1..])).unwrap();
+        self.made.push(full.clone());
+        full
+    }
+
+    fn procs(&self, path: &str) -> std::ffi::CString {
+        let p = self.root.join(&path[1..]).join("cgroup.procs");
+        std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).unwrap()
+    }
+
+    /// Removes every cgroup made, deepest first.
+    fn remove(&mut self) {
+        let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+        for m in &self.made {
+            let mut p = self.root.join(&m[1..]);
+            while p.starts_with(self.root.join(&self.made[0][1..])) {
+                if !dirs.contains(&p) {
+                    dirs.push(p.clone());
+                }
+                p.pop();
+            }
+        }
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            let _ = std::fs::remove_dir(&d);
+        }
+        self.made.truncate(1);
+    }
+}
+
+impl Drop for RuntimeCgroups {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// The cgroup v2 mount.
+fn cgroup2_mount() -> std::path::PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
+        })
+        .min_by_key(|p| p.as_os_str().len())
+        .expect("a cgroup v2 mount")
+}
+
+/// A child process that, once told to go, moves itself into the cgroup whose
+/// `cgroup.procs` is `procs`, enters a network namespace of its own and opens a TCP
+/// listener, a connection to it (accepted) and a UDP socket, then exits. Forked from a
+/// process with other threads, it makes system calls only.
+/// The name the workload runs under (what the tracers select it by).
+const WORKLOAD_COMM: &std::ffi::CStr = c"pt-workload";
+
+struct Workload {
+    pid: libc::pid_t,
+    go: libc::c_int,
+    ports: libc::c_int,
+}
+
+impl Workload {
+    fn fork(procs: &std::ffi::CString) -> Workload {
+        let (mut go, mut ports) = ([0; 2], [0; 2]);
+        unsafe {
+            assert_eq!(libc::pipe(go.as_mut_ptr()), 0);
+            assert_eq!(libc::pipe(ports.as_mut_ptr()), 0);
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                // Only its own ends: a write end kept would keep its read from ending.
+                libc::close(go[1]);
+                libc::close(ports[0]);
+                let code = Self::child(procs.as_ptr(), go[0], ports[1]);
+                libc::_exit(code);
+            }
+            libc::close(go[0]);
+            libc::close(ports[1]);
+            Workload {
+                pid,
+                go: go[1],
+                ports: ports[0],
+            }
+        }
+    }
+
+    /// In the child: each step's failure exits with its own code.
+    unsafe fn child(procs: *const libc::c_char, go: libc::c_int, out: libc::c_int) -> i32 {
+        let mut b = 0u8;
+        if libc::read(go, (&mut b as *mut u8).cast(), 1) != 1 {
+            return 10;
+        }
+        if libc::prctl(libc::PR_SET_NAME, WORKLOAD_COMM.as_ptr()) != 0 {
+            return 19;
+        }
+        let fd = libc::open(procs, libc::O_WRONLY);
+        if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+            return 11;
+        }
+        libc::close(fd);
+        if libc::unshare(libc::CLONE_NEWNET) != 0 {
+            return 12;
+        }
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name[0] = b'l' as libc::c_char;
+        req.ifr_name[1] = b'o' as libc::c_char;
+        if libc::ioctl(s, libc::SIOCGIFFLAGS as _, &mut req) != 0 {
+            return 13;
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(s, libc::SIOCSIFFLAGS as _, &mut req) != 0 {
+            return 14;
+        }
+        libc::close(s);
+        let port_of = |fd: libc::c_int| {
+            let mut sa: libc::sockaddr_in = std::mem::zeroed();
+            let mut len = 16;
+            libc::getsockname(fd, (&mut sa as *mut libc::sockaddr_in).cast(), &mut len);
+            u16::from_be(sa.sin_port)
+        };
+        let mut any = loopback(0);
+        let l = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        if libc::bind(l, (&any as *const libc::sockaddr_in).cast(), 16) != 0
+            || libc::listen(l, 4) != 0
+        {
+            return 15;
+        }
+        any.sin_port = port_of(l).to_be();
+        let c = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        if libc::connect(c, (&any as *const libc::sockaddr_in).cast(), 16) != 0 {
+            return 16;
+        }
+        let a = libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut());
+        let u = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        let zero = loopback(0);
+        if a < 0 || libc::bind(u, (&zero as *const libc::sockaddr_in).cast(), 16) != 0 {
+            return 17;
+        }
+        let ports = [port_of(l), port_of(c), port_of(u)];
+        let bytes: [u8; 6] = std::mem::transmute(ports);
+        if libc::write(out, bytes.as_ptr().cast(), 6) != 6 {
+            return 18;
+        }
+        for fd in [c, a, u, l] {
+            libc::close(fd);
+        }
+        0
+    }
+
+    /// Lets it run; its ports (listener, client, UDP) once it exited.
+    fn run(mut self) -> [u16; 3] {
+        unsafe {
+            assert_eq!(libc::write(self.go, b"g".as_ptr().cast(), 1), 1);
+            let mut bytes = [0u8; 6];
+            let got = libc::read(self.ports, bytes.as_mut_ptr().cast(), 6);
+            let mut status = 0;
+            assert_eq!(libc::waitpid(self.pid, &mut status, 0), self.pid);
+            assert!(
+                got == 6 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "the workload failed: status {status:#x}"
+            );
+            libc::close(self.go);
+            libc::close(self.ports);
+            self.pid = 0;
+            std::mem::transmute(bytes)
+        }
+    }
+}
+
+impl Drop for Workload {
+    /// A workload never run (the test failed first) is killed, not left waiting.
+    fn drop(&mut self) {
+        if self.pid > 0 {
+            unsafe {
+                libc::kill(self.pid, libc::SIGKILL);
+                libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+                libc::close(self.go);
+                libc::close(self.ports);
+            }
+        }
+    }
+}
+
+#[test]
+fn containers_and_pods_are_named_live_and_in_a_report_after_they_are_gone() {
+    require_root!();
+    let mut cgroups = RuntimeCgroups::new("names");
+    // Ids unique to this run: a leftover of an earlier one cannot pass for them.
+    let seed = format!(
+        "{:016x}",
+        (std::process::id() as u64) << 32 | now_ns() & 0xffff_ffff
+    );
+    let containerd_id = format!("{seed}{}", "c0".repeat(24));
+    let docker_id = format!("{seed}{}", "d0".repeat(24));
+    let uid = format!(
+        "{}-{}-4{}-8{}-{}",
+        &seed[..8],
+        &seed[8..12],
+        &seed[13..16],
+        &seed[1..4],
+        "0123456789ab"
+    );
+    let pod_slice = format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+        uid.replace('-', "_")
+    );
+    let in_pod = cgroups.make(&format!("{pod_slice}/cri-containerd-{containerd_id}.scope"));
+    let in_docker = cgroups.make(&format!("system.slice/docker-{docker_id}.scope"));
+    let workloads = [
+        (
+            Workload::fork(&cgroups.procs(&in_pod)),
+            &in_pod,
+            &containerd_id,
+            Some(&uid),
+        ),
+        (
+            Workload::fork(&cgroups.procs(&in_docker)),
+            &in_docker,
+            &docker_id,
+            None,
+        ),
+    ];
+    let trace = std::env::temp_dir().join(format!("pt-containers-{}.ptrace", std::process::id()));
+    let args = ["--comm", WORKLOAD_COMM.to_str().unwrap()];
+    // `record` keeps every process (it filters by socket only); `report` selects.
+    let (live, ran) = record_with(&trace, &[], || {
+        let live = Tracer::start_with(&args);
+        let ran: Vec<_> = workloads
+            .into_iter()
+            .map(|(w, path, id, pod)| {
+                (
+                    w.pid as u64,
+                    w.run(),
+                    path.clone(),
+                    id.clone(),
+                    pod.cloned(),
+                )
+            })
+            .collect();
+        (live.stop(), ran)
+    });
+    // The cgroups go before the report is made: the names come from the trace alone.
+    cgroups.remove();
+    let out = report(&[
+        trace.as_os_str(),
+        "--format".as_ref(),
+        "jsonl".as_ref(),
+        args[0].as_ref(),
+        args[1].as_ref(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reported: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let _ = std::fs::remove_file(&trace);
+    for (source, records) in [("live", &live.records), ("report", &reported)] {
+        for (pid, ports, path, id, pod) in &ran {
+            let mine: Vec<&serde_json::Value> = records
+                .iter()
+                .filter(|r| r["type"] == "lifetime" && r["pid"] == *pid)
+                .collect();
+            for (proto, port) in [("tcp", ports[0]), ("tcp", ports[1]), ("udp", ports[2])] {
+                let lt = mine
+                    .iter()
+                    .find(|r| r["proto"] == proto && r["lport"] == port)
+                    .unwrap_or_else(|| {
+                        panic!("{source}: no {proto} lifetime of port {port} for {pid}: {mine:#?}")
+                    });
+                assert_eq!(lt["cgroup"], path.as_str(), "{source}: {lt}");
+                assert_eq!(lt["container_id"], id.as_str(), "{source}: {lt}");
+                assert_eq!(lt["pod_uid"], serde_json::json!(pod), "{source}: {lt}");
+                assert_eq!(lt["unit"], serde_json::Value::Null, "{source}: {lt}");
+            }
+        }
+        // Counted over every process of the host (a busy one may lose a short-lived
+        // cgroup before it is resolved): at least the workloads' two.
+        let summary = records.iter().find(|r| r["type"] == "summary").unwrap();
+        assert!(
+            summary["cgroups"]["resolved"].as_u64() >= Some(2),
+            "{source}: {summary}"
+        );
+    }
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}

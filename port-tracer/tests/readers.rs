@@ -17,7 +17,7 @@ import json, sys
 import duckdb, pyarrow.parquet as pq
 
 path, pid = sys.argv[1], int(sys.argv[2])
-cols = ["proto", "lport", "rport", "origin", "pid", "ppid", "comm", "thread", "released_ns"]
+cols = ["proto", "lport", "rport", "origin", "pid", "ppid", "comm", "thread", "cgroup", "released_ns"]
 
 table = pq.read_table(path)
 arrow = {
@@ -102,6 +102,12 @@ fn parquet_export_reads_back_in_pyarrow_and_duckdb() {
             rows[0]
         };
         let (comm, thread) = (process_comm(), thread_comm());
+        // This process's cgroup v2 path, as the kernel shows it.
+        let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("0::").map(String::from))
+            .expect("a cgroup v2 line");
         for (proto, port, origin) in [
             ("tcp", ports.listener, "bind_ephemeral"),
             ("tcp", ports.listener, "inherited"),
@@ -115,6 +121,7 @@ fn parquet_export_reads_back_in_pyarrow_and_duckdb() {
             assert_eq!(lt["thread"], thread.as_str(), "{reader}: {lt}");
             // The parent, as the kernel knew it (getppid()), on every tier.
             assert_eq!(lt["ppid"], unsafe { libc::getppid() }, "{reader}: {lt}");
+            assert_eq!(lt["cgroup"], cgroup.as_str(), "{reader}: {lt}");
         }
         let client = row("tcp", ports.client, "connect");
         assert_eq!(client["rport"], ports.listener, "{reader}: {client}");
@@ -136,6 +143,7 @@ fn parquet_export_reads_back_in_pyarrow_and_duckdb() {
     assert_eq!(arrow["lossy"], json!(["bool", false]));
     assert_eq!(arrow["alloc_ns"], json!(["uint64", true]));
     assert_eq!(arrow["ppid"], json!(["uint32", true]));
+    assert_eq!(arrow["container_id"], json!(["string", true]));
     let duck = &read["duckdb"]["types"];
     assert_eq!(duck["lport"], "USMALLINT");
     assert_eq!(duck["pid"], "UINTEGER");
@@ -146,9 +154,10 @@ fn parquet_export_reads_back_in_pyarrow_and_duckdb() {
     assert_eq!(duck["lossy"], "BOOLEAN");
     assert_eq!(duck["alloc_ns"], "UBIGINT");
     assert_eq!(duck["ppid"], "UINTEGER");
+    assert_eq!(duck["cgroup"], "VARCHAR");
     assert_eq!(
         duck.as_object().unwrap().keys().len(),
-        23,
+        27,
         "the JSONL lifetime fields: {duck}"
     );
 

@@ -26,8 +26,9 @@ use tokio::{
 
 use self::backlog::{backlog, records, BacklogReceiver, BacklogSender, Item};
 use crate::{
+    cgroups::{Cgroups, Noter},
     clock::monotonic_ns,
-    event::netns_and_thread,
+    event::record_owner,
     kernel::{self, held, privileges, ranges::RangeFinder, Kernel, LoadOptions},
     lifetime::HeldAtStart,
     metrics::{self, Publisher},
@@ -86,18 +87,24 @@ enum Note {
 struct Drain {
     backlog: BacklogSender<Note>,
     ranges: RangeFinder,
+    /// Owners' cgroups, resolved as they first appear (while they likely still exist).
+    cgroups: Noter,
 }
 
 impl Drain {
     fn push_record(&mut self, bytes: &[u8]) {
-        if let Some((netns, pid, tid)) = netns_and_thread(bytes) {
+        if let Some(o) = record_owner(bytes) {
             // Releases and TIME_WAIT events carry no task: a later event names where to look.
-            if pid != 0 && !self.ranges.tried(netns) {
+            if o.pid != 0 && !self.ranges.tried(o.netns) {
                 // Before the record reaches the analyses: their groups take the range
                 // they find when they begin.
-                if let Some(r) = self.ranges.find(netns, pid, tid) {
+                if let Some(r) = self.ranges.find(o.netns, o.pid, o.tid) {
                     self.backlog.push_note(Note::Range(r));
                 }
+            }
+            // Before the record reaches the printers, which name it.
+            if self.cgroups.note(o.cgroup_id) {
+                self.cgroups.table.take_new(); // only a recording writes them down
             }
         }
         self.backlog.push_record(bytes);
@@ -117,6 +124,7 @@ struct Live {
     engine: Rebuild,
     queue: OutputQueue,
     publisher: Option<Publisher>,
+    cgroups: Cgroups,
 }
 
 /// The backlog held at least this much since it was last empty: give the memory back
@@ -204,11 +212,24 @@ impl Live {
     /// error, if any.
     fn finish(self, lost_counts: &[u64], end_ns: u64) -> Option<io::Error> {
         let Live {
-            engine, mut queue, ..
+            engine,
+            mut queue,
+            cgroups,
+            ..
         } = self;
         let mut summary = engine.finish(lost_counts, end_ns, &mut |o| queue.push(o));
         summary.output_dropped = queue.dropped();
+        summary.cgroups = cgroups.counts();
         queue.finish(summary).err()
+    }
+}
+
+/// The traced host's cgroups, its hierarchy walked now; without a cgroup v2 mount, an
+/// empty table (every id counted as unresolved).
+pub fn host_cgroups() -> Cgroups {
+    match kernel::cgroup2_root() {
+        Ok(root) => Cgroups::on_host(crate::cgroups::host::Hierarchy::walk(root)),
+        Err(_) => Cgroups::recorded(),
     }
 }
 
@@ -238,7 +259,8 @@ pub async fn run(config: LiveConfig) -> Result<()> {
     };
     // The output before the programs: a refused path costs no loading.
     privileges::check_load()?;
-    let (printer, created) = config.output.open(WallClock::now())?;
+    let cgroups = host_cgroups();
+    let (printer, created) = config.output.open(WallClock::now(), cgroups.clone())?;
     let Traced {
         kernel,
         mut ring,
@@ -268,6 +290,7 @@ pub async fn run(config: LiveConfig) -> Result<()> {
         engine: Rebuild::new(config.rebuild.clone(), start_ns),
         queue: OutputQueue::idle(),
         publisher: None,
+        cgroups: cgroups.clone(),
     };
     for r in held_ranges {
         live.engine.set_range(r);
@@ -283,6 +306,7 @@ pub async fn run(config: LiveConfig) -> Result<()> {
     let mut drain = Drain {
         backlog: tx,
         ranges,
+        cgroups: Noter::new(cgroups),
     };
     let stop_rebuild = Arc::new(AtomicBool::new(false));
     let rebuilder = {
@@ -330,7 +354,9 @@ pub async fn run(config: LiveConfig) -> Result<()> {
         lost,
         backlog_full,
     });
-    let Drain { backlog, ranges } = drain;
+    let Drain {
+        backlog, ranges, ..
+    } = drain;
     drop(backlog);
     // While the rebuild thread works through what is left.
     kernel.detach();

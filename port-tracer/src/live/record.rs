@@ -10,8 +10,9 @@ use port_tracer_common::lost;
 
 use super::{announce, deadline, drop_privileges, held_ranges, warn_if_absent, Stop, Traced};
 use crate::{
+    cgroups::Noter,
     clock::monotonic_ns,
-    event::{netns_and_thread, Event},
+    event::{record_owner, Event},
     filter::Filter,
     kernel::{
         self,
@@ -60,6 +61,7 @@ pub async fn run(args: RecordConfig) -> Result<()> {
 
     let writing = || format!("writing to {}", path.display());
     let mut finder = RangeFinder::new()?;
+    let mut cgroups = Noter::new(super::host_cgroups());
     let keep = args.keep.as_ref();
     let meta = Metadata {
         host: read_trimmed("/proc/sys/kernel/hostname"),
@@ -90,14 +92,14 @@ pub async fn run(args: RecordConfig) -> Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                records += take(guard.get_inner_mut(), &mut w, &mut finder, keep).with_context(writing)?;
+                records += take(guard.get_inner_mut(), &mut w, &mut finder, &mut cgroups, keep).with_context(writing)?;
                 guard.clear_ready();
                 if w.pending_bytes() >= BLOCK_BYTES {
                     w.write_events().with_context(writing)?;
                 }
             }
             _ = tick.tick() => {
-                records += take(ring.get_mut(), &mut w, &mut finder, keep).with_context(writing)?;
+                records += take(ring.get_mut(), &mut w, &mut finder, &mut cgroups, keep).with_context(writing)?;
                 w.write_events().with_context(writing)?;
                 let lost_now = lost_counters.read();
                 if lost_now != lost_written {
@@ -112,7 +114,8 @@ pub async fn run(args: RecordConfig) -> Result<()> {
         }
     }
 
-    records += take(ring.get_mut(), &mut w, &mut finder, keep).with_context(writing)?;
+    records +=
+        take(ring.get_mut(), &mut w, &mut finder, &mut cgroups, keep).with_context(writing)?;
     let lost_now = lost_counters.read();
     w.write_lost(&lost_now).with_context(writing)?;
     w.finish(monotonic_ns()).with_context(writing)?;
@@ -132,11 +135,12 @@ pub async fn run(args: RecordConfig) -> Result<()> {
 }
 
 /// Moves what the ring buffer holds (what `keep` matches) to the trace, each namespace's
-/// range before its first record; returns how many records.
+/// range and each cgroup's path before its first record; returns how many records.
 fn take<W: std::io::Write>(
     ring: &mut RingBuf<MapData>,
     w: &mut TraceWriter<W>,
     finder: &mut RangeFinder,
+    cgroups: &mut Noter,
     keep: Option<&Filter>,
 ) -> std::io::Result<u64> {
     let mut n = 0;
@@ -147,12 +151,15 @@ fn take<W: std::io::Write>(
                 continue;
             }
         }
-        if let Some((netns, pid, tid)) = netns_and_thread(&item) {
+        if let Some(o) = record_owner(&item) {
             // Releases and TIME_WAIT events carry no task: a later event names where to look.
-            if pid != 0 && !finder.tried(netns) {
-                if let Some(range) = finder.find(netns, pid, tid) {
+            if o.pid != 0 && !finder.tried(o.netns) {
+                if let Some(range) = finder.find(o.netns, o.pid, o.tid) {
                     w.write_ranges(&[range])?;
                 }
+            }
+            if cgroups.note(o.cgroup_id) {
+                w.write_cgroups(&cgroups.table.take_new())?;
             }
         }
         w.push_record(&item);

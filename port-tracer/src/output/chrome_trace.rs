@@ -21,7 +21,7 @@ pub const SPEC: Spec = Spec {
            process, a slice per lifetime, TIME_WAIT as a slice inside it",
     binary: false,
     for_tools: true,
-    printer: |out, clock| Box::new(ChromeTracePrinter::new(out, clock)),
+    printer: |out, clock, _| Box::new(ChromeTracePrinter::new(out, clock)),
 };
 
 pub struct ChromeTracePrinter<W: Write> {

@@ -4,7 +4,21 @@
 
 use std::borrow::Cow;
 
-use crate::lifetime::Lifetime;
+use crate::{cgroups::Cgroup, lifetime::Lifetime};
+
+/// A lifetime as a row: with its owner's cgroup, if resolved.
+#[derive(Clone, Copy, Debug)]
+pub struct Row<'a> {
+    pub lt: &'a Lifetime,
+    pub cgroup: Option<&'a Cgroup>,
+}
+
+impl<'a> Row<'a> {
+    /// A row without a cgroup.
+    pub fn of(lt: &'a Lifetime) -> Row<'a> {
+        Row { lt, cgroup: None }
+    }
+}
 
 /// What a column holds; Parquet types follow from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +32,8 @@ pub enum ColumnType {
     /// Unsigned 64-bit, null when unknown (times not seen, lifetimes not ended, allocator
     /// time on a tier that does not measure it).
     OptionalU64,
+    /// Text, null when unknown (names from the owner's cgroup).
+    OptionalText,
     Bool,
 }
 
@@ -41,13 +57,13 @@ impl From<Option<u64>> for Value<'_> {
 pub struct Column {
     pub name: &'static str,
     pub ty: ColumnType,
-    pub value: for<'a> fn(&'a Lifetime) -> Value<'a>,
+    pub value: for<'a> fn(&Row<'a>) -> Value<'a>,
 }
 
 const fn column(
     name: &'static str,
     ty: ColumnType,
-    value: for<'a> fn(&'a Lifetime) -> Value<'a>,
+    value: for<'a> fn(&Row<'a>) -> Value<'a>,
 ) -> Column {
     Column { name, ty, value }
 }
@@ -60,37 +76,53 @@ fn owned(s: String) -> Value<'static> {
     Value::Text(Cow::Owned(s))
 }
 
+fn opt_text(s: Option<&str>) -> Value<'_> {
+    s.map_or(Value::Null, text)
+}
+
 use ColumnType::*;
 
 /// The columns, in the JSONL lifetime record's order.
 pub const LIFETIME_COLUMNS: &[Column] = &[
-    column("proto", Text, |lt| text(lt.ends.proto.as_str())),
-    column("family", Text, |lt| text(lt.ends.family.as_str())),
-    column("laddr", Text, |lt| owned(lt.ends.laddr.to_string())),
-    column("lport", U16, |lt| Value::Uint(lt.ends.lport.into())),
-    column("raddr", Text, |lt| owned(lt.ends.raddr.to_string())),
-    column("rport", U16, |lt| Value::Uint(lt.ends.rport.into())),
-    column("netns", U32, |lt| Value::Uint(lt.ends.netns.into())),
-    column("pid", U32, |lt| Value::Uint(lt.owner.pid.into())),
-    column("tid", U32, |lt| Value::Uint(lt.owner.tid.into())),
-    column("uid", U32, |lt| Value::Uint(lt.owner.uid.into())),
-    column("ppid", OptionalU32, |lt| {
-        lt.owner.ppid.map(u64::from).into()
+    column("proto", Text, |r| text(r.lt.ends.proto.as_str())),
+    column("family", Text, |r| text(r.lt.ends.family.as_str())),
+    column("laddr", Text, |r| owned(r.lt.ends.laddr.to_string())),
+    column("lport", U16, |r| Value::Uint(r.lt.ends.lport.into())),
+    column("raddr", Text, |r| owned(r.lt.ends.raddr.to_string())),
+    column("rport", U16, |r| Value::Uint(r.lt.ends.rport.into())),
+    column("netns", U32, |r| Value::Uint(r.lt.ends.netns.into())),
+    column("pid", U32, |r| Value::Uint(r.lt.owner.pid.into())),
+    column("tid", U32, |r| Value::Uint(r.lt.owner.tid.into())),
+    column("uid", U32, |r| Value::Uint(r.lt.owner.uid.into())),
+    column("ppid", OptionalU32, |r| {
+        r.lt.owner.ppid.map(u64::from).into()
     }),
-    column("comm", Text, |lt| Value::Text(lt.owner.comm.as_str())),
-    column("thread", Text, |lt| Value::Text(lt.owner.thread.as_str())),
-    column("cgroup_id", U64, |lt| Value::Uint(lt.owner.cgroup_id)),
-    column("origin", Text, |lt| text(lt.origin.as_str())),
-    column("sock_id", Text, |lt| owned(format!("{:#x}", lt.sock_id))),
-    column("assigned_ns", OptionalU64, |lt| lt.assigned_ns().into()),
-    column("released_ns", OptionalU64, |lt| lt.released_ns().into()),
-    column("duration_ns", OptionalU64, |lt| lt.duration_ns().into()),
-    column("time_wait_start_ns", OptionalU64, |lt| {
-        lt.time_wait_start_ns().into()
+    column("comm", Text, |r| Value::Text(r.lt.owner.comm.as_str())),
+    column("thread", Text, |r| Value::Text(r.lt.owner.thread.as_str())),
+    column("cgroup_id", U64, |r| Value::Uint(r.lt.owner.cgroup_id)),
+    column("cgroup", OptionalText, |r| {
+        opt_text(r.cgroup.map(|c| c.path.as_str()))
     }),
-    column("time_wait_ns", OptionalU64, |lt| lt.time_wait_ns().into()),
-    column("alloc_ns", OptionalU64, |lt| {
-        lt.alloc_ns.map(u64::from).into()
+    column("container_id", OptionalText, |r| {
+        opt_text(r.cgroup.and_then(|c| c.naming.container_id.as_deref()))
     }),
-    column("lossy", Bool, |lt| Value::Bool(lt.lossy)),
+    column("pod_uid", OptionalText, |r| {
+        opt_text(r.cgroup.and_then(|c| c.naming.pod_uid.as_deref()))
+    }),
+    column("unit", OptionalText, |r| {
+        opt_text(r.cgroup.and_then(|c| c.naming.unit.as_deref()))
+    }),
+    column("origin", Text, |r| text(r.lt.origin.as_str())),
+    column("sock_id", Text, |r| owned(format!("{:#x}", r.lt.sock_id))),
+    column("assigned_ns", OptionalU64, |r| r.lt.assigned_ns().into()),
+    column("released_ns", OptionalU64, |r| r.lt.released_ns().into()),
+    column("duration_ns", OptionalU64, |r| r.lt.duration_ns().into()),
+    column("time_wait_start_ns", OptionalU64, |r| {
+        r.lt.time_wait_start_ns().into()
+    }),
+    column("time_wait_ns", OptionalU64, |r| r.lt.time_wait_ns().into()),
+    column("alloc_ns", OptionalU64, |r| {
+        r.lt.alloc_ns.map(u64::from).into()
+    }),
+    column("lossy", Bool, |r| Value::Bool(r.lt.lossy)),
 ];

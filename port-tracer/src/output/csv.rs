@@ -6,22 +6,28 @@ use std::{
 };
 
 use super::{
-    columns::{Value, LIFETIME_COLUMNS},
+    columns::{Row, Value, LIFETIME_COLUMNS},
     Printer, Spec,
 };
-use crate::{event::Event, lifetime::Lifetime, summary::Summary};
+use crate::{
+    cgroups::{Cgroups, Lookup},
+    event::Event,
+    lifetime::Lifetime,
+    summary::Summary,
+};
 
 pub const SPEC: Spec = Spec {
     name: "csv",
     help: "CSV: one row per lifetime, the JSONL lifetime fields as columns",
     binary: false,
     for_tools: true,
-    printer: |out, _| Box::new(Csv::new(out)),
+    printer: |out, _, cgroups| Box::new(Csv::new(out).with_cgroups(cgroups)),
 };
 
 pub struct Csv<W: Write> {
     out: W,
     header_done: bool,
+    cgroups: Lookup,
 }
 
 impl<W: Write> Csv<W> {
@@ -29,7 +35,14 @@ impl<W: Write> Csv<W> {
         Csv {
             out,
             header_done: false,
+            cgroups: Lookup::default(),
         }
+    }
+
+    /// Owners' cgroups named from `cgroups`.
+    pub fn with_cgroups(mut self, cgroups: Cgroups) -> Self {
+        self.cgroups = Lookup::new(cgroups);
+        self
     }
 
     fn header(&mut self) -> io::Result<()> {
@@ -49,7 +62,12 @@ impl<W: Write> Printer for Csv<W> {
 
     fn lifetime(&mut self, lt: &Lifetime) -> io::Result<()> {
         self.header()?;
-        self.out.write_all(csv_row(lt).as_bytes())
+        let cgroup = self.cgroups.get(lt.owner.cgroup_id);
+        let row = Row {
+            lt,
+            cgroup: cgroup.as_deref(),
+        };
+        self.out.write_all(csv_row(&row).as_bytes())
     }
 
     /// No summary record: an empty run still gets its header.
@@ -78,13 +96,13 @@ fn csv_field(s: &str) -> String {
 }
 
 /// One CSV row (with its line break) for a lifetime; unknown values are empty fields.
-pub fn csv_row(lt: &Lifetime) -> String {
+pub fn csv_row(r: &Row<'_>) -> String {
     let mut row = String::new();
     for (i, column) in LIFETIME_COLUMNS.iter().enumerate() {
         if i > 0 {
             row.push(',');
         }
-        match (column.value)(lt) {
+        match (column.value)(r) {
             Value::Text(s) => row.push_str(&csv_field(&s)),
             Value::Uint(v) => {
                 let _ = write!(row, "{v}");
@@ -106,14 +124,14 @@ mod tests {
 
     #[test]
     fn csv_rows_have_the_header_columns_and_quote_what_needs_it() {
-        let row = csv_row(&lt());
+        let row = csv_row(&Row::of(&lt()));
         assert_eq!(
             row,
-            "tcp,ipv4,127.0.0.1,40000,127.0.0.1,80,7,9,10,0,8,\"a,\"\"b\",w 1,0,connect,0x10,1000,5000,4000,3000,2000,1500,false\n"
+            "tcp,ipv4,127.0.0.1,40000,127.0.0.1,80,7,9,10,0,8,\"a,\"\"b\",w 1,0,,,,,connect,0x10,1000,5000,4000,3000,2000,1500,false\n"
         );
         assert_eq!(
             csv_header(),
-            "proto,family,laddr,lport,raddr,rport,netns,pid,tid,uid,ppid,comm,thread,cgroup_id,origin,sock_id,assigned_ns,released_ns,duration_ns,time_wait_start_ns,time_wait_ns,alloc_ns,lossy"
+            "proto,family,laddr,lport,raddr,rport,netns,pid,tid,uid,ppid,comm,thread,cgroup_id,cgroup,container_id,pod_uid,unit,origin,sock_id,assigned_ns,released_ns,duration_ns,time_wait_start_ns,time_wait_ns,alloc_ns,lossy"
         );
         let mut open = Lifetime {
             released: None,
@@ -121,9 +139,9 @@ mod tests {
             ..lt()
         };
         open.owner.ppid = None;
-        assert!(csv_row(&open).contains(",1000,,,3000,,,false"));
+        assert!(csv_row(&Row::of(&open)).contains(",1000,,,3000,,,false"));
         assert!(
-            csv_row(&open).contains(",10,0,,\"a,"),
+            csv_row(&Row::of(&open)).contains(",10,0,,\"a,"),
             "no parent: an empty field"
         );
     }

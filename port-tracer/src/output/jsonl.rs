@@ -10,6 +10,7 @@ use std::{
 
 use super::{Printer, Spec, WallClock};
 use crate::{
+    cgroups::{Cgroups, Lookup},
     event::{errno_name, Comm, Endpoints, Event, Kind, Origin, Task},
     lifetime::Lifetime,
     summary::Summary,
@@ -20,7 +21,7 @@ pub const SPEC: Spec = Spec {
     help: "JSON Lines: event, lifetime and summary records",
     binary: false,
     for_tools: true,
-    printer: |out, clock| Box::new(Jsonl::new(out, clock)),
+    printer: |out, clock, cgroups| Box::new(Jsonl::new(out, clock).with_cgroups(cgroups)),
 };
 
 pub struct Jsonl<W: Write> {
@@ -31,6 +32,7 @@ pub struct Jsonl<W: Write> {
     line: Line,
     /// Parts of the last records, kept as written: consecutive records mostly repeat them.
     memo: Memo,
+    cgroups: Lookup,
 }
 
 /// The owners, addresses and namespace of the last records, as JSON: written once, copied
@@ -81,7 +83,14 @@ impl<W: Write> Jsonl<W> {
             clock,
             line: Line(Vec::with_capacity(Self::BLOCK + 1024)),
             memo: Memo::default(),
+            cgroups: Lookup::default(),
         }
+    }
+
+    /// Owners' cgroups named from `cgroups`.
+    pub fn with_cgroups(mut self, cgroups: Cgroups) -> Self {
+        self.cgroups = Lookup::new(cgroups);
+        self
     }
 
     #[cfg(test)]
@@ -113,7 +122,8 @@ impl<W: Write> Printer for Jsonl<W> {
         l.raw(ev.kind.as_str());
         l.raw("\",\"ts_ns\":");
         l.u64(ev.ts_ns);
-        l.socket(&ev.ends, &ev.task, ev.origin, ev.sock_id, &mut self.memo);
+        let (memo, cgroups) = (&mut self.memo, &mut self.cgroups);
+        l.socket(&ev.ends, &ev.task, ev.origin, ev.sock_id, memo, cgroups);
         if matches!(ev.kind, Kind::Assign | Kind::AllocFailure) {
             l.raw(",\"alloc_ns\":");
             l.opt_u64(ev.alloc_ns.map(u64::from));
@@ -145,7 +155,8 @@ impl<W: Write> Printer for Jsonl<W> {
     fn lifetime(&mut self, lt: &Lifetime) -> io::Result<()> {
         let l = &mut self.line;
         l.raw("{\"type\":\"lifetime\"");
-        l.socket(&lt.ends, &lt.owner, lt.origin, lt.sock_id, &mut self.memo);
+        let (memo, cgroups) = (&mut self.memo, &mut self.cgroups);
+        l.socket(&lt.ends, &lt.owner, lt.origin, lt.sock_id, memo, cgroups);
         l.raw(",\"assigned_ns\":");
         l.opt_u64(lt.assigned_ns());
         l.raw(",\"released_ns\":");
@@ -315,6 +326,14 @@ impl Line {
         }
     }
 
+    /// A JSON string, or null.
+    pub fn opt_str(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => self.str(s),
+            None => self.raw("null"),
+        }
+    }
+
     /// A task name as a JSON string: its bytes as they are when they are printable ASCII
     /// without quotes or backslashes (every name in practice), else as `str` writes it.
     #[inline(always)]
@@ -342,6 +361,7 @@ impl Line {
         origin: Origin,
         sock_id: u64,
         memo: &mut Memo,
+        cgroups: &mut Lookup,
     ) {
         self.raw(",\"proto\":\"");
         self.raw(e.proto.as_str());
@@ -385,6 +405,17 @@ impl Line {
             l.comm(&task.thread);
             l.raw(",\"cgroup_id\":");
             l.u64(task.cgroup_id);
+            // Fixed for an id once noted: kept written with the owner.
+            let cg = cgroups.get(task.cgroup_id);
+            let n = cg.as_ref().map(|c| &c.naming);
+            l.raw(",\"cgroup\":");
+            l.opt_str(cg.as_ref().map(|c| c.path.as_str()));
+            l.raw(",\"container_id\":");
+            l.opt_str(n.and_then(|n| n.container_id.as_deref()));
+            l.raw(",\"pod_uid\":");
+            l.opt_str(n.and_then(|n| n.pod_uid.as_deref()));
+            l.raw(",\"unit\":");
+            l.opt_str(n.and_then(|n| n.unit.as_deref()));
         });
         self.raw(",\"origin\":\"");
         self.raw(origin.as_str());
@@ -429,22 +460,35 @@ mod tests {
     /// here.
     #[test]
     fn lifetime_lines_are_the_tables_columns_in_order() {
+        let cgroups = crate::cgroups::Cgroups::recorded();
+        cgroups.insert(crate::cgroups::Entry {
+            id: 77,
+            path: format!("/system.slice/docker-{}.scope", "ab".repeat(32)),
+        });
+        cgroups.note(77);
         for lt in [crate::testing::lifetime(), {
             let mut open = crate::testing::lifetime();
             open.released = None;
             open.alloc_ns = None;
             open.owner.ppid = None;
+            open.owner.cgroup_id = 77;
             open
         }] {
-            let mut j = Jsonl::new(Vec::new(), WallClock { offset_ns: 0 });
+            let mut j =
+                Jsonl::new(Vec::new(), WallClock { offset_ns: 0 }).with_cgroups(cgroups.clone());
             j.lifetime(&lt).unwrap();
+            let cg = cgroups.get(lt.owner.cgroup_id);
+            let row = crate::output::columns::Row {
+                lt: &lt,
+                cgroup: cg.as_deref(),
+            };
             let line = String::from_utf8(j.into_inner()).unwrap();
             let Ordered(fields) = serde_json::from_str(&line).unwrap();
             assert_eq!(fields[0], ("type".to_string(), "lifetime".into()));
             let want: Vec<(String, serde_json::Value)> = LIFETIME_COLUMNS
                 .iter()
                 .map(|c| {
-                    let v = match (c.value)(&lt) {
+                    let v = match (c.value)(&row) {
                         Cell::Text(s) => s.into_owned().into(),
                         Cell::Uint(n) => n.into(),
                         Cell::Null => serde_json::Value::Null,

@@ -21,9 +21,10 @@ use ::parquet::{
 
 use super::{Printer, Spec};
 use crate::{
+    cgroups::{Cgroups, Lookup},
     event::Event,
     lifetime::Lifetime,
-    output::columns::{ColumnType, Value, LIFETIME_COLUMNS},
+    output::columns::{ColumnType, Row, Value, LIFETIME_COLUMNS},
     summary::Summary,
 };
 
@@ -33,13 +34,14 @@ pub const SPEC: Spec = Spec {
            columns, for DuckDB, pandas or Spark",
     binary: true,
     for_tools: true,
-    printer: |out, _| Box::new(Parquet::new(out)),
+    printer: |out, _, cgroups| Box::new(Parquet::new(out).with_cgroups(cgroups)),
 };
 
 /// Writes lifetimes as a Parquet file, a row group at a time.
 pub struct Parquet<W: Write> {
     out: W,
     table: ParquetTable,
+    cgroups: Lookup,
 }
 
 impl<W: Write> Parquet<W> {
@@ -47,7 +49,14 @@ impl<W: Write> Parquet<W> {
         Parquet {
             out,
             table: ParquetTable::new(ROW_GROUP_ROWS),
+            cgroups: Lookup::default(),
         }
+    }
+
+    /// Owners' cgroups named from `cgroups`.
+    pub fn with_cgroups(mut self, cgroups: Cgroups) -> Self {
+        self.cgroups = Lookup::new(cgroups);
+        self
     }
 }
 
@@ -58,7 +67,12 @@ impl<W: Write> Printer for Parquet<W> {
     }
 
     fn lifetime(&mut self, lt: &Lifetime) -> io::Result<()> {
-        self.table.push(lt, &mut self.out)
+        let cgroup = self.cgroups.get(lt.owner.cgroup_id);
+        let row = Row {
+            lt,
+            cgroup: cgroup.as_deref(),
+        };
+        self.table.push(&row, &mut self.out)
     }
 
     /// No summary: the rows left and the file's footer.
@@ -78,7 +92,11 @@ pub const ROW_GROUP_ROWS: usize = 1 << 16;
 /// One column's cells of the current row group, in its Parquet physical type (unsigned
 /// values keep their bits; their logical type says they are unsigned).
 enum Cells {
-    Text(Vec<ByteArray>),
+    /// `defs` as for `Int64`.
+    Text {
+        values: Vec<ByteArray>,
+        defs: Option<Vec<i16>>,
+    },
     /// `defs` as for `Int64`.
     Int32 {
         values: Vec<i32>,
@@ -95,7 +113,14 @@ enum Cells {
 impl Cells {
     fn new(ty: ColumnType) -> Self {
         match ty {
-            ColumnType::Text => Cells::Text(Vec::new()),
+            ColumnType::Text => Cells::Text {
+                values: Vec::new(),
+                defs: None,
+            },
+            ColumnType::OptionalText => Cells::Text {
+                values: Vec::new(),
+                defs: Some(Vec::new()),
+            },
             ColumnType::U16 | ColumnType::U32 => Cells::Int32 {
                 values: Vec::new(),
                 defs: None,
@@ -118,7 +143,18 @@ impl Cells {
 
     fn push(&mut self, value: Value) {
         match (self, value) {
-            (Cells::Text(v), Value::Text(s)) => v.push(s.into_owned().into_bytes().into()),
+            (Cells::Text { values, defs }, Value::Text(s)) => {
+                values.push(s.into_owned().into_bytes().into());
+                if let Some(defs) = defs {
+                    defs.push(1);
+                }
+            }
+            (
+                Cells::Text {
+                    defs: Some(defs), ..
+                },
+                Value::Null,
+            ) => defs.push(0),
             (Cells::Int32 { values, defs }, Value::Uint(x)) => {
                 values.push(x as u32 as i32);
                 if let Some(defs) = defs {
@@ -150,7 +186,12 @@ impl Cells {
 
     fn clear(&mut self) {
         match self {
-            Cells::Text(v) => v.clear(),
+            Cells::Text { values, defs } => {
+                values.clear();
+                if let Some(defs) = defs {
+                    defs.clear();
+                }
+            }
             Cells::Int32 { values, defs } => {
                 values.clear();
                 if let Some(defs) = defs {
@@ -171,7 +212,9 @@ impl Cells {
 /// The Parquet type of a column.
 fn field(name: &str, ty: ColumnType) -> Result<Type, ParquetError> {
     let (physical, logical) = match ty {
-        ColumnType::Text => (PhysicalType::BYTE_ARRAY, Some(LogicalType::String)),
+        ColumnType::Text | ColumnType::OptionalText => {
+            (PhysicalType::BYTE_ARRAY, Some(LogicalType::String))
+        }
         ColumnType::U16 => (PhysicalType::INT32, Some(LogicalType::integer(16, false))),
         ColumnType::U32 | ColumnType::OptionalU32 => {
             (PhysicalType::INT32, Some(LogicalType::integer(32, false)))
@@ -181,7 +224,10 @@ fn field(name: &str, ty: ColumnType) -> Result<Type, ParquetError> {
         }
         ColumnType::Bool => (PhysicalType::BOOLEAN, None),
     };
-    let repetition = if matches!(ty, ColumnType::OptionalU32 | ColumnType::OptionalU64) {
+    let repetition = if matches!(
+        ty,
+        ColumnType::OptionalU32 | ColumnType::OptionalU64 | ColumnType::OptionalText
+    ) {
         Repetition::OPTIONAL
     } else {
         Repetition::REQUIRED
@@ -226,9 +272,9 @@ impl ParquetTable {
     }
 
     /// Adds a lifetime's row; writes the row group to `out` when it is full.
-    pub fn push(&mut self, lt: &Lifetime, out: &mut impl Write) -> io::Result<()> {
+    pub fn push(&mut self, row: &Row<'_>, out: &mut impl Write) -> io::Result<()> {
         for (column, cells) in LIFETIME_COLUMNS.iter().zip(&mut self.cells) {
-            cells.push((column.value)(lt));
+            cells.push((column.value)(row));
         }
         self.rows += 1;
         if self.rows >= self.max_rows {
@@ -259,7 +305,11 @@ impl ParquetTable {
                 .next_column()?
                 .ok_or_else(|| io::Error::other("parquet schema has fewer columns than rows"))?;
             match cells {
-                Cells::Text(v) => column.typed::<ByteArrayType>().write_batch(v, None, None),
+                Cells::Text { values, defs } => {
+                    column
+                        .typed::<ByteArrayType>()
+                        .write_batch(values, defs.as_deref(), None)
+                }
                 Cells::Int32 { values, defs } => {
                     column
                         .typed::<Int32Type>()

@@ -220,6 +220,10 @@ fn totals(out: &mut impl Write, s: &Summary, clock: &WallClock) -> io::Result<()
             t.arrived_late,
             "events that came after newer ones had been handled (their CPU was held up past --reorder-ms): handled out of order",
         ),
+        (
+            s.cgroups.unresolved,
+            "owners' cgroups not named (removed before they could be resolved, or not in the recording's table): their container, pod and unit are null",
+        ),
     ];
     for (n, what) in notes {
         if n > 0 {

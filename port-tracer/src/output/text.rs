@@ -8,6 +8,7 @@ use std::{
 
 use super::{endpoint, human_duration, printable, summary_text, Printer, Spec, WallClock};
 use crate::{
+    cgroups::{Cgroup, Cgroups, Lookup},
     event::{errno_name, Endpoints, Event, Kind, Origin, Task},
     lifetime::Lifetime,
     summary::Summary,
@@ -18,13 +19,14 @@ pub const SPEC: Spec = Spec {
     help: "Aligned columns, one line per event, a lifetime line per release",
     binary: false,
     for_tools: false,
-    printer: |out, clock| Box::new(Text::new(out, clock)),
+    printer: |out, clock, cgroups| Box::new(Text::new(out, clock).with_cgroups(cgroups)),
 };
 
 pub struct Text<W: Write> {
     out: W,
     clock: WallClock,
     header_done: bool,
+    cgroups: Lookup,
 }
 
 impl<W: Write> Text<W> {
@@ -33,7 +35,14 @@ impl<W: Write> Text<W> {
             out,
             clock,
             header_done: false,
+            cgroups: Lookup::default(),
         }
+    }
+
+    /// Owners' containers or units named from `cgroups`.
+    pub fn with_cgroups(mut self, cgroups: Cgroups) -> Self {
+        self.cgroups = Lookup::new(cgroups);
+        self
     }
 
     fn header(&mut self) -> io::Result<()> {
@@ -59,9 +68,14 @@ impl<W: Write> Text<W> {
         tail: &str,
     ) -> io::Result<()> {
         self.header()?;
+        let named = self
+            .cgroups
+            .get(task.cgroup_id)
+            .map(|cg| cgroup_label(&cg))
+            .unwrap_or_default();
         writeln!(
             self.out,
-            "{:<12} {:<13} {:<5} {:<28} {:<28} {:>7} {:<16} {:<14} {tail}",
+            "{:<12} {:<13} {:<5} {:<28} {:<28} {:>7} {:<16} {:<14} {tail}{named}",
             self.clock.time_of_day(ts_ns),
             what,
             e.proto.as_str(),
@@ -71,6 +85,25 @@ impl<W: Write> Text<W> {
             printable(&task.comm.as_str()),
             origin.as_str(),
         )
+    }
+}
+
+/// Longest unit name shown; longer ones are cut, the cut marked.
+const UNIT_SHOWN: usize = 40;
+
+/// What a line says of its owner's cgroup, after the rest: the container (12 digits, as
+/// `docker ps` shows it) or the unit; nothing for other cgroups.
+fn cgroup_label(cg: &Cgroup) -> String {
+    match (&cg.naming.container_id, &cg.naming.unit) {
+        (Some(_), _) => format!(" container={}", cg.short()),
+        (None, Some(unit)) => {
+            let unit = printable(unit);
+            match unit.char_indices().nth(UNIT_SHOWN) {
+                Some((at, _)) => format!(" unit={}...", &unit[..at]),
+                None => format!(" unit={unit}"),
+            }
+        }
+        (None, None) => String::new(),
     }
 }
 

@@ -58,13 +58,20 @@ fn range() -> PortRange {
 
 /// A trace with a held block, three event blocks, a range block written between the
 /// records it splits, a lost block, and the end.
+fn cgroup() -> crate::cgroups::Entry {
+    crate::cgroups::Entry {
+        id: 4242,
+        path: "/system.slice/a \"quoted\"\n.service".into(),
+    }
+}
+
 fn sample() -> Vec<u8> {
     let mut w = TraceWriter::new(Vec::new(), &meta()).unwrap();
     w.write_held(&[held()]).unwrap();
     w.push_record(&record(1));
     w.write_ranges(&[range()]).unwrap();
     w.push_record(&record(2));
-    w.write_events().unwrap();
+    w.write_cgroups(&[cgroup()]).unwrap();
     w.write_events().unwrap(); // nothing pending: no block
     w.write_lost(&[0, 3]).unwrap();
     w.push_record(&record(3));
@@ -101,6 +108,7 @@ fn round_trip() {
             Block::Events(records(1)),
             Block::Ranges(vec![range()]),
             Block::Events(records(2)),
+            Block::Cgroups(vec![cgroup()]),
             Block::Lost(vec![0, 3]),
             Block::Events(records(3)),
             Block::End(Some(99)),
@@ -183,7 +191,7 @@ fn foreign_and_newer_files_are_refused() {
     let w = TraceWriter::new(Vec::new(), &other_size).unwrap();
     let e = TraceReader::new(&w.out[..]).err().unwrap().to_string();
     assert!(
-        e.contains("record size 96 in the metadata, version 4 traces have 0"),
+        e.contains("record size 96 in the metadata, version 5 traces have 0"),
         "{e}"
     );
 }

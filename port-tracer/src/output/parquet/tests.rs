@@ -72,7 +72,7 @@ fn write(lifetimes: &[Lifetime], max_rows: usize) -> Vec<u8> {
     let mut table = ParquetTable::new(max_rows);
     let mut out = Vec::new();
     for lt in lifetimes {
-        table.push(lt, &mut out).unwrap();
+        table.push(&Row::of(lt), &mut out).unwrap();
     }
     table.finish(&mut out).unwrap();
     out
@@ -201,10 +201,10 @@ fn row_groups_are_split_at_the_bound_and_written_as_they_fill() {
     for port in 1..=7 {
         table
             .push(
-                &Lifetime {
+                &Row::of(&Lifetime {
                     ends: ends(port),
                     ..time_wait()
-                },
+                }),
                 &mut out,
             )
             .unwrap();
@@ -257,10 +257,10 @@ impl Write for Full {
 #[test]
 fn write_errors_are_returned() {
     let mut table = ParquetTable::new(1);
-    let e = table.push(&time_wait(), &mut Full).unwrap_err();
+    let e = table.push(&Row::of(&time_wait()), &mut Full).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
     let mut table = ParquetTable::new(10);
-    table.push(&time_wait(), &mut Full).unwrap();
+    table.push(&Row::of(&time_wait()), &mut Full).unwrap();
     let e = table.finish(&mut Full).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
 }
