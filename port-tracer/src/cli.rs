@@ -93,11 +93,14 @@ pub struct ExportArgs {
     pub force: bool,
 
     #[command(flatten)]
+    pub select: SelectArgs,
+
+    #[command(flatten)]
     pub rebuild: RebuildArgs,
 }
 
 impl ExportArgs {
-    /// The report that writes this export: every lifetime, in the chosen format.
+    /// The report that writes this export: the lifetimes selected, in the chosen format.
     pub fn config(self) -> ReportConfig {
         ReportConfig {
             trace: self.trace,
@@ -106,7 +109,7 @@ impl ExportArgs {
                 path: Some(self.output),
                 force: self.force,
             },
-            rebuild: self.rebuild.config(Filter::default()),
+            rebuild: self.rebuild.config(self.select.filter()),
         }
     }
 }
@@ -204,6 +207,13 @@ pub struct ViewArgs {
     #[arg(long)]
     pub force: bool,
 
+    #[command(flatten)]
+    pub select: SelectArgs,
+}
+
+/// Which sockets are shown: by their owner, and by what every event of a socket carries.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SelectArgs {
     /// Show only sockets owned by this process id.
     #[arg(long)]
     pub pid: Option<u32>,
@@ -213,8 +223,63 @@ pub struct ViewArgs {
     #[arg(long)]
     pub comm: Option<String>,
 
+    /// Show only sockets owned by a process in this container: its id or a prefix of it
+    /// (12 hex digits, as `docker ps` prints it). Named from the owner's cgroup (see
+    /// README, "Containers, pods and units").
+    #[arg(long, value_name = "ID", value_parser = parse_container_id)]
+    pub container: Option<String>,
+
+    /// Show only sockets owned by a process in this Kubernetes pod: its uid
+    /// (`kubectl get pod NAME -o jsonpath='{.metadata.uid}'`).
+    #[arg(long, value_name = "UID", value_parser = parse_pod_uid)]
+    pub pod: Option<String>,
+
+    /// Show only sockets owned by a process in this cgroup or one below it: its cgroup v2
+    /// path as /proc/PID/cgroup shows it (`/system.slice`, `/kubepods.slice`).
+    #[arg(long, value_name = "PATH", value_parser = parse_cgroup_path)]
+    pub cgroup: Option<String>,
+
     #[command(flatten)]
     pub sockets: SocketFilterArgs,
+}
+
+/// A container id or a prefix of one: hex digits, as runtimes print them.
+fn parse_container_id(s: &str) -> Result<String, String> {
+    let id = s.to_ascii_lowercase();
+    if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "`{s}` is not a container id: hex digits, as `docker ps` or `crictl ps` print them"
+        ));
+    }
+    Ok(id)
+}
+
+/// A pod uid, with dashes (underscores, as in systemd slice names, are taken too).
+fn parse_pod_uid(s: &str) -> Result<String, String> {
+    let uid = s.to_ascii_lowercase().replace('_', "-");
+    let b = uid.as_bytes();
+    let shaped = b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    if !shaped {
+        return Err(format!(
+            "`{s}` is not a pod uid (8-4-4-4-12 hex digits, as `kubectl get pod NAME -o \
+             jsonpath='{{.metadata.uid}}'` prints it)"
+        ));
+    }
+    Ok(uid)
+}
+
+/// A cgroup v2 path, `/` first.
+fn parse_cgroup_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') {
+        return Err(format!(
+            "`{s}` is not a cgroup path: it starts with `/`, as in /proc/PID/cgroup"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 /// Which sockets are kept, by what every event of a socket carries (unlike its process:
@@ -257,11 +322,21 @@ impl ViewArgs {
         }
     }
 
-    /// What is shown: the process and the sockets asked for.
+    /// What is shown.
+    pub fn filter(&self) -> Filter {
+        self.select.filter()
+    }
+}
+
+impl SelectArgs {
+    /// What is shown: the owners and the sockets asked for.
     pub fn filter(&self) -> Filter {
         Filter {
             pid: self.pid,
             comm: self.comm.clone(),
+            container: self.container.clone(),
+            pod: self.pod.clone(),
+            cgroup: self.cgroup.clone(),
             ..self.sockets.filter().unwrap_or_default()
         }
     }
@@ -513,7 +588,7 @@ mod tests {
     fn commands_and_live_options() {
         let c = Cli::try_parse_from(["port-tracer", "--port", "80", "-d", "2s"]).unwrap();
         assert!(c.cmd.is_none());
-        assert_eq!(c.live.view.sockets.port, Some((80, 80)));
+        assert_eq!(c.live.view.select.sockets.port, Some((80, 80)));
         let c =
             Cli::try_parse_from(["port-tracer", "record", "-o", "t.ptrace", "-d", "5"]).unwrap();
         assert!(

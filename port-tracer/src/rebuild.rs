@@ -11,6 +11,7 @@ use port_tracer_common::{lost, tiers::TierInfo};
 
 use crate::{
     analysis::Span,
+    cgroups::{Cgroups, Lookup},
     event::{DecodeError, Event},
     filter::Filter,
     lifetime::{Emitted, HeldAtStart, OutputRef, Tracker, DEFAULT_MAX_OPEN},
@@ -69,6 +70,8 @@ pub struct Rebuild {
     tracker: Tracker,
     /// None when it selects everything: no test per output.
     filter: Option<Filter>,
+    /// Owners' cgroups, for a filter by container, pod or cgroup.
+    names: Lookup,
     stats: Stats,
     top: usize,
     undecodable: u64,
@@ -93,6 +96,7 @@ impl Rebuild {
             max_reorder_held: config.max_reorder_held,
             tracker,
             filter: (config.filter != Filter::default()).then_some(config.filter),
+            names: Lookup::default(),
             stats: Stats::new(start_ns),
             top: config.top,
             undecodable: 0,
@@ -137,6 +141,12 @@ impl Rebuild {
         }
     }
 
+    /// Where owners' cgroups are named, for a filter by container, pod or cgroup (without
+    /// it such a filter selects nothing).
+    pub fn set_cgroups(&mut self, cgroups: Cgroups) {
+        self.names = Lookup::new(cgroups);
+    }
+
     /// The ephemeral range of a namespace, best given before its first event: the
     /// analyses' groups take the range they find when they begin.
     pub fn set_range(&mut self, range: PortRange) {
@@ -157,6 +167,7 @@ impl Rebuild {
         let (unconnected, connected): (Vec<_>, Vec<_>) =
             held.iter().partition(|h| h.ends.rport == 0);
         for h in unconnected.into_iter().chain(connected) {
+            // Sockets held at start carry no cgroup: a filter by one leaves them out.
             if self
                 .filter
                 .as_ref()
@@ -199,10 +210,11 @@ impl Rebuild {
             reorder,
             tracker,
             filter,
+            names,
             stats,
             ..
         } = self;
-        let mut emit = shown(filter, stats, out);
+        let mut emit = shown(filter, names, stats, out);
         match upto {
             Upto::Excess => {
                 let early = reorder.release_excess(self.max_reorder_held, |ev| {
@@ -258,10 +270,11 @@ impl Rebuild {
             reorder,
             tracker,
             filter,
+            names,
             stats,
             ..
         } = self;
-        let mut emit = shown(filter, stats, out);
+        let mut emit = shown(filter, names, stats, out);
         reorder.release_all(|ev| tracker.process_in_place(ev, &mut emit));
         tracker.finish(&mut emit);
     }
@@ -296,11 +309,15 @@ impl Rebuild {
 /// analyses keep their handles in the lifetime's slot).
 fn shown<'a>(
     filter: &'a Option<Filter>,
+    names: &'a mut Lookup,
     stats: &'a mut Stats,
     out: &'a mut impl FnMut(OutputRef<'_>),
 ) -> impl FnMut(Emitted<'_>) + 'a {
     move |e| {
-        if filter.as_ref().is_none_or(|f| f.matches_output(e.output)) {
+        if filter
+            .as_ref()
+            .is_none_or(|f| f.matches_output(e.output, names))
+        {
             stats.observe(e.output, e.links);
             out(e.output);
         }

@@ -90,6 +90,7 @@ pub fn replay<R: io::Read>(
     // Traces before version 5 carry no cgroup table: their ids are not looked for.
     let names_cgroups = r.version >= 5;
     let mut engine = Rebuild::new(config, r.meta.started_ns);
+    engine.set_cgroups(cgroups.clone());
     // The trace names its tier: the one place it is looked up by name.
     engine.set_tier(tiers::by_name(&r.meta.tier), Some(r.version));
     for range in &r.meta.port_ranges {

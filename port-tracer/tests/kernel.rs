@@ -2861,8 +2861,9 @@ fn containers_and_pods_are_named_live_and_in_a_report_after_they_are_gone() {
         "{:016x}",
         (std::process::id() as u64) << 32 | now_ns() & 0xffff_ffff
     );
-    let containerd_id = format!("{seed}{}", "c0".repeat(24));
-    let docker_id = format!("{seed}{}", "d0".repeat(24));
+    // Their first 12 digits differ (what `--container` is given).
+    let containerd_id = format!("c{}{}", &seed[1..], "c0".repeat(24));
+    let docker_id = format!("d{}{}", &seed[1..], "d0".repeat(24));
     let uid = format!(
         "{}-{}-4{}-8{}-{}",
         &seed[..8],
@@ -2894,8 +2895,10 @@ fn containers_and_pods_are_named_live_and_in_a_report_after_they_are_gone() {
     let trace = std::env::temp_dir().join(format!("pt-containers-{}.ptrace", std::process::id()));
     let args = ["--comm", WORKLOAD_COMM.to_str().unwrap()];
     // `record` keeps every process (it filters by socket only); `report` selects.
-    let (live, ran) = record_with(&trace, &[], || {
+    let short = containerd_id[..12].to_string();
+    let (live, in_container, ran) = record_with(&trace, &[], || {
         let live = Tracer::start_with(&args);
+        let in_container = Tracer::start_with(&["--container", &short]);
         let ran: Vec<_> = workloads
             .into_iter()
             .map(|(w, path, id, pod)| {
@@ -2908,7 +2911,7 @@ fn containers_and_pods_are_named_live_and_in_a_report_after_they_are_gone() {
                 )
             })
             .collect();
-        (live.stop(), ran)
+        (live.stop(), in_container.stop(), ran)
     });
     // The cgroups go before the report is made: the names come from the trace alone.
     cgroups.remove();
@@ -2928,7 +2931,44 @@ fn containers_and_pods_are_named_live_and_in_a_report_after_they_are_gone() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    let out = report(&[
+        trace.as_os_str(),
+        "--format".as_ref(),
+        "jsonl".as_ref(),
+        "--container".as_ref(),
+        docker_id[..12].as_ref(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docker_only: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let _ = std::fs::remove_file(&trace);
+    // A container filter keeps that container's records, each of them, and nothing else.
+    for (source, records, (pid, ports, _, id, _)) in [
+        ("live --container", &in_container.records, &ran[0]),
+        ("report --container", &docker_only, &ran[1]),
+    ] {
+        let shown: Vec<&serde_json::Value> =
+            records.iter().filter(|r| r["type"] != "summary").collect();
+        let others: Vec<&&serde_json::Value> = shown
+            .iter()
+            .filter(|r| r["container_id"] != id.as_str() || r["pid"] != *pid)
+            .collect();
+        assert!(others.is_empty(), "{source}: {others:#?}");
+        for port in ports {
+            assert!(
+                shown
+                    .iter()
+                    .any(|r| r["type"] == "lifetime" && r["lport"] == *port),
+                "{source}: no lifetime of port {port}: {shown:#?}"
+            );
+        }
+    }
     for (source, records) in [("live", &live.records), ("report", &reported)] {
         for (pid, ports, path, id, pod) in &ran {
             let mine: Vec<&serde_json::Value> = records

@@ -296,6 +296,7 @@ pub async fn run(config: LiveConfig) -> Result<()> {
         live.engine.set_range(r);
     }
     live.engine.set_tier(Some(kernel.tier.info()), None);
+    live.engine.set_cgroups(live.cgroups.clone());
     live.engine.set_held_at_start(held_at_start);
     live.publisher = metrics_listener
         .map(|listener| Publisher::serve(listener, live.metrics_snapshot(&[0; lost::NAMES.len()])));
