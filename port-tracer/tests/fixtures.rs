@@ -37,6 +37,7 @@ fn since_7af1017(lines: Vec<String>) -> Vec<String> {
                 // Owners' cgroups named (issue 23): none looked for in a trace without a
                 // cgroup table.
                 v["cgroups"] = serde_json::json!({"resolved": 0, "unresolved": 0});
+                v["churn"]["by_container"] = serde_json::json!([]);
                 return v.to_string();
             }
             // Records name the owner's parent process (`ppid`, issue 22), unknown in

@@ -2995,6 +2995,17 @@ fn containers_and_pods_are_named_live_and_in_a_report_after_they_are_gone() {
             summary["cgroups"]["resolved"].as_u64() >= Some(2),
             "{source}: {summary}"
         );
+        // Churn by container: each workload's three allocations (bind(0), connect, UDP
+        // bind(0)), with its pod.
+        let by = summary["churn"]["by_container"].as_array().unwrap();
+        for (_, _, _, id, pod) in &ran {
+            let c = by
+                .iter()
+                .find(|c| c["container_id"] == id.as_str())
+                .unwrap_or_else(|| panic!("{source}: no churn of {id}: {by:#?}"));
+            assert_eq!(c["allocations"], 3, "{source}: {c}");
+            assert_eq!(c["pod_uid"], serde_json::json!(pod), "{source}: {c}");
+        }
     }
 }
 

@@ -3,7 +3,10 @@
 use foldhash::HashMap;
 use serde::Serialize;
 
-use crate::event::{Comm, Event, Origin, Proto};
+use crate::{
+    cgroups::Lookup,
+    event::{Comm, Event, Origin, Proto},
+};
 
 use super::Span;
 
@@ -64,6 +67,60 @@ pub struct ChurnReport {
     pub by_cgroup: Vec<Count>,
     /// The busiest processes, most allocations first.
     pub by_process: Vec<ProcessCount>,
+    /// The busiest containers and units, most allocations first (see
+    /// [`ChurnReport::group_by_container`]; empty until then).
+    pub by_container: Vec<ContainerCount>,
+    /// Allocations per cgroup id, all of them: what `by_container` is grouped from.
+    #[serde(skip)]
+    pub per_cgroup: Vec<(u64, u64)>,
+}
+
+/// Allocations of one container (with its pod), or of one host unit.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ContainerCount {
+    pub container_id: Option<String>,
+    pub pod_uid: Option<String>,
+    pub unit: Option<String>,
+    pub allocations: u64,
+    pub per_second: Option<f64>,
+}
+
+impl ChurnReport {
+    /// Groups the allocations by the container (or, on the host, the systemd unit) that
+    /// each cgroup id names in `names`, the `top` busiest over `span`; cgroups that name
+    /// neither are left out.
+    pub fn group_by_container(&mut self, names: &mut Lookup, span: Span, top: usize) {
+        let mut by: HashMap<(Option<String>, Option<String>, Option<String>), u64> =
+            HashMap::default();
+        for &(id, n) in &self.per_cgroup {
+            let Some(cg) = names.get(id) else { continue };
+            let k = &cg.naming;
+            if k.container_id.is_none() && k.unit.is_none() {
+                continue;
+            }
+            let key = (k.container_id.clone(), k.pod_uid.clone(), k.unit.clone());
+            *by.entry(key).or_default() += n;
+        }
+        let mut v: Vec<ContainerCount> = by
+            .into_iter()
+            .map(
+                |((container_id, pod_uid, unit), allocations)| ContainerCount {
+                    container_id,
+                    pod_uid,
+                    unit,
+                    allocations,
+                    per_second: span.rate(allocations),
+                },
+            )
+            .collect();
+        v.sort_by(|a, b| {
+            b.allocations.cmp(&a.allocations).then_with(|| {
+                (&a.container_id, &a.unit, &a.pod_uid).cmp(&(&b.container_id, &b.unit, &b.pod_uid))
+            })
+        });
+        v.truncate(top);
+        self.by_container = v;
+    }
 }
 
 impl Churn {
@@ -175,6 +232,12 @@ impl Churn {
             by_netns: counts(self.by(|c| c.netns.to_string()).into_iter().collect(), top),
             by_cgroup: counts(self.by(|c| c.cgroup.to_string()).into_iter().collect(), top),
             by_process,
+            by_container: Vec::new(),
+            per_cgroup: {
+                let mut v: Vec<(u64, u64)> = self.by(|c| c.cgroup).into_iter().collect();
+                v.sort_unstable();
+                v
+            },
         }
     }
 }

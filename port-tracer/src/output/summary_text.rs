@@ -266,6 +266,25 @@ fn churn(out: &mut impl Write, ch: &ChurnReport, clock: &WallClock) -> io::Resul
                 printable(&p.comm)
             )?;
         }
+        if !ch.by_container.is_empty() {
+            writeln!(out, "  top containers and units:")?;
+            for c in &ch.by_container {
+                let who = match (&c.container_id, &c.unit) {
+                    (Some(id), _) => match &c.pod_uid {
+                        Some(pod) => format!("container {} (pod {pod})", &id[..id.len().min(12)]),
+                        None => format!("container {}", &id[..id.len().min(12)]),
+                    },
+                    (None, Some(unit)) => format!("unit {}", printable(unit)),
+                    (None, None) => String::new(),
+                };
+                writeln!(
+                    out,
+                    "    {:>8} {:>9} {who}",
+                    c.allocations,
+                    rate(c.per_second)
+                )?;
+            }
+        }
     }
     Ok(())
 }
