@@ -75,6 +75,9 @@ pub struct ChurnReport {
     pub per_cgroup: Vec<(u64, u64)>,
 }
 
+/// A container's id, its pod's uid, a host unit: what allocations are grouped by.
+type Names = (Option<String>, Option<String>, Option<String>);
+
 /// Allocations of one container (with its pod), or of one host unit.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ContainerCount {
@@ -90,8 +93,7 @@ impl ChurnReport {
     /// each cgroup id names in `names`, the `top` busiest over `span`; cgroups that name
     /// neither are left out.
     pub fn group_by_container(&mut self, names: &mut Lookup, span: Span, top: usize) {
-        let mut by: HashMap<(Option<String>, Option<String>, Option<String>), u64> =
-            HashMap::default();
+        let mut by: HashMap<Names, u64> = HashMap::default();
         for &(id, n) in &self.per_cgroup {
             let Some(cg) = names.get(id) else { continue };
             let k = &cg.naming;
