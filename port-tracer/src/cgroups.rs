@@ -17,6 +17,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub mod host;
+pub mod runtime;
+
+pub use runtime::RuntimeNames;
 
 /// What a cgroup's path names, each from the nearest ancestor (the cgroup itself first)
 /// that names one.
@@ -122,6 +125,8 @@ pub fn naming(path: &str) -> Naming {
 pub struct Cgroup {
     pub path: String,
     pub naming: Naming,
+    /// Its container's and pod's names, where the runtime's state gave them.
+    pub runtime: RuntimeNames,
 }
 
 impl Cgroup {
@@ -129,7 +134,17 @@ impl Cgroup {
         Cgroup {
             naming: naming(&path),
             path,
+            runtime: RuntimeNames::default(),
         }
+    }
+
+    /// Whether it is in pod `want`: its uid, its name, or `namespace/name`.
+    pub fn in_pod(&self, want: &str) -> bool {
+        let r = &self.runtime;
+        self.naming.pod_uid.as_deref() == Some(want)
+            || r.pod_name.as_deref() == Some(want)
+            || matches!((&r.pod_namespace, &r.pod_name), (Some(ns), Some(name))
+                if want.strip_prefix(ns.as_str()).and_then(|w| w.strip_prefix('/')) == Some(name))
     }
 
     /// What text output shows where it fits: the short container id (12 characters, as
@@ -148,6 +163,9 @@ impl Cgroup {
 pub struct Entry {
     pub id: u64,
     pub path: String,
+    /// Absent in a table written without them.
+    #[serde(flatten)]
+    pub runtime: RuntimeNames,
 }
 
 /// Paths longer than this are cut (the cut marked with `...`): a hostile hierarchy must
@@ -185,6 +203,8 @@ struct Table {
     recorded: HashMap<u64, Arc<Cgroup>>,
     /// Where unknown ids are looked up (the traced host); None: a recorded table.
     host: Option<host::Hierarchy>,
+    /// Where containers' names are looked up on the host.
+    runtime: runtime::RuntimeState,
     /// Entries resolved since the last [`Cgroups::take_new`] (for a recording).
     new: Vec<Entry>,
     counts: CgroupCounts,
@@ -202,10 +222,12 @@ impl std::fmt::Debug for Cgroups {
 }
 
 impl Cgroups {
-    /// A table of the traced host: ids unknown when noted are looked up in its hierarchy.
-    pub fn on_host(host: host::Hierarchy) -> Cgroups {
+    /// A table of the traced host: ids unknown when noted are looked up in its hierarchy,
+    /// containers' names in the runtimes' `state`.
+    pub fn on_host(host: host::Hierarchy, state: runtime::RuntimeState) -> Cgroups {
         let t = Table {
             host: Some(host),
+            runtime: state,
             ..Default::default()
         };
         Cgroups(Arc::new(Mutex::new(t)))
@@ -225,7 +247,10 @@ impl Cgroups {
     /// An entry of a recording's table; ids its events name count as resolved when
     /// noted.
     pub fn insert(&self, e: Entry) {
-        let cg = Arc::new(Cgroup::new(bounded(e.path)));
+        let cg = Arc::new(Cgroup {
+            runtime: e.runtime,
+            ..Cgroup::new(bounded(e.path))
+        });
         let mut t = self.lock();
         t.recorded.insert(e.id, cg);
     }
@@ -244,12 +269,16 @@ impl Cgroups {
         }
         let found = match t.host.as_mut() {
             Some(host) => host.resolve(id).map(|path| {
-                let cg = Arc::new(Cgroup::new(bounded(path)));
+                let mut cg = Cgroup::new(bounded(path));
+                if let Some(id) = &cg.naming.container_id {
+                    cg.runtime = t.runtime.names(id);
+                }
                 t.new.push(Entry {
                     id,
                     path: cg.path.clone(),
+                    runtime: cg.runtime.clone(),
                 });
-                cg
+                Arc::new(cg)
             }),
             None => t.recorded.get(&id).cloned(),
         };

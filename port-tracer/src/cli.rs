@@ -230,8 +230,9 @@ pub struct SelectArgs {
     pub container: Option<String>,
 
     /// Show only sockets owned by a process in this Kubernetes pod: its uid
-    /// (`kubectl get pod NAME -o jsonpath='{.metadata.uid}'`).
-    #[arg(long, value_name = "UID", value_parser = parse_pod_uid)]
+    /// (`kubectl get pod NAME -o jsonpath='{.metadata.uid}'`), or its name or
+    /// `NAMESPACE/NAME` where the runtime's state names it (containerd, cri-o).
+    #[arg(long, value_name = "UID|NAME", value_parser = parse_pod)]
     pub pod: Option<String>,
 
     /// Show only sockets owned by a process in this cgroup or one below it: its cgroup v2
@@ -254,22 +255,36 @@ fn parse_container_id(s: &str) -> Result<String, String> {
     Ok(id)
 }
 
-/// A pod uid, with dashes (underscores, as in systemd slice names, are taken too).
-fn parse_pod_uid(s: &str) -> Result<String, String> {
+/// A pod uid, with dashes (underscores, as in systemd slice names, are taken too); or a
+/// pod's name, or `namespace/name` (Kubernetes names: lowercase letters, digits, `-`, `.`).
+fn parse_pod(s: &str) -> Result<String, String> {
     let uid = s.to_ascii_lowercase().replace('_', "-");
     let b = uid.as_bytes();
-    let shaped = b.len() == 36
+    let uid_shaped = b.len() == 36
         && b.iter().enumerate().all(|(i, &c)| match i {
             8 | 13 | 18 | 23 => c == b'-',
             _ => c.is_ascii_hexdigit(),
         });
-    if !shaped {
+    if uid_shaped {
+        return Ok(uid);
+    }
+    let name = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 253
+            && n.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
+    };
+    let named = match s.split_once('/') {
+        Some((ns, n)) => name(ns) && name(n),
+        None => name(s),
+    };
+    if !named {
         return Err(format!(
             "`{s}` is not a pod uid (8-4-4-4-12 hex digits, as `kubectl get pod NAME -o \
-             jsonpath='{{.metadata.uid}}'` prints it)"
+             jsonpath='{{.metadata.uid}}'` prints it), a pod name or NAMESPACE/NAME"
         ));
     }
-    Ok(uid)
+    Ok(s.to_string())
 }
 
 /// A cgroup v2 path, `/` first.
@@ -348,6 +363,7 @@ impl Args {
             output: self.view.destination(),
             load: self.kernel.load_options(),
             drain: self.kernel.drain(),
+            runtime_state: self.kernel.runtime_state.clone(),
             rebuild: self.rebuild.config(self.view.filter()),
             duration: self.duration,
             output_buffer: self.output_buffer,
@@ -364,6 +380,7 @@ impl RecordArgs {
             keep: self.sockets.filter(),
             load: self.kernel.load_options(),
             drain: self.kernel.drain(),
+            runtime_state: self.kernel.runtime_state,
             output: self.output,
             duration: self.duration,
         }
@@ -441,6 +458,12 @@ pub struct KernelArgs {
     /// Drain the ring buffer at least this often, in milliseconds.
     #[arg(long, default_value_t = 20, value_name = "MS")]
     pub drain_ms: u64,
+
+    /// Where the container runtimes keep their state (containerd's and cri-o's bundles
+    /// under run/, docker's under var/lib/docker/), for containers' and pods' names: the
+    /// host's root, or where it is mounted when port-tracer runs in a container (`/host`).
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    pub runtime_state: PathBuf,
 }
 
 /// How lifetimes are rebuilt from events.

@@ -16,7 +16,7 @@ pub struct Filter {
     pub netns: Option<u32>,
     /// The owner's container: a prefix of its id (lowercase hex, as `docker ps` prints it).
     pub container: Option<String>,
-    /// The owner's pod: its uid, with dashes.
+    /// The owner's pod: its uid (with dashes), its name or `namespace/name`.
     pub pod: Option<String>,
     /// The owner's cgroup: this path or one below it.
     pub cgroup: Option<String>,
@@ -48,10 +48,7 @@ impl Filter {
             n.container_id
                 .as_deref()
                 .is_some_and(|id| id.starts_with(want))
-        }) && self
-            .pod
-            .as_deref()
-            .is_none_or(|want| n.pod_uid.as_deref() == Some(want))
+        }) && self.pod.as_deref().is_none_or(|want| cg.in_pod(want))
             && self.cgroup.as_deref().is_none_or(|want| {
                 let want = want.trim_end_matches('/');
                 want.is_empty()
@@ -154,6 +151,20 @@ mod tests {
         };
         assert!(by(pod(uid), Some(&cg)));
         assert!(!by(pod(&uid[..8]), Some(&cg)));
+        // By name, where the runtime's state named it.
+        assert!(!by(pod("web-0"), Some(&cg)));
+        let named = Cgroup {
+            runtime: crate::cgroups::RuntimeNames {
+                container_name: Some("web".into()),
+                pod_name: Some("web-0".into()),
+                pod_namespace: Some("shop".into()),
+            },
+            ..cg.clone()
+        };
+        assert!(by(pod("web-0"), Some(&named)));
+        assert!(by(pod("shop/web-0"), Some(&named)));
+        assert!(!by(pod("other/web-0"), Some(&named)));
+        assert!(!by(pod("shop/web"), Some(&named)));
         let path = |p: &str| Filter {
             cgroup: Some(p.into()),
             ..Default::default()

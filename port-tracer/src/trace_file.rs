@@ -15,7 +15,8 @@
 //! lost-event counters, one u64 per reason), `HELD` (sockets holding ports at start, JSON),
 //! `RANGES` (ephemeral ranges of namespaces first seen after the start, JSON, written
 //! before the events of those namespaces), `CGROUPS` (version 5: the paths of the
-//! cgroups that owners' ids name, JSON `[{"id", "path"}]`, written before the first event
+//! cgroups that owners' ids name, JSON `[{"id", "path"}]` with the runtime's names where
+//! known (`container_name`, `pod_name`, `pod_namespace`), written before the first event
 //! naming each), `END` (a clean end, with the monotonic time recording stopped as a u64; a
 //! file without it was cut short).
 //!

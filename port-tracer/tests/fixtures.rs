@@ -50,7 +50,8 @@ fn since_7af1017(lines: Vec<String>) -> Vec<String> {
                     let at = line.find("\"cgroup_id\":").expect("cgroup_id with uid");
                     let end = at + line[at..].find(',').expect("a field after cgroup_id");
                     return format!(
-                        "{},\"cgroup\":null,\"container_id\":null,\"pod_uid\":null,\"unit\":null{}",
+                        "{},\"cgroup\":null,\"container_id\":null,\"pod_uid\":null,\"unit\":null,\
+                         \"container_name\":null,\"pod_name\":null,\"pod_namespace\":null{}",
                         &line[..end],
                         &line[end..]
                     );
@@ -68,10 +69,16 @@ fn since_7af1017(lines: Vec<String>) -> Vec<String> {
                     .iter()
                     .position(|f| f == "cgroup_id")
                     .expect("cgroup_id");
-                for (i, name) in ["cgroup", "container_id", "pod_uid", "unit"]
-                    .iter()
-                    .enumerate()
-                {
+                let names = [
+                    "cgroup",
+                    "container_id",
+                    "pod_uid",
+                    "unit",
+                    "container_name",
+                    "pod_name",
+                    "pod_namespace",
+                ];
+                for (i, name) in names.iter().enumerate() {
                     fields.insert(cgroup_id + 1 + i, name.to_string());
                 }
                 return fields.join(",");
@@ -90,7 +97,7 @@ fn since_7af1017(lines: Vec<String>) -> Vec<String> {
                     .collect();
                 fields.insert(uid + 1, String::new());
                 // cgroup_id is 3 columns after ppid (comm, thread between).
-                for _ in 0..4 {
+                for _ in 0..7 {
                     fields.insert(uid + 5, String::new());
                 }
                 return fields.join(",");

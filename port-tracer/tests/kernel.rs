@@ -2893,12 +2893,43 @@ fn containers_and_pods_are_named_live_and_in_a_report_after_they_are_gone() {
         ),
     ];
     let trace = std::env::temp_dir().join(format!("pt-containers-{}.ptrace", std::process::id()));
-    let args = ["--comm", WORKLOAD_COMM.to_str().unwrap()];
+    // The runtimes' state, as containerd and docker write it, where the tracers are told
+    // to look (`--runtime-state`, the host's root when it runs in a container).
+    let state = std::env::temp_dir().join(format!("pt-runtime-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    for (path, json) in [
+        (
+            format!(
+                "run/containerd/io.containerd.runtime.v2.task/k8s.io/{containerd_id}/config.json"
+            ),
+            serde_json::json!({"annotations": {
+                "io.kubernetes.cri.container-name": "web",
+                "io.kubernetes.cri.sandbox-name": "web-0",
+                "io.kubernetes.cri.sandbox-namespace": "shop",
+            }}),
+        ),
+        (
+            format!("var/lib/docker/containers/{docker_id}/config.v2.json"),
+            serde_json::json!({"Name": "/cache-1", "Config": {"Labels": {}}}),
+        ),
+    ] {
+        let p = state.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, json.to_string()).unwrap();
+    }
+    let state_arg = state.to_str().unwrap();
+    let args = [
+        "--comm",
+        WORKLOAD_COMM.to_str().unwrap(),
+        "--runtime-state",
+        state_arg,
+    ];
     // `record` keeps every process (it filters by socket only); `report` selects.
     let short = containerd_id[..12].to_string();
-    let (live, in_container, ran) = record_with(&trace, &[], || {
+    let (live, in_container, ran) = record_with(&trace, &["--runtime-state", state_arg], || {
         let live = Tracer::start_with(&args);
-        let in_container = Tracer::start_with(&["--container", &short]);
+        let in_container =
+            Tracer::start_with(&["--container", &short, "--runtime-state", state_arg]);
         let ran: Vec<_> = workloads
             .into_iter()
             .map(|(w, path, id, pod)| {
@@ -2913,45 +2944,36 @@ fn containers_and_pods_are_named_live_and_in_a_report_after_they_are_gone() {
             .collect();
         (live.stop(), in_container.stop(), ran)
     });
-    // The cgroups go before the report is made: the names come from the trace alone.
+    // The cgroups and the runtimes' state go before the report is made: the names come
+    // from the trace alone.
     cgroups.remove();
-    let out = report(&[
-        trace.as_os_str(),
-        "--format".as_ref(),
-        "jsonl".as_ref(),
-        args[0].as_ref(),
-        args[1].as_ref(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reported: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let out = report(&[
-        trace.as_os_str(),
-        "--format".as_ref(),
-        "jsonl".as_ref(),
-        "--container".as_ref(),
-        docker_id[..12].as_ref(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let docker_only: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    std::fs::remove_dir_all(&state).unwrap();
+    // The trace's records through `report --format jsonl` with `filter`.
+    let report_jsonl = |filter: &[&str]| -> Vec<serde_json::Value> {
+        let mut a: Vec<&std::ffi::OsStr> = vec![trace.as_os_str(), "--format".as_ref()];
+        a.push("jsonl".as_ref());
+        a.extend(filter.iter().map(std::ffi::OsStr::new));
+        let out = report(&a);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let reported = report_jsonl(&args[..2]);
+    let docker_only = report_jsonl(&["--container", &docker_id[..12]]);
+    let pod_only = report_jsonl(&["--pod", "shop/web-0"]);
     let _ = std::fs::remove_file(&trace);
-    // A container filter keeps that container's records, each of them, and nothing else.
+    // A container (or pod) filter keeps that container's records, each of them, and
+    // nothing else.
     for (source, records, (pid, ports, _, id, _)) in [
         ("live --container", &in_container.records, &ran[0]),
         ("report --container", &docker_only, &ran[1]),
+        ("report --pod NAMESPACE/NAME", &pod_only, &ran[0]),
     ] {
         let shown: Vec<&serde_json::Value> =
             records.iter().filter(|r| r["type"] != "summary").collect();
@@ -2986,6 +3008,16 @@ fn containers_and_pods_are_named_live_and_in_a_report_after_they_are_gone() {
                 assert_eq!(lt["container_id"], id.as_str(), "{source}: {lt}");
                 assert_eq!(lt["pod_uid"], serde_json::json!(pod), "{source}: {lt}");
                 assert_eq!(lt["unit"], serde_json::Value::Null, "{source}: {lt}");
+                let named = if *id == containerd_id {
+                    serde_json::json!(["web", "web-0", "shop"])
+                } else {
+                    serde_json::json!(["cache-1", null, null])
+                };
+                assert_eq!(
+                    serde_json::json!([lt["container_name"], lt["pod_name"], lt["pod_namespace"]]),
+                    named,
+                    "{source}: {lt}"
+                );
             }
         }
         // Counted over every process of the host (a busy one may lose a short-lived

@@ -157,7 +157,7 @@ fn parquet_export_reads_back_in_pyarrow_and_duckdb() {
     assert_eq!(duck["cgroup"], "VARCHAR");
     assert_eq!(
         duck.as_object().unwrap().keys().len(),
-        27,
+        30,
         "the JSONL lifetime fields: {duck}"
     );
 

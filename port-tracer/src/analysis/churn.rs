@@ -4,7 +4,7 @@ use foldhash::HashMap;
 use serde::Serialize;
 
 use crate::{
-    cgroups::Lookup,
+    cgroups::{Lookup, RuntimeNames},
     event::{Comm, Event, Origin, Proto},
 };
 
@@ -84,6 +84,9 @@ pub struct ContainerCount {
     pub container_id: Option<String>,
     pub pod_uid: Option<String>,
     pub unit: Option<String>,
+    /// The names the runtime's state gave, if any.
+    #[serde(flatten)]
+    pub names: RuntimeNames,
     pub allocations: u64,
     pub per_second: Option<f64>,
 }
@@ -93,7 +96,7 @@ impl ChurnReport {
     /// each cgroup id names in `names`, the `top` busiest over `span`; cgroups that name
     /// neither are left out.
     pub fn group_by_container(&mut self, names: &mut Lookup, span: Span, top: usize) {
-        let mut by: HashMap<Names, u64> = HashMap::default();
+        let mut by: HashMap<Names, (u64, RuntimeNames)> = HashMap::default();
         for &(id, n) in &self.per_cgroup {
             let Some(cg) = names.get(id) else { continue };
             let k = &cg.naming;
@@ -101,15 +104,17 @@ impl ChurnReport {
                 continue;
             }
             let key = (k.container_id.clone(), k.pod_uid.clone(), k.unit.clone());
-            *by.entry(key).or_default() += n;
+            let e = by.entry(key).or_insert_with(|| (0, cg.runtime.clone()));
+            e.0 += n;
         }
         let mut v: Vec<ContainerCount> = by
             .into_iter()
             .map(
-                |((container_id, pod_uid, unit), allocations)| ContainerCount {
+                |((container_id, pod_uid, unit), (allocations, names))| ContainerCount {
                     container_id,
                     pod_uid,
                     unit,
+                    names,
                     allocations,
                     per_second: span.rate(allocations),
                 },

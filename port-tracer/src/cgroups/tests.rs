@@ -156,6 +156,7 @@ fn ids_are_resolved_once_and_the_unknown_counted() {
     t.insert(Entry {
         id: 7,
         path: format!("/docker/{ID}"),
+        runtime: Default::default(),
     });
     for id in [7, 7, 8, 0, 8] {
         t.note(id);

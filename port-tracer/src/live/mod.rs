@@ -9,6 +9,7 @@ pub mod record;
 use std::{
     io::{self, IsTerminal},
     net::SocketAddr,
+    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -44,6 +45,8 @@ pub struct LiveConfig {
     pub load: LoadOptions,
     /// Drain the ring buffer at least this often.
     pub drain: Duration,
+    /// Where container runtimes keep their state (see [`crate::cgroups::runtime`]).
+    pub runtime_state: PathBuf,
     pub rebuild: RebuildConfig,
     /// Stop after this long (else at SIGINT or SIGTERM).
     pub duration: Option<Duration>,
@@ -224,13 +227,21 @@ impl Live {
     }
 }
 
-/// The traced host's cgroups, its hierarchy walked now; without a cgroup v2 mount, an
-/// empty table (every id counted as unresolved).
-pub fn host_cgroups() -> Cgroups {
-    match kernel::cgroup2_root() {
-        Ok(root) => Cgroups::on_host(crate::cgroups::host::Hierarchy::walk(root)),
-        Err(_) => Cgroups::recorded(),
+/// The traced host's cgroups, its hierarchy walked now, containers named from the
+/// runtimes' state under `runtime_state`; without a cgroup v2 mount, an empty table
+/// (every id counted as unresolved).
+pub fn host_cgroups(runtime_state: &std::path::Path) -> Result<Cgroups> {
+    if !runtime_state.is_dir() {
+        anyhow::bail!(
+            "--runtime-state {}: not a directory (the host's root, or where it is mounted)",
+            runtime_state.display()
+        );
     }
+    let state = crate::cgroups::runtime::RuntimeState::at(runtime_state.to_path_buf());
+    Ok(match kernel::cgroup2_root() {
+        Ok(root) => Cgroups::on_host(crate::cgroups::host::Hierarchy::walk(root), state),
+        Err(_) => Cgroups::recorded(),
+    })
 }
 
 /// The backlog's default size: 256 MiB (2 million records of the largest kind, more than
@@ -259,7 +270,7 @@ pub async fn run(config: LiveConfig) -> Result<()> {
     };
     // The output before the programs: a refused path costs no loading.
     privileges::check_load()?;
-    let cgroups = host_cgroups();
+    let cgroups = host_cgroups(&config.runtime_state)?;
     let (printer, created) = config.output.open(WallClock::now(), cgroups.clone())?;
     let Traced {
         kernel,

@@ -37,6 +37,8 @@ pub struct RecordConfig {
     pub load: LoadOptions,
     /// Drain the ring buffer (and flush the file) at least this often.
     pub drain: Duration,
+    /// Where container runtimes keep their state (see [`crate::cgroups::runtime`]).
+    pub runtime_state: PathBuf,
 }
 
 /// Records waiting in memory are written as a block once they reach this size, between
@@ -47,6 +49,7 @@ const BLOCK_BYTES: usize = 4 << 20;
 pub async fn run(args: RecordConfig) -> Result<()> {
     // The file before the programs: a refused path costs no loading.
     kernel::privileges::check_load()?;
+    let mut cgroups = Noter::new(super::host_cgroups(&args.runtime_state)?);
     let path = &args.output;
     let file = file::create(path, args.force, "trace file")?;
     let created = file::Created::of(path, &file);
@@ -61,7 +64,6 @@ pub async fn run(args: RecordConfig) -> Result<()> {
 
     let writing = || format!("writing to {}", path.display());
     let mut finder = RangeFinder::new()?;
-    let mut cgroups = Noter::new(super::host_cgroups());
     let keep = args.keep.as_ref();
     let meta = Metadata {
         host: read_trimmed("/proc/sys/kernel/hostname"),

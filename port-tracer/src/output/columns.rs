@@ -112,6 +112,15 @@ pub const LIFETIME_COLUMNS: &[Column] = &[
     column("unit", OptionalText, |r| {
         opt_text(r.cgroup.and_then(|c| c.naming.unit.as_deref()))
     }),
+    column("container_name", OptionalText, |r| {
+        opt_text(r.cgroup.and_then(|c| c.runtime.container_name.as_deref()))
+    }),
+    column("pod_name", OptionalText, |r| {
+        opt_text(r.cgroup.and_then(|c| c.runtime.pod_name.as_deref()))
+    }),
+    column("pod_namespace", OptionalText, |r| {
+        opt_text(r.cgroup.and_then(|c| c.runtime.pod_namespace.as_deref()))
+    }),
     column("origin", Text, |r| text(r.lt.origin.as_str())),
     column("sock_id", Text, |r| owned(format!("{:#x}", r.lt.sock_id))),
     column("assigned_ns", OptionalU64, |r| r.lt.assigned_ns().into()),

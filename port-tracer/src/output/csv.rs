@@ -127,11 +127,11 @@ mod tests {
         let row = csv_row(&Row::of(&lt()));
         assert_eq!(
             row,
-            "tcp,ipv4,127.0.0.1,40000,127.0.0.1,80,7,9,10,0,8,\"a,\"\"b\",w 1,0,,,,,connect,0x10,1000,5000,4000,3000,2000,1500,false\n"
+            "tcp,ipv4,127.0.0.1,40000,127.0.0.1,80,7,9,10,0,8,\"a,\"\"b\",w 1,0,,,,,,,,connect,0x10,1000,5000,4000,3000,2000,1500,false\n"
         );
         assert_eq!(
             csv_header(),
-            "proto,family,laddr,lport,raddr,rport,netns,pid,tid,uid,ppid,comm,thread,cgroup_id,cgroup,container_id,pod_uid,unit,origin,sock_id,assigned_ns,released_ns,duration_ns,time_wait_start_ns,time_wait_ns,alloc_ns,lossy"
+            "proto,family,laddr,lport,raddr,rport,netns,pid,tid,uid,ppid,comm,thread,cgroup_id,cgroup,container_id,pod_uid,unit,container_name,pod_name,pod_namespace,origin,sock_id,assigned_ns,released_ns,duration_ns,time_wait_start_ns,time_wait_ns,alloc_ns,lossy"
         );
         let mut open = Lifetime {
             released: None,

@@ -416,6 +416,13 @@ impl Line {
             l.opt_str(n.and_then(|n| n.pod_uid.as_deref()));
             l.raw(",\"unit\":");
             l.opt_str(n.and_then(|n| n.unit.as_deref()));
+            let r = cg.as_ref().map(|c| &c.runtime);
+            l.raw(",\"container_name\":");
+            l.opt_str(r.and_then(|r| r.container_name.as_deref()));
+            l.raw(",\"pod_name\":");
+            l.opt_str(r.and_then(|r| r.pod_name.as_deref()));
+            l.raw(",\"pod_namespace\":");
+            l.opt_str(r.and_then(|r| r.pod_namespace.as_deref()));
         });
         self.raw(",\"origin\":\"");
         self.raw(origin.as_str());
@@ -464,6 +471,7 @@ mod tests {
         cgroups.insert(crate::cgroups::Entry {
             id: 77,
             path: format!("/system.slice/docker-{}.scope", "ab".repeat(32)),
+            runtime: Default::default(),
         });
         cgroups.note(77);
         for lt in [crate::testing::lifetime(), {

@@ -270,10 +270,21 @@ fn churn(out: &mut impl Write, ch: &ChurnReport, clock: &WallClock) -> io::Resul
             writeln!(out, "  top containers and units:")?;
             for c in &ch.by_container {
                 let who = match (&c.container_id, &c.unit) {
-                    (Some(id), _) => match &c.pod_uid {
-                        Some(pod) => format!("container {} (pod {pod})", &id[..id.len().min(12)]),
-                        None => format!("container {}", &id[..id.len().min(12)]),
-                    },
+                    (Some(id), _) => {
+                        let mut who = format!("container {}", &id[..id.len().min(12)]);
+                        if let Some(name) = &c.names.container_name {
+                            who += &format!(" {}", printable(name));
+                        }
+                        match (&c.names.pod_name, &c.pod_uid) {
+                            (Some(pod), _) => {
+                                let ns = c.names.pod_namespace.as_deref().unwrap_or("?");
+                                who += &format!(" (pod {}/{})", printable(ns), printable(pod));
+                            }
+                            (None, Some(uid)) => who += &format!(" (pod {uid})"),
+                            (None, None) => {}
+                        }
+                        who
+                    }
                     (None, Some(unit)) => format!("unit {}", printable(unit)),
                     (None, None) => String::new(),
                 };

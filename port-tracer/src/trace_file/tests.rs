@@ -62,6 +62,10 @@ fn cgroup() -> crate::cgroups::Entry {
     crate::cgroups::Entry {
         id: 4242,
         path: "/system.slice/a \"quoted\"\n.service".into(),
+        runtime: crate::cgroups::RuntimeNames {
+            container_name: Some("web".into()),
+            ..Default::default()
+        },
     }
 }
 
