@@ -88,21 +88,37 @@ impl<W: Write> Text<W> {
     }
 }
 
-/// Longest unit name shown; longer ones are cut, the cut marked.
-const UNIT_SHOWN: usize = 40;
+/// Longest name shown (a unit, a container's or a pod's); longer ones are cut, the cut
+/// marked.
+const NAME_SHOWN: usize = 40;
+
+/// `s` escaped as text shows names, cut at [`NAME_SHOWN`] characters.
+fn name(s: &str) -> String {
+    let s = printable(s);
+    match s.char_indices().nth(NAME_SHOWN) {
+        Some((at, _)) => format!("{}...", &s[..at]),
+        None => s.into_owned(),
+    }
+}
 
 /// What a line says of its owner's cgroup, after the rest: the container (12 digits, as
-/// `docker ps` shows it) or the unit; nothing for other cgroups.
+/// `docker ps` shows it, then its name and pod where known) or the unit; nothing for
+/// other cgroups.
 fn cgroup_label(cg: &Cgroup) -> String {
     match (&cg.naming.container_id, &cg.naming.unit) {
-        (Some(_), _) => format!(" container={}", cg.short()),
-        (None, Some(unit)) => {
-            let unit = printable(unit);
-            match unit.char_indices().nth(UNIT_SHOWN) {
-                Some((at, _)) => format!(" unit={}...", &unit[..at]),
-                None => format!(" unit={unit}"),
+        (Some(_), _) => {
+            let mut s = format!(" container={}", cg.short());
+            let r = &cg.runtime;
+            if let Some(n) = &r.container_name {
+                s += &format!(" name={}", name(n));
             }
+            if let Some(pod) = &r.pod_name {
+                let ns = r.pod_namespace.as_deref().unwrap_or("?");
+                s += &format!(" pod={}/{}", name(ns), name(pod));
+            }
+            s
         }
+        (None, Some(unit)) => format!(" unit={}", name(unit)),
         (None, None) => String::new(),
     }
 }
@@ -164,5 +180,47 @@ impl<W: Write> Printer for Text<W> {
             "port-tracer: {n} records not shown here: the output could not keep up (the \
              summary counts them)"
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroups::{Cgroups, Entry, RuntimeNames};
+
+    #[test]
+    fn lines_name_the_container_and_pod_escaped_and_cut() {
+        let id = "ab".repeat(32);
+        let cgroups = Cgroups::recorded();
+        cgroups.insert(Entry {
+            id: 5,
+            path: format!("/system.slice/docker-{id}.scope"),
+            runtime: RuntimeNames {
+                container_name: Some("web\x1b[2J".into()),
+                pod_name: Some("p".repeat(60)),
+                pod_namespace: Some("shop".into()),
+            },
+        });
+        cgroups.insert(Entry {
+            id: 6,
+            path: "/system.slice/cron.service".into(),
+            runtime: RuntimeNames::default(),
+        });
+        cgroups.note(5);
+        cgroups.note(6);
+        let mut lt = crate::testing::lifetime();
+        let mut t = Text::new(Vec::new(), WallClock { offset_ns: 0 }).with_cgroups(cgroups);
+        lt.owner.cgroup_id = 5;
+        t.lifetime(&lt).unwrap();
+        lt.owner.cgroup_id = 6;
+        t.lifetime(&lt).unwrap();
+        let text = String::from_utf8(t.out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let pods = format!(" pod=shop/{}...", "p".repeat(40));
+        assert!(
+            lines[1].ends_with(&format!(" container={} name=web\\x1b[2J{pods}", &id[..12])),
+            "{text}"
+        );
+        assert!(lines[2].ends_with(" unit=cron.service"), "{text}");
     }
 }
