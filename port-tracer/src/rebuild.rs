@@ -167,12 +167,14 @@ impl Rebuild {
         let (unconnected, connected): (Vec<_>, Vec<_>) =
             held.iter().partition(|h| h.ends.rport == 0);
         for h in unconnected.into_iter().chain(connected) {
-            // Sockets held at start carry no cgroup: a filter by one leaves them out.
-            if self
-                .filter
-                .as_ref()
-                .is_none_or(|f| f.matches(&h.ends, &h.owner))
-            {
+            let names = &mut self.names;
+            if self.filter.as_ref().is_none_or(|f| {
+                let cg = f
+                    .by_cgroup()
+                    .then(|| names.get(h.owner.cgroup_id))
+                    .flatten();
+                f.matches_named(&h.ends, &h.owner, cg.as_deref())
+            }) {
                 self.stats.analysis.held_at_start(h);
             }
         }

@@ -130,7 +130,12 @@ pub fn replay<R: io::Read>(
                 lost_counts = by_our_names(&r.meta, &counts);
                 engine.check_lost(&lost_counts);
             }
-            Block::Held(held) => engine.set_held_at_start(held),
+            Block::Held(held) => {
+                for h in held.iter().filter(|_| names_cgroups) {
+                    cgroups.note(h.owner.cgroup_id);
+                }
+                engine.set_held_at_start(held)
+            }
             Block::Cgroups(entries) => {
                 for e in entries {
                     cgroups.insert(e);

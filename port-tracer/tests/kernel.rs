@@ -533,6 +533,13 @@ fn sockets_held_before_start_are_preexisting_when_released() {
     assert!(lt["assigned_ns"].is_null());
     assert!(!lt["released_ns"].is_null());
     assert_eq!(lt["pid"], my_pid(), "the owner comes from /proc/PID/fd");
+    // Its cgroup from /proc/PID/cgroup: the one this process is in.
+    let own_cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(String::from))
+        .unwrap();
+    assert_eq!(lt["cgroup"], own_cgroup.as_str(), "{lt}");
     let kept_lts = t.lifetimes("tcp", kept_port);
     let listener = kept_lts
         .iter()

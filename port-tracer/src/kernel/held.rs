@@ -96,6 +96,7 @@ pub fn snapshot() -> Result<Vec<HeldAtStart>> {
 /// Socket inode -> a process holding it, from /proc/PID/fd (as `ss -p` does).
 pub fn socket_owners() -> std::collections::HashMap<u32, Task> {
     let mut out = std::collections::HashMap::new();
+    let cgroup2 = super::cgroup2_root().ok();
     let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
     for p in procs {
         let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
@@ -106,6 +107,7 @@ pub fn socket_owners() -> std::collections::HashMap<u32, Task> {
         };
         let mut comm = None;
         let mut ppid = None;
+        let mut cgroup_id = None;
         for fd in fds.flatten() {
             let Ok(target) = std::fs::read_link(fd.path()) else {
                 continue;
@@ -125,18 +127,41 @@ pub fn socket_owners() -> std::collections::HashMap<u32, Task> {
                 let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
                 parent_of_stat(&stat)
             });
+            let cgroup_id = *cgroup_id.get_or_insert_with(|| {
+                let cgroups = std::fs::read_to_string(p.path().join("cgroup")).unwrap_or_default();
+                cgroup2
+                    .as_deref()
+                    .map_or(0, |root| cgroup_id_of(root, &cgroups))
+            });
             out.entry(inode).or_insert(Task {
                 pid,
                 tid: pid,
                 uid: 0,
                 ppid,
-                cgroup_id: 0,
+                cgroup_id,
                 comm,
                 thread: Comm::default(),
             });
         }
     }
     out
+}
+
+/// The cgroup v2 id (its directory's inode number) of the cgroup a /proc/PID/cgroup text
+/// names, under the cgroup v2 mount `root`; 0 if none (gone, or a path that leaves it).
+fn cgroup_id_of(root: &std::path::Path, proc_cgroup: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Some(path) = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::")) else {
+        return 0;
+    };
+    let rel = std::path::Path::new(path.trim_start_matches('/'));
+    if rel
+        .components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return 0;
+    }
+    std::fs::metadata(root.join(rel)).map_or(0, |m| m.ino())
 }
 
 /// The parent pid in a /proc/PID/stat line: the field after the state, after the name in
@@ -309,6 +334,24 @@ fn parse_diag_msg(m: &[u8], proto: Proto, netns: u32) -> Option<DiagSocket> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cgroup_path_is_its_directory_under_the_mount_and_never_outside() {
+        use std::os::unix::fs::MetadataExt;
+        let root = std::env::temp_dir().join(format!("held-cgroup-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("system.slice/a.service")).unwrap();
+        let ino = std::fs::metadata(root.join("system.slice/a.service"))
+            .unwrap()
+            .ino();
+        let text = "1:name=systemd:/\n0::/system.slice/a.service\n";
+        assert_eq!(cgroup_id_of(&root, text), ino);
+        let root_ino = std::fs::metadata(&root).unwrap().ino();
+        assert_eq!(cgroup_id_of(&root, "0::/\n"), root_ino);
+        assert_eq!(cgroup_id_of(&root, "0::/gone\n"), 0);
+        assert_eq!(cgroup_id_of(&root, "0::/../etc\n"), 0);
+        assert_eq!(cgroup_id_of(&root, "1:cpu:/x\n"), 0);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn the_parent_comes_after_a_name_of_any_shape() {

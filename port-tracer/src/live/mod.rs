@@ -308,6 +308,11 @@ pub async fn run(config: LiveConfig) -> Result<()> {
     }
     live.engine.set_tier(Some(kernel.tier.info()), None);
     live.engine.set_cgroups(live.cgroups.clone());
+    // Their owners' cgroups, which no record will name.
+    for h in &held_at_start {
+        live.cgroups.note(h.owner.cgroup_id);
+    }
+    live.cgroups.take_new(); // only a recording writes them down
     live.engine.set_held_at_start(held_at_start);
     live.publisher = metrics_listener
         .map(|listener| Publisher::serve(listener, live.metrics_snapshot(&[0; lost::NAMES.len()])));

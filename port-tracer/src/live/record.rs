@@ -79,6 +79,14 @@ pub async fn run(args: RecordConfig) -> Result<()> {
     drop_privileges()?;
     let mut w = TraceWriter::new(BufWriter::with_capacity(BLOCK_BYTES, file), &meta)
         .with_context(writing)?;
+    // Their owners' cgroups first, which no record will name.
+    for h in &held_at_start {
+        cgroups.note(h.owner.cgroup_id);
+    }
+    let named = cgroups.table.take_new();
+    if !named.is_empty() {
+        w.write_cgroups(&named).with_context(writing)?;
+    }
     w.write_held(&held_at_start).with_context(writing)?;
     w.flush().with_context(writing)?;
 
