@@ -138,6 +138,14 @@ impl Cgroup {
         }
     }
 
+    /// The container (12 digits) or unit it names, "" for neither: the metrics' label.
+    pub fn short_label(&self) -> String {
+        match (&self.naming.container_id, &self.naming.unit) {
+            (Some(_), _) | (None, Some(_)) => self.short().to_string(),
+            (None, None) => String::new(),
+        }
+    }
+
     /// Whether it is in pod `want`: its uid, its name, or `namespace/name`.
     pub fn in_pod(&self, want: &str) -> bool {
         let r = &self.runtime;

@@ -146,6 +146,13 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
 
+    /// Labels the metrics take beyond the default ones, comma-separated. `container`:
+    /// allocations also by the owner's container (12 hex digits, as `docker ps` prints
+    /// it), or its systemd unit on the host, "" for others: one series per container,
+    /// protocol and origin, so the operator chooses the cardinality.
+    #[arg(long, value_name = "LABELS", value_enum, value_delimiter = ',')]
+    pub metrics_labels: Vec<MetricsLabel>,
+
     #[command(flatten)]
     pub kernel: KernelArgs,
 
@@ -368,6 +375,7 @@ impl Args {
             duration: self.duration,
             output_buffer: self.output_buffer,
             metrics: self.metrics,
+            metrics_by_container: self.metrics_labels.contains(&MetricsLabel::Container),
             backlog_bytes: self.backlog_size,
         }
     }
@@ -478,6 +486,12 @@ pub struct RebuildArgs {
     /// evicted in the summary.
     #[arg(long, default_value_t = port_tracer::lifetime::DEFAULT_MAX_OPEN, value_name = "N")]
     pub max_lifetimes: usize,
+}
+
+/// Optional metrics labels (`--metrics-labels`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetricsLabel {
+    Container,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -2934,7 +2934,13 @@ fn containers_and_pods_are_named_live_and_in_a_report_after_they_are_gone() {
     // `record` keeps every process (it filters by socket only); `report` selects.
     let short = containerd_id[..12].to_string();
     let (live, in_container, ran) = record_with(&trace, &["--runtime-state", state_arg], || {
-        let live = Tracer::start_with(&args);
+        let live = Tracer::start_with(
+            &[
+                &args[..],
+                &["--metrics", "127.0.0.1:0", "--metrics-labels", "container"],
+            ]
+            .concat(),
+        );
         let in_container =
             Tracer::start_with(&["--container", &short, "--runtime-state", state_arg]);
         let ran: Vec<_> = workloads
@@ -2949,6 +2955,31 @@ fn containers_and_pods_are_named_live_and_in_a_report_after_they_are_gone() {
                 )
             })
             .collect();
+        // The metrics count each container's allocations under its label (once the
+        // reorder window let them through).
+        let url = live
+            .startup
+            .iter()
+            .find_map(|l| l.strip_prefix("port-tracer: serving metrics at http://"))
+            .expect("a metrics address")
+            .trim_end_matches("/metrics")
+            .to_string();
+        for id in [&containerd_id, &docker_id] {
+            let label = format!("container=\"{}\"", &id[..12]);
+            let mut last = String::new();
+            let counted = wait_for(Duration::from_secs(5), || {
+                last = scrape(&url);
+                let n: f64 = last
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("port_tracer_allocations_total{") && l.contains(&label)
+                    })
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum();
+                n == 3.0
+            });
+            assert!(counted, "3 allocations with {label}:\n{last}");
+        }
         (live.stop(), in_container.stop(), ran)
     });
     // The cgroups and the runtimes' state go before the report is made: the names come
@@ -3053,4 +3084,15 @@ fn now_ns() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64
+}
+
+/// `GET /metrics` from `addr` (HOST:PORT): the body.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map_or(out.clone(), |(_, body)| body.to_string())
 }

@@ -176,6 +176,13 @@ impl Churn {
         self.total
     }
 
+    /// Allocations per (cgroup id, protocol, origin).
+    pub fn per_cgroup_origin(&self) -> Vec<((u64, Proto, Origin), u64)> {
+        self.by(|c| (c.cgroup, c.proto, c.origin))
+            .into_iter()
+            .collect()
+    }
+
     /// Allocations summed by `key`.
     fn by<K: std::hash::Hash + Eq>(&self, key: impl Fn(&Cell) -> K) -> HashMap<K, u64> {
         let mut out: HashMap<K, u64> = HashMap::default();

@@ -27,7 +27,7 @@ use tokio::{
 
 use self::backlog::{backlog, records, BacklogReceiver, BacklogSender, Item};
 use crate::{
-    cgroups::{Cgroups, Noter},
+    cgroups::{Cgroups, Lookup, Noter},
     clock::monotonic_ns,
     event::record_owner,
     kernel::{self, held, privileges, ranges::RangeFinder, Kernel, LoadOptions},
@@ -54,6 +54,8 @@ pub struct LiveConfig {
     pub output_buffer: Option<usize>,
     /// Serve Prometheus metrics here.
     pub metrics: Option<SocketAddr>,
+    /// Allocations in the metrics also by container (`--metrics-labels container`).
+    pub metrics_by_container: bool,
     /// The most bytes of records that wait between draining and rebuilding; None: see
     /// [`default_backlog_bytes`].
     pub backlog_bytes: Option<usize>,
@@ -128,6 +130,8 @@ struct Live {
     queue: OutputQueue,
     publisher: Option<Publisher>,
     cgroups: Cgroups,
+    /// Allocations in the metrics also by container.
+    metrics_by_container: bool,
 }
 
 /// The backlog held at least this much since it was last empty: give the memory back
@@ -159,6 +163,13 @@ impl Live {
             .analysis
             .headroom
             .closest(metrics::HEADROOM_DESTINATIONS);
+        if self.metrics_by_container {
+            let mut names = Lookup::new(self.cgroups.clone());
+            snapshot.allocations_by_container =
+                metrics::by_container(stats.analysis.churn.per_cgroup_origin(), |id| {
+                    names.get(id).map(|cg| cg.short_label())
+                });
+        }
         snapshot
     }
 
@@ -302,6 +313,7 @@ pub async fn run(config: LiveConfig) -> Result<()> {
         queue: OutputQueue::idle(),
         publisher: None,
         cgroups: cgroups.clone(),
+        metrics_by_container: config.metrics_by_container,
     };
     for r in held_ranges {
         live.engine.set_range(r);

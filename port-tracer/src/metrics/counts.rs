@@ -50,6 +50,7 @@ impl Snapshot {
             allocator,
             occupancy: Vec::new(),
             headroom: Vec::new(),
+            allocations_by_container: Vec::new(),
         }
     }
 }
@@ -105,6 +106,25 @@ pub struct Snapshot {
     /// connect()'s headroom of the destinations closest to running out
     /// ([`HEADROOM_DESTINATIONS`] at most: bounded cardinality).
     pub headroom: Vec<crate::analysis::headroom::HeadroomGauge>,
+    /// (protocol, origin, container or unit, count): with `--metrics-labels container`
+    /// only (see [`by_container`]); then allocations carry a `container` label.
+    pub allocations_by_container: Vec<(Proto, Origin, String, u64)>,
+}
+
+/// Allocations per (cgroup id, protocol, origin) summed by the container label `label`
+/// gives each cgroup id ("" when it names none), in a stable order.
+pub fn by_container(
+    per_cgroup: Vec<((u64, Proto, Origin), u64)>,
+    mut label: impl FnMut(u64) -> Option<String>,
+) -> Vec<(Proto, Origin, String, u64)> {
+    let mut sums: std::collections::BTreeMap<(Proto, Origin, String), u64> = Default::default();
+    for ((id, proto, origin), n) in per_cgroup {
+        let l = label(id).unwrap_or_default();
+        *sums.entry((proto, origin, l)).or_default() += n;
+    }
+    sums.into_iter()
+        .map(|((p, o, l), n)| (p, o, l, n))
+        .collect()
 }
 
 /// Destinations whose connect() headroom is exported: those with the fewest ports left.

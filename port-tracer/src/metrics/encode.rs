@@ -29,12 +29,33 @@ impl Collector for SnapshotCollector {
                 .map(|&(p, o, n)| ([("proto", p.as_str()), ("origin", o.as_str())], n))
                 .collect()
         };
-        counters(
-            &mut enc,
-            "port_tracer_allocations",
-            "Ports the kernel handed out (accepted sockets share their listener's port and are not counted)",
-            by_origin(&s.allocations),
-        )?;
+        const ALLOCATIONS: &str = "port_tracer_allocations";
+        const ALLOCATIONS_HELP: &str = "Ports the kernel handed out (accepted sockets share their listener's port and are not counted)";
+        if s.allocations_by_container.is_empty() {
+            counters(
+                &mut enc,
+                ALLOCATIONS,
+                ALLOCATIONS_HELP,
+                by_origin(&s.allocations),
+            )?;
+        } else {
+            // --metrics-labels container: the same counts, split by the owner's container.
+            counters(
+                &mut enc,
+                ALLOCATIONS,
+                ALLOCATIONS_HELP,
+                s.allocations_by_container.iter().map(|(p, o, c, n)| {
+                    (
+                        [
+                            ("proto", p.as_str()),
+                            ("origin", o.as_str()),
+                            ("container", c.as_str()),
+                        ],
+                        *n,
+                    )
+                }),
+            )?;
+        }
         counters(
             &mut enc,
             "port_tracer_releases",

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::Result;
 
-pub use counts::{Occupancy, Snapshot, HEADROOM_DESTINATIONS};
+pub use counts::{by_container, Occupancy, Snapshot, HEADROOM_DESTINATIONS};
 
 /// Binds `addr` for the metrics endpoint, warning when it is reachable from elsewhere.
 pub async fn bind(addr: SocketAddr) -> Result<server::Listener> {

@@ -269,3 +269,45 @@ fn connect_headroom_is_exported_for_the_destinations_closest_to_running_out() {
         "{text}"
     );
 }
+
+#[test]
+fn allocations_take_a_container_label_only_when_asked() {
+    let per_cgroup = vec![
+        ((5, Proto::Tcp, Origin::Connect), 2),
+        ((6, Proto::Tcp, Origin::Connect), 1),
+        ((7, Proto::Tcp, Origin::Connect), 4),
+        ((0, Proto::Udp, Origin::Autobind), 1),
+    ];
+    // Cgroups 5 and 6 are one container (a nested cgroup), 7 a host unit, 0 unknown.
+    let rows = by_container(per_cgroup, |id| match id {
+        5 | 6 => Some("abcdef012345".into()),
+        7 => Some("cron.service".into()),
+        _ => None,
+    });
+    assert_eq!(
+        rows,
+        vec![
+            (Proto::Tcp, Origin::Connect, "abcdef012345".into(), 3),
+            (Proto::Tcp, Origin::Connect, "cron.service".into(), 4),
+            (Proto::Udp, Origin::Autobind, String::new(), 1),
+        ]
+    );
+    let plain = Snapshot::of(&Tally::default(), vec![]);
+    let labelled = Snapshot {
+        allocations_by_container: rows,
+        ..plain.clone()
+    };
+    let text = |s: Snapshot| {
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(s));
+        encode::text(&encode::registry(shared)).unwrap()
+    };
+    let (plain, labelled) = (text(plain), text(labelled));
+    assert!(!plain.contains("container="), "{plain}");
+    for line in [
+        "port_tracer_allocations_total{proto=\"tcp\",origin=\"connect\",container=\"abcdef012345\"} 3",
+        "port_tracer_allocations_total{proto=\"tcp\",origin=\"connect\",container=\"cron.service\"} 4",
+        "port_tracer_allocations_total{proto=\"udp\",origin=\"autobind\",container=\"\"} 1",
+    ] {
+        assert!(labelled.lines().any(|l| l == line), "{line}\n{labelled}");
+    }
+}
