@@ -15,6 +15,7 @@ use port_tracer::{
     output::{Destination, Format},
     rebuild::RebuildConfig,
     replay::ReportConfig,
+    top::{Grouping, Source, TopConfig},
 };
 
 /// Trace every local port the kernel hands out and takes back (TCP and UDP, IPv4 and IPv6,
@@ -71,6 +72,109 @@ pub enum Cmd {
     /// Trace Event Format JSON for the Perfetto UI (a track per port under its process, a
     /// slice per lifetime, TIME_WAIT inside it).
     Export(ExportArgs),
+    /// A full-screen view that refreshes: range occupancy, destinations closest to running
+    /// out, churn by process, container or pod, the latest failures, TIME_WAIT, losses.
+    ///
+    /// Live by default (as root, as tracing is), or `--replay TRACE` to watch a recording
+    /// again. Keys: `q` or Esc quits, `g` cycles the grouping (process, container, pod),
+    /// `/` filters the churn rows by name (Enter keeps the filter, Esc drops it), `s`
+    /// changes the sort (rate, total, name), arrows, PgUp and PgDn scroll. It needs a
+    /// terminal on standard output; `--once --format json` prints one view for scripts.
+    Top(TopArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct TopArgs {
+    /// Refresh every this many seconds (`0.5`, `2`, or with a unit: `500ms`).
+    #[arg(short = 'd', long = "delay", value_name = "SECONDS", value_parser = parse_duration, default_value = "1")]
+    pub delay: Duration,
+
+    /// Group churn by this at start (`g` cycles).
+    #[arg(long, value_enum, default_value = "process")]
+    pub group: Grouping,
+
+    /// Print one view and exit: live, after one refresh (-d); with --replay, at the
+    /// trace's end. Needs no terminal.
+    #[arg(long)]
+    pub once: bool,
+
+    /// What --once prints.
+    #[arg(long, value_enum, default_value = "json", requires = "once")]
+    pub format: OnceFormat,
+
+    /// Play a trace written by `port-tracer record` instead of tracing (no root needed).
+    #[arg(long, value_name = "TRACE")]
+    pub replay: Option<PathBuf>,
+
+    /// With --replay: trace seconds played per second (`1`: as recorded, `10`: ten times
+    /// faster).
+    #[arg(long, value_name = "FACTOR", default_value = "1", requires = "replay", value_parser = parse_speed)]
+    pub speed: f64,
+
+    /// With --replay: as fast as the trace reads, not paced.
+    #[arg(long, requires = "replay", conflicts_with = "speed")]
+    pub full_speed: bool,
+
+    #[command(flatten)]
+    pub select: SelectArgs,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+
+    #[command(flatten)]
+    pub rebuild: RebuildArgs,
+}
+
+/// What `top --once` prints.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnceFormat {
+    /// One JSON object: the view, and churn by process, container and pod.
+    Json,
+}
+
+/// A replay speed: a positive factor.
+fn parse_speed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 => Ok(f),
+        _ => Err(format!(
+            "`{s}` is not a speed: a positive factor (1: as recorded)"
+        )),
+    }
+}
+
+impl TopArgs {
+    pub fn config(self) -> TopConfig {
+        let rebuild = self.rebuild.config(self.select.filter());
+        let source = match self.replay {
+            Some(trace) => Source::Replay {
+                trace,
+                speed: (!self.full_speed).then_some(self.speed),
+                rebuild,
+            },
+            None => Source::Live(Box::new(LiveConfig {
+                output: Destination {
+                    format: Format::Text,
+                    path: None,
+                    force: false,
+                },
+                load: self.kernel.load_options(),
+                drain: self.kernel.drain(),
+                runtime_state: self.kernel.runtime_state.clone(),
+                rebuild,
+                duration: None,
+                output_buffer: None,
+                metrics: None,
+                metrics_by_container: false,
+                backlog_bytes: None,
+            })),
+        };
+        TopConfig {
+            source,
+            refresh: self.delay,
+            grouping: self.group,
+            once: self.once,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug, Clone)]

@@ -29,6 +29,7 @@ pub mod reorder;
 pub mod replay;
 pub mod summary;
 pub mod tally;
+pub mod top;
 pub mod trace_check;
 pub mod trace_file;
 

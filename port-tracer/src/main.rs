@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use port_tracer::{live, replay};
+use port_tracer::{live, replay, top};
 
 mod cli;
 
@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Some(Cmd::Record(args)) => runtime.block_on(live::record::run(args.config())),
         Some(Cmd::Report(args)) => replay::run(args.config()),
         Some(Cmd::Export(args)) => replay::run(args.config()),
+        Some(Cmd::Top(args)) => runtime.block_on(top::run(args.config())),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,

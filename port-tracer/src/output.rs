@@ -20,7 +20,7 @@ mod jsonl;
 pub mod parquet;
 mod queue;
 mod summary_text;
-mod text;
+pub(crate) mod text;
 
 pub use queue::OutputQueue;
 

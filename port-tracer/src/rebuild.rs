@@ -285,6 +285,11 @@ impl Rebuild {
         tracker.finish(&mut emit);
     }
 
+    /// When the run began (monotonic ns).
+    pub fn start_ns(&self) -> u64 {
+        self.span.start_ns
+    }
+
     /// What has been shown so far, counted and analysed.
     pub fn stats(&self) -> &Stats {
         &self.stats

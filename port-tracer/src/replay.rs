@@ -82,10 +82,33 @@ pub struct Replayed {
 /// summary last; the trace's cgroups go in `cgroups` (which `printer` names owners from). Damage (truncation, corruption) ends the replay where it is, reported in
 /// [`Replayed::damage`]; any other read error is the error.
 pub fn replay<R: io::Read>(
+    r: TraceReader<R>,
+    config: RebuildConfig,
+    printer: &mut (dyn Printer + Send),
+    cgroups: &Cgroups,
+) -> Result<Replayed, TraceError> {
+    replay_with(r, config, printer, cgroups, &mut |_| true)
+}
+
+/// Where a replay is: after each block of events, what the engine has shown up to the
+/// newest record read (the live mode's "now"), and the kernel's lost counts so far.
+pub struct Progress<'a> {
+    pub engine: &'a Rebuild,
+    pub newest_ns: u64,
+    pub lost: &'a [u64],
+    /// The trace ended (or its damage, or `progress` ended it): the last call.
+    pub end: bool,
+}
+
+/// [`replay`], telling `progress` where it is after each block of events and once more at
+/// the end, before the lifetimes still open are cut off; it ends early (as if the trace
+/// ended there) when `progress` returns false.
+pub fn replay_with<R: io::Read>(
     mut r: TraceReader<R>,
     config: RebuildConfig,
     printer: &mut (dyn Printer + Send),
     cgroups: &Cgroups,
+    progress: &mut dyn FnMut(Progress<'_>) -> bool,
 ) -> Result<Replayed, TraceError> {
     // Traces before version 5 carry no cgroup table: their ids are not looked for.
     let names_cgroups = r.version >= 5;
@@ -125,6 +148,15 @@ pub fn replay<R: io::Read>(
                 engine.process(Upto::Excess, &mut |o| w.take(o));
                 // The newest record stands for "now": what the live mode had at its drain.
                 engine.process(Upto::InOrder(newest), &mut |o| w.take(o));
+                let going_on = progress(Progress {
+                    engine: &engine,
+                    newest_ns: newest,
+                    lost: &lost_counts,
+                    end: false,
+                });
+                if !going_on {
+                    break None;
+                }
             }
             Block::Lost(counts) => {
                 lost_counts = by_our_names(&r.meta, &counts);
@@ -155,6 +187,14 @@ pub fn replay<R: io::Read>(
             break None;
         }
     };
+    // What the end mark's time puts in order, before the last look.
+    engine.process(Upto::InOrder(newest), &mut |o| w.take(o));
+    progress(Progress {
+        engine: &engine,
+        newest_ns: newest,
+        lost: &lost_counts,
+        end: true,
+    });
     let mut summary = engine.finish(&lost_counts, newest, &mut |o| w.take(o));
     summary.cgroups = cgroups.counts();
     if w.error.is_none() {

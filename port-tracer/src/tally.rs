@@ -54,6 +54,8 @@ pub struct Tally {
     pub alloc_times: Vec<((Proto, Origin), DurationHistogram)>,
     /// Outputs by kind, for the summary.
     pub counts: Counts,
+    /// Sockets in TIME_WAIT now, of those counted in `live`.
+    pub time_wait_now: u64,
 }
 
 /// Events and lifetimes shown, by kind.
@@ -101,7 +103,13 @@ impl Tally {
                     }
                     Kind::RemoteUpdate => c.remote_update += 1,
                     Kind::Release => c.release += 1,
-                    Kind::TimeWait => c.time_wait += 1,
+                    Kind::TimeWait => {
+                        c.time_wait += 1;
+                        // As `live`: sockets whose assignment was seen.
+                        if !matches!(ev.origin, Origin::Preexisting | Origin::Unknown) {
+                            self.time_wait_now += 1;
+                        }
+                    }
                 }
             }
             OutputRef::Lifetime(lt) => self.lifetime_out(lt),
@@ -153,6 +161,9 @@ impl Tally {
         if lt.assigned_ns().is_some() {
             let n = self.live_mut(lt.ends.proto, lt.ends.netns);
             *n = n.saturating_sub(1);
+            if lt.time_wait_start_ns().is_some() {
+                self.time_wait_now = self.time_wait_now.saturating_sub(1);
+            }
         }
     }
 }

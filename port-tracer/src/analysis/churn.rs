@@ -183,6 +183,14 @@ impl Churn {
             .collect()
     }
 
+    /// Allocations per owner: (pid, comm, cgroup id) and their count, in no order.
+    pub fn per_owner(&self) -> Vec<(u32, Comm, u64, u64)> {
+        self.by(|c| (c.pid, c.comm, c.cgroup))
+            .into_iter()
+            .map(|((pid, comm, cgroup), n)| (pid, comm, cgroup, n))
+            .collect()
+    }
+
     /// Allocations summed by `key`.
     fn by<K: std::hash::Hash + Eq>(&self, key: impl Fn(&Cell) -> K) -> HashMap<K, u64> {
         let mut out: HashMap<K, u64> = HashMap::default();

@@ -161,29 +161,23 @@ impl Failures {
         }
     }
 
+    /// The `n` kinds that failed last, the latest first.
+    pub fn latest(&self, n: usize) -> Vec<FailureGroup> {
+        let mut last: Vec<(&Kind, &Seen)> = self.kinds.iter().collect();
+        let order = |a: &(&Kind, &Seen), b: &(&Kind, &Seen)| {
+            (b.1.last_ns, b.1.count, b.1.first_ns).cmp(&(a.1.last_ns, a.1.count, a.1.first_ns))
+        };
+        if last.len() > n {
+            last.select_nth_unstable_by(n, order);
+            last.truncate(n);
+        }
+        last.sort_by(order);
+        last.into_iter().map(|(k, s)| group(k, s)).collect()
+    }
+
     /// The `top` most frequent kinds.
     pub fn report(&self, top: usize, holders_not_kept: u64) -> FailureReport {
-        let mut groups: Vec<FailureGroup> = self
-            .kinds
-            .iter()
-            .map(|(k, s)| FailureGroup {
-                pid: k.pid,
-                comm: k.comm.as_str().into_owned(),
-                netns: k.netns,
-                proto: k.proto.as_str(),
-                errno: k.errno,
-                error: errno_name(k.errno),
-                laddr: k.laddr,
-                lport: k.lport,
-                raddr: k.raddr,
-                rport: k.rport,
-                count: s.count,
-                first_ns: s.first_ns,
-                last_ns: s.last_ns,
-                holders: s.why.holders.clone(),
-                headroom: s.why.headroom.clone(),
-            })
-            .collect();
+        let mut groups: Vec<FailureGroup> = self.kinds.iter().map(|(k, s)| group(k, s)).collect();
         // Ties in a total order: the map iterates in a random one.
         groups.sort_by(|a, b| {
             let rest = |g: &FailureGroup| {
@@ -204,5 +198,26 @@ impl Failures {
             not_shown: self.total - shown,
             groups,
         }
+    }
+}
+
+/// One kind of failure, as reported.
+fn group(k: &Kind, s: &Seen) -> FailureGroup {
+    FailureGroup {
+        pid: k.pid,
+        comm: k.comm.as_str().into_owned(),
+        netns: k.netns,
+        proto: k.proto.as_str(),
+        errno: k.errno,
+        error: errno_name(k.errno),
+        laddr: k.laddr,
+        lport: k.lport,
+        raddr: k.raddr,
+        rport: k.rport,
+        count: s.count,
+        first_ns: s.first_ns,
+        last_ns: s.last_ns,
+        holders: s.why.holders.clone(),
+        headroom: s.why.headroom.clone(),
     }
 }

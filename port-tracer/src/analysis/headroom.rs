@@ -117,7 +117,11 @@ pub struct HeadroomGauge {
     pub laddr: IpAddr,
     pub raddr: IpAddr,
     pub rport: u16,
+    /// Ports left.
     pub ports: u32,
+    /// Connections to it holding ports now, and the ports its space has.
+    pub in_use: u32,
+    pub size: u32,
 }
 
 /// Ports from `low` to `high`, both included.
@@ -544,6 +548,8 @@ impl Headroom {
                     raddr: k.raddr,
                     rport: k.rport,
                     ports: space.size.saturating_sub(space.bound_ports + d.level),
+                    in_use: d.level,
+                    size: space.size,
                 }
             })
             .collect();

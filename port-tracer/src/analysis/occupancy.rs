@@ -159,6 +159,8 @@ pub struct Current {
     /// Distinct ports held (in the range, when known).
     pub ports: u32,
     pub range_size: Option<u32>,
+    /// Most ports held at once so far (since the range became known, if later).
+    pub peak: u32,
 }
 
 /// One process's sockets at a peak.
@@ -374,6 +376,7 @@ impl Occupancy {
             laddr: g.key.laddr,
             ports: g.level,
             range_size: g.size,
+            peak: g.peak,
         })
     }
 

@@ -36,6 +36,7 @@ use crate::{
     output::{Destination, OutputQueue, WallClock},
     port_range::PortRange,
     rebuild::{Rebuild, RebuildConfig, Upto},
+    top::{Feed, View},
 };
 
 /// What live tracing does.
@@ -127,8 +128,11 @@ impl Drain {
 /// metrics it updates.
 struct Live {
     engine: Rebuild,
-    queue: OutputQueue,
+    /// None for `top`, which shows no records.
+    queue: Option<OutputQueue>,
     publisher: Option<Publisher>,
+    /// `top`'s screen, which asks for a view now and then.
+    screen: Option<Screen>,
     cgroups: Cgroups,
     /// Allocations in the metrics also by container.
     metrics_by_container: bool,
@@ -140,14 +144,15 @@ const TRIM_AFTER_BYTES: usize = 32 << 20;
 
 impl Live {
     fn process(&mut self, upto: Upto) {
-        let queue = &mut self.queue;
-        self.engine.process(upto, &mut |o| queue.push(o));
+        match &mut self.queue {
+            Some(queue) => self.engine.process(upto, &mut |o| queue.push(o)),
+            None => self.engine.process(upto, &mut |_| {}),
+        }
     }
 
-    /// The metrics now, with the kernel's lost counts `lost_counts`: the summary's own
-    /// counts.
-    fn metrics_snapshot(&self, lost_counts: &[u64]) -> metrics::Snapshot {
-        let lost = lost::NAMES
+    /// Events lost by reason, with the kernel's counts `lost_counts`: the summary's own.
+    fn lost(&self, lost_counts: &[u64]) -> Vec<(&'static str, u64)> {
+        lost::NAMES
             .iter()
             .copied()
             .zip(lost_counts.iter().copied())
@@ -155,7 +160,13 @@ impl Live {
                 ("undecodable", self.engine.undecodable()),
                 (crate::rebuild::BACKLOG_FULL, self.engine.backlog_full()),
             ])
-            .collect();
+            .collect()
+    }
+
+    /// The metrics now, with the kernel's lost counts `lost_counts`: the summary's own
+    /// counts.
+    fn metrics_snapshot(&self, lost_counts: &[u64]) -> metrics::Snapshot {
+        let lost = self.lost(lost_counts);
         let stats = self.engine.stats();
         let mut snapshot = metrics::Snapshot::of(&stats.tally, lost);
         snapshot.occupancy = metrics::Occupancy::of(stats.analysis.occupancy.current());
@@ -195,12 +206,26 @@ impl Live {
                     self.engine.check_lost(&lost);
                     self.engine.check_backlog_full(backlog_full);
                     self.process(Upto::InOrder(now_ns));
-                    self.queue.flush();
+                    if let Some(queue) = &mut self.queue {
+                        queue.flush();
+                        if queue.failed() {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    }
                     if let Some(publisher) = &self.publisher {
                         publisher.publish(self.metrics_snapshot(&lost));
                     }
-                    if self.queue.failed() {
-                        stop.store(true, Ordering::Relaxed);
+                    if self.screen.as_ref().is_some_and(|s| s.feed.wanted()) {
+                        let lost = self.lost(&lost);
+                        let screen = self.screen.as_mut().expect("checked above");
+                        let view = View::of(
+                            &self.engine,
+                            now_ns,
+                            Some(screen.tier),
+                            &lost,
+                            &mut screen.names,
+                        );
+                        screen.feed.publish(view);
                     }
                     if held_most >= TRIM_AFTER_BYTES && backlog.is_empty() {
                         held_most = 0;
@@ -227,10 +252,12 @@ impl Live {
     fn finish(self, lost_counts: &[u64], end_ns: u64) -> Option<io::Error> {
         let Live {
             engine,
-            mut queue,
+            queue,
             cgroups,
             ..
         } = self;
+        // `top` shows no summary: its screen is gone by now.
+        let mut queue = queue?;
         let mut summary = engine.finish(lost_counts, end_ns, &mut |o| queue.push(o));
         summary.output_dropped = queue.dropped();
         summary.cgroups = cgroups.counts();
@@ -271,9 +298,24 @@ pub fn default_backlog_bytes() -> usize {
     }
 }
 
+/// `top`'s screen, as the rebuild side sees it.
+struct Screen {
+    feed: Feed,
+    tier: &'static str,
+    names: Lookup,
+}
+
 /// Runs the live tracer until a signal or the deadline.
 pub async fn run(config: LiveConfig) -> Result<()> {
-    config.output.check()?;
+    run_with(config, None).await
+}
+
+/// Runs the live tracer until a signal, the deadline or `screen` quits; with a `screen`
+/// (`top`), nothing is written: views go to it when it asks.
+pub async fn run_with(config: LiveConfig, screen: Option<Feed>) -> Result<()> {
+    if screen.is_none() {
+        config.output.check()?;
+    }
     // Before loading: a bad metrics address fails fast.
     let metrics_listener = match config.metrics {
         Some(addr) => Some(metrics::bind(addr).await?),
@@ -282,7 +324,13 @@ pub async fn run(config: LiveConfig) -> Result<()> {
     // The output before the programs: a refused path costs no loading.
     privileges::check_load()?;
     let cgroups = host_cgroups(&config.runtime_state)?;
-    let (printer, created) = config.output.open(WallClock::now(), cgroups.clone())?;
+    let (printer, created) = match screen {
+        None => {
+            let (p, created) = config.output.open(WallClock::now(), cgroups.clone())?;
+            (Some(p), created)
+        }
+        Some(_) => (None, None),
+    };
     let Traced {
         kernel,
         mut ring,
@@ -310,8 +358,13 @@ pub async fn run(config: LiveConfig) -> Result<()> {
     });
     let mut live = Live {
         engine: Rebuild::new(config.rebuild.clone(), start_ns),
-        queue: OutputQueue::idle(),
+        queue: None,
         publisher: None,
+        screen: screen.clone().map(|feed| Screen {
+            feed,
+            tier: kernel.tier.info().name,
+            names: Lookup::new(cgroups.clone()),
+        }),
         cgroups: cgroups.clone(),
         metrics_by_container: config.metrics_by_container,
     };
@@ -328,7 +381,7 @@ pub async fn run(config: LiveConfig) -> Result<()> {
     live.engine.set_held_at_start(held_at_start);
     live.publisher = metrics_listener
         .map(|listener| Publisher::serve(listener, live.metrics_snapshot(&[0; lost::NAMES.len()])));
-    live.queue = OutputQueue::start(printer, limit);
+    live.queue = printer.map(|p| OutputQueue::start(p, limit));
 
     let backlog_bytes = config.backlog_bytes.unwrap_or_else(default_backlog_bytes);
     let (tx, rx) = backlog(backlog_bytes);
@@ -348,6 +401,9 @@ pub async fn run(config: LiveConfig) -> Result<()> {
 
     let mut stop = Stop::install()?;
     announce(&kernel, "");
+    if let Some(s) = &screen {
+        s.start();
+    }
     let deadline = deadline(config.duration);
     tokio::pin!(deadline);
     let mut tick = tokio::time::interval(config.drain.max(Duration::from_millis(1)));
@@ -369,7 +425,7 @@ pub async fn run(config: LiveConfig) -> Result<()> {
             _ = stop.wait() => break,
             _ = &mut deadline => break,
         }
-        if stop_rebuild.load(Ordering::Relaxed) {
+        if stop_rebuild.load(Ordering::Relaxed) || screen.as_ref().is_some_and(Feed::quitting) {
             break;
         }
     }

@@ -93,7 +93,7 @@ impl<W: Write> Text<W> {
 const NAME_SHOWN: usize = 40;
 
 /// `s` escaped as text shows names, cut at [`NAME_SHOWN`] characters.
-fn name(s: &str) -> String {
+pub(crate) fn name(s: &str) -> String {
     let s = printable(s);
     match s.char_indices().nth(NAME_SHOWN) {
         Some((at, _)) => format!("{}...", &s[..at]),
