@@ -260,6 +260,14 @@ fn setup() -> Result<()> {
     }
 
     python_tools()?;
+    // `top`'s end-to-end test drives it in a terminal multiplexer; the real-container test
+    // runs podman, with runc: Debian's crun refuses this machine kind's hybrid cgroup
+    // hierarchy (a controller on cgroup v2).
+    let test_tools: Vec<&str> = ["tmux", "podman", "runc"]
+        .into_iter()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    ensure_apt_packages(&test_tools)?;
 
     if succeeds(Command::new("bpf-linker").arg("--version")) {
         return Ok(());
