@@ -69,6 +69,11 @@ fn container_of(component: &str, parent: Option<&str>) -> Option<String> {
             .filter(|id| is_container_id(id))
             .map(str::to_string);
     }
+    // podman with cgroupfs (no systemd): `/libpod_parent/libpod-<id>`, or under its pod's
+    // cgroup; its monitor is `/libpod_parent/conmon` (`libpod-conmon-...` is not hex).
+    if let Some(id) = component.strip_prefix("libpod-") {
+        return is_container_id(id).then(|| id.into());
+    }
     // `kubepods-...-pod<uid>.slice:cri-containerd:<id>`
     let mut parts = component.rsplitn(3, ':');
     if let (Some(id), Some(runtime), Some(_)) = (parts.next(), parts.next(), parts.next()) {

@@ -3096,3 +3096,217 @@ fn scrape(addr: &str) -> String {
     out.split_once("\r\n\r\n")
         .map_or(out.clone(), |(_, body)| body.to_string())
 }
+
+/// The test below, by the name libtest gives it (how the container runs it again).
+const PODMAN_TEST: &str = "a_real_podman_container_carries_its_id_and_name";
+/// Set in the container: the test is the workload there.
+const PODMAN_WORKLOAD: &str = "PORT_TRACER_PODMAN_WORKLOAD";
+/// The test binary's name in the container: the workload's `comm` (what the tracer
+/// selects it by).
+const PODMAN_COMM: &str = "pt-podman";
+
+/// Whether the ELF file at `path` asks for no program interpreter: a static binary, which
+/// runs in a root filesystem holding nothing else.
+fn is_static_elf(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let read = std::fs::File::open(path).and_then(|f| f.take(1 << 16).read_to_end(&mut head));
+    if read.is_err() || head.len() < 64 || &head[..4] != b"\x7fELF" || head[4] != 2 {
+        return false;
+    }
+    let u16_at = |at: usize| u16::from_le_bytes([head[at], head[at + 1]]) as usize;
+    let phoff = u64::from_le_bytes(head[0x20..0x28].try_into().unwrap()) as usize;
+    let (size, count) = (u16_at(0x36), u16_at(0x38));
+    (0..count).all(|i| {
+        let at = phoff + i * size;
+        // PT_INTERP is 3; headers beyond what was read count as not static.
+        head.get(at..at + 4)
+            .is_some_and(|t| u32::from_le_bytes(t.try_into().unwrap()) != 3)
+    })
+}
+
+/// A container named by the test: removed (with its id file) however the test ends.
+struct PodmanContainer {
+    name: String,
+    cidfile: std::path::PathBuf,
+}
+
+impl PodmanContainer {
+    fn remove(&self) {
+        let _ = std::process::Command::new("podman")
+            .args(["rm", "--force", "--time", "0", &self.name])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_file(&self.cidfile);
+    }
+}
+
+impl Drop for PodmanContainer {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// Issue 23: where a real runtime works (podman from Debian, as root), one real container's
+/// ports carry its real id and name. The container runs this test binary again (statically
+/// linked, alone in its root filesystem), with no network but its own loopback; there the
+/// test opens a listener, a connection to it and a UDP socket, and prints their ports.
+#[test]
+fn a_real_podman_container_carries_its_id_and_name() {
+    if std::env::var_os(PODMAN_WORKLOAD).is_some() {
+        // In the container.
+        let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let v2 = cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        let (listener, client, udp) = listener_client_udp();
+        println!("pt-podman: cgroup {v2}");
+        println!("pt-podman: ports {listener} {client} {udp}");
+        return;
+    }
+    require_root!();
+    if std::env::var_os("PORT_TRACER_IN_VM").is_some() {
+        support::skip("no container runtime in the VM guests: the host runs it");
+        return;
+    }
+    let podman = std::process::Command::new("podman")
+        .arg("--version")
+        .output();
+    if !podman.as_ref().is_ok_and(|o| o.status.success()) {
+        support::skip("podman is not installed (apt-get install podman runc)");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    if !is_static_elf(&exe) {
+        support::skip("the test binary is not statically linked (cargo xtask test links it so)");
+        return;
+    }
+    // The container's root: this binary and the directories podman mounts over.
+    let rootfs = std::env::temp_dir().join(format!("pt-podman-rootfs-{}", my_pid()));
+    let _ = std::fs::remove_dir_all(&rootfs);
+    for d in ["proc", "sys", "dev", "etc", "tmp", "run"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let inside = rootfs.join(PODMAN_COMM);
+    if std::fs::hard_link(&exe, &inside).is_err() {
+        std::fs::copy(&exe, &inside).unwrap();
+    }
+    let container = PodmanContainer {
+        name: format!("pt-test-{}", my_pid()),
+        cidfile: std::env::temp_dir().join(format!("pt-podman-{}.cid", my_pid())),
+    };
+    let tracer = Tracer::start_with(&["--comm", PODMAN_COMM]);
+    // Podman's default runtime first, then runc: Debian's crun 1.8 refuses a hybrid
+    // cgroup hierarchy with a controller on cgroup v2 (this machine kind's), runc runs.
+    // Lowered limits: without CAP_SYS_RESOURCE podman's defaults cannot be set.
+    let mut refused = Vec::new();
+    let mut ran = None;
+    for runtime in [None, Some("runc")] {
+        container.remove();
+        let mut cmd = std::process::Command::new("podman");
+        cmd.args(["run", "--rm", "--name", &container.name])
+            .arg("--cidfile")
+            .arg(&container.cidfile)
+            .args(["--network", "none", "--cgroupns", "host"])
+            .args([
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=1024:1024",
+            ])
+            .args(["--env", &format!("{PODMAN_WORKLOAD}=1")]);
+        if let Some(r) = runtime {
+            cmd.args(["--runtime", r]);
+        }
+        cmd.arg("--rootfs")
+            .arg(&rootfs)
+            .arg(format!("/{PODMAN_COMM}"))
+            .args([PODMAN_TEST, "--exact", "--nocapture"])
+            .args(["--test-threads", "1"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().expect("run podman");
+        let out = child.wait_with_output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // 125-127: podman or the runtime could not run the container (not the workload).
+        match out.status.code() {
+            Some(0) => {
+                ran = Some((runtime, said));
+                break;
+            }
+            Some(125..=127) => refused.push(format!(
+                "{}: {}",
+                runtime.unwrap_or("default runtime"),
+                said.trim()
+            )),
+            _ => panic!(
+                "the workload in the container failed ({}):\n{said}",
+                out.status
+            ),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&rootfs);
+    let Some((runtime, said)) = ran else {
+        drop(tracer);
+        support::skip(&format!(
+            "podman cannot run a container here: {}",
+            refused.join("; ")
+        ));
+        return;
+    };
+    let id = std::fs::read_to_string(&container.cidfile)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 64, "podman's container id: {id:?}");
+    let line = |tag: &str| {
+        said.lines()
+            // libtest's "test NAME ... " begins the first line.
+            .find_map(|l| Some(l.split_once(tag)?.1))
+            .unwrap_or_else(|| panic!("no {tag:?} from the container:\n{said}"))
+            .to_string()
+    };
+    let cgroup = line("pt-podman: cgroup ");
+    let ports: Vec<u16> = line("pt-podman: ports ")
+        .split(' ')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(cgroup.contains(&id), "{cgroup} names {id}");
+    let t = tracer.stop();
+    let runtime = runtime.unwrap_or("default runtime");
+    // The listener's port has two lifetimes: the listener's and the accepted socket's.
+    for (proto, port, origin) in [
+        ("tcp", ports[0], "bind_ephemeral"),
+        ("tcp", ports[1], "connect"),
+        ("udp", ports[2], "bind_ephemeral"),
+    ] {
+        let lts = t.lifetimes(proto, port);
+        assert!(
+            lts.iter().any(|lt| lt["origin"] == origin),
+            "{runtime}: no {origin} lifetime of {proto} port {port}: {lts:#?}"
+        );
+        for lt in lts {
+            assert_eq!(lt["comm"], PODMAN_COMM, "{runtime}: {lt}");
+            assert_eq!(lt["cgroup"], cgroup.as_str(), "{runtime}: {lt}");
+            assert_eq!(lt["container_id"], id.as_str(), "{runtime}: {lt}");
+            assert_eq!(
+                lt["container_name"],
+                container.name.as_str(),
+                "{runtime}: {lt}"
+            );
+            for none in ["pod_uid", "pod_name", "pod_namespace", "unit"] {
+                assert_eq!(lt[none], serde_json::Value::Null, "{runtime}: {none}: {lt}");
+            }
+        }
+    }
+    let summary = t.of_type("summary").next().unwrap();
+    let by = summary["churn"]["by_container"].as_array().unwrap();
+    let churn = by
+        .iter()
+        .find(|c| c["container_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("no churn of {id}: {by:#?}"));
+    assert_eq!(churn["allocations"], 3, "{churn}");
+}

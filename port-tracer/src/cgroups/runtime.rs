@@ -8,7 +8,13 @@
 //! - cri-o: `/run/containers/storage/overlay-containers/<id>/userdata/config.json`,
 //!   annotations `io.kubernetes.container.name`, `io.kubernetes.pod.name`,
 //!   `io.kubernetes.pod.namespace`;
-//! - docker: `/var/lib/docker/containers/<id>/config.v2.json`, its `Name` (`/web-1`).
+//! - docker: `/var/lib/docker/containers/<id>/config.v2.json`, its `Name` (`/web-1`);
+//! - podman (rootful): the container list of its storage (containers/storage),
+//!   `/var/lib/containers/storage/<driver>-containers/containers.json` (and
+//!   `volatile-containers.json` beside it or under `/run/containers/storage`, where newer
+//!   versions keep `--rm` containers), the entry whose `id` is the container's: its first
+//!   `names`. Its OCI bundle's annotations do not carry the name. Podman has no pods in
+//!   this sense: those names stay unknown.
 //!
 //! Without that state (another runtime, a rootless one, a machine where it lives
 //! elsewhere) the names are unknown, and nothing else changes. The id is a checked hex
@@ -21,8 +27,15 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-/// State files larger than this are not read (real ones are tens of kilobytes).
+/// State files larger than this are not read (real ones are tens of kilobytes; a
+/// storage's container list, some 400 bytes a container, stays far below too).
 const MAX_STATE_BYTES: u64 = 8 << 20;
+
+/// Where containers/storage (podman's, rootful) keeps its container lists: graph root and
+/// run root, the storage drivers podman picks by default, the lists' names.
+const STORAGE_ROOTS: [&str; 2] = ["var/lib/containers/storage", "run/containers/storage"];
+const STORAGE_DRIVERS: [&str; 2] = ["overlay", "vfs"];
+const STORAGE_LISTS: [&str; 2] = ["containers.json", "volatile-containers.json"];
 
 /// What the runtime's state names; each None where it does not.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +100,7 @@ impl RuntimeState {
         self.containerd(id)
             .or_else(|| self.cri_o(id))
             .or_else(|| self.docker(id))
+            .or_else(|| self.podman(id))
             .unwrap_or_default()
     }
 
@@ -138,6 +152,30 @@ impl RuntimeState {
             pod_name: labels.and_then(|l| text(l, "io.kubernetes.pod.name")),
             pod_namespace: labels.and_then(|l| text(l, "io.kubernetes.pod.namespace")),
         })
+    }
+
+    /// The first name of the entry `id` of a containers/storage container list.
+    fn podman(&self, id: &str) -> Option<RuntimeNames> {
+        let lists = STORAGE_ROOTS.iter().flat_map(|root| {
+            STORAGE_DRIVERS.iter().flat_map(move |driver| {
+                STORAGE_LISTS
+                    .iter()
+                    .map(move |list| format!("{root}/{driver}-containers/{list}"))
+            })
+        });
+        lists
+            .filter_map(|list| read_json(&self.root.join(list)))
+            .find_map(|list| {
+                let entry = list
+                    .as_array()?
+                    .iter()
+                    .find(|c| c.get("id").and_then(|i| i.as_str()) == Some(id))?;
+                let name = entry.get("names")?.as_array()?.first()?.as_str()?;
+                (!name.is_empty()).then(|| RuntimeNames {
+                    container_name: Some(name.chars().take(256).collect()),
+                    ..Default::default()
+                })
+            })
     }
 }
 
@@ -207,6 +245,59 @@ mod tests {
             serde_json::json!({"Name": "/cache-1", "Config": {"Labels": {}}}),
         );
         assert_eq!(s.names(&docker), names(Some("cache-1"), None, None));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn podmans_storage_lists_name_its_containers() {
+        let root = state("podman");
+        let s = RuntimeState::at(root.clone());
+        let other = "ef".repeat(32);
+        // As podman 4.3 wrote it (`podman run --rm --name pt-test-1 --rootfs DIR ...`).
+        let entry = |id: &str, name: &str| {
+            serde_json::json!({
+                "id": id, "names": [name], "image": "", "layer": "70fd219c25e0",
+                "metadata": format!("{{\"image-name\":\"\",\"name\":\"{name}\"}}"),
+                "created": "2026-12-07T20:46:06.083548436Z",
+                "flags": {"MountLabel": "", "ProcessLabel": "", "Volatile": true},
+            })
+        };
+        write(
+            &root,
+            "var/lib/containers/storage/overlay-containers/containers.json",
+            serde_json::json!([entry(&other, "db"), entry(ID, "pt-test-1")]),
+        );
+        assert_eq!(s.names(ID), names(Some("pt-test-1"), None, None));
+        // `--rm` containers in the run root's volatile list (newer versions).
+        let volatile = "12".repeat(32);
+        write(
+            &root,
+            "run/containers/storage/overlay-containers/volatile-containers.json",
+            serde_json::json!([entry(&volatile, "web")]),
+        );
+        assert_eq!(s.names(&volatile), names(Some("web"), None, None));
+        // Not listed, listed without a name, or a list that is not one: nothing.
+        assert!(s.names(&"34".repeat(32)).is_empty());
+        let unnamed = "56".repeat(32);
+        write(
+            &root,
+            "var/lib/containers/storage/vfs-containers/containers.json",
+            serde_json::json!([{"id": unnamed, "names": []}, {"id": ID}]),
+        );
+        assert!(s.names(&unnamed).is_empty());
+        write(
+            &root,
+            "var/lib/containers/storage/overlay-containers/containers.json",
+            serde_json::json!({"id": ID, "names": ["x"]}),
+        );
+        assert!(s.names(ID).is_empty());
+        // A name is cut to 256 characters.
+        write(
+            &root,
+            "var/lib/containers/storage/overlay-containers/volatile-containers.json",
+            serde_json::json!([entry(ID, &"n".repeat(1000))]),
+        );
+        assert_eq!(s.names(ID).container_name.unwrap().len(), 256);
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -62,6 +62,26 @@ fn podman_scope_and_its_container_subgroup() {
 }
 
 #[test]
+fn podman_with_cgroupfs_names_its_container_but_not_its_monitor() {
+    // As podman 4.3 with runc gave it on a host without systemd (cgroup v2 path).
+    assert_eq!(
+        names(&format!("/libpod_parent/libpod-{ID}")),
+        (some(ID), None, None)
+    );
+    // In a pod: under the pod's cgroup.
+    let pod = "ab".repeat(32);
+    assert_eq!(
+        names(&format!("/libpod_parent/{pod}/libpod-{ID}")),
+        (some(ID), None, None)
+    );
+    assert_eq!(names("/libpod_parent/conmon"), (None, None, None));
+    assert_eq!(names(&format!("/libpod_parent/libpod-conmon-{ID}")).0, None);
+    // Not an id.
+    assert_eq!(names("/libpod_parent/libpod-xyz").0, None);
+    assert_eq!(names("/libpod_parent/libpod-").0, None);
+}
+
+#[test]
 fn guaranteed_pods_have_no_qos_level_and_cgroupfs_pods_keep_their_dashes() {
     let uid_ = UID.replace('-', "_");
     assert_eq!(
