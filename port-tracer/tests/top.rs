@@ -157,6 +157,8 @@ fn top_once_json_counts_the_workload() {
     );
 }
 
+static SERVERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// A tmux server of the test's own, 200x50, running one command in its only pane.
 struct Tmux {
     socket: String,
@@ -165,7 +167,12 @@ struct Tmux {
 impl Tmux {
     fn start(command: &str) -> Tmux {
         let t = Tmux {
-            socket: format!("port-tracer-test-{}", std::process::id()),
+            // One server per test: tests may run side by side.
+            socket: format!(
+                "port-tracer-test-{}-{}",
+                std::process::id(),
+                SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
         };
         let ok = t
             .cmd(&["new-session", "-d", "-x", "200", "-y", "50", command])
@@ -321,4 +328,75 @@ fn top_replays_a_recorded_trace_once() {
     assert_eq!(view["failures_total"], summary["counters"]["alloc_failure"]);
     assert_eq!(view["tier"], "cgroup");
     let _ = std::io::stdout().flush();
+}
+
+#[test]
+fn top_replay_is_paced_as_recorded_unless_asked_otherwise() {
+    let trace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cgroup.ptrace");
+    let timed = |args: &[&str]| {
+        let start = Instant::now();
+        let out = tracer()
+            .args(["top", "--once", "--replay"])
+            .arg(&trace)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let view: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (start.elapsed(), view)
+    };
+    let (paced, view) = timed(&[]);
+    // Played as recorded: no faster than the trace's records span.
+    let span = Duration::from_secs_f64(view["elapsed_s"].as_f64().unwrap());
+    assert!(span > Duration::from_secs(1), "the fixture spans {span:?}");
+    assert!(
+        paced >= span.mul_f64(0.7),
+        "played in {paced:?}, recorded over {span:?}"
+    );
+    // Faster on request, to the same end.
+    let (_, fast) = timed(&["--speed", "100"]);
+    let (_, full) = timed(&["--full-speed"]);
+    for v in [&fast, &full] {
+        assert_eq!(v["events"], view["events"]);
+        assert_eq!(v["owners"], view["owners"]);
+    }
+}
+
+#[test]
+fn top_replays_a_trace_on_screen_and_keeps_its_end_until_q() {
+    let trace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tracepoint.ptrace");
+    let exit = PathBuf::from(format!(
+        "/tmp/port-tracer-top-replay-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&exit);
+    let command = format!(
+        "{} top -d 0.2 --full-speed --replay {}; echo $? > {}; sleep 60",
+        env!("CARGO_BIN_EXE_port-tracer"),
+        trace.display(),
+        exit.display()
+    );
+    let tmux = Tmux::start(&command);
+    let ended = tmux.wait(Duration::from_secs(20), |s| s.contains("(ended)"));
+    let shown = ended.unwrap_or_else(|s| panic!("the replay did not end on screen:\n{s}"));
+    assert!(shown.contains("8178 fixture-main"), "{shown}");
+    assert!(
+        shown.contains("Latest allocation failures: 6 in all"),
+        "{shown}"
+    );
+    assert!(shown.contains("EADDRNOTAVAIL"), "{shown}");
+    // Still there a refresh later: the end stays until q.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(tmux.screen().contains("(ended)"));
+    assert!(!exit.exists());
+    tmux.keys(&["q"]);
+    assert!(support::wait_for(Duration::from_secs(10), || exit.exists()));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(std::fs::read_to_string(&exit).unwrap().trim(), "0");
+    let _ = std::fs::remove_file(&exit);
+    assert_eq!(tmux.modes(), "0 1", "alternate screen left, cursor shown");
 }
