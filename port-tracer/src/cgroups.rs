@@ -272,6 +272,12 @@ impl Cgroups {
     /// the host, a cgroup removed before this is unresolved; in a recording, one its
     /// table lacks. Whether the host's hierarchy resolved a new one (see `take_new`).
     pub fn note(&self, id: u64) -> bool {
+        self.note_of(id, 0)
+    }
+
+    /// [`Cgroups::note`] of the cgroup of thread `tid` (0: unknown), which is looked at
+    /// first for a new one (see [`host::Hierarchy::resolve_from`]).
+    pub fn note_of(&self, id: u64, tid: u32) -> bool {
         if id == 0 {
             return false;
         }
@@ -280,8 +286,13 @@ impl Cgroups {
         if t.by_id.contains_key(&id) {
             return false;
         }
+        let proc_cgroup = || {
+            (tid != 0)
+                .then(|| std::fs::read_to_string(format!("/proc/{tid}/cgroup")).ok())
+                .flatten()
+        };
         let found = match t.host.as_mut() {
-            Some(host) => host.resolve(id).map(|path| {
+            Some(host) => host.resolve_from(id, proc_cgroup).map(|path| {
                 let mut cg = Cgroup::new(bounded(path));
                 if let Some(id) = &cg.naming.container_id {
                     cg.runtime = t.runtime.names(id);
@@ -334,14 +345,15 @@ impl Noter {
         Noter { table, last: 0 }
     }
 
-    /// Notes `id` (see [`Cgroups::note`]); whether new entries wait in `take_new`.
+    /// Notes `id`, the cgroup of thread `tid` (see [`Cgroups::note_of`]); whether new
+    /// entries wait in `take_new`.
     #[inline]
-    pub fn note(&mut self, id: u64) -> bool {
+    pub fn note(&mut self, id: u64, tid: u32) -> bool {
         if id == self.last {
             return false;
         }
         self.last = id;
-        self.table.note(id)
+        self.table.note_of(id, tid)
     }
 }
 

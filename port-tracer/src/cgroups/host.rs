@@ -1,7 +1,9 @@
 //! The traced host's cgroup v2 hierarchy: directory inode numbers (the kernel's cgroup
-//! ids on 64-bit kernels since 5.5) to paths. Walked once at start, and again when an id
-//! not seen in the last walk turns up (a cgroup made since); an id no walk finds was
-//! removed first.
+//! ids on 64-bit kernels since 5.5) to paths. Walked once at start. A cgroup made since
+//! is found from the thread whose record named it (`/proc/TID/cgroup`, one small read, the
+//! path checked by its inode), else by walking again (the thread is gone or has moved:
+//! a walk reads every cgroup directory, tens of milliseconds on a node with thousands);
+//! an id no walk finds was removed first.
 //!
 //! Directory names are the host's and may be anything a cgroup's creator chose: names
 //! that are not UTF-8 are kept lossily, and the walk is bounded in depth and size.
@@ -39,11 +41,41 @@ impl Hierarchy {
     /// The path of cgroup `id` (`/` for the root), walking again if the last walk did not
     /// see it; None if it is gone (or was never a cgroup here).
     pub fn resolve(&mut self, id: u64) -> Option<String> {
+        self.resolve_from(id, || None)
+    }
+
+    /// [`Hierarchy::resolve`], first asking `proc_cgroup` for the `/proc/TID/cgroup` of a
+    /// thread that was in cgroup `id`: its path is taken if its directory is still that
+    /// cgroup (the thread may have moved, and the file is what its namespace shows).
+    pub fn resolve_from(
+        &mut self,
+        id: u64,
+        proc_cgroup: impl FnOnce() -> Option<String>,
+    ) -> Option<String> {
         if let Some(p) = self.by_id.get(&id) {
             return Some(p.clone());
         }
+        if let Some(path) = proc_cgroup().and_then(|c| self.checked(&c, id)) {
+            self.by_id.insert(id, path.clone());
+            return Some(path);
+        }
         self.rewalk();
         self.by_id.get(&id).cloned()
+    }
+
+    /// The cgroup v2 path a `/proc/TID/cgroup` text gives, if it is a directory under the
+    /// mount (no `..`) whose inode is `id`.
+    fn checked(&self, proc_cgroup: &str, id: u64) -> Option<String> {
+        let path = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let rel = Path::new(path.trim_start_matches('/'));
+        let plain = rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        let dir = std::fs::symlink_metadata(self.root.join(rel)).ok()?;
+        (plain && dir.is_dir() && dir.ino() == id).then(|| match path {
+            "" | "/" => "/".to_string(),
+            p => format!("/{}", p.trim_start_matches('/')),
+        })
     }
 
     fn rewalk(&mut self) {
@@ -104,6 +136,28 @@ mod tests {
         assert_eq!(h.walks, 2);
         // Files are not cgroups.
         assert_eq!(h.resolve(ino("system.slice/cgroup.procs")), None);
+        assert_eq!(h.walks, 3);
+        // A new one named by a thread's /proc/TID/cgroup: no walk.
+        std::fs::create_dir_all(dir.join("kubepods.slice/new.scope")).unwrap();
+        let proc = || Some("0::/kubepods.slice/new.scope\n".to_string());
+        assert_eq!(
+            h.resolve_from(ino("kubepods.slice/new.scope"), proc),
+            Some("/kubepods.slice/new.scope".into())
+        );
+        assert_eq!(h.walks, 3);
+        // The thread moved (its file names another cgroup), or names a path leaving the
+        // mount: a walk finds it.
+        std::fs::create_dir(dir.join("moved")).unwrap();
+        let elsewhere = || Some("0::/system.slice\n".to_string());
+        assert_eq!(
+            h.resolve_from(ino("moved"), elsewhere),
+            Some("/moved".into())
+        );
+        assert_eq!(h.walks, 4);
+        std::fs::create_dir(dir.join("up")).unwrap();
+        let leaving = || Some("0::/../up\n".to_string());
+        assert_eq!(h.resolve_from(ino("up"), leaving), Some("/up".into()));
+        assert_eq!(h.walks, 5);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

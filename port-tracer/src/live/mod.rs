@@ -109,7 +109,7 @@ impl Drain {
                 }
             }
             // Before the record reaches the printers, which name it.
-            if self.cgroups.note(o.cgroup_id) {
+            if self.cgroups.note(o.cgroup_id, o.tid) {
                 self.cgroups.table.take_new(); // only a recording writes them down
             }
         }

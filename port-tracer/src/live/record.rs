@@ -81,7 +81,7 @@ pub async fn run(args: RecordConfig) -> Result<()> {
         .with_context(writing)?;
     // Their owners' cgroups first, which no record will name.
     for h in &held_at_start {
-        cgroups.note(h.owner.cgroup_id);
+        cgroups.note(h.owner.cgroup_id, h.owner.tid);
     }
     let named = cgroups.table.take_new();
     if !named.is_empty() {
@@ -168,7 +168,7 @@ fn take<W: std::io::Write>(
                     w.write_ranges(&[range])?;
                 }
             }
-            if cgroups.note(o.cgroup_id) {
+            if cgroups.note(o.cgroup_id, o.tid) {
                 w.write_cgroups(&cgroups.table.take_new())?;
             }
         }
