@@ -462,6 +462,117 @@ mod tests {
     }
 
     #[test]
+    fn text_summary_names_containers_and_units_at_the_peak_in_failures_and_anti_patterns() {
+        use crate::{
+            analysis::Span,
+            cgroups::{Cgroups, Entry, Lookup, RuntimeNames},
+            event::{Endpoints, Event, Kind},
+            lifetime::Counters,
+            port_range::PortRange,
+            summary::{Lost, Stats, Summary},
+        };
+        let id = "4f1c8d0e9b2a".repeat(5) + "abcd";
+        let cgroups = Cgroups::recorded();
+        cgroups.insert(Entry {
+            id: 5,
+            path: format!(
+                "/kubepods.slice/kubepods-pod{}.slice/cri-containerd-{id}.scope",
+                "1234abcd-0000-1111-2222-333344445555"
+            ),
+            runtime: RuntimeNames {
+                container_name: Some("web\x1b[2J".into()),
+                pod_name: Some("web-0".into()),
+                pod_namespace: Some("shop".into()),
+            },
+        });
+        cgroups.insert(Entry {
+            id: 6,
+            path: "/system.slice/cron\n.service".into(),
+            runtime: RuntimeNames::default(),
+        });
+        cgroups.note(5);
+        cgroups.note(6);
+        let mut stats = Stats::new(0);
+        stats.analysis.set_range(PortRange {
+            netns: 7,
+            low: 40000,
+            high: 40009,
+            reserved: String::new(),
+        });
+        let task = |pid, cgroup_id| Task {
+            pid,
+            cgroup_id,
+            comm: Comm::new("app"),
+            ..Task::default()
+        };
+        let mut opened = Vec::new();
+        for (i, cgroup) in [5u64, 5, 6].into_iter().enumerate() {
+            let i = i as u16;
+            let ev = Event {
+                origin: Origin::Connect,
+                task: task(u32::from(i) + 1, cgroup),
+                ..crate::testing::event(Kind::Assign, u64::from(i) + 1, u64::from(i) + 1, 40000 + i)
+            };
+            stats.observe(OutputRef::Event(&ev), None);
+            opened.push(ev);
+        }
+        // A bind() refused the unit's port; its process binds before it connects.
+        let refused = Event {
+            errno: 98,
+            task: task(1, 5),
+            ends: Endpoints {
+                rport: 0,
+                ..ends(40002)
+            },
+            ..crate::testing::event(Kind::AllocFailure, 4, 9, 40002)
+        };
+        stats.observe(OutputRef::Event(&refused), None);
+        for ev in &opened {
+            let mut lt = Lifetime::new(ev.ends, ev.task, ev.origin, ev.sock_id);
+            lt.assigned = time(ev.ts_ns);
+            lt.released = time(10);
+            stats.observe(OutputRef::Lifetime(&lt), None);
+        }
+        let mut bound_first = Lifetime::new(ends(40005), task(3, 6), Origin::BindEphemeral, 99);
+        (bound_first.assigned, bound_first.released) = (time(11), time(12));
+        stats.observe(OutputRef::Lifetime(&bound_first), None);
+        let mut summary = Summary::new(
+            &stats,
+            &Counters::default(),
+            Lost::default(),
+            Span {
+                start_ns: 0,
+                end_ns: 20,
+            },
+            10,
+        );
+        summary
+            .analysis
+            .name_containers(&mut Lookup::new(cgroups), 10);
+        let mut text = Vec::new();
+        summary_text::write(&mut text, &summary, &WallClock { offset_ns: 0 }).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        let container = "container 4f1c8d0e9b2a web\\x1b[2J (pod shop/web-0)";
+        let unit = "unit cron\\n.service";
+        for line in [
+            format!("    containers and units at the peak: 2 {container}, 1 {unit}"),
+            format!("    containers and units then: 2 {container}, 1 {unit}"),
+            format!("  by container and unit: 1 {container}"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+        assert!(
+            text.contains("held by: pid 3 (app) in unit cron\\n.service connected (by connect)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bind_before_connect pid 3 (app) in unit cron\\n.service: 1 sockets"),
+            "{text}"
+        );
+        assert!(!text.contains('\x1b'), "{text}");
+    }
+
+    #[test]
     fn names_with_control_characters_stay_on_one_line() {
         assert_eq!(printable("storm"), "storm");
         assert_eq!(

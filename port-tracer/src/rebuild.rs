@@ -259,10 +259,7 @@ impl Rebuild {
             self.span,
             self.top,
         );
-        summary
-            .analysis
-            .churn
-            .group_by_container(&mut self.names, self.span, self.top);
+        summary.analysis.name_containers(&mut self.names, self.top);
         summary.analysis.allocator_time.not_measured = self.alloc_time_unmeasured.take();
         summary.analysis.failures.bind_failures_unseen = self.bind_failures_unseen.take();
         summary

@@ -38,6 +38,26 @@ fn since_7af1017(lines: Vec<String>) -> Vec<String> {
                 // cgroup table.
                 v["cgroups"] = serde_json::json!({"resolved": 0, "unresolved": 0});
                 v["churn"]["by_container"] = serde_json::json!([]);
+                // The same by container and unit for range occupancy, connect headroom
+                // and failures; holders of refused ports and anti-patterns name theirs
+                // (issue 23): none here either.
+                for g in v["occupancy"].as_array_mut().into_iter().flatten() {
+                    g["top_containers_at_peak"] = serde_json::json!([]);
+                }
+                for d in v["destinations"].as_array_mut().into_iter().flatten() {
+                    d["top_containers_at_min"] = serde_json::json!([]);
+                }
+                v["failures"]["by_container"] = serde_json::json!([]);
+                for g in v["failures"]["groups"].as_array_mut().into_iter().flatten() {
+                    for h in g["holders"].as_array_mut().into_iter().flatten() {
+                        h["container_id"] = serde_json::Value::Null;
+                        h["unit"] = serde_json::Value::Null;
+                    }
+                }
+                for f in v["anti_patterns"].as_array_mut().into_iter().flatten() {
+                    f["container_id"] = serde_json::Value::Null;
+                    f["unit"] = serde_json::Value::Null;
+                }
                 return v.to_string();
             }
             // Records name the owner's parent process (`ppid`, issue 22), unknown in

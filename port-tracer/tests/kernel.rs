@@ -3076,6 +3076,22 @@ fn containers_and_pods_are_named_live_and_in_a_report_after_they_are_gone() {
             assert_eq!(c["allocations"], 3, "{source}: {c}");
             assert_eq!(c["pod_uid"], serde_json::json!(pod), "{source}: {c}");
         }
+        // Range occupancy by container: each workload, in its own network namespace,
+        // held its listener's and its client's TCP ports and its UDP port at its groups'
+        // peaks.
+        let groups = summary["occupancy"].as_array().unwrap();
+        for (_, _, _, id, pod) in &ran {
+            let at_peak: Vec<&serde_json::Value> = groups
+                .iter()
+                .flat_map(|g| g["top_containers_at_peak"].as_array().unwrap())
+                .filter(|c| c["container_id"] == id.as_str())
+                .collect();
+            let sockets: u64 = at_peak.iter().filter_map(|c| c["sockets"].as_u64()).sum();
+            assert_eq!(sockets, 3, "{source}: {id} at the peaks: {groups:#?}");
+            for c in at_peak {
+                assert_eq!(c["pod_uid"], serde_json::json!(pod), "{source}: {c}");
+            }
+        }
     }
 }
 

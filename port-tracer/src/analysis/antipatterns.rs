@@ -4,11 +4,12 @@ use foldhash::HashMap;
 use serde::Serialize;
 
 use crate::{
+    cgroups::Lookup,
     event::{Comm, Origin, Proto},
     lifetime::Lifetime,
 };
 
-use super::{headroom::DestinationReport, occupancy::GroupReport};
+use super::{containers, headroom::DestinationReport, occupancy::GroupReport};
 
 /// One anti-pattern seen in one process.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -19,6 +20,13 @@ pub struct Finding {
     pub comm: String,
     /// TIME_WAIT sockets no process holds (found at start): pid 0, comm "".
     pub no_process: bool,
+    /// The process's container, or its host unit (None where its cgroup names none or is
+    /// not known): named at the end of the run (see [`Finding::name_container`]).
+    pub container_id: Option<String>,
+    pub unit: Option<String>,
+    /// The process's cgroup id (0: none known).
+    #[serde(skip)]
+    pub cgroup_id: u64,
     /// How many lifetimes showed it.
     pub count: u64,
     /// What it costs and what to do instead.
@@ -39,9 +47,17 @@ const TIME_WAIT_BOUND_ADVICE: &str = "most of the range's ports at its peak (or 
 /// A range this full at its peak, mostly in TIME_WAIT, is reported.
 const TIME_WAIT_BOUND_RATIO: f64 = 0.5;
 
+impl Finding {
+    /// Names its container or unit from its cgroup id, through the run's table `names`.
+    pub fn name_container(&mut self, names: &mut Lookup) {
+        (self.container_id, self.unit) = containers::container_and_unit(names, self.cgroup_id);
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct AntiPatterns {
-    bind_before_connect: HashMap<(u32, Comm), u64>,
+    /// Per process: its lifetimes that showed it, and the cgroup id of the first.
+    bind_before_connect: HashMap<(u32, Comm), (u64, u64)>,
 }
 
 impl AntiPatterns {
@@ -49,10 +65,10 @@ impl AntiPatterns {
         // A TCP port from bind(0) that then connected: with IP_BIND_ADDRESS_NO_PORT the
         // kernel would have assigned it at connect (origin `connect`).
         if lt.ends.proto == Proto::Tcp && lt.origin == Origin::BindEphemeral && lt.ends.rport != 0 {
-            *self
-                .bind_before_connect
+            self.bind_before_connect
                 .entry((lt.owner.pid, lt.owner.comm))
-                .or_default() += 1;
+                .or_insert((0, lt.owner.cgroup_id))
+                .0 += 1;
         }
     }
 
@@ -67,11 +83,14 @@ impl AntiPatterns {
         let mut out: Vec<Finding> = self
             .bind_before_connect
             .iter()
-            .map(|(&(pid, comm), &count)| Finding {
+            .map(|(&(pid, comm), &(count, cgroup_id))| Finding {
                 pattern: BIND_BEFORE_CONNECT,
                 pid,
                 comm: comm.as_str().into_owned(),
                 no_process: false,
+                container_id: None,
+                unit: None,
+                cgroup_id,
                 count,
                 advice: BIND_BEFORE_CONNECT_ADVICE,
             })
@@ -80,26 +99,30 @@ impl AntiPatterns {
             full.is_some_and(|r| r >= TIME_WAIT_BOUND_RATIO)
                 && time_wait.is_some_and(|s| s >= TIME_WAIT_BOUND_RATIO)
         };
-        let mut time_wait_bound = |pid: u32, comm: &str, no_process: bool, sockets: u32| {
-            let seen = out.iter().any(|f| {
-                f.pattern == TIME_WAIT_BOUND
-                    && (f.pid, f.comm.as_str(), f.no_process) == (pid, comm, no_process)
-            });
-            if !seen {
-                out.push(Finding {
-                    pattern: TIME_WAIT_BOUND,
-                    pid,
-                    comm: comm.to_string(),
-                    no_process,
-                    count: sockets.into(),
-                    advice: TIME_WAIT_BOUND_ADVICE,
+        let mut time_wait_bound =
+            |pid: u32, comm: &str, no_process: bool, sockets: u32, cgroup_id: u64| {
+                let seen = out.iter().any(|f| {
+                    f.pattern == TIME_WAIT_BOUND
+                        && (f.pid, f.comm.as_str(), f.no_process) == (pid, comm, no_process)
                 });
-            }
-        };
+                if !seen {
+                    out.push(Finding {
+                        pattern: TIME_WAIT_BOUND,
+                        pid,
+                        comm: comm.to_string(),
+                        no_process,
+                        container_id: None,
+                        unit: None,
+                        cgroup_id,
+                        count: sockets.into(),
+                        advice: TIME_WAIT_BOUND_ADVICE,
+                    });
+                }
+            };
         for g in occupancy {
             if bound(g.peak_ratio, g.time_wait_share_at_peak) {
                 for h in &g.top_holders_at_peak {
-                    time_wait_bound(h.pid, &h.comm, h.no_process, h.sockets);
+                    time_wait_bound(h.pid, &h.comm, h.no_process, h.sockets, h.cgroup_id);
                 }
             }
         }
@@ -109,7 +132,7 @@ impl AntiPatterns {
             let full = (d.range_size > 0).then(|| f64::from(used) / f64::from(d.range_size));
             if bound(full, d.time_wait_share_at_min) {
                 for h in &d.top_holders_at_min {
-                    time_wait_bound(h.pid, &h.comm, h.no_process, h.sockets);
+                    time_wait_bound(h.pid, &h.comm, h.no_process, h.sockets, h.cgroup_id);
                 }
             }
         }

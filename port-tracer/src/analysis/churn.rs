@@ -8,7 +8,7 @@ use crate::{
     event::{Comm, Event, Origin, Proto},
 };
 
-use super::Span;
+use super::{containers, Span};
 
 /// Who made an allocation and how: every dimension churn is reported by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -75,9 +75,6 @@ pub struct ChurnReport {
     pub per_cgroup: Vec<(u64, u64)>,
 }
 
-/// A container's id, its pod's uid, a host unit: what allocations are grouped by.
-type Names = (Option<String>, Option<String>, Option<String>);
-
 /// Allocations of one container (with its pod), or of one host unit.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ContainerCount {
@@ -96,37 +93,17 @@ impl ChurnReport {
     /// each cgroup id names in `names`, the `top` busiest over `span`; cgroups that name
     /// neither are left out.
     pub fn group_by_container(&mut self, names: &mut Lookup, span: Span, top: usize) {
-        let mut by: HashMap<Names, (u64, RuntimeNames)> = HashMap::default();
-        for &(id, n) in &self.per_cgroup {
-            let Some(cg) = names.get(id) else { continue };
-            let k = &cg.naming;
-            if k.container_id.is_none() && k.unit.is_none() {
-                continue;
-            }
-            let key = (k.container_id.clone(), k.pod_uid.clone(), k.unit.clone());
-            let e = by.entry(key).or_insert_with(|| (0, cg.runtime.clone()));
-            e.0 += n;
-        }
-        let mut v: Vec<ContainerCount> = by
+        self.by_container = containers::grouped(names, self.per_cgroup.iter().copied(), top)
             .into_iter()
-            .map(
-                |((container_id, pod_uid, unit), (allocations, names))| ContainerCount {
-                    container_id,
-                    pod_uid,
-                    unit,
-                    names,
-                    allocations,
-                    per_second: span.rate(allocations),
-                },
-            )
-            .collect();
-        v.sort_by(|a, b| {
-            b.allocations.cmp(&a.allocations).then_with(|| {
-                (&a.container_id, &a.unit, &a.pod_uid).cmp(&(&b.container_id, &b.unit, &b.pod_uid))
+            .map(|(w, allocations)| ContainerCount {
+                container_id: w.container_id,
+                pod_uid: w.pod_uid,
+                unit: w.unit,
+                names: w.names,
+                allocations,
+                per_second: span.rate(allocations),
             })
-        });
-        v.truncate(top);
-        self.by_container = v;
+            .collect();
     }
 }
 

@@ -11,10 +11,14 @@ use serde::Serialize;
 use port_tracer_common::errno::{EADDRINUSE, EADDRNOTAVAIL};
 
 use super::{
+    containers::{self, ContainerFailures},
     headroom::{Headroom, HeadroomNow},
     holders::{Holder, PortHolders},
 };
-use crate::event::{errno_name, Comm, Event, Proto};
+use crate::{
+    cgroups::Lookup,
+    event::{errno_name, Comm, Event, Proto},
+};
 
 /// Distinct (process, destination, errno) kept; failures beyond are counted in `other`.
 const MAX_KINDS: usize = 10_000;
@@ -23,6 +27,8 @@ const MAX_KINDS: usize = 10_000;
 struct Kind {
     pid: u32,
     comm: Comm,
+    /// The failing task's cgroup id, for the failures by container.
+    cgroup: u64,
     netns: u32,
     proto: Proto,
     errno: i32,
@@ -105,6 +111,14 @@ pub struct FailureReport {
     pub total: u64,
     /// Most frequent first.
     pub groups: Vec<FailureGroup>,
+    /// Failures per container (with its pod) or host unit of the failing process, most
+    /// first (see [`FailureReport::group_by_container`]; empty until then). Those past the
+    /// limit of distinct kinds kept are not among them.
+    pub by_container: Vec<ContainerFailures>,
+    /// Failures per cgroup id of the failing process, all kinds kept: what `by_container`
+    /// is grouped from.
+    #[serde(skip)]
+    pub per_cgroup: Vec<(u64, u64)>,
     /// Failures not in `groups` (past the limit of distinct kinds kept or shown).
     pub not_shown: u64,
     /// Sockets not kept to be named as holders (past a million open at once).
@@ -128,6 +142,23 @@ pub fn bind_failures_unseen(tier: Option<&'static TierInfo>) -> Option<String> {
     })
 }
 
+impl FailureReport {
+    /// Groups the failures by the container (or, on the host, the systemd unit) each
+    /// failing process's cgroup id names in `names`, the `top` most; cgroups that name
+    /// neither are left out. Names the holders of refused ports' containers too.
+    pub fn group_by_container(&mut self, names: &mut Lookup, top: usize) {
+        self.by_container = containers::grouped(names, self.per_cgroup.iter().copied(), top)
+            .into_iter()
+            .map(|(workload, count)| ContainerFailures { workload, count })
+            .collect();
+        for g in &mut self.groups {
+            for h in g.holders.iter_mut().flatten() {
+                h.name_container(names);
+            }
+        }
+    }
+}
+
 impl Failures {
     /// A failure; `why` is asked for the first of its kind only.
     pub fn failed(&mut self, ev: &Event, why: impl FnOnce() -> Why) {
@@ -135,6 +166,7 @@ impl Failures {
         let kind = Kind {
             pid: ev.task.pid,
             comm: ev.task.comm,
+            cgroup: ev.task.cgroup_id,
             netns: ev.ends.netns,
             proto: ev.ends.proto,
             errno: ev.errno,
@@ -192,6 +224,8 @@ impl Failures {
         groups.truncate(top);
         let shown: u64 = groups.iter().map(|g| g.count).sum();
         FailureReport {
+            by_container: Vec::new(),
+            per_cgroup: containers::per_cgroup(self.kinds.iter().map(|(k, s)| (k.cgroup, s.count))),
             bind_failures_unseen: None,
             holders_not_kept,
             total: self.total,

@@ -28,8 +28,12 @@ use self::{
     dest::{AtWorst, Dest, DestKey, Worst},
     space::{BoundSpan, Space},
 };
-use super::holders::PortHolders;
+use super::{
+    containers::{self, ContainerSockets, MostOf},
+    holders::PortHolders,
+};
 use crate::{
+    cgroups::Lookup,
     event::{Comm, Endpoints, Event, Origin, Proto},
     lifetime::{HeldAtStart, HeldKey, Lifetime, Links},
     port_range::PortRange,
@@ -43,7 +47,9 @@ const MAX_BOUND_SPANS: usize = 100_000;
 /// Holders named per destination.
 const NAMED: usize = 5;
 
-type Who = (u32, Comm);
+/// A socket's process and its cgroup id (for the containers at a destination's minimum:
+/// one key, so no second table update per socket).
+type Who = (u32, Comm, u64);
 
 /// Headroom of every destination in namespaces whose range is known.
 #[derive(Clone, Debug, Default)]
@@ -73,6 +79,9 @@ pub struct HolderCount {
     /// No process is known (TIME_WAIT sockets found at the start, which none holds, or an
     /// owner the snapshot at start could not find): pid 0, comm "".
     pub no_process: bool,
+    /// The cgroup most of them were in (0: none known), for what is reported about it.
+    #[serde(skip)]
+    pub cgroup_id: u64,
 }
 
 /// One destination, as reported.
@@ -98,7 +107,30 @@ pub struct DestinationReport {
     /// Every holder of a port that counted against it then, bind-held included, most
     /// sockets first.
     pub top_holders_at_min: Vec<HolderCount>,
+    /// The same sockets per container (with its pod) or host unit, most first (see
+    /// [`DestinationReport::group_by_container`]; empty until then).
+    pub top_containers_at_min: Vec<ContainerSockets>,
+    /// Those sockets per cgroup id, all of them: what `top_containers_at_min` is grouped
+    /// from.
+    #[serde(skip)]
+    pub per_cgroup_at_min: Vec<(u64, u64)>,
     pub headroom_at_end: u32,
+}
+
+impl DestinationReport {
+    /// Groups the sockets counting against it at its minimum by the container (or, on the
+    /// host, the systemd unit) each cgroup id names in `names`, the `top` biggest; cgroups
+    /// that name neither are left out.
+    pub fn group_by_container(&mut self, names: &mut Lookup, top: usize) {
+        self.top_containers_at_min =
+            containers::grouped(names, self.per_cgroup_at_min.iter().copied(), top)
+                .into_iter()
+                .map(|(workload, n)| ContainerSockets {
+                    workload,
+                    sockets: n as u32,
+                })
+                .collect();
+    }
 }
 
 /// What the headroom analysis's bounds left out (0 and 0 but on huge runs).
@@ -145,14 +177,20 @@ pub struct HeadroomNow {
     pub top_holders: Vec<HolderCount>,
 }
 
-fn holder_counts(by: HashMap<Who, u32>) -> Vec<HolderCount> {
-    let mut out: Vec<HolderCount> = by
+/// The processes of `by`, most sockets first (at most [`NAMED`]).
+fn holder_counts(by: &HashMap<Who, u32>) -> Vec<HolderCount> {
+    let mut per_process: HashMap<(u32, Comm), MostOf> = HashMap::new();
+    for (&(pid, comm, cgroup), &n) in by {
+        per_process.entry((pid, comm)).or_default().add(cgroup, n);
+    }
+    let mut out: Vec<HolderCount> = per_process
         .into_iter()
-        .map(|((pid, comm), sockets)| HolderCount {
+        .map(|((pid, comm), most)| HolderCount {
             pid,
             comm: comm.as_str().into_owned(),
-            sockets,
+            sockets: most.total,
             no_process: pid == 0,
+            cgroup_id: most.cgroup(),
         })
         .collect();
     out.sort_by(|a, b| {
@@ -280,7 +318,7 @@ impl Headroom {
             self.held_towards.insert(HeldKey::of(e));
         }
         let hold = self.hold(Origin::Preexisting, e, e.laddr);
-        let who = (h.owner.pid, h.owner.comm);
+        let who = (h.owner.pid, h.owner.comm, h.owner.cgroup_id);
         self.take(hold, e.lport, who, self.start_ns);
     }
 
@@ -309,7 +347,8 @@ impl Headroom {
         } else {
             None
         };
-        let handle = self.take(hold, e.lport, (ev.task.pid, ev.task.comm), ev.ts_ns);
+        let who = (ev.task.pid, ev.task.comm, ev.task.cgroup_id);
+        let handle = self.take(hold, e.lport, who, ev.ts_ns);
         if let (Some(l), Some(h)) = (links, handle) {
             l.dest = h;
         }
@@ -402,7 +441,7 @@ impl Headroom {
         let released = lt.released_ns();
         let ts = released.unwrap_or(self.now_ns);
         self.now_ns = self.now_ns.max(ts);
-        let who = (lt.owner.pid, lt.owner.comm);
+        let who = (lt.owner.pid, lt.owner.comm, lt.owner.cgroup_id);
         let (space, dest) = match found(links) {
             Some(Found::Space(s)) => (Some(s), None),
             Some(Found::Dest(d)) => (None, Some(d)),
@@ -506,7 +545,7 @@ impl Headroom {
             None => None,
         };
         let (in_use, by) = d.map_or((0, HashMap::new()), |(_, d)| (d.level, d.by.clone()));
-        let top_holders = holder_counts(merged(by, &space.bound_by));
+        let top_holders = holder_counts(&merged(by, &space.bound_by));
         if let Some((low, high)) = ev.own_port_range {
             // From the local address the destination was found with.
             let ends = Endpoints {
@@ -605,6 +644,7 @@ impl Headroom {
                 let (bound_by, bound_time_wait) = space.bound_at(w.ts);
                 let sockets = at.sockets + bound_by.values().sum::<u32>();
                 let time_wait = at.time_wait + bound_time_wait;
+                let holding = merged(at.by, &bound_by);
                 DestinationReport {
                     netns: k.netns,
                     laddr: k.laddr,
@@ -618,7 +658,13 @@ impl Headroom {
                     bind_held_at_min: w.used - w.level,
                     time_wait_share_at_min: (sockets > 0)
                         .then(|| f64::from(time_wait) / f64::from(sockets)),
-                    top_holders_at_min: holder_counts(merged(at.by, &bound_by)),
+                    top_holders_at_min: holder_counts(&holding),
+                    top_containers_at_min: Vec::new(),
+                    per_cgroup_at_min: containers::per_cgroup(
+                        holding
+                            .iter()
+                            .map(|(&(_, _, cgroup), &n)| (cgroup, u64::from(n))),
+                    ),
                     headroom_at_end: space.size.saturating_sub(space.bound_ports + d.level),
                 }
             })

@@ -47,22 +47,25 @@ struct Holding {
 /// No holding (the end of a chain).
 const END: u32 = u32::MAX;
 
+/// A holding's process: its pid, name and cgroup id.
+type Who = (u32, Comm, u64);
+
 /// The processes of the holdings kept, each once while a holding has it.
 #[derive(Clone, Debug, Default)]
 struct Whos {
-    list: Vec<((u32, Comm), u32)>,
+    list: Vec<(Who, u32)>,
     free: Vec<u32>,
-    index: HashMap<(u32, Comm), u32>,
+    index: HashMap<Who, u32>,
     /// The last one interned: storms repeat it.
     last: Option<u32>,
 }
 
 impl Whos {
-    fn get(&self, id: u32) -> (u32, Comm) {
+    fn get(&self, id: u32) -> Who {
         self.list[id as usize].0
     }
 
-    fn intern(&mut self, who: (u32, Comm)) -> u32 {
+    fn intern(&mut self, who: Who) -> u32 {
         let id = match self.last.filter(|&id| self.list[id as usize].0 == who) {
             Some(id) => id,
             None => match self.index.get(&who) {
@@ -134,6 +137,21 @@ pub struct Holder {
     pub state: State,
     /// When it got the port (monotonic ns); None: held when tracing started.
     pub since_ns: Option<u64>,
+    /// Its container, or its host unit (None where its cgroup names none or is not known):
+    /// named at the end of the run from `cgroup_id` (see [`Holder::name_container`]).
+    pub container_id: Option<String>,
+    pub unit: Option<String>,
+    /// Its owner's cgroup id (0: none known).
+    #[serde(skip)]
+    pub cgroup_id: u64,
+}
+
+impl Holder {
+    /// Names its container or unit from its cgroup id, through the run's table `names`.
+    pub fn name_container(&mut self, names: &mut crate::cgroups::Lookup) {
+        (self.container_id, self.unit) =
+            super::containers::container_and_unit(names, self.cgroup_id);
+    }
 }
 
 /// Open sockets, each in the chain of its (netns, protocol, port).
@@ -179,7 +197,7 @@ impl PortHolders {
 
     /// Keeps `h`, held by process `who`, for `e`'s port; its index, unless past the bound
     /// (counted).
-    fn add(&mut self, e: &Endpoints, who: (u32, Comm), mut h: Holding) -> Option<u32> {
+    fn add(&mut self, e: &Endpoints, who: Who, mut h: Holding) -> Option<u32> {
         if self.kept >= MAX_KEPT {
             self.not_kept += 1;
             return None;
@@ -240,7 +258,7 @@ impl PortHolders {
         };
         self.add(
             &h.ends,
-            (h.owner.pid, h.owner.comm),
+            (h.owner.pid, h.owner.comm, h.owner.cgroup_id),
             Holding {
                 sock_id: 0,
                 since_ns: 0,
@@ -279,7 +297,7 @@ impl PortHolders {
         };
         let i = self.add(
             e,
-            (ev.task.pid, ev.task.comm),
+            (ev.task.pid, ev.task.comm, ev.task.cgroup_id),
             Holding {
                 sock_id: ev.sock_id,
                 since_ns: ev.ts_ns,
@@ -411,12 +429,18 @@ impl PortHolders {
         held.sort_by_key(|h| (rank(h.state), h.since_ns, self.whos.get(h.who).0, h.sock_id));
         held.truncate(NAMED);
         held.iter()
-            .map(|h| Holder {
-                pid: self.whos.get(h.who).0,
-                comm: self.whos.get(h.who).1.as_str().into_owned(),
-                origin: h.origin.as_str(),
-                state: h.state,
-                since_ns: (h.since_ns != 0).then_some(h.since_ns),
+            .map(|h| {
+                let (pid, comm, cgroup_id) = self.whos.get(h.who);
+                Holder {
+                    pid,
+                    comm: comm.as_str().into_owned(),
+                    origin: h.origin.as_str(),
+                    state: h.state,
+                    since_ns: (h.since_ns != 0).then_some(h.since_ns),
+                    container_id: None,
+                    unit: None,
+                    cgroup_id,
+                }
             })
             .collect()
     }

@@ -13,12 +13,14 @@ use foldhash::{HashMap, HashMapExt};
 use serde::Serialize;
 
 use crate::{
+    cgroups::Lookup,
     event::{Comm, Event, Origin, Proto},
     lifetime::{HeldAtStart, Lifetime, Links},
     port_range::PortRange,
 };
 
 use super::{
+    containers::{self, ContainerSockets, MostOf},
     ports::PortMap,
     timeline::{Series, Timeline},
     Span,
@@ -36,8 +38,9 @@ struct GroupKey {
 }
 
 /// Who holds sockets at a peak: a process, or no process (TIME_WAIT sockets whose owner is
-/// unknown: those found at start, which no process holds).
-type Holder = (u32, Comm, bool);
+/// unknown: those found at start, which no process holds); and its cgroup id, for the
+/// containers at the peak (one key, so no second table update per socket).
+type Holder = (u32, Comm, bool, u64);
 
 #[derive(Clone, Debug, Default)]
 struct AtPeak {
@@ -124,7 +127,7 @@ impl Group {
                 *self
                     .at_peak
                     .by_process
-                    .entry((lt.owner.pid, lt.owner.comm, no_process))
+                    .entry((lt.owner.pid, lt.owner.comm, no_process, lt.owner.cgroup_id))
                     .or_default() += 1;
             }
         }
@@ -172,6 +175,9 @@ pub struct PeakHolder {
     /// TIME_WAIT sockets that no process holds (found in TIME_WAIT at start, so no process
     /// is known): pid 0, comm "".
     pub no_process: bool,
+    /// The cgroup most of them were in (0: none known), for what is reported about it.
+    #[serde(skip)]
+    pub cgroup_id: u64,
 }
 
 /// The ephemeral range of one group, as reported.
@@ -205,8 +211,31 @@ pub struct GroupReport {
     /// up to their last event).
     pub time_wait_share_of_port_time: Option<f64>,
     pub top_holders_at_peak: Vec<PeakHolder>,
+    /// The sockets at the peak per container (with its pod) or host unit, most first (see
+    /// [`GroupReport::group_by_container`]; empty until then).
+    pub top_containers_at_peak: Vec<ContainerSockets>,
+    /// The sockets at the peak per cgroup id, all of them: what `top_containers_at_peak`
+    /// is grouped from.
+    #[serde(skip)]
+    pub per_cgroup_at_peak: Vec<(u64, u64)>,
     /// Most distinct ports held, per time bucket.
     pub over_time: Series,
+}
+
+impl GroupReport {
+    /// Groups the sockets at the peak by the container (or, on the host, the systemd unit)
+    /// each cgroup id names in `names`, the `top` biggest; cgroups that name neither are
+    /// left out.
+    pub fn group_by_container(&mut self, names: &mut Lookup, top: usize) {
+        self.top_containers_at_peak =
+            containers::grouped(names, self.per_cgroup_at_peak.iter().copied(), top)
+                .into_iter()
+                .map(|(workload, n)| ContainerSockets {
+                    workload,
+                    sockets: n as u32,
+                })
+                .collect();
+    }
 }
 
 impl Occupancy {
@@ -399,15 +428,21 @@ impl Occupancy {
                     high: r.high,
                     size,
                 });
-                let mut holders: Vec<PeakHolder> = g
-                    .at_peak
-                    .by_process
-                    .iter()
-                    .map(|(&(pid, comm, no_process), &sockets)| PeakHolder {
+                let mut by_process: HashMap<(u32, Comm, bool), MostOf> = HashMap::new();
+                for (&(pid, comm, no_process, cgroup), &n) in &g.at_peak.by_process {
+                    by_process
+                        .entry((pid, comm, no_process))
+                        .or_default()
+                        .add(cgroup, n);
+                }
+                let mut holders: Vec<PeakHolder> = by_process
+                    .into_iter()
+                    .map(|((pid, comm, no_process), most)| PeakHolder {
                         pid,
                         comm: comm.as_str().into_owned(),
-                        sockets,
+                        sockets: most.total,
                         no_process,
+                        cgroup_id: most.cgroup(),
                     })
                     .collect();
                 // Ties in a total order: the map iterates in a random one.
@@ -439,6 +474,13 @@ impl Occupancy {
                         g.port_time_ns as f64,
                     ),
                     top_holders_at_peak: holders,
+                    top_containers_at_peak: Vec::new(),
+                    per_cgroup_at_peak: containers::per_cgroup(
+                        g.at_peak
+                            .by_process
+                            .iter()
+                            .map(|(&(_, _, _, cgroup), &n)| (cgroup, u64::from(n))),
+                    ),
                     over_time: g.timeline.series(span.end_ns),
                 }
             })

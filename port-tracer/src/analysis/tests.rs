@@ -745,3 +745,317 @@ fn allocator_time_is_split_by_how_full_the_range_was_for_that_search() {
     // The middle of 70,000's bucket: 65,536 to 73,728.
     assert_eq!(bind.p50_ns, Some(65_536 + 4_096), "{bind:?}");
 }
+
+/// The cgroup ids of [`task`]'s pids 1, 2 and 3 named in a recording's table: a docker
+/// container (with its name), a host unit, and a cgroup that names neither.
+fn named_cgroups() -> (crate::cgroups::Lookup, String) {
+    use crate::cgroups::{Cgroups, Entry, RuntimeNames};
+    let id = "4f1c8d0e9b2a".repeat(5) + "abcd";
+    let cgroups = Cgroups::recorded();
+    cgroups.insert(Entry {
+        id: 41,
+        path: format!("/system.slice/docker-{id}.scope"),
+        runtime: RuntimeNames {
+            container_name: Some("web".into()),
+            ..RuntimeNames::default()
+        },
+    });
+    cgroups.insert(Entry {
+        id: 42,
+        path: "/system.slice/cron.service".into(),
+        runtime: RuntimeNames::default(),
+    });
+    cgroups.insert(Entry {
+        id: 43,
+        path: "/system.slice".into(),
+        runtime: RuntimeNames::default(),
+    });
+    for id in [41, 42, 43] {
+        cgroups.note(id);
+    }
+    (crate::cgroups::Lookup::new(cgroups), id)
+}
+
+/// (container id, unit, sockets) of a list of containers' sockets.
+fn by_workload(v: &[containers::ContainerSockets]) -> Vec<(Option<&str>, Option<&str>, u32)> {
+    v.iter()
+        .map(|c| {
+            let w = &c.workload;
+            (w.container_id.as_deref(), w.unit.as_deref(), c.sockets)
+        })
+        .collect()
+}
+
+/// Connections from pids 1 (twice), 2 and 3 to one destination, all open at ts 4.
+fn three_cgroups_connected() -> Analysis {
+    let mut a = Analysis::new(0);
+    a.set_range(range(40000, 40009));
+    feed(
+        &mut a,
+        &[
+            assign(1, 1, 40000, Origin::Connect, 1),
+            assign(2, 2, 40001, Origin::Connect, 1),
+            assign(3, 3, 40002, Origin::Connect, 2),
+            assign(4, 4, 40003, Origin::Connect, 3),
+            ended(1, 40000, 1, None, Some(10), 1),
+            ended(2, 40001, 2, None, Some(11), 1),
+            ended(3, 40002, 3, None, Some(12), 2),
+            ended(4, 40003, 4, None, Some(13), 3),
+        ],
+    );
+    a
+}
+
+#[test]
+fn the_range_at_its_peak_is_grouped_by_container_and_unit() {
+    let (mut names, id) = named_cgroups();
+    let a = three_cgroups_connected();
+    let mut r = a.report(
+        Span {
+            start_ns: 0,
+            end_ns: 20,
+        },
+        10,
+    );
+    // Empty until named.
+    assert!(r.occupancy[0].top_containers_at_peak.is_empty());
+    r.name_containers(&mut names, 10);
+    let g = &r.occupancy[0];
+    assert_eq!(g.sockets_at_peak, 4);
+    // pid 3's cgroup names neither a container nor a unit: left out.
+    assert_eq!(
+        by_workload(&g.top_containers_at_peak),
+        [
+            (Some(id.as_str()), None, 2),
+            (None, Some("cron.service"), 1)
+        ]
+    );
+    let c = &g.top_containers_at_peak[0].workload;
+    assert_eq!(c.names.container_name.as_deref(), Some("web"));
+    // The holders stay per process.
+    assert_eq!(
+        g.top_holders_at_peak
+            .iter()
+            .map(|h| (h.pid, h.sockets, h.cgroup_id))
+            .collect::<Vec<_>>(),
+        [(1, 2, 41), (2, 1, 42), (3, 1, 43)]
+    );
+    let json = serde_json::to_value(g).unwrap();
+    assert_eq!(
+        json["top_containers_at_peak"][0],
+        serde_json::json!({"container_id": id, "pod_uid": null, "unit": null,
+            "container_name": "web", "sockets": 2})
+    );
+    assert!(json.get("per_cgroup_at_peak").is_none());
+}
+
+#[test]
+fn a_destinations_holders_at_its_minimum_are_grouped_by_container_and_unit() {
+    let (mut names, id) = named_cgroups();
+    let a = three_cgroups_connected();
+    let mut r = a.report(Span::default(), 10);
+    r.name_containers(&mut names, 10);
+    let d = &r.destinations[0];
+    assert_eq!((d.in_use_at_min, d.min_headroom), (4, 6));
+    assert_eq!(
+        by_workload(&d.top_containers_at_min),
+        [
+            (Some(id.as_str()), None, 2),
+            (None, Some("cron.service"), 1)
+        ]
+    );
+    assert_eq!(d.top_holders_at_min.len(), 3);
+    // At most `top`.
+    let mut r = a.report(Span::default(), 10);
+    r.name_containers(&mut names, 1);
+    assert_eq!(r.destinations[0].top_containers_at_min.len(), 1);
+}
+
+#[test]
+fn failures_are_counted_by_container_and_unit_and_name_the_holders_containers() {
+    let (mut names, id) = named_cgroups();
+    let mut a = Analysis::new(0);
+    let fail = |ts, pid, errno, lport, rport| {
+        Output::Event(Event {
+            origin: if rport == 0 {
+                Origin::Bind
+            } else {
+                Origin::Connect
+            },
+            errno,
+            task: task(pid),
+            ..Event::new(Kind::AllocFailure, ts, 1, ends(Proto::Tcp, lport, rport))
+        })
+    };
+    feed(
+        &mut a,
+        &[
+            // pid 2 (cron.service) holds 40002, pid 3 (no container or unit) 40003.
+            assign(1, 1, 40002, Origin::Connect, 2),
+            assign(2, 2, 40003, Origin::Connect, 3),
+            fail(5, 1, 99, 0, 80),
+            fail(6, 1, 99, 0, 443),
+            // Refused ports: held by the unit's process, and by pid 3.
+            fail(7, 1, 98, 40002, 0),
+            fail(8, 2, 99, 0, 80),
+            fail(9, 3, 98, 40003, 0),
+        ],
+    );
+    let mut f = a.report(Span::default(), 10).failures;
+    assert!(f.by_container.is_empty());
+    f.group_by_container(&mut names, 10);
+    let by: Vec<_> = f
+        .by_container
+        .iter()
+        .map(|c| {
+            let w = &c.workload;
+            (w.container_id.as_deref(), w.unit.as_deref(), c.count)
+        })
+        .collect();
+    assert_eq!(
+        by,
+        [
+            (Some(id.as_str()), None, 3),
+            (None, Some("cron.service"), 1)
+        ]
+    );
+    let holders_of = |lport: u16| {
+        let g = f.groups.iter().find(|g| g.lport == lport).unwrap();
+        let h = &g.holders.as_ref().unwrap()[0];
+        (h.pid, h.container_id.clone(), h.unit.clone())
+    };
+    assert_eq!(holders_of(40002), (2, None, Some("cron.service".into())));
+    assert_eq!(holders_of(40003), (3, None, None));
+    let json = serde_json::to_value(&f).unwrap();
+    assert_eq!(json["by_container"][1]["count"], 1);
+    let g = json["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["lport"] == 40003)
+        .unwrap();
+    // Named, or null: never absent.
+    assert_eq!(g["holders"][0]["container_id"], serde_json::Value::Null);
+    assert_eq!(g["holders"][0]["unit"], serde_json::Value::Null);
+    assert!(g["holders"][0].get("cgroup_id").is_none());
+}
+
+#[test]
+fn anti_patterns_name_the_container_or_unit_of_their_process() {
+    let (mut names, id) = named_cgroups();
+    let mut a = Analysis::new(0);
+    let bind_then_connect = |sock, pid| {
+        Output::Lifetime(Lifetime {
+            assigned: time(1),
+            released: time(2),
+            ..Lifetime::new(
+                ends(Proto::Tcp, 40000, 80),
+                task(pid),
+                Origin::BindEphemeral,
+                sock,
+            )
+        })
+    };
+    feed(
+        &mut a,
+        &[
+            bind_then_connect(1, 1),
+            bind_then_connect(2, 1),
+            bind_then_connect(3, 2),
+            bind_then_connect(4, 3),
+        ],
+    );
+    let mut r = a.report(Span::default(), 10);
+    assert!(r.anti_patterns.iter().all(|f| f.container_id.is_none()));
+    r.name_containers(&mut names, 10);
+    let found: Vec<_> = r
+        .anti_patterns
+        .iter()
+        .map(|f| (f.pid, f.count, f.container_id.as_deref(), f.unit.as_deref()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (1, 2, Some(id.as_str()), None),
+            (2, 1, None, Some("cron.service")),
+            (3, 1, None, None)
+        ]
+    );
+    // TIME_WAIT-bound ranges name their holders' too.
+    let mut a = Analysis::new(0);
+    a.set_range(range(40000, 40001));
+    feed(
+        &mut a,
+        &[
+            assign(1, 1, 40000, Origin::Connect, 2),
+            assign(2, 2, 40001, Origin::Connect, 2),
+            ended(1, 40000, 1, Some(2), Some(60), 2),
+            ended(2, 40001, 2, Some(3), Some(61), 2),
+        ],
+    );
+    let mut r = a.report(Span::default(), 10);
+    r.name_containers(&mut names, 10);
+    let f = &r.anti_patterns[0];
+    assert_eq!(
+        (f.pattern, f.pid, f.unit.as_deref()),
+        ("time_wait_bound_range", 2, Some("cron.service"))
+    );
+}
+
+#[test]
+fn a_process_in_two_cgroups_is_one_holder_named_by_the_one_with_most_sockets() {
+    let mut a = Analysis::new(0);
+    a.set_range(range(40000, 40009));
+    let moved = |ts, sock, lport, cgroup_id| {
+        Output::Event(Event {
+            ends: ends(Proto::Tcp, lport, 80),
+            origin: Origin::Connect,
+            task: Task {
+                cgroup_id,
+                ..task(1)
+            },
+            ..crate::testing::event(Kind::Assign, ts, sock, lport)
+        })
+    };
+    let lifetime = |sock, lport, from, cgroup_id| {
+        Output::Lifetime(Lifetime {
+            assigned: time(from),
+            released: time(20),
+            ..Lifetime::new(
+                ends(Proto::Tcp, lport, 80),
+                Task {
+                    cgroup_id,
+                    ..task(1)
+                },
+                Origin::Connect,
+                sock,
+            )
+        })
+    };
+    feed(
+        &mut a,
+        &[
+            moved(1, 1, 40000, 50),
+            moved(2, 2, 40001, 51),
+            moved(3, 3, 40002, 51),
+            lifetime(1, 40000, 1, 50),
+            lifetime(2, 40001, 2, 51),
+            lifetime(3, 40002, 3, 51),
+        ],
+    );
+    let r = a.report(Span::default(), 10);
+    let h = &r.occupancy[0].top_holders_at_peak;
+    assert_eq!(
+        h.iter()
+            .map(|h| (h.pid, h.sockets, h.cgroup_id))
+            .collect::<Vec<_>>(),
+        [(1, 3, 51)]
+    );
+    let d = &r.destinations[0].top_holders_at_min;
+    assert_eq!(
+        d.iter()
+            .map(|h| (h.pid, h.sockets, h.cgroup_id))
+            .collect::<Vec<_>>(),
+        [(1, 3, 51)]
+    );
+}

@@ -7,6 +7,7 @@ use crate::{
         alloc_time::AllocTimeReport,
         antipatterns::Finding,
         churn::{ChurnReport, Count},
+        containers::{ContainerSockets, Workload},
         failures::{FailureGroup, FailureReport},
         headroom::{DestinationReport, HolderCount},
         occupancy::GroupReport,
@@ -121,6 +122,13 @@ fn occupancy(out: &mut impl Write, g: &GroupReport, clock: &WallClock) -> io::Re
             })
             .collect();
         writeln!(out, "    holders at the peak: {}", holders.join(", "))?;
+    }
+    if !g.top_containers_at_peak.is_empty() {
+        writeln!(
+            out,
+            "    containers and units at the peak: {}",
+            container_sockets(&g.top_containers_at_peak)
+        )?;
     }
     if g.over_time.max.len() > 1 {
         let (line, per) = sparkline(&g.over_time);
@@ -269,25 +277,12 @@ fn churn(out: &mut impl Write, ch: &ChurnReport, clock: &WallClock) -> io::Resul
         if !ch.by_container.is_empty() {
             writeln!(out, "  top containers and units:")?;
             for c in &ch.by_container {
-                let who = match (&c.container_id, &c.unit) {
-                    (Some(id), _) => {
-                        let mut who = format!("container {}", &id[..id.len().min(12)]);
-                        if let Some(name) = &c.names.container_name {
-                            who += &format!(" {}", printable(name));
-                        }
-                        match (&c.names.pod_name, &c.pod_uid) {
-                            (Some(pod), _) => {
-                                let ns = c.names.pod_namespace.as_deref().unwrap_or("?");
-                                who += &format!(" (pod {}/{})", printable(ns), printable(pod));
-                            }
-                            (None, Some(uid)) => who += &format!(" (pod {uid})"),
-                            (None, None) => {}
-                        }
-                        who
-                    }
-                    (None, Some(unit)) => format!("unit {}", printable(unit)),
-                    (None, None) => String::new(),
-                };
+                let who = workload(&Workload {
+                    container_id: c.container_id.clone(),
+                    pod_uid: c.pod_uid.clone(),
+                    unit: c.unit.clone(),
+                    names: c.names.clone(),
+                });
                 writeln!(
                     out,
                     "    {:>8} {:>9} {who}",
@@ -298,6 +293,47 @@ fn churn(out: &mut impl Write, ch: &ChurnReport, clock: &WallClock) -> io::Resul
         }
     }
     Ok(())
+}
+
+/// "container 4f1c8d0e9b2a web (pod shop/web-0)", "unit cron.service".
+fn workload(w: &Workload) -> String {
+    match (&w.container_id, &w.unit) {
+        (Some(id), _) => {
+            let mut who = format!("container {}", printable(&id[..id.len().min(12)]));
+            if let Some(name) = &w.names.container_name {
+                who += &format!(" {}", printable(name));
+            }
+            match (&w.names.pod_name, &w.pod_uid) {
+                (Some(pod), _) => {
+                    let ns = w.names.pod_namespace.as_deref().unwrap_or("?");
+                    who += &format!(" (pod {}/{})", printable(ns), printable(pod));
+                }
+                (None, Some(uid)) => who += &format!(" (pod {})", printable(uid)),
+                (None, None) => {}
+            }
+            who
+        }
+        (None, Some(unit)) => format!("unit {}", printable(unit)),
+        (None, None) => String::new(),
+    }
+}
+
+/// " in container 4f1c8d0e9b2a", " in unit cron.service", or "" for neither.
+fn in_container(container_id: &Option<String>, unit: &Option<String>) -> String {
+    match (container_id, unit) {
+        (Some(id), _) => format!(" in container {}", printable(&id[..id.len().min(12)])),
+        (None, Some(unit)) => format!(" in unit {}", printable(unit)),
+        (None, None) => String::new(),
+    }
+}
+
+/// "20 container 4f1c8d0e9b2a, 5 unit cron.service".
+fn container_sockets(by: &[ContainerSockets]) -> String {
+    let named: Vec<String> = by
+        .iter()
+        .map(|c| format!("{} {}", c.sockets, workload(&c.workload)))
+        .collect();
+    named.join(", ")
 }
 
 fn occupancies(out: &mut impl Write, groups: &[GroupReport], clock: &WallClock) -> io::Result<()> {
@@ -369,6 +405,13 @@ fn destinations(out: &mut impl Write, a: &AnalysisReport, clock: &WallClock) -> 
         if !then.is_empty() {
             writeln!(out, "    {then}")?;
         }
+        if !d.top_containers_at_min.is_empty() {
+            writeln!(
+                out,
+                "    containers and units then: {}",
+                container_sockets(&d.top_containers_at_min)
+            )?;
+        }
     }
     let left_out = a.destinations_not_followed;
     if left_out.connections > 0 {
@@ -413,9 +456,10 @@ fn failure_cause(g: &FailureGroup, clock: &WallClock) -> Option<String> {
             named.push((
                 1,
                 format!(
-                    "pid {} ({}) {} (by {}), {since}",
+                    "pid {} ({}){} {} (by {}), {since}",
                     h.pid,
                     printable(&h.comm),
+                    in_container(&h.container_id, &h.unit),
                     h.state.as_str(),
                     h.origin
                 ),
@@ -491,6 +535,14 @@ fn failures(out: &mut impl Write, f: &FailureReport, clock: &WallClock) -> io::R
     }
     if f.not_shown > 0 {
         writeln!(out, "    ... and {} more", f.not_shown)?;
+    }
+    if !f.by_container.is_empty() {
+        let named: Vec<String> = f
+            .by_container
+            .iter()
+            .map(|c| format!("{} {}", c.count, workload(&c.workload)))
+            .collect();
+        writeln!(out, "  by container and unit: {}", named.join(", "))?;
     }
     if f.holders_not_kept > 0 {
         writeln!(
@@ -576,7 +628,12 @@ fn anti_patterns(out: &mut impl Write, findings: &[Finding]) -> io::Result<()> {
         let who = if p.no_process {
             "TIME_WAIT sockets from before the start (no process)".to_string()
         } else {
-            format!("pid {} ({})", p.pid, printable(&p.comm))
+            format!(
+                "pid {} ({}){}",
+                p.pid,
+                printable(&p.comm),
+                in_container(&p.container_id, &p.unit)
+            )
         };
         writeln!(
             out,

@@ -205,7 +205,7 @@ mod tests {
             high: 40019,
             reserved: "40001".into(),
         });
-        space.bind(40002, (9, Comm::new("srv")), 1);
+        space.bind(40002, (9, Comm::new("srv"), 0), 1);
         let ends = Endpoints {
             proto: Proto::Tcp,
             family: crate::event::Family::Ipv4,
