@@ -262,8 +262,9 @@ fn setup() -> Result<()> {
     python_tools()?;
     // `top`'s end-to-end test drives it in a terminal multiplexer; the real-container test
     // runs podman, with runc: Debian's crun refuses this machine kind's hybrid cgroup
-    // hierarchy (a controller on cgroup v2).
-    let test_tools: Vec<&str> = ["tmux", "podman", "runc"]
+    // hierarchy (a controller on cgroup v2); the metrics are scraped by a real Prometheus
+    // and the shipped rules checked by its promtool.
+    let test_tools: Vec<&str> = ["tmux", "podman", "runc", "prometheus"]
         .into_iter()
         .filter(|p| !dpkg_installed(p))
         .collect();
