@@ -5,6 +5,7 @@
 pub mod alloc_time;
 pub mod antipatterns;
 pub mod churn;
+pub mod containers;
 pub mod failures;
 pub mod headroom;
 pub mod holders;
@@ -16,6 +17,7 @@ pub mod timeline;
 use serde::Serialize;
 
 use crate::{
+    cgroups::Lookup,
     event::{Kind, Origin},
     histogram::Bucket,
     lifetime::{HeldAtStart, Links, OutputRef},
@@ -69,6 +71,27 @@ pub struct AnalysisReport {
     pub anti_patterns: Vec<antipatterns::Finding>,
     /// Time inside the kernel's allocator, by protocol, origin and occupancy.
     pub allocator_time: alloc_time::AllocTimeReport,
+}
+
+impl AnalysisReport {
+    /// Names the containers (with their pods) and host units behind the cgroup ids the
+    /// report kept, through the run's cgroup table `names`: churn, range occupancy,
+    /// connect headroom and failures grouped by them (`top` entries each), the holders of
+    /// refused ports and the anti-patterns' processes named with theirs. Once, at the end:
+    /// the hot path only copies cgroup ids.
+    pub fn name_containers(&mut self, names: &mut Lookup, top: usize) {
+        self.churn.group_by_container(names, self.span, top);
+        for g in &mut self.occupancy {
+            g.group_by_container(names, top);
+        }
+        for d in &mut self.destinations {
+            d.group_by_container(names, top);
+        }
+        self.failures.group_by_container(names, top);
+        for f in &mut self.anti_patterns {
+            f.name_container(names);
+        }
+    }
 }
 
 impl Analysis {

@@ -166,6 +166,7 @@ impl TopArgs {
                 metrics: None,
                 metrics_by_container: false,
                 backlog_bytes: None,
+                host: None,
             })),
         };
         TopConfig {
@@ -196,11 +197,30 @@ pub struct ExportArgs {
     #[arg(long)]
     pub force: bool,
 
+    /// The `host` of every row instead of the hostname the trace recorded.
+    #[arg(long, value_name = "NAME", value_parser = parse_host)]
+    pub host: Option<String>,
+
     #[command(flatten)]
     pub select: SelectArgs,
 
     #[command(flatten)]
     pub rebuild: RebuildArgs,
+}
+
+/// A host name for the `host` field: letters, digits, `.`, `-` and `_` (what hostnames and
+/// FQDNs hold; a partition directory `host=NAME` takes it as it is).
+fn parse_host(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if !ok {
+        return Err(format!(
+            "`{s}` is not a host name: 1 to 253 letters, digits, `.`, `-` or `_`"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 impl ExportArgs {
@@ -214,6 +234,7 @@ impl ExportArgs {
                 force: self.force,
             },
             rebuild: self.rebuild.config(self.select.filter()),
+            host: self.host,
         }
     }
 }
@@ -279,6 +300,10 @@ pub struct RecordArgs {
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
+    /// The host's name to store in the trace (its rows' `host`), instead of its hostname.
+    #[arg(long, value_name = "NAME", value_parser = parse_host)]
+    pub host: Option<String>,
+
     /// Record only matching sockets (`report` filters by process too).
     #[command(flatten)]
     pub sockets: SocketFilterArgs,
@@ -317,6 +342,11 @@ pub struct ViewArgs {
     /// Replace FILE if it exists (it is removed and created anew, never written into).
     #[arg(long)]
     pub force: bool,
+
+    /// The `host` of lifetime rows (JSONL, CSV, Parquet) instead of the hostname (live)
+    /// or the one the trace recorded (`report`).
+    #[arg(long, value_name = "NAME", value_parser = parse_host)]
+    pub host: Option<String>,
 
     #[command(flatten)]
     pub select: SelectArgs,
@@ -481,6 +511,7 @@ impl Args {
             metrics: self.metrics,
             metrics_by_container: self.metrics_labels.contains(&MetricsLabel::Container),
             backlog_bytes: self.backlog_size,
+            host: self.view.host.clone(),
         }
     }
 }
@@ -495,6 +526,7 @@ impl RecordArgs {
             runtime_state: self.kernel.runtime_state,
             output: self.output,
             duration: self.duration,
+            host: self.host,
         }
     }
 }
@@ -504,6 +536,7 @@ impl ReportArgs {
         ReportConfig {
             output: self.view.destination(),
             rebuild: self.rebuild.config(self.view.filter()),
+            host: self.view.host.clone(),
             trace: self.trace,
         }
     }

@@ -31,6 +31,34 @@ use crate::{
     summary::Summary,
 };
 
+/// Which host and which boot of it a run traced: on every lifetime row of the tables
+/// (JSONL, CSV, Parquet), so that many hosts' (and one host's many boots') rows can be
+/// one table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunInfo {
+    /// The hostname (or `--host NAME`); None: unknown.
+    pub host: Option<String>,
+    /// `/proc/sys/kernel/random/boot_id` of that boot; None: unknown (traces recorded
+    /// before it was).
+    pub boot_id: Option<String>,
+}
+
+impl RunInfo {
+    /// This host now: its name (unless `host` names it otherwise) and its boot.
+    pub fn this_host(host: Option<String>) -> RunInfo {
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        };
+        RunInfo {
+            host: host.or_else(|| read("/proc/sys/kernel/hostname")),
+            boot_id: read("/proc/sys/kernel/random/boot_id"),
+        }
+    }
+}
+
 /// Writes the tracker's outputs and the summary in one format.
 pub trait Printer {
     fn event(&mut self, ev: &Event) -> io::Result<()>;
@@ -42,6 +70,10 @@ pub trait Printer {
     fn skipped(&mut self, _n: u64) -> io::Result<()> {
         Ok(())
     }
+
+    /// The host and boot traced, before the first record (the tables name them on every
+    /// row; the other formats do not).
+    fn set_run(&mut self, _run: &RunInfo) {}
 
     fn write(&mut self, o: OutputRef<'_>) -> io::Result<()> {
         match o {
@@ -140,6 +172,7 @@ impl Destination {
         &self,
         clock: WallClock,
         cgroups: Cgroups,
+        run: &RunInfo,
     ) -> anyhow::Result<(Box<dyn Printer + Send>, Option<file::Created>)> {
         let (out, created): (Box<dyn Write + Send>, _) = match &self.path {
             Some(path) => {
@@ -149,7 +182,9 @@ impl Destination {
             }
             None => (Box::new(io::stdout()), None),
         };
-        Ok((self.format.printer(buffered(out), clock, cgroups), created))
+        let mut printer = self.format.printer(buffered(out), clock, cgroups);
+        printer.set_run(run);
+        Ok((printer, created))
     }
 
     /// The outcome of writing, given its first error: the error named by where the output

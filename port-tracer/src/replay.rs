@@ -10,7 +10,7 @@ use port_tracer_common::{lost, tiers};
 use crate::{
     cgroups::Cgroups,
     lifetime::OutputRef,
-    output::{Destination, Printer, WallClock},
+    output::{Destination, Printer, RunInfo, WallClock},
     rebuild::{Rebuild, RebuildConfig, Upto},
     summary::Summary,
     trace_file::{Block, Metadata, TraceError, TraceReader},
@@ -23,6 +23,8 @@ pub struct ReportConfig {
     pub trace: PathBuf,
     pub output: Destination,
     pub rebuild: RebuildConfig,
+    /// The host's name on lifetime rows instead of the one recorded.
+    pub host: Option<String>,
 }
 
 /// Reports a trace. A damaged trace is reported up to its last good block, then the
@@ -39,7 +41,14 @@ pub fn run(config: ReportConfig) -> Result<()> {
         offset_ns: r.meta.realtime_offset_ns.into(),
     };
     let cgroups = Cgroups::recorded();
-    let (mut printer, _) = config.output.open(clock, cgroups.clone())?;
+    let run = RunInfo {
+        host: config
+            .host
+            .clone()
+            .or_else(|| Some(r.meta.host.clone()).filter(|h| !h.is_empty())),
+        boot_id: r.meta.boot_id.clone(),
+    };
+    let (mut printer, _) = config.output.open(clock, cgroups.clone(), &run)?;
     let done = replay(r, config.rebuild, &mut *printer, &cgroups)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     config.output.result(done.write_error)?;

@@ -86,6 +86,10 @@ pub struct Metadata {
     pub started_ns: u64,
     /// The ephemeral port range of each network namespace read at start.
     pub port_ranges: Vec<PortRange>,
+    /// `/proc/sys/kernel/random/boot_id` of the boot recorded (absent in traces recorded
+    /// before it was: old readers skip it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 /// A socket holding a port at start, as stored in a `HELD` block.

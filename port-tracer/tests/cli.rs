@@ -211,6 +211,7 @@ fn trace_holding_one_listener_ending(path: &std::path::Path, end_mark: bool) {
         trace_file::{Metadata, TraceWriter, RECORD_SIZE_VARIABLE},
     };
     let meta = Metadata {
+        boot_id: None,
         host: "h".into(),
         kernel_release: "6.18.0".into(),
         tier: "tracepoint".into(),
@@ -459,4 +460,49 @@ fn output_files_are_created_private_never_through_a_link_never_over_a_file() {
 
 fn s(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
+}
+
+#[test]
+fn report_names_the_host_recorded_or_the_one_given() {
+    let trace =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cgroup.ptrace");
+    let lifetimes = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = tracer()
+            .args(["report", "--format", "jsonl"])
+            .arg(&trace)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["type"] == "lifetime")
+            .collect()
+    };
+    let file = std::fs::File::open(&trace).unwrap();
+    let recorded = port_tracer::trace_file::TraceReader::new(std::io::BufReader::new(file))
+        .unwrap()
+        .meta
+        .host;
+    let as_recorded = lifetimes(&[]);
+    assert!(!as_recorded.is_empty());
+    for lt in &as_recorded {
+        assert_eq!(lt["host"], recorded.as_str());
+        // Recorded before boot ids were: unknown.
+        assert_eq!(lt["boot_id"], serde_json::Value::Null);
+    }
+    for lt in lifetimes(&["--host", "db-7.example"]) {
+        assert_eq!(lt["host"], "db-7.example");
+    }
+    let out = tracer()
+        .args(["report", "--host", "a/../b"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert_clean_error(&out, 2, "is not a host name");
 }

@@ -3326,3 +3326,30 @@ fn a_real_podman_container_carries_its_id_and_name() {
         .unwrap_or_else(|| panic!("no churn of {id}: {by:#?}"));
     assert_eq!(churn["allocations"], 3, "{churn}");
 }
+
+/// Issue 24: live lifetime rows name this host and this boot, so that many hosts' (and
+/// boots') rows can be one table.
+#[test]
+fn live_lifetimes_name_the_host_and_its_boot() {
+    require_root!();
+    let read = |p: &str| std::fs::read_to_string(p).unwrap().trim().to_string();
+    let (hostname, boot_id) = (
+        read("/proc/sys/kernel/hostname"),
+        read("/proc/sys/kernel/random/boot_id"),
+    );
+    let pid = my_pid().to_string();
+    for (args, host) in [
+        (vec!["--pid", pid.as_str()], hostname.as_str()),
+        (vec!["--pid", pid.as_str(), "--host", "edge-3"], "edge-3"),
+    ] {
+        let tracer = Tracer::start_with(&args);
+        let (_, client, _) = listener_client_udp();
+        let t = tracer.stop();
+        let lt = t.lifetime("tcp", client);
+        assert_eq!(lt["host"], host, "{lt}");
+        assert_eq!(lt["boot_id"], boot_id.as_str(), "{lt}");
+        // Events do not repeat them: the lifetime row is the table's.
+        let ev = &t.events("assign", "tcp", client)[0];
+        assert!(ev.get("host").is_none(), "{ev}");
+    }
+}

@@ -17,7 +17,8 @@ import json, sys
 import duckdb, pyarrow.parquet as pq
 
 path, pid = sys.argv[1], int(sys.argv[2])
-cols = ["proto", "lport", "rport", "origin", "pid", "ppid", "comm", "thread", "cgroup", "released_ns"]
+cols = ["proto", "lport", "rport", "origin", "pid", "ppid", "comm", "thread", "cgroup", "released_ns",
+        "host", "boot_id"]
 
 table = pq.read_table(path)
 arrow = {
@@ -53,7 +54,7 @@ fn parquet_export_reads_back_in_pyarrow_and_duckdb() {
     std::fs::create_dir_all(&dir).unwrap();
     let trace = dir.join("t.ptrace");
     let mut still_open = None;
-    let ports = record_while(&trace, || {
+    let ports = record_with(&trace, &["--host", "fleet-a.example"], || {
         // Bound first, so that no other socket here gets its port.
         let h = TcpListener::bind("127.0.0.1:0").unwrap();
         let held = port_of(h.local_addr().unwrap());
@@ -102,6 +103,8 @@ fn parquet_export_reads_back_in_pyarrow_and_duckdb() {
             rows[0]
         };
         let (comm, thread) = (process_comm(), thread_comm());
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        let boot_id = boot_id.trim();
         // This process's cgroup v2 path, as the kernel shows it.
         let cgroup = std::fs::read_to_string("/proc/self/cgroup")
             .unwrap()
@@ -122,6 +125,9 @@ fn parquet_export_reads_back_in_pyarrow_and_duckdb() {
             // The parent, as the kernel knew it (getppid()), on every tier.
             assert_eq!(lt["ppid"], unsafe { libc::getppid() }, "{reader}: {lt}");
             assert_eq!(lt["cgroup"], cgroup.as_str(), "{reader}: {lt}");
+            // The host and boot recorded (`record --host`), on every row.
+            assert_eq!(lt["host"], "fleet-a.example", "{reader}: {lt}");
+            assert_eq!(lt["boot_id"], boot_id, "{reader}: {lt}");
         }
         let client = row("tcp", ports.client, "connect");
         assert_eq!(client["rport"], ports.listener, "{reader}: {client}");
@@ -155,9 +161,11 @@ fn parquet_export_reads_back_in_pyarrow_and_duckdb() {
     assert_eq!(duck["alloc_ns"], "UBIGINT");
     assert_eq!(duck["ppid"], "UINTEGER");
     assert_eq!(duck["cgroup"], "VARCHAR");
+    assert_eq!(duck["host"], "VARCHAR");
+    assert_eq!(duck["boot_id"], "VARCHAR");
     assert_eq!(
         duck.as_object().unwrap().keys().len(),
-        30,
+        32,
         "the JSONL lifetime fields: {duck}"
     );
 

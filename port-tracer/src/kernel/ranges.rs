@@ -20,13 +20,6 @@ use super::{held, privileges};
 /// How long a namespace whose range could not be read waits before the next try.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// A small /proc or /sys file, trimmed; empty when unreadable.
-pub(crate) fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
 /// Why a range was not read through one path.
 #[derive(Debug)]
 enum Miss {

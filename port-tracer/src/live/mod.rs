@@ -33,7 +33,7 @@ use crate::{
     kernel::{self, held, privileges, ranges::RangeFinder, Kernel, LoadOptions},
     lifetime::HeldAtStart,
     metrics::{self, Publisher},
-    output::{Destination, OutputQueue, WallClock},
+    output::{Destination, OutputQueue, RunInfo, WallClock},
     port_range::PortRange,
     rebuild::{Rebuild, RebuildConfig, Upto},
     top::{Feed, View},
@@ -60,6 +60,8 @@ pub struct LiveConfig {
     /// The most bytes of records that wait between draining and rebuilding; None: see
     /// [`default_backlog_bytes`].
     pub backlog_bytes: Option<usize>,
+    /// The host's name on lifetime rows (None: its hostname).
+    pub host: Option<String>,
 }
 
 /// Records that may wait for a terminal: more than anyone reads before the summary.
@@ -326,7 +328,10 @@ pub async fn run_with(config: LiveConfig, screen: Option<Feed>) -> Result<()> {
     let cgroups = host_cgroups(&config.runtime_state)?;
     let (printer, created) = match screen {
         None => {
-            let (p, created) = config.output.open(WallClock::now(), cgroups.clone())?;
+            let run = RunInfo::this_host(config.host.clone());
+            let (p, created) = config
+                .output
+                .open(WallClock::now(), cgroups.clone(), &run)?;
             (Some(p), created)
         }
         Some(_) => (None, None),

@@ -14,12 +14,8 @@ use crate::{
     clock::monotonic_ns,
     event::{record_owner, Event},
     filter::Filter,
-    kernel::{
-        self,
-        ranges::{read_trimmed, RangeFinder},
-        LoadOptions,
-    },
-    output::{file, WallClock},
+    kernel::{self, ranges::RangeFinder, LoadOptions},
+    output::{file, RunInfo, WallClock},
     trace_file::{Metadata, TraceWriter, RECORD_SIZE_VARIABLE},
 };
 
@@ -39,6 +35,8 @@ pub struct RecordConfig {
     pub drain: Duration,
     /// Where container runtimes keep their state (see [`crate::cgroups::runtime`]).
     pub runtime_state: PathBuf,
+    /// The host's name to store (None: its hostname).
+    pub host: Option<String>,
 }
 
 /// Records waiting in memory are written as a block once they reach this size, between
@@ -65,8 +63,10 @@ pub async fn run(args: RecordConfig) -> Result<()> {
     let writing = || format!("writing to {}", path.display());
     let mut finder = RangeFinder::new()?;
     let keep = args.keep.as_ref();
+    let run = RunInfo::this_host(args.host.clone());
     let meta = Metadata {
-        host: read_trimmed("/proc/sys/kernel/hostname"),
+        host: run.host.unwrap_or_default(),
+        boot_id: run.boot_id,
         kernel_release: kernel::kernel_release(),
         tier: kernel.tier.to_string(),
         port_tracer_version: env!("CARGO_PKG_VERSION").into(),

@@ -4,19 +4,31 @@
 
 use std::borrow::Cow;
 
+use super::RunInfo;
 use crate::{cgroups::Cgroup, lifetime::Lifetime};
 
-/// A lifetime as a row: with its owner's cgroup, if resolved.
+/// A lifetime as a row: with its owner's cgroup, if resolved, and the host it was on.
 #[derive(Clone, Copy, Debug)]
 pub struct Row<'a> {
     pub lt: &'a Lifetime,
     pub cgroup: Option<&'a Cgroup>,
+    pub run: &'a RunInfo,
 }
 
+/// No host or boot known.
+static UNKNOWN_RUN: RunInfo = RunInfo {
+    host: None,
+    boot_id: None,
+};
+
 impl<'a> Row<'a> {
-    /// A row without a cgroup.
+    /// A row without a cgroup or a host.
     pub fn of(lt: &'a Lifetime) -> Row<'a> {
-        Row { lt, cgroup: None }
+        Row {
+            lt,
+            cgroup: None,
+            run: &UNKNOWN_RUN,
+        }
     }
 }
 
@@ -134,4 +146,8 @@ pub const LIFETIME_COLUMNS: &[Column] = &[
         r.lt.alloc_ns.map(u64::from).into()
     }),
     column("lossy", Bool, |r| Value::Bool(r.lt.lossy)),
+    column("host", OptionalText, |r| opt_text(r.run.host.as_deref())),
+    column("boot_id", OptionalText, |r| {
+        opt_text(r.run.boot_id.as_deref())
+    }),
 ];

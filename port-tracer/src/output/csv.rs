@@ -7,7 +7,7 @@ use std::{
 
 use super::{
     columns::{Row, Value, LIFETIME_COLUMNS},
-    Printer, Spec,
+    Printer, RunInfo, Spec,
 };
 use crate::{
     cgroups::{Cgroups, Lookup},
@@ -28,6 +28,7 @@ pub struct Csv<W: Write> {
     out: W,
     header_done: bool,
     cgroups: Lookup,
+    run: RunInfo,
 }
 
 impl<W: Write> Csv<W> {
@@ -36,6 +37,7 @@ impl<W: Write> Csv<W> {
             out,
             header_done: false,
             cgroups: Lookup::default(),
+            run: RunInfo::default(),
         }
     }
 
@@ -55,6 +57,10 @@ impl<W: Write> Csv<W> {
 }
 
 impl<W: Write> Printer for Csv<W> {
+    fn set_run(&mut self, run: &RunInfo) {
+        self.run = run.clone();
+    }
+
     /// Events are in the lifetimes' rows.
     fn event(&mut self, _: &Event) -> io::Result<()> {
         Ok(())
@@ -66,6 +72,7 @@ impl<W: Write> Printer for Csv<W> {
         let row = Row {
             lt,
             cgroup: cgroup.as_deref(),
+            run: &self.run,
         };
         self.out.write_all(csv_row(&row).as_bytes())
     }
@@ -127,11 +134,25 @@ mod tests {
         let row = csv_row(&Row::of(&lt()));
         assert_eq!(
             row,
-            "tcp,ipv4,127.0.0.1,40000,127.0.0.1,80,7,9,10,0,8,\"a,\"\"b\",w 1,0,,,,,,,,connect,0x10,1000,5000,4000,3000,2000,1500,false\n"
+            "tcp,ipv4,127.0.0.1,40000,127.0.0.1,80,7,9,10,0,8,\"a,\"\"b\",w 1,0,,,,,,,,connect,0x10,1000,5000,4000,3000,2000,1500,false,,\n"
+        );
+        // The host and boot, when known, end the row.
+        let run = RunInfo {
+            host: Some("web-1".into()),
+            boot_id: Some("4f0c2e6a-6d1b-4c8e-9a57-1f2b3c4d5e6f".into()),
+        };
+        let one = lt();
+        let row = csv_row(&Row {
+            run: &run,
+            ..Row::of(&one)
+        });
+        assert!(
+            row.ends_with(",false,web-1,4f0c2e6a-6d1b-4c8e-9a57-1f2b3c4d5e6f\n"),
+            "{row}"
         );
         assert_eq!(
             csv_header(),
-            "proto,family,laddr,lport,raddr,rport,netns,pid,tid,uid,ppid,comm,thread,cgroup_id,cgroup,container_id,pod_uid,unit,container_name,pod_name,pod_namespace,origin,sock_id,assigned_ns,released_ns,duration_ns,time_wait_start_ns,time_wait_ns,alloc_ns,lossy"
+            "proto,family,laddr,lport,raddr,rport,netns,pid,tid,uid,ppid,comm,thread,cgroup_id,cgroup,container_id,pod_uid,unit,container_name,pod_name,pod_namespace,origin,sock_id,assigned_ns,released_ns,duration_ns,time_wait_start_ns,time_wait_ns,alloc_ns,lossy,host,boot_id"
         );
         let mut open = Lifetime {
             released: None,

@@ -8,7 +8,7 @@ use std::{
     net::IpAddr,
 };
 
-use super::{Printer, Spec, WallClock};
+use super::{Printer, RunInfo, Spec, WallClock};
 use crate::{
     cgroups::{Cgroups, Lookup},
     event::{errno_name, Comm, Endpoints, Event, Kind, Origin, Task},
@@ -33,6 +33,8 @@ pub struct Jsonl<W: Write> {
     /// Parts of the last records, kept as written: consecutive records mostly repeat them.
     memo: Memo,
     cgroups: Lookup,
+    /// The end of every lifetime line: its host and boot, as JSON (see [`Printer::set_run`]).
+    run: Vec<u8>,
 }
 
 /// The owners, addresses and namespace of the last records, as JSON: written once, copied
@@ -72,6 +74,22 @@ fn memoized<K: PartialEq + Copy>(
     *memo = Some((key, bytes));
 }
 
+/// `,"host":...,"boot_id":...}` and the line's end: how every lifetime line ends.
+fn run_fields(run: &RunInfo) -> Vec<u8> {
+    let mut l = Line(Vec::new());
+    let field = |l: &mut Line, name: &str, v: &Option<String>| {
+        l.raw(name);
+        match v {
+            Some(s) => l.str(s),
+            None => l.raw("null"),
+        }
+    };
+    field(&mut l, ",\"host\":", &run.host);
+    field(&mut l, ",\"boot_id\":", &run.boot_id);
+    l.raw("}\n");
+    l.0
+}
+
 impl<W: Write> Jsonl<W> {
     /// Lines go out in blocks of this many bytes: one copy less than line by line through
     /// a `BufWriter`.
@@ -84,6 +102,7 @@ impl<W: Write> Jsonl<W> {
             line: Line(Vec::with_capacity(Self::BLOCK + 1024)),
             memo: Memo::default(),
             cgroups: Lookup::default(),
+            run: run_fields(&RunInfo::default()),
         }
     }
 
@@ -176,11 +195,16 @@ impl<W: Write> Printer for Jsonl<W> {
             l.raw(",\"ended_at_close\":true");
         }
         l.raw(if lt.lossy {
-            ",\"lossy\":true}\n"
+            ",\"lossy\":true"
         } else {
-            ",\"lossy\":false}\n"
+            ",\"lossy\":false"
         });
+        l.0.extend_from_slice(&self.run);
         self.line_done()
+    }
+
+    fn set_run(&mut self, run: &RunInfo) {
+        self.run = run_fields(run);
     }
 
     fn summary(&mut self, s: &Summary) -> io::Result<()> {
@@ -484,11 +508,18 @@ mod tests {
         }] {
             let mut j =
                 Jsonl::new(Vec::new(), WallClock { offset_ns: 0 }).with_cgroups(cgroups.clone());
+            // A name a recording stored: anything, escaped as JSON.
+            let run = RunInfo {
+                host: Some("web-\"7\"\n".into()),
+                boot_id: Some("4f0c2e6a-6d1b-4c8e-9a57-1f2b3c4d5e6f".into()),
+            };
+            j.set_run(&run);
             j.lifetime(&lt).unwrap();
             let cg = cgroups.get(lt.owner.cgroup_id);
             let row = crate::output::columns::Row {
                 lt: &lt,
                 cgroup: cg.as_deref(),
+                run: &run,
             };
             let line = String::from_utf8(j.into_inner()).unwrap();
             let Ordered(fields) = serde_json::from_str(&line).unwrap();

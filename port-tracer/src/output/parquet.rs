@@ -19,7 +19,7 @@ use ::parquet::{
     schema::types::Type,
 };
 
-use super::{Printer, Spec};
+use super::{Printer, RunInfo, Spec};
 use crate::{
     cgroups::{Cgroups, Lookup},
     event::Event,
@@ -42,6 +42,7 @@ pub struct Parquet<W: Write> {
     out: W,
     table: ParquetTable,
     cgroups: Lookup,
+    run: RunInfo,
 }
 
 impl<W: Write> Parquet<W> {
@@ -50,6 +51,7 @@ impl<W: Write> Parquet<W> {
             out,
             table: ParquetTable::new(ROW_GROUP_ROWS),
             cgroups: Lookup::default(),
+            run: RunInfo::default(),
         }
     }
 
@@ -61,6 +63,10 @@ impl<W: Write> Parquet<W> {
 }
 
 impl<W: Write> Printer for Parquet<W> {
+    fn set_run(&mut self, run: &RunInfo) {
+        self.run = run.clone();
+    }
+
     /// Events are in the lifetimes' rows.
     fn event(&mut self, _: &Event) -> io::Result<()> {
         Ok(())
@@ -71,6 +77,7 @@ impl<W: Write> Printer for Parquet<W> {
         let row = Row {
             lt,
             cgroup: cgroup.as_deref(),
+            run: &self.run,
         };
         self.table.push(&row, &mut self.out)
     }

@@ -141,6 +141,7 @@ fn held_socket(d: &mut Draw) -> HeldAtStart {
 
 fn metadata() -> Metadata {
     Metadata {
+        boot_id: None,
         host: "fuzz".into(),
         kernel_release: "6.18.0".into(),
         tier: "tracepoint".into(),

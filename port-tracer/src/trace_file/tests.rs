@@ -5,6 +5,7 @@ use crate::event::{Comm, Kind};
 
 fn meta() -> Metadata {
     Metadata {
+        boot_id: None,
         host: "h".into(),
         kernel_release: "6.1.0".into(),
         tier: "tracepoint".into(),
