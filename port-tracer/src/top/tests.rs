@@ -1,4 +1,4 @@
-use std::{fs::File, io::BufReader, path::PathBuf};
+use std::path::PathBuf;
 
 use ratatui::{backend::TestBackend, Terminal};
 
@@ -266,17 +266,20 @@ fn names_a_process_controls_are_escaped_and_cut_on_screen() {
     assert!(!line.contains(&"x".repeat(60)), "{line}");
 }
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+/// The recorded fixture traces, built in: the VM guests run these tests without the
+/// source tree.
+fn fixture(name: &str) -> &'static [u8] {
+    match name {
+        "tracepoint.ptrace" => include_bytes!("../../tests/fixtures/tracepoint.ptrace"),
+        "cgroup.ptrace" => include_bytes!("../../tests/fixtures/cgroup.ptrace"),
+        _ => panic!("no fixture {name}"),
+    }
 }
 
 /// The screen after a recorded trace's first second and at its end, drawn as `top
 /// --replay` draws it.
 fn replayed_screen(trace: &str) -> (String, Ui) {
-    let file = File::open(fixture(trace)).unwrap();
-    let r = TraceReader::new(BufReader::new(file)).unwrap();
+    let r = TraceReader::new(fixture(trace)).unwrap();
     let tier = r.meta.tier.clone();
     let cgroups = Cgroups::recorded();
     let mut names = Lookup::new(cgroups.clone());
@@ -306,21 +309,18 @@ fn replayed_screen(trace: &str) -> (String, Ui) {
     (screen(&mut ui, 160, 40, &format!("replay of {trace}")), ui)
 }
 
-/// Compares `shown` with the snapshot `name` (PORT_TRACER_UPDATE_SNAPSHOTS=1 writes it).
-fn check_snapshot(name: &str, shown: &str) {
+/// Compares `shown` with the snapshot `want` (built in, as the fixtures are: the VM
+/// guests have no source tree), which is `name` under src/top/snapshots;
+/// PORT_TRACER_UPDATE_SNAPSHOTS=1 rewrites that file instead (the next build compares).
+fn check_snapshot(name: &str, want: &str, shown: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("src/top/snapshots")
         .join(name);
     if std::env::var_os("PORT_TRACER_UPDATE_SNAPSHOTS").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, shown).unwrap();
+        return;
     }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (PORT_TRACER_UPDATE_SNAPSHOTS=1 writes it)",
-            path.display()
-        )
-    });
     assert_eq!(
         shown,
         want,
@@ -343,7 +343,11 @@ fn a_recorded_trace_is_drawn_as_its_snapshot() {
         "{shown}"
     );
     assert!(shown.contains("127.0.0.1 -> 127.0.0.1:8080"), "{shown}");
-    check_snapshot("tracepoint.txt", &shown);
+    check_snapshot(
+        "tracepoint.txt",
+        include_str!("snapshots/tracepoint.txt"),
+        &shown,
+    );
 }
 
 #[test]
