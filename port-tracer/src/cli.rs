@@ -11,11 +11,16 @@ use port_tracer::{
     event::Proto,
     filter::Filter,
     kernel::{LoadOptions, TierChoice},
-    live::{record::RecordConfig, LiveConfig},
+    live::{
+        record::RecordConfig,
+        recorder::{RecordTarget, Rotation},
+        LiveConfig,
+    },
     output::{Destination, Format},
     rebuild::RebuildConfig,
     replay::ReportConfig,
     top::{Grouping, Source, TopConfig},
+    trace_file::Compression,
 };
 
 /// Trace every local port the kernel hands out and takes back (TCP and UDP, IPv4 and IPv6,
@@ -167,6 +172,7 @@ impl TopArgs {
                 metrics_by_container: false,
                 backlog_bytes: None,
                 host: None,
+                record: None,
             })),
         };
         TopConfig {
@@ -180,9 +186,10 @@ impl TopArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ExportArgs {
-    /// A trace written by `port-tracer record`.
-    #[arg(value_name = "TRACE")]
-    pub trace: PathBuf,
+    /// A trace written by `port-tracer record`; or the files of one recording kept with
+    /// --rotate (several paths, or their directory), read as one trace in order.
+    #[arg(value_name = "TRACE", required = true, num_args = 1..)]
+    pub traces: Vec<PathBuf>,
 
     /// What to write.
     #[arg(long, value_parser = formats(|f| f.spec().for_tools))]
@@ -227,7 +234,7 @@ impl ExportArgs {
     /// The report that writes this export: the lifetimes selected, in the chosen format.
     pub fn config(self) -> ReportConfig {
         ReportConfig {
-            trace: self.trace,
+            traces: self.traces,
             output: Destination {
                 format: self.format,
                 path: Some(self.output),
@@ -278,6 +285,15 @@ pub struct Args {
     #[arg(long, value_name = "LABELS", value_enum, value_delimiter = ',')]
     pub metrics_labels: Vec<MetricsLabel>,
 
+    /// Also record the raw events to a trace, as `record -o PATH` would (with --rotate,
+    /// PATH is the directory of a ring of trace files): `report` of it later gives this
+    /// run's lifetimes again. Every event is recorded; the filters apply to what is shown.
+    #[arg(long, value_name = "PATH")]
+    pub record: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub ring: RingArgs,
+
     #[command(flatten)]
     pub kernel: KernelArgs,
 
@@ -288,13 +304,17 @@ pub struct Args {
 #[derive(clap::Args, Debug, Clone)]
 pub struct RecordArgs {
     /// The trace file to write: created anew, mode 0600; an existing file is refused (see
-    /// --force), a symbolic link never followed.
+    /// --force), a symbolic link never followed. With --rotate, the directory of the
+    /// trace files (created, mode 0700, if missing).
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
 
     /// Replace FILE if it exists (it is removed and created anew, never written into).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "rotate")]
     pub force: bool,
+
+    #[command(flatten)]
+    pub ring: RingArgs,
 
     /// Stop after this long: seconds (`20`) or with a unit (`500ms`, `10s`, `2m`, `1h`).
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
@@ -312,11 +332,56 @@ pub struct RecordArgs {
     pub kernel: KernelArgs,
 }
 
+/// How a recording is kept on disk.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RingArgs {
+    /// Flight recorder: write a ring of trace files in the --output directory, a new file
+    /// once the current one holds SIZE bytes (`64M`, `1G`, or bytes), named
+    /// `trace-<start, UTC>-<number>.ptrace`; each file reads alone, and `report DIR` reads
+    /// them all as one trace. As `tcpdump -C`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub rotate: Option<usize>,
+
+    /// With --rotate: keep at most N trace files in the directory (of any recording made
+    /// there), removing the oldest. As `tcpdump -W`.
+    #[arg(long, value_name = "N", requires = "rotate", default_value_t = 10)]
+    pub keep: usize,
+
+    /// How trace blocks are stored: `zstd` (about 7x smaller, the default) or `none`
+    /// (what port-tracer before 0.1's format version 6 wrote; for comparison).
+    #[arg(long, value_enum, default_value = "zstd")]
+    pub compression: CompressionArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompressionArg {
+    Zstd,
+    None,
+}
+
+impl RingArgs {
+    fn target(&self, path: PathBuf, force: bool) -> RecordTarget {
+        RecordTarget {
+            path,
+            force,
+            rotate: self.rotate.map(|size| Rotation {
+                size: size as u64,
+                keep: self.keep,
+            }),
+            compression: match self.compression {
+                CompressionArg::Zstd => Compression::DEFAULT,
+                CompressionArg::None => Compression::None,
+            },
+        }
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReportArgs {
-    /// A trace written by `port-tracer record`.
-    #[arg(value_name = "TRACE")]
-    pub trace: PathBuf,
+    /// A trace written by `port-tracer record`; or the files of one recording kept with
+    /// --rotate (several paths, or their directory), read as one trace in order.
+    #[arg(value_name = "TRACE", required = true, num_args = 1..)]
+    pub traces: Vec<PathBuf>,
 
     #[command(flatten)]
     pub view: ViewArgs,
@@ -512,6 +577,7 @@ impl Args {
             metrics_by_container: self.metrics_labels.contains(&MetricsLabel::Container),
             backlog_bytes: self.backlog_size,
             host: self.view.host.clone(),
+            record: self.record.map(|path| self.ring.target(path, false)),
         }
     }
 }
@@ -519,12 +585,11 @@ impl Args {
 impl RecordArgs {
     pub fn config(self) -> RecordConfig {
         RecordConfig {
-            force: self.force,
+            target: self.ring.target(self.output, self.force),
             keep: self.sockets.filter(),
             load: self.kernel.load_options(),
             drain: self.kernel.drain(),
             runtime_state: self.kernel.runtime_state,
-            output: self.output,
             duration: self.duration,
             host: self.host,
         }
@@ -537,7 +602,7 @@ impl ReportArgs {
             output: self.view.destination(),
             rebuild: self.rebuild.config(self.view.filter()),
             host: self.view.host.clone(),
-            trace: self.trace,
+            traces: self.traces,
         }
     }
 }

@@ -9,6 +9,15 @@ use cli::{Cli, Cmd};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.cmd.is_none() && cli.live.ring.rotate.is_some() && cli.live.record.is_none() {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--rotate needs --record PATH (the directory of the ring of trace files)",
+            )
+            .exit();
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

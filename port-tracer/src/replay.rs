@@ -2,9 +2,9 @@
 //! rebuild engine ([`crate::rebuild`]) to a printer, as live tracing would have shown it,
 //! summary included. The fuzz targets run this same [`replay`].
 
-use std::{fs::File, io, io::BufReader, path::PathBuf};
+use std::{io, path::PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use port_tracer_common::{lost, tiers};
 
 use crate::{
@@ -13,14 +13,17 @@ use crate::{
     output::{Destination, Printer, RunInfo, WallClock},
     rebuild::{Rebuild, RebuildConfig, Upto},
     summary::Summary,
-    trace_file::{Block, Metadata, TraceError, TraceReader},
+    trace_file::{
+        set::{Coverage, TraceSet},
+        Block, Blocks, Metadata, TraceError,
+    },
 };
 
 /// What `report` and `export` do.
 #[derive(Clone, Debug)]
 pub struct ReportConfig {
-    /// A trace written by `record`.
-    pub trace: PathBuf,
+    /// The files of one recording by `record`: a trace, or a ring's files or directory.
+    pub traces: Vec<PathBuf>,
     pub output: Destination,
     pub rebuild: RebuildConfig,
     /// The host's name on lifetime rows instead of the one recorded.
@@ -29,35 +32,47 @@ pub struct ReportConfig {
 
 /// Reports a trace. A damaged trace is reported up to its last good block, then the
 /// damage is the error; a trace without its end mark (the recorder was killed) is
-/// reported whole, then that is the error: either way a non-zero exit.
+/// reported whole, then that is the error: either way a non-zero exit. The files of a
+/// ring are reported as one trace, saying what time they cover and what is missing.
 pub fn run(config: ReportConfig) -> Result<()> {
     config.output.check()?;
-    let path = &config.trace;
-    let file = File::open(path).with_context(|| format!("cannot open trace {}", path.display()))?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let r = TraceReader::new(BufReader::with_capacity(1 << 20, file))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let set = TraceSet::open(&config.traces)?;
+    let meta = set.meta().clone();
+    let coverage = set.coverage();
     let clock = WallClock {
-        offset_ns: r.meta.realtime_offset_ns.into(),
+        offset_ns: meta.realtime_offset_ns.into(),
     };
     let cgroups = Cgroups::recorded();
     let run = RunInfo {
         host: config
             .host
             .clone()
-            .or_else(|| Some(r.meta.host.clone()).filter(|h| !h.is_empty())),
-        boot_id: r.meta.boot_id.clone(),
+            .or_else(|| Some(meta.host.clone()).filter(|h| !h.is_empty())),
+        boot_id: meta.boot_id.clone(),
     };
     let (mut printer, _) = config.output.open(clock, cgroups.clone(), &run)?;
-    let done = replay(r, config.rebuild, &mut *printer, &cgroups)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    // Which file the damage, if any, is in: the set's reader stops there.
+    let mut set = set;
+    let done = replay(&mut set, config.rebuild, &mut *printer, &cgroups)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", set.path().display()))?;
+    if meta.part.is_some() || coverage.files > 1 {
+        eprintln!("port-tracer: {}", coverage.describe(&clock, done.newest_ns));
+    }
+    for path in &set.unended {
+        eprintln!(
+            "port-tracer: warning: {} has no end mark, yet later files of its recording \
+             follow: read on",
+            path.display()
+        );
+    }
     config.output.result(done.write_error)?;
+    let path = set.path();
     if let Some(e) = done.damage {
         bail!(
             "{}: {e}; reported the {} bytes before it, skipped the last {} bytes",
             path.display(),
             done.good_bytes,
-            size.saturating_sub(done.good_bytes)
+            set.size().saturating_sub(done.good_bytes)
         );
     }
     if !done.ended {
@@ -71,6 +86,47 @@ pub fn run(config: ReportConfig) -> Result<()> {
     Ok(())
 }
 
+impl Coverage {
+    /// One line: the files, the time they cover, and what is missing.
+    pub fn describe(&self, clock: &WallClock, end_ns: u64) -> String {
+        let files = if self.files == 1 {
+            format!("file {} of its recording", self.first_seq)
+        } else {
+            format!(
+                "{} files of one recording (parts {} to {})",
+                self.files, self.first_seq, self.last_seq
+            )
+        };
+        let mut line = format!(
+            "{files}, covering {} to {}",
+            clock.date_time(self.first_started_ns),
+            clock.date_time(end_ns.max(self.first_started_ns))
+        );
+        if self.first_seq > 1 {
+            let older = if self.first_seq == 2 {
+                "part 1 was".to_string()
+            } else {
+                format!("parts 1 to {} were", self.first_seq - 1)
+            };
+            line += &format!(
+                "; {older} rotated away: nothing from the recording's start ({}) to {} is \
+                 here, the sockets held at its start are unknown, and lifetimes begun \
+                 before are seen from their first event here",
+                clock.date_time(self.recording_started_ns),
+                clock.date_time(self.first_started_ns)
+            );
+        }
+        if !self.gaps.is_empty() {
+            let gaps: Vec<String> = self.gaps.iter().map(u32::to_string).collect();
+            line += &format!(
+                "; missing between them: part {} (removed?): what it held is not here",
+                gaps.join(", ")
+            );
+        }
+        line
+    }
+}
+
 /// What a replay came to.
 #[derive(Debug)]
 pub struct Replayed {
@@ -81,6 +137,9 @@ pub struct Replayed {
     /// Bytes before the damage (or the whole trace) and the damage, if any.
     pub good_bytes: u64,
     pub damage: Option<TraceError>,
+    /// The newest time the trace reached (monotonic ns): its end mark's, or its newest
+    /// record's.
+    pub newest_ns: u64,
     /// The trace has its end mark (the recorder stopped cleanly).
     pub ended: bool,
     /// The printer's first error; nothing more was written after it.
@@ -90,8 +149,8 @@ pub struct Replayed {
 /// Replays the trace `r` through a rebuild engine configured by `config` to `printer`,
 /// summary last; the trace's cgroups go in `cgroups` (which `printer` names owners from). Damage (truncation, corruption) ends the replay where it is, reported in
 /// [`Replayed::damage`]; any other read error is the error.
-pub fn replay<R: io::Read>(
-    r: TraceReader<R>,
+pub fn replay(
+    r: impl Blocks,
     config: RebuildConfig,
     printer: &mut (dyn Printer + Send),
     cgroups: &Cgroups,
@@ -112,21 +171,21 @@ pub struct Progress<'a> {
 /// [`replay`], telling `progress` where it is after each block of events and once more at
 /// the end, before the lifetimes still open are cut off; it ends early (as if the trace
 /// ended there) when `progress` returns false.
-pub fn replay_with<R: io::Read>(
-    mut r: TraceReader<R>,
+pub fn replay_with(
+    mut r: impl Blocks,
     config: RebuildConfig,
     printer: &mut (dyn Printer + Send),
     cgroups: &Cgroups,
     progress: &mut dyn FnMut(Progress<'_>) -> bool,
 ) -> Result<Replayed, TraceError> {
     // Traces before version 5 carry no cgroup table: their ids are not looked for.
-    let names_cgroups = r.version >= 5;
-    let mut engine = Rebuild::new(config, r.meta.started_ns);
+    let names_cgroups = r.version() >= 5;
+    let mut engine = Rebuild::new(config, r.meta().started_ns);
     engine.set_cgroups(cgroups.clone());
     // The trace names its tier: the one place it is looked up by name.
-    engine.set_tier(tiers::by_name(&r.meta.tier), Some(r.version));
-    for range in &r.meta.port_ranges {
-        engine.set_range(range.clone());
+    engine.set_tier(tiers::by_name(&r.meta().tier), Some(r.version()));
+    for range in r.meta().port_ranges.clone() {
+        engine.set_range(range);
     }
     let mut w = Written {
         printer,
@@ -168,7 +227,7 @@ pub fn replay_with<R: io::Read>(
                 }
             }
             Block::Lost(counts) => {
-                lost_counts = by_our_names(&r.meta, &counts);
+                lost_counts = by_our_names(r.meta(), &counts);
                 engine.check_lost(&lost_counts);
             }
             Block::Held(held) => {
@@ -217,7 +276,8 @@ pub fn replay_with<R: io::Read>(
         summary,
         blocks,
         records,
-        good_bytes: r.offset,
+        good_bytes: r.good_bytes(),
+        newest_ns: newest,
         damage,
         ended,
         write_error: w.error,

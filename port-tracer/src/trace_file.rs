@@ -5,11 +5,15 @@
 //! ```text
 //! file   = header block*
 //! header = magic "PTRACE\r\n" | version u16 | reserved u16 | meta_len u32 | meta (JSON) | crc32 u32
-//! block  = tag u8 | reserved [u8; 3] | len u32 | crc32 u32 | payload [len]
+//! block  = tag u8 | encoding u8 | reserved [u8; 2] | len u32 | crc32 u32 | payload [len]
 //! ```
 //!
 //! Integers are little-endian; each CRC-32 covers what precedes it in its header or block
-//! (after the magic), payload included. Blocks: `EVENTS` (raw kernel records,
+//! (after the magic), payload included, as stored. `encoding` (version 6) says how the
+//! payload is stored: 0 as it is, 1 as one zstd frame that gives its content size (the
+//! writer compresses every block that shrinks by it; each frame stands alone, so a cut
+//! file still reads up to its last whole block). What follows describes payloads as
+//! they are once decoded. Blocks: `EVENTS` (raw kernel records,
 //! `port_tracer_common::Record`, back to back as the ring buffer delivered them; each is as
 //! long as its head's `len`: 40 bytes for an IPv4 release, 104 for an assignment), `LOST` (the kernel's cumulative
 //! lost-event counters, one u64 per reason), `HELD` (sockets holding ports at start, JSON),
@@ -20,7 +24,8 @@
 //! naming each), `END` (a clean end, with the monotonic time recording stopped as a u64; a
 //! file without it was cut short).
 //!
-//! Version 4 is version 5 without `CGROUPS` blocks. Versions 1 to 3, whose records had one fixed size for every event (104, 120 and 128
+//! Version 5 is version 6 with every payload stored as it is (the byte after the tag
+//! reserved, 0); version 4 is version 5 without `CGROUPS` blocks. Versions 1 to 3, whose records had one fixed size for every event (104, 120 and 128
 //! bytes), are still read ([`legacy`]).
 
 use std::io::{self, Read, Write};
@@ -32,10 +37,13 @@ use crate::lifetime::HeldAtStart;
 pub use crate::port_range::PortRange;
 
 pub mod legacy;
+pub mod set;
 
 pub const MAGIC: [u8; 8] = *b"PTRACE\r\n";
 /// The format version this build writes and the newest it reads.
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
+/// The first version whose blocks say how their payload is stored.
+const ENCODED_SINCE: u16 = 6;
 /// The metadata's `record_size` of this version: 0, records are as long as their heads say
 /// (versions 1 to 3 had one size, given there).
 pub const RECORD_SIZE_VARIABLE: u32 = 0;
@@ -43,6 +51,32 @@ pub const RECORD_SIZE_VARIABLE: u32 = 0;
 const LEN_AT: usize = std::mem::offset_of!(port_tracer_common::Head, len);
 /// Blocks larger than this are refused as corrupt (the writer never makes them).
 const MAX_BLOCK: u32 = 64 << 20;
+/// Payloads shorter than this are stored as they are: a zstd frame's own overhead (about
+/// a dozen bytes) eats what so little would save.
+const MIN_COMPRESSED: usize = 64;
+
+/// How a block's payload is stored (version 6 on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Encoding {
+    Raw = 0,
+    Zstd = 1,
+}
+
+/// How a writer stores its blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// Every payload as it is (what versions 1 to 5 wrote).
+    None,
+    /// Each payload that shrinks, as a zstd frame at this level.
+    Zstd(i32),
+}
+
+impl Compression {
+    /// What `record` uses: zstd's fastest regular level, about 7x smaller on a TCP storm's
+    /// records at some 450 MB/s on one core (BENCHMARKS.md, section 13).
+    pub const DEFAULT: Compression = Compression::Zstd(1);
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -90,6 +124,19 @@ pub struct Metadata {
     /// before it was: old readers skip it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
+    /// Which file of a ring (`record --rotate`) this is: absent in a recording of one
+    /// file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<Part>,
+}
+
+/// One file of a recording kept as a ring of files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// 1 for the first file of the recording, then one more for each.
+    pub seq: u32,
+    /// Monotonic time this file began (the recording's start for the first).
+    pub started_ns: u64,
 }
 
 /// A socket holding a port at start, as stored in a `HELD` block.
@@ -171,10 +218,38 @@ pub struct TraceWriter<W: Write> {
     out: W,
     /// Raw records waiting for the next `EVENTS` block.
     pending: Vec<u8>,
+    /// One context for every block (zstd's allocations are made once).
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    /// The block being written: head and stored payload, one `write_all`.
+    frame: Vec<u8>,
+    /// A payload compressed.
+    packed: Vec<u8>,
+    /// Payload bytes given and bytes written (header included).
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 impl<W: Write> TraceWriter<W> {
-    pub fn new(mut out: W, meta: &Metadata) -> io::Result<Self> {
+    /// A trace whose blocks are compressed as [`Compression::DEFAULT`] says.
+    pub fn new(out: W, meta: &Metadata) -> io::Result<Self> {
+        Self::with_compression(out, meta, Compression::DEFAULT)
+    }
+
+    pub fn with_compression(
+        mut out: W,
+        meta: &Metadata,
+        compression: Compression,
+    ) -> io::Result<Self> {
+        let compressor = match compression {
+            Compression::None => None,
+            Compression::Zstd(level) => {
+                let mut c = zstd::bulk::Compressor::new(level)?;
+                // The reader sizes its buffer by it, and refuses frames without it.
+                c.include_contentsize(true)?;
+                c.include_checksum(false)?;
+                Some(c)
+            }
+        };
         let json = serde_json::to_vec(meta).expect("metadata serializes");
         let mut h = Vec::with_capacity(json.len() + 20);
         h.extend_from_slice(&VERSION.to_le_bytes());
@@ -188,6 +263,11 @@ impl<W: Write> TraceWriter<W> {
         Ok(TraceWriter {
             out,
             pending: Vec::with_capacity(1 << 20),
+            compressor,
+            frame: Vec::new(),
+            packed: Vec::new(),
+            bytes_in: 0,
+            bytes_out: (MAGIC.len() + h.len() + 4) as u64,
         })
     }
 
@@ -202,18 +282,41 @@ impl<W: Write> TraceWriter<W> {
     }
 
     fn block(&mut self, tag: Tag, payload: &[u8]) -> io::Result<()> {
-        let mut head = [0u8; 12];
-        head[0] = tag as u8;
-        head[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        let frame = &mut self.frame;
+        frame.clear();
+        frame.resize(12, 0);
+        let mut encoding = Encoding::Raw;
+        if let Some(c) = self
+            .compressor
+            .as_mut()
+            .filter(|_| payload.len() >= MIN_COMPRESSED)
+        {
+            // (A Vec is written from its start, so not in `frame` after the head.)
+            let packed = &mut self.packed;
+            packed.clear();
+            packed.reserve(zstd::zstd_safe::compress_bound(payload.len()));
+            c.compress_to_buffer(payload, packed)?;
+            if packed.len() < payload.len() {
+                encoding = Encoding::Zstd;
+                frame.extend_from_slice(packed);
+            }
+        }
+        if encoding == Encoding::Raw {
+            frame.extend_from_slice(payload);
+        }
+        let stored = (frame.len() - 12) as u32;
+        frame[0] = tag as u8;
+        frame[1] = encoding as u8;
+        frame[4..8].copy_from_slice(&stored.to_le_bytes());
         let mut crc = crc32fast::Hasher::new();
-        crc.update(&head[..8]);
-        crc.update(payload);
-        head[8..12].copy_from_slice(&crc.finalize().to_le_bytes());
+        crc.update(&frame[..8]);
+        crc.update(&frame[12..]);
+        let crc = crc.finalize().to_le_bytes();
+        frame[8..12].copy_from_slice(&crc);
+        self.bytes_in += payload.len() as u64;
+        self.bytes_out += frame.len() as u64;
         // One write for the whole block: a crash cuts at most this block.
-        let mut all = Vec::with_capacity(12 + payload.len());
-        all.extend_from_slice(&head);
-        all.extend_from_slice(payload);
-        self.out.write_all(&all)
+        self.out.write_all(frame)
     }
 
     /// Writes the records pushed since the last block as one `EVENTS` block.
@@ -392,6 +495,54 @@ pub enum Block {
     End(Option<u64>),
 }
 
+/// What a replay reads blocks from: one trace ([`TraceReader`]), or the files of one
+/// recording in order ([`set::TraceSet`]).
+pub trait Blocks {
+    fn meta(&self) -> &Metadata;
+    /// The format version.
+    fn version(&self) -> u16;
+    /// The next block; `Ok(None)` at the end.
+    fn next_block(&mut self) -> Result<Option<Block>, TraceError>;
+    /// Bytes read intact so far (of the file being read).
+    fn good_bytes(&self) -> u64;
+}
+
+impl<B: Blocks + ?Sized> Blocks for &mut B {
+    fn meta(&self) -> &Metadata {
+        (**self).meta()
+    }
+
+    fn version(&self) -> u16 {
+        (**self).version()
+    }
+
+    fn next_block(&mut self) -> Result<Option<Block>, TraceError> {
+        (**self).next_block()
+    }
+
+    fn good_bytes(&self) -> u64 {
+        (**self).good_bytes()
+    }
+}
+
+impl<R: Read> Blocks for TraceReader<R> {
+    fn meta(&self) -> &Metadata {
+        &self.meta
+    }
+
+    fn version(&self) -> u16 {
+        self.version
+    }
+
+    fn next_block(&mut self) -> Result<Option<Block>, TraceError> {
+        TraceReader::next_block(self)
+    }
+
+    fn good_bytes(&self) -> u64 {
+        self.offset
+    }
+}
+
 /// Reads a trace block by block.
 pub struct TraceReader<R: Read> {
     r: R,
@@ -402,6 +553,8 @@ pub struct TraceReader<R: Read> {
     pub version: u16,
     /// How its records are laid out.
     layout: Layout,
+    /// For zstd payloads, made at the first.
+    decompressor: Option<zstd::bulk::Decompressor<'static>>,
 }
 
 /// Reads exactly `buf.len()` bytes; `Ok(false)` at a clean end of input before any byte.
@@ -508,6 +661,7 @@ impl<R: Read> TraceReader<R> {
             meta,
             version,
             layout,
+            decompressor: None,
         })
     }
 
@@ -532,6 +686,18 @@ impl<R: Read> TraceReader<R> {
         if crc.finalize() != u32::from_le_bytes(head[8..12].try_into().expect("4 bytes")) {
             return Err(corrupt("block checksum mismatch".into()));
         }
+        // Versions before 6 wrote 0 there and never read it.
+        let encoding = if self.version >= ENCODED_SINCE {
+            head[1]
+        } else {
+            0
+        };
+        let payload = match encoding {
+            0 => payload,
+            1 => self.decompress(&payload).map_err(corrupt)?,
+            e => return Err(corrupt(format!("unknown block encoding {e}"))),
+        };
+        let len = payload.len();
         let block = match tag {
             Tag::Events => {
                 check_framing(&payload, self.layout).map_err(corrupt)?;
@@ -582,8 +748,34 @@ impl<R: Read> TraceReader<R> {
         };
         // Only now: a block whose checksum holds but whose payload does not parse is
         // damage, and `offset` must keep pointing at it (what a reader reports as good).
-        self.offset = at + 12 + len as u64;
+        self.offset =
+            at + 12 + u64::from(u32::from_le_bytes(head[4..8].try_into().expect("4 bytes")));
         Ok(Some(block))
+    }
+
+    /// A zstd payload's content: at most [`MAX_BLOCK`] bytes, as long as its frame says
+    /// (a frame that claims more, or less than it holds, is damage, not an allocation).
+    fn decompress(&mut self, frame: &[u8]) -> Result<Vec<u8>, String> {
+        let size = match zstd::zstd_safe::get_frame_content_size(frame) {
+            Ok(Some(size)) if size <= u64::from(MAX_BLOCK) => size as usize,
+            Ok(Some(size)) => return Err(format!("compressed block of {size} bytes")),
+            Ok(None) | Err(_) => return Err("compressed block without its size".into()),
+        };
+        if self.decompressor.is_none() {
+            self.decompressor =
+                Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
+        }
+        let d = self.decompressor.as_mut().expect("made above");
+        let mut out = Vec::with_capacity(size);
+        let got = d
+            .decompress_to_buffer(frame, &mut out)
+            .map_err(|e| format!("compressed block: {e}"))?;
+        if got != size {
+            return Err(format!(
+                "compressed block of {got} bytes, its frame says {size}"
+            ));
+        }
+        Ok(out)
     }
 }
 

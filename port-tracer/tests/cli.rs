@@ -212,6 +212,7 @@ fn trace_holding_one_listener_ending(path: &std::path::Path, end_mark: bool) {
     };
     let meta = Metadata {
         boot_id: None,
+        part: None,
         host: "h".into(),
         kernel_release: "6.18.0".into(),
         tier: "tracepoint".into(),

@@ -3353,3 +3353,249 @@ fn live_lifetimes_name_the_host_and_its_boot() {
         assert!(ev.get("host").is_none(), "{ev}");
     }
 }
+
+/// `n` loopback TCP connections, each closed by the client first (its port then waits in
+/// TIME_WAIT: four events a connection) or reset (`rst`).
+fn connections(n: usize, rst: bool) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    for _ in 0..n {
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (a, _) = l.accept().unwrap();
+        if rst {
+            reset_close(c);
+        } else {
+            drop(c);
+        }
+        drop(a);
+    }
+}
+
+/// A `port-tracer record` running, and what it writes to stderr after it traces.
+struct Recorder(
+    std::process::Child,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+);
+
+/// Starts `port-tracer record ARGS` (tier as the VM matrix sets it), waits until it traces.
+fn start_recorder(args: &[&std::ffi::OsStr]) -> Recorder {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_port-tracer"));
+    cmd.arg("record").args(args);
+    if let Ok(tier) = std::env::var("PORT_TRACER_TEST_ATTACH") {
+        cmd.args(["--attach", &tier]);
+    }
+    let mut child = cmd
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start port-tracer record");
+    let (_, later) = wait_until_tracing_keeping(&mut child);
+    Recorder(child, later)
+}
+
+/// Stops a recorder with SIGINT; its last stderr line (what it recorded).
+fn stop_recorder(mut r: Recorder) -> String {
+    unsafe { libc::kill(r.0.id() as i32, libc::SIGINT) };
+    let status = r.0.wait().unwrap();
+    // The stderr reader ends with the process; give it a moment to take the last lines.
+    std::thread::sleep(Duration::from_millis(100));
+    let lines = r.1.lock().unwrap().clone();
+    assert!(status.success(), "{lines:#?}");
+    lines.last().cloned().unwrap_or_default()
+}
+
+/// What identifies a lifetime in two outputs of the same events, with its times when
+/// `times` (the same programs' clock: not across two tracers).
+fn lifetime_keys(t: &Trace, times: bool) -> Vec<String> {
+    let mut keys: Vec<String> = t
+        .of_type("lifetime")
+        .map(|l| {
+            let (a, r) = if times {
+                (l["assigned_ns"].to_string(), l["released_ns"].to_string())
+            } else {
+                (String::new(), l["released_ns"].is_null().to_string())
+            };
+            format!(
+                "{} {} {} {} {} {a} {r}",
+                l["proto"], l["lport"], l["rport"], l["origin"], l["pid"]
+            )
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn compressed_traces_take_under_100_bytes_a_tcp_connection() {
+    require_root!();
+    let dir = std::env::temp_dir().join(format!("port-tracer-zstd-{}", my_pid()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let (zstd, raw) = (dir.join("zstd.ptrace"), dir.join("raw.ptrace"));
+    // Both recorders see the same connections: only the storage differs.
+    let a = start_recorder(&["-o".as_ref(), zstd.as_os_str()]);
+    let b = start_recorder(&[
+        "-o".as_ref(),
+        raw.as_os_str(),
+        "--compression".as_ref(),
+        "none".as_ref(),
+    ]);
+    const N: usize = 5000;
+    connections(N, false);
+    let (said_a, said_b) = (stop_recorder(a), stop_recorder(b));
+    let (z, r) = (
+        std::fs::metadata(&zstd).unwrap().len(),
+        std::fs::metadata(&raw).unwrap().len(),
+    );
+    let per_connection = z as f64 / N as f64;
+    eprintln!(
+        "{said_a}\n{said_b}\nper connection: {per_connection:.1} B compressed, {:.1} B not",
+        r as f64 / N as f64
+    );
+    assert!(
+        per_connection <= 100.0,
+        "{per_connection} bytes a connection: {said_a}"
+    );
+    assert!(z * 3 < r, "{z} compressed, {r} not");
+    assert!(said_a.contains("compressed"), "{said_a}");
+    // Both read to the same lifetimes.
+    assert_eq!(
+        lifetime_keys(&my_report(&zstd), false),
+        lifetime_keys(&my_report(&raw), false)
+    );
+    let t = my_report(&zstd);
+    assert!(
+        t.of_type("lifetime").count() >= 2 * N,
+        "{}",
+        t.of_type("lifetime").count()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn live_record_keeps_a_ring_that_reports_as_the_live_output() {
+    require_root!();
+    let dir = std::env::temp_dir().join(format!("port-tracer-ring-{}", my_pid()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let pid = my_pid().to_string();
+    let d = dir.to_str().unwrap();
+    let tracer = Tracer::start_with(&[
+        "--pid", &pid, "--record", d, "--rotate", "16K", "--keep", "1000",
+    ]);
+    connections(3000, true);
+    let live = tracer.stop();
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(files.len() >= 3, "{files:?}");
+    assert!(
+        live.stderr
+            .iter()
+            .any(|l| l.contains(&format!("{} files, 0 rotated away", files.len()))),
+        "{:#?}",
+        live.stderr
+    );
+    let ring = my_report(&dir);
+    assert!(
+        ring.stderr.iter().any(|l| l.contains(&format!(
+            "{} files of one recording (parts 1 to {})",
+            files.len(),
+            files.len()
+        ))),
+        "{:#?}",
+        ring.stderr
+    );
+    let keys = lifetime_keys(&live, true);
+    assert!(keys.len() >= 6000, "{}", keys.len());
+    assert_eq!(keys, lifetime_keys(&ring, true));
+    assert_eq!(live.summary()["counters"], ring.summary()["counters"]);
+    // The files named one by one, in any order, are the same trace.
+    let mut shuffled = files.clone();
+    shuffled.reverse();
+    let mut args: Vec<&std::ffi::OsStr> = shuffled.iter().map(|p| p.as_os_str()).collect();
+    args.extend(["--format", "jsonl", "--pid", &pid].map(std::ffi::OsStr::new));
+    let out = report(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), {
+        let whole = report(&[
+            dir.as_os_str(),
+            "--format".as_ref(),
+            "jsonl".as_ref(),
+            "--pid".as_ref(),
+            pid.as_ref(),
+        ]);
+        whole.stdout.len()
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn record_rotate_keeps_the_newest_files_and_says_what_is_gone() {
+    require_root!();
+    let dir = std::env::temp_dir().join(format!("port-tracer-keep-{}", my_pid()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let rec = start_recorder(
+        &["-o", dir.to_str().unwrap(), "--rotate", "8K", "--keep", "2"].map(std::ffi::OsStr::new),
+    );
+    connections(3000, true);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let last = l.local_addr().unwrap().port();
+    drop(l);
+    let said = stop_recorder(rec);
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?} ({said})");
+    let rotated: u64 = said
+        .split("files, ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(rotated >= 1, "{said}");
+    let first_seq: u64 = files[0][files[0].len() - 13..files[0].len() - 7]
+        .parse()
+        .unwrap();
+    assert_eq!(first_seq, rotated + 1, "{files:?} {said}");
+    let t = my_report(&dir);
+    let line = t.stderr.join("\n");
+    let gone = if first_seq == 2 {
+        "part 1 was rotated away".to_string()
+    } else {
+        format!("parts 1 to {} were rotated away", first_seq - 1)
+    };
+    assert!(line.contains(&gone), "{line}");
+    assert!(
+        line.contains(&format!("parts {first_seq} to {}", first_seq + 1)),
+        "{line}"
+    );
+    // The newest socket is there, and the oldest connections are not.
+    assert_eq!(t.lifetime("tcp", last)["origin"], "bind_ephemeral");
+    assert!(t.of_type("lifetime").count() < 6000);
+    // A part named alone reads alone, saying what is missing.
+    let out = report(&[
+        dir.join(&files[1]).as_os_str(),
+        "--format".as_ref(),
+        "jsonl".as_ref(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains(&format!("file {} of its recording", first_seq + 1)));
+    // Files of two recordings are refused, naming both.
+    let other = std::env::temp_dir().join(format!("port-tracer-keep-other-{}.ptrace", my_pid()));
+    record_while(&other, || ());
+    let out = report(&[dir.as_os_str(), other.as_os_str()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("files of two recordings"));
+    std::fs::remove_file(&other).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -5,6 +5,7 @@
 
 pub mod backlog;
 pub mod record;
+pub mod recorder;
 
 use std::{
     io::{self, IsTerminal},
@@ -62,6 +63,8 @@ pub struct LiveConfig {
     pub backlog_bytes: Option<usize>,
     /// The host's name on lifetime rows (None: its hostname).
     pub host: Option<String>,
+    /// Also write the raw records to a trace (`--record`), as `record` would.
+    pub record: Option<recorder::RecordTarget>,
 }
 
 /// Records that may wait for a terminal: more than anyone reads before the summary.
@@ -97,6 +100,10 @@ struct Drain {
     ranges: RangeFinder,
     /// Owners' cgroups, resolved as they first appear (while they likely still exist).
     cgroups: Noter,
+    /// `--record`: the same records to a trace, until it fails.
+    recorder: Option<recorder::Recorder>,
+    /// Why the recording stopped, if it failed.
+    record_error: Option<anyhow::Error>,
 }
 
 impl Drain {
@@ -107,15 +114,45 @@ impl Drain {
                 // Before the record reaches the analyses: their groups take the range
                 // they find when they begin.
                 if let Some(r) = self.ranges.find(o.netns, o.pid, o.tid) {
+                    if let Some(rec) = &mut self.recorder {
+                        let done = rec.range(r.clone());
+                        self.recorded(done);
+                    }
                     self.backlog.push_note(Note::Range(r));
                 }
             }
             // Before the record reaches the printers, which name it.
             if self.cgroups.note(o.cgroup_id, o.tid) {
-                self.cgroups.table.take_new(); // only a recording writes them down
+                let new = self.cgroups.table.take_new();
+                if let Some(rec) = &mut self.recorder {
+                    let done = rec.cgroups(new);
+                    self.recorded(done);
+                }
             }
         }
+        if let Some(rec) = &mut self.recorder {
+            let done = rec.push(bytes);
+            self.recorded(done);
+        }
         self.backlog.push_record(bytes);
+    }
+
+    /// A recording that fails stops, said at once; tracing goes on, and the run ends in
+    /// the error.
+    fn recorded(&mut self, done: io::Result<()>) {
+        if let Err(e) = done {
+            let rec = self.recorder.take().expect("recording");
+            let e = anyhow::Error::new(e).context(rec.writing());
+            eprintln!("port-tracer: the recording stopped: {e:#}; tracing goes on");
+            self.record_error = Some(e);
+        }
+    }
+
+    fn tick_recording(&mut self, lost: &[u64]) {
+        if let Some(rec) = &mut self.recorder {
+            let done = rec.tick(lost);
+            self.recorded(done);
+        }
     }
 
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
@@ -326,6 +363,11 @@ pub async fn run_with(config: LiveConfig, screen: Option<Feed>) -> Result<()> {
     // The output before the programs: a refused path costs no loading.
     privileges::check_load()?;
     let cgroups = host_cgroups(&config.runtime_state)?;
+    let recording = config
+        .record
+        .clone()
+        .map(recorder::Opened::open)
+        .transpose()?;
     let (printer, created) = match screen {
         None => {
             let run = RunInfo::this_host(config.host.clone());
@@ -341,14 +383,22 @@ pub async fn run_with(config: LiveConfig, screen: Option<Feed>) -> Result<()> {
         mut ring,
         lost: mut lost_counters,
         held_at_start,
-    } = Traced::start(&config.load).inspect_err(|_| {
-        if let Some(c) = created {
-            c.remove_if_empty()
+    } = match Traced::start(&config.load) {
+        Ok(t) => t,
+        Err(e) => {
+            if let Some(c) = created {
+                c.remove_if_empty()
+            }
+            if let Some(r) = recording {
+                r.abandon()
+            }
+            return Err(e);
         }
-    })?;
+    };
     warn_if_absent(config.rebuild.filter.netns);
     let mut ranges = RangeFinder::new()?;
     let held_ranges = held_ranges(&mut ranges, &held_at_start);
+    let record_meta = record::metadata(config.host.clone(), &kernel.tier, held_ranges.clone());
     // Before the output's and the rebuild's threads start: they take the capabilities
     // their creator has.
     drop_privileges()?;
@@ -382,7 +432,11 @@ pub async fn run_with(config: LiveConfig, screen: Option<Feed>) -> Result<()> {
     for h in &held_at_start {
         live.cgroups.note(h.owner.cgroup_id);
     }
-    live.cgroups.take_new(); // only a recording writes them down
+    let held_cgroups = live.cgroups.take_new();
+    let recorder = match recording {
+        Some(r) => Some(r.start(record_meta, &held_at_start, held_cgroups)?),
+        None => None,
+    };
     live.engine.set_held_at_start(held_at_start);
     live.publisher = metrics_listener
         .map(|listener| Publisher::serve(listener, live.metrics_snapshot(&[0; lost::NAMES.len()])));
@@ -394,6 +448,8 @@ pub async fn run_with(config: LiveConfig, screen: Option<Feed>) -> Result<()> {
         backlog: tx,
         ranges,
         cgroups: Noter::new(cgroups),
+        recorder,
+        record_error: None,
     };
     let stop_rebuild = Arc::new(AtomicBool::new(false));
     let rebuilder = {
@@ -424,6 +480,7 @@ pub async fn run_with(config: LiveConfig, screen: Option<Feed>) -> Result<()> {
             _ = tick.tick() => {
                 drain.drain(ring.get_mut());
                 let lost = lost_counters.read();
+                drain.tick_recording(&lost);
                 let backlog_full = drain.backlog.dropped();
                 drain.backlog.push_note(Note::Tick { now_ns: monotonic_ns(), lost, backlog_full });
             }
@@ -439,14 +496,34 @@ pub async fn run_with(config: LiveConfig, screen: Option<Feed>) -> Result<()> {
     drain.drain(ring.get_mut());
     let lost = lost_counters.read();
     let backlog_full = drain.backlog.dropped();
+    let end_ns = monotonic_ns();
     drain.backlog.push_note(Note::End {
-        end_ns: monotonic_ns(),
+        end_ns,
         lost,
         backlog_full,
     });
     let Drain {
-        backlog, ranges, ..
+        backlog,
+        ranges,
+        recorder,
+        mut record_error,
+        ..
     } = drain;
+    if let Some(rec) = recorder {
+        let writing = rec.writing();
+        match rec.finish(&lost, end_ns) {
+            Ok(done) => eprintln!(
+                "port-tracer: recorded {} events to {}{}",
+                done.records,
+                config
+                    .record
+                    .as_ref()
+                    .map_or(String::new(), |t| t.path.display().to_string()),
+                done.describe()
+            ),
+            Err(e) => record_error = Some(anyhow::Error::new(e).context(writing)),
+        }
+    }
     drop(backlog);
     // While the rebuild thread works through what is left.
     kernel.detach();
@@ -460,7 +537,11 @@ pub async fn run_with(config: LiveConfig, screen: Option<Feed>) -> Result<()> {
              read ({why}): its occupancy counts every port"
         );
     }
-    config.output.result(error)
+    config.output.result(error)?;
+    match record_error {
+        Some(e) => Err(e.context("the recording stopped early (the trace reads up to there)")),
+        None => Ok(()),
+    }
 }
 
 /// Signals that end a run cleanly, installed before saying we trace.

@@ -2,32 +2,34 @@
 //! ([`crate::trace_file`]) instead of rebuilt: the cheapest path per event; `report` does
 //! the rebuilding later, anywhere.
 
-use std::{io::BufWriter, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use port_tracer_common::lost;
 
-use super::{announce, deadline, drop_privileges, held_ranges, warn_if_absent, Stop, Traced};
+use super::{
+    announce, deadline, drop_privileges, held_ranges,
+    recorder::{Opened, RecordTarget, Recorded, Recorder},
+    warn_if_absent, Stop, Traced,
+};
 use crate::{
     cgroups::Noter,
     clock::monotonic_ns,
     event::{record_owner, Event},
     filter::Filter,
     kernel::{self, ranges::RangeFinder, LoadOptions},
-    output::{file, RunInfo, WallClock},
-    trace_file::{Metadata, TraceWriter, RECORD_SIZE_VARIABLE},
+    output::{RunInfo, WallClock},
+    trace_file::{Metadata, RECORD_SIZE_VARIABLE},
 };
 
 /// What `record` does.
 #[derive(Clone, Debug)]
 pub struct RecordConfig {
-    /// The trace file to write.
-    pub output: PathBuf,
+    /// Where the trace goes.
+    pub target: RecordTarget,
     /// Stop after this long (else at SIGINT or SIGTERM).
     pub duration: Option<Duration>,
-    /// Replace an existing trace file.
-    pub force: bool,
     /// Record only the sockets this selects (None: all).
     pub keep: Option<Filter>,
     pub load: LoadOptions,
@@ -39,96 +41,92 @@ pub struct RecordConfig {
     pub host: Option<String>,
 }
 
-/// Records waiting in memory are written as a block once they reach this size, between
-/// the timer's flushes.
-const BLOCK_BYTES: usize = 4 << 20;
+/// The trace's header for a recording starting now on this host.
+pub(crate) fn metadata(
+    host: Option<String>,
+    tier: &kernel::Tier,
+    port_ranges: Vec<crate::trace_file::PortRange>,
+) -> Metadata {
+    let run = RunInfo::this_host(host);
+    Metadata {
+        host: run.host.unwrap_or_default(),
+        boot_id: run.boot_id,
+        kernel_release: kernel::kernel_release(),
+        tier: tier.to_string(),
+        port_tracer_version: env!("CARGO_PKG_VERSION").into(),
+        record_size: RECORD_SIZE_VARIABLE,
+        lost_reasons: lost::NAMES.iter().map(|n| n.to_string()).collect(),
+        realtime_offset_ns: WallClock::now().offset_ns as i64,
+        started_ns: monotonic_ns(),
+        port_ranges,
+        part: None,
+    }
+}
 
 /// Records until a signal or the deadline.
 pub async fn run(args: RecordConfig) -> Result<()> {
     // The file before the programs: a refused path costs no loading.
     kernel::privileges::check_load()?;
     let mut cgroups = Noter::new(super::host_cgroups(&args.runtime_state)?);
-    let path = &args.output;
-    let file = file::create(path, args.force, "trace file")?;
-    let created = file::Created::of(path, &file);
-    let traced = Traced::start(&args.load).inspect_err(|_| {
-        if let Some(c) = created {
-            c.remove_if_empty()
+    let opened = Opened::open(args.target.clone())?;
+    let traced = match Traced::start(&args.load) {
+        Ok(t) => t,
+        Err(e) => {
+            opened.abandon();
+            return Err(e);
         }
-    })?;
+    };
     warn_if_absent(args.keep.as_ref().and_then(|f| f.netns));
     let (kernel, mut ring, mut lost_counters) = (traced.kernel, traced.ring, traced.lost);
     let held_at_start = traced.held_at_start;
 
-    let writing = || format!("writing to {}", path.display());
     let mut finder = RangeFinder::new()?;
     let keep = args.keep.as_ref();
-    let run = RunInfo::this_host(args.host.clone());
-    let meta = Metadata {
-        host: run.host.unwrap_or_default(),
-        boot_id: run.boot_id,
-        kernel_release: kernel::kernel_release(),
-        tier: kernel.tier.to_string(),
-        port_tracer_version: env!("CARGO_PKG_VERSION").into(),
-        record_size: RECORD_SIZE_VARIABLE,
-        lost_reasons: lost::NAMES.iter().map(|n| n.to_string()).collect(),
-        realtime_offset_ns: WallClock::now().offset_ns as i64,
-        started_ns: monotonic_ns(),
-        port_ranges: held_ranges(&mut finder, &held_at_start),
-    };
+    let meta = metadata(
+        args.host.clone(),
+        &kernel.tier,
+        held_ranges(&mut finder, &held_at_start),
+    );
     drop_privileges()?;
-    let mut w = TraceWriter::new(BufWriter::with_capacity(BLOCK_BYTES, file), &meta)
-        .with_context(writing)?;
     // Their owners' cgroups first, which no record will name.
     for h in &held_at_start {
         cgroups.note(h.owner.cgroup_id, h.owner.tid);
     }
-    let named = cgroups.table.take_new();
-    if !named.is_empty() {
-        w.write_cgroups(&named).with_context(writing)?;
-    }
-    w.write_held(&held_at_start).with_context(writing)?;
-    w.flush().with_context(writing)?;
+    let mut rec = opened.start(meta, &held_at_start, cgroups.table.take_new())?;
 
     let mut stop = Stop::install()?;
-    announce(&kernel, &format!(", recording to {}", path.display()));
+    announce(
+        &kernel,
+        &format!(", recording to {}", args.target.path.display()),
+    );
     let deadline = deadline(args.duration);
     tokio::pin!(deadline);
     let mut tick = tokio::time::interval(args.drain.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut records, mut lost_written) = (0u64, [0u64; lost::COUNT as usize]);
 
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                records += take(guard.get_inner_mut(), &mut w, &mut finder, &mut cgroups, keep).with_context(writing)?;
+                take(guard.get_inner_mut(), &mut rec, &mut finder, &mut cgroups, keep)
+                    .with_context(|| rec.writing())?;
                 guard.clear_ready();
-                if w.pending_bytes() >= BLOCK_BYTES {
-                    w.write_events().with_context(writing)?;
-                }
             }
             _ = tick.tick() => {
-                records += take(ring.get_mut(), &mut w, &mut finder, &mut cgroups, keep).with_context(writing)?;
-                w.write_events().with_context(writing)?;
-                let lost_now = lost_counters.read();
-                if lost_now != lost_written {
-                    w.write_lost(&lost_now).with_context(writing)?;
-                    lost_written = lost_now;
-                }
-                // Flushed every tick: a crash loses at most this tick's records.
-                w.flush().with_context(writing)?;
+                take(ring.get_mut(), &mut rec, &mut finder, &mut cgroups, keep)
+                    .and_then(|()| rec.tick(&lost_counters.read()))
+                    .with_context(|| rec.writing())?;
             }
             _ = stop.wait() => break,
             _ = &mut deadline => break,
         }
     }
 
-    records +=
-        take(ring.get_mut(), &mut w, &mut finder, &mut cgroups, keep).with_context(writing)?;
+    take(ring.get_mut(), &mut rec, &mut finder, &mut cgroups, keep)
+        .with_context(|| rec.writing())?;
     let lost_now = lost_counters.read();
-    w.write_lost(&lost_now).with_context(writing)?;
-    w.finish(monotonic_ns()).with_context(writing)?;
+    let writing = rec.writing();
+    let done = rec.finish(&lost_now, monotonic_ns()).context(writing)?;
     kernel.detach();
     for (netns, why) in finder.unreadable() {
         eprintln!(
@@ -138,22 +136,46 @@ pub async fn run(args: RecordConfig) -> Result<()> {
     }
     let lost_total: u64 = lost_now.iter().sum();
     eprintln!(
-        "port-tracer: recorded {records} events to {}; lost {lost_total}",
-        path.display()
+        "port-tracer: recorded {} events to {}{}; lost {lost_total}",
+        done.records,
+        args.target.path.display(),
+        done.describe()
     );
     Ok(())
 }
 
-/// Moves what the ring buffer holds (what `keep` matches) to the trace, each namespace's
-/// range and each cgroup's path before its first record; returns how many records.
-fn take<W: std::io::Write>(
+impl Recorded {
+    /// ` (N bytes, B per event, compressed Rx; F files, K rotated away)`.
+    pub fn describe(&self) -> String {
+        let mut s = format!(" ({} bytes", self.bytes_out);
+        if self.records > 0 {
+            s += &format!(
+                ", {:.1} per event",
+                self.bytes_out as f64 / self.records as f64
+            );
+        }
+        if self.bytes_out > 0 && self.bytes_in > self.bytes_out {
+            s += &format!(
+                ", compressed {:.1}x",
+                self.bytes_in as f64 / self.bytes_out as f64
+            );
+        }
+        if self.parts > 1 || self.removed > 0 {
+            s += &format!("; {} files, {} rotated away", self.parts, self.removed);
+        }
+        s + ")"
+    }
+}
+
+/// Moves what the ring buffer holds (what `keep` matches) to the recording, each
+/// namespace's range and each cgroup's path before its first record.
+fn take(
     ring: &mut RingBuf<MapData>,
-    w: &mut TraceWriter<W>,
+    rec: &mut Recorder,
     finder: &mut RangeFinder,
     cgroups: &mut Noter,
     keep: Option<&Filter>,
-) -> std::io::Result<u64> {
-    let mut n = 0;
+) -> std::io::Result<()> {
     while let Some(item) = ring.next() {
         if let Some(f) = keep {
             // Undecodable records are kept: `report` counts them.
@@ -165,15 +187,14 @@ fn take<W: std::io::Write>(
             // Releases and TIME_WAIT events carry no task: a later event names where to look.
             if o.pid != 0 && !finder.tried(o.netns) {
                 if let Some(range) = finder.find(o.netns, o.pid, o.tid) {
-                    w.write_ranges(&[range])?;
+                    rec.range(range)?;
                 }
             }
             if cgroups.note(o.cgroup_id, o.tid) {
-                w.write_cgroups(&cgroups.table.take_new())?;
+                rec.cgroups(cgroups.table.take_new())?;
             }
         }
-        w.push_record(&item);
-        n += 1;
+        rec.push(&item)?;
     }
-    Ok(n)
+    Ok(())
 }

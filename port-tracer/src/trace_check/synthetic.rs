@@ -142,6 +142,7 @@ fn held_socket(d: &mut Draw) -> HeldAtStart {
 fn metadata() -> Metadata {
     Metadata {
         boot_id: None,
+        part: None,
         host: "fuzz".into(),
         kernel_release: "6.18.0".into(),
         tier: "tracepoint".into(),

@@ -6,6 +6,7 @@ use crate::event::{Comm, Kind};
 fn meta() -> Metadata {
     Metadata {
         boot_id: None,
+        part: None,
         host: "h".into(),
         kernel_release: "6.1.0".into(),
         tier: "tracepoint".into(),
@@ -196,7 +197,7 @@ fn foreign_and_newer_files_are_refused() {
     let w = TraceWriter::new(Vec::new(), &other_size).unwrap();
     let e = TraceReader::new(&w.out[..]).err().unwrap().to_string();
     assert!(
-        e.contains("record size 96 in the metadata, version 5 traces have 0"),
+        e.contains("record size 96 in the metadata, version 6 traces have 0"),
         "{e}"
     );
 }
@@ -313,7 +314,7 @@ fn older_traces_are_read_in_their_own_layout() {
         } else {
             0
         };
-        let mut w = TraceWriter::new(Vec::new(), &old).unwrap();
+        let mut w = TraceWriter::with_compression(Vec::new(), &old, Compression::None).unwrap();
         w.push_record(&rec.bytes()[..size]);
         w.push_record(&rec.bytes()[..size]);
         w.finish(7).unwrap();
@@ -349,4 +350,80 @@ fn older_traces_are_read_in_their_own_layout() {
             "{e}"
         );
     }
+}
+
+#[test]
+fn blocks_are_compressed_and_version_5_still_reads() {
+    let compressed = sample();
+    let mut w = TraceWriter::with_compression(Vec::new(), &meta(), Compression::None).unwrap();
+    w.write_held(&[held()]).unwrap();
+    w.push_record(&record(1));
+    w.write_ranges(&[range()]).unwrap();
+    w.push_record(&record(2));
+    w.write_cgroups(&[cgroup()]).unwrap();
+    w.write_lost(&[0, 3]).unwrap();
+    w.push_record(&record(3));
+    w.finish(99).unwrap();
+    let raw = w.out;
+    assert!(
+        compressed.len() < raw.len(),
+        "{} >= {}",
+        compressed.len(),
+        raw.len()
+    );
+    // The same blocks either way.
+    assert_eq!(read_all(&compressed).0.unwrap(), read_all(&raw).0.unwrap());
+    // Version 5 wrote every payload as it is, the byte after the tag 0: read as before.
+    let mut v5 = raw.clone();
+    v5[8..10].copy_from_slice(&5u16.to_le_bytes());
+    let v5 = crate::trace_check::repair_checksums(&v5);
+    let (blocks, end) = read_all(&v5);
+    assert_eq!(blocks.unwrap(), read_all(&raw).0.unwrap());
+    assert_eq!(end, v5.len() as u64);
+}
+
+/// The first block of a trace whose only block is `payload`, stored with `encoding`.
+fn one_block(encoding: u8, payload: &[u8]) -> Result<Option<Block>, TraceError> {
+    let w = TraceWriter::with_compression(Vec::new(), &meta(), Compression::None).unwrap();
+    let mut bytes = w.out;
+    let mut head = [Tag::Events as u8, encoding, 0, 0, 0, 0, 0, 0];
+    head[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&head);
+    crc.update(payload);
+    bytes.extend_from_slice(&head);
+    bytes.extend_from_slice(&crc.finalize().to_le_bytes());
+    bytes.extend_from_slice(payload);
+    let mut r = TraceReader::new(&bytes[..]).unwrap();
+    r.next_block()
+}
+
+#[test]
+fn compressed_blocks_that_lie_are_corrupt() {
+    let records: Vec<u8> = [record(1), record(2)].concat();
+    let frame = zstd::bulk::compress(&records, 1).unwrap();
+    assert_eq!(
+        one_block(1, &frame).unwrap(),
+        Some(Block::Events(Records::current(records.clone())))
+    );
+    let what = |r: Result<Option<Block>, TraceError>| match r {
+        Err(TraceError::Corrupt { what, .. }) => what,
+        other => panic!("not corrupt: {other:?}"),
+    };
+    // An encoding this version does not know.
+    assert!(what(one_block(2, &frame)).contains("unknown block encoding 2"));
+    // Not zstd at all.
+    assert!(what(one_block(1, &records)).contains("compressed block"));
+    // A frame cut short, and one whose content is not whole records.
+    assert!(what(one_block(1, &frame[..frame.len() - 3])).contains("compressed block"));
+    let half = zstd::bulk::compress(&records[..records.len() - 5], 1).unwrap();
+    assert!(what(one_block(1, &half)).contains("record of"));
+    // A frame that claims more than a block may hold is refused before any allocation.
+    // (A frame header by hand: magic, single segment with an 8-byte content size, then
+    // one empty last raw block.)
+    let claimed = u64::from(MAX_BLOCK) + 1;
+    let mut huge = vec![0x28, 0xb5, 0x2f, 0xfd, 0xe0];
+    huge.extend_from_slice(&claimed.to_le_bytes());
+    huge.extend_from_slice(&[1, 0, 0]);
+    assert!(what(one_block(1, &huge)).contains(&format!("compressed block of {claimed} bytes")));
 }
