@@ -47,6 +47,7 @@ pub fn run(config: ReportConfig) -> Result<()> {
             .clone()
             .or_else(|| Some(r.meta.host.clone()).filter(|h| !h.is_empty())),
         boot_id: r.meta.boot_id.clone(),
+        started_ns: Some(r.meta.started_ns).filter(|&ns| ns != 0),
     };
     let (mut printer, _) = config.output.open(clock, cgroups.clone(), &run)?;
     let done = replay(r, config.rebuild, &mut *printer, &cgroups)
