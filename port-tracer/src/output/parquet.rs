@@ -34,8 +34,8 @@ use crate::{
 
 pub const SPEC: Spec = Spec {
     name: "parquet",
-    help: "Parquet (needs --output): one row per lifetime, the JSONL lifetime fields as typed \
-           columns, for DuckDB, pandas or Spark",
+    help: "Parquet (needs --output; export also --output-dir): one row per lifetime, the JSONL \
+           lifetime fields as typed columns, zstd-compressed, for DuckDB, pandas or Spark",
     binary: true,
     for_tools: true,
     printer: |out, _, cgroups| Box::new(Parquet::new(out).with_cgroups(cgroups)),
