@@ -442,16 +442,19 @@ impl Dir {
             .map_err(|e| at(&self.path.join(name), e))
     }
 
-    /// The names in it.
+    /// The names in it: where part numbers start. Only a hint (`O_EXCL` and
+    /// `RENAME_NOREPLACE` keep every name from being taken twice), so without /proc its
+    /// path does.
     fn names(&self) -> io::Result<Vec<String>> {
+        let list = |dir: &Path| -> io::Result<Vec<String>> {
+            std::fs::read_dir(dir)?
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect()
+        };
         // The descriptor's own directory, whatever its path has become.
-        let here = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
-        std::fs::read_dir(here)
-            .and_then(|entries| {
-                entries
-                    .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-                    .collect()
-            })
+        let here = PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
+        list(&here)
+            .or_else(|_| list(&self.path))
             .map_err(|e| at(&self.path, e))
     }
 
