@@ -16,7 +16,9 @@ use port_tracer::{
         recorder::{RecordTarget, Rotation},
         LiveConfig,
     },
-    output::{Destination, Format},
+    output::{
+        parquet::partitioned::DEFAULT_MAX_FILE_SIZE, Destination, Format, Partitioning, Target,
+    },
     rebuild::RebuildConfig,
     replay::ReportConfig,
     top::{Grouping, Source, TopConfig},
@@ -71,11 +73,27 @@ pub enum Cmd {
     ///
     /// `jsonl`: the live mode's records; `csv`: one row per lifetime with the JSONL field
     /// names as columns; `parquet`: the same rows and columns, typed (unsigned integers,
-    /// UTF-8 strings, null where unknown), for DuckDB, pandas or Spark, e.g.
-    /// `duckdb -c "select comm, count(*) from 'out.parquet' group by 1"` or pandas'
+    /// UTF-8 strings, null where unknown), zstd-compressed, for DuckDB, pandas or Spark,
+    /// e.g. `duckdb -c "select comm, count(*) from 'out.parquet' group by 1"` or pandas'
     /// `pd.read_parquet("out.parquet")`; `chrome-trace`:
     /// Trace Event Format JSON for the Perfetto UI (a track per port under its process, a
     /// slice per lifetime, TIME_WAIT inside it).
+    ///
+    /// A fleet's traces in one dataset: `--format parquet --output-dir DIR` writes
+    /// Hive-style partitions, DIR/host=HOST/date=YYYY-MM-DD/part-N.parquet. HOST is --host
+    /// or the host the trace recorded, characters a directory name cannot hold (`/`, `=`,
+    /// `%`, control characters...) written %XX as Hive and Spark do (readers decode them);
+    /// none recorded: `host=__HIVE_DEFAULT_PARTITION__`, which readers take as null. The
+    /// date is the UTC day the lifetime started (held since before tracing started: the
+    /// day tracing started). The rows keep their `host` column. A new part every
+    /// --max-file-size; each is written under a hidden name (.part-N.parquet.tmp) and
+    /// appears when the export ends, under a number no file there has: exports of other
+    /// hosts (or of the same host later) add files, never replace one; a failed export
+    /// leaves nothing. Read with DuckDB:
+    /// `select host, count(*) from read_parquet('DIR/**/*.parquet', hive_partitioning = true) group by 1`;
+    /// with Spark: `spark.read.option("basePath", DIR).parquet(DIR)` (with
+    /// spark.sql.sources.partitionColumnTypeInference.enabled=false, or host `007` reads
+    /// as the number 7).
     Export(ExportArgs),
     /// A full-screen view that refreshes: range occupancy, destinations closest to running
     /// out, churn by process, container or pod, the latest failures, TIME_WAIT, losses.
@@ -159,7 +177,7 @@ impl TopArgs {
             None => Source::Live(Box::new(LiveConfig {
                 output: Destination {
                     format: Format::Text,
-                    path: None,
+                    target: Target::Stdout,
                     force: false,
                 },
                 load: self.kernel.load_options(),
@@ -197,14 +215,33 @@ pub struct ExportArgs {
 
     /// The file to write: created anew, mode 0600; an existing file is refused (see
     /// --force), a symbolic link never followed.
-    #[arg(short, long, value_name = "FILE")]
-    pub output: PathBuf,
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        required_unless_present = "output_dir"
+    )]
+    pub output: Option<PathBuf>,
 
     /// Replace FILE if it exists (it is removed and created anew, never written into).
     #[arg(long)]
     pub force: bool,
 
-    /// The `host` of every row instead of the hostname the trace recorded.
+    /// With --format parquet: write Hive-style partitions under DIR instead of one file,
+    /// DIR/host=HOST/date=YYYY-MM-DD/part-N.parquet, adding to what other exports wrote
+    /// there (see above). DIR is made (mode 0700) if missing; what is made under it is
+    /// private (0700, 0600) unless DIR has its set-group-id bit (`chgrp GROUP DIR; chmod
+    /// 2750 DIR`): then its group may read it. Symbolic links are never followed.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["output", "force"])]
+    pub output_dir: Option<PathBuf>,
+
+    /// With --output-dir: start a new part once one reaches about this size (`64M`, `1G`,
+    /// or bytes; default 128M), estimated from the compression seen so far.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "output_dir", conflicts_with = "output")]
+    pub max_file_size: Option<usize>,
+
+    /// The `host` of every row (and the partition's, with --output-dir) instead of the
+    /// hostname the trace recorded.
     #[arg(long, value_name = "NAME", value_parser = parse_host)]
     pub host: Option<String>,
 
@@ -233,11 +270,22 @@ fn parse_host(s: &str) -> Result<String, String> {
 impl ExportArgs {
     /// The report that writes this export: the lifetimes selected, in the chosen format.
     pub fn config(self) -> ReportConfig {
+        let target = match (self.output_dir, self.output) {
+            (Some(dir), _) => Target::Partitions(Partitioning {
+                dir,
+                max_file_size: self
+                    .max_file_size
+                    .map_or(DEFAULT_MAX_FILE_SIZE, |n| n as u64),
+            }),
+            (None, Some(path)) => Target::File(path),
+            // clap requires one of the two.
+            (None, None) => Target::Stdout,
+        };
         ReportConfig {
             traces: self.traces,
             output: Destination {
                 format: self.format,
-                path: Some(self.output),
+                target,
                 force: self.force,
             },
             rebuild: self.rebuild.config(self.select.filter()),
@@ -538,7 +586,7 @@ impl ViewArgs {
     pub fn destination(&self) -> Destination {
         Destination {
             format: self.format,
-            path: self.output.clone(),
+            target: self.output.clone().map_or(Target::Stdout, Target::File),
             force: self.force,
         }
     }
@@ -865,5 +913,66 @@ mod tests {
         assert_eq!(e.config().output.format, Format::Parquet);
         let c = Cli::try_parse_from(["port-tracer", "export", "t", "--format", "text", "-o", "x"]);
         assert!(c.unwrap_err().to_string().contains("text"));
+    }
+
+    #[test]
+    fn export_writes_partitions_under_output_dir() {
+        let export = |args: &[&str]| {
+            let all = ["port-tracer", "export", "t.ptrace"].iter().chain(args);
+            Cli::try_parse_from(all).map(|c| match c.cmd {
+                Some(Cmd::Export(e)) => e.config().output,
+                _ => panic!("an export"),
+            })
+        };
+        let out = export(&["--format", "parquet", "--output-dir", "fleet"]).unwrap();
+        assert_eq!(
+            out.target,
+            Target::Partitions(Partitioning {
+                dir: "fleet".into(),
+                max_file_size: 128 << 20,
+            })
+        );
+        assert!(out.check().is_ok());
+        let out = export(&[
+            "--format",
+            "parquet",
+            "--output-dir",
+            "fleet",
+            "--max-file-size",
+            "16K",
+        ])
+        .unwrap();
+        assert!(matches!(out.target, Target::Partitions(p) if p.max_file_size == 16 << 10));
+        // Other formats: refused in one line, before anything is read.
+        for format in ["jsonl", "csv", "chrome-trace"] {
+            let out = export(&["--format", format, "--output-dir", "fleet"]).unwrap();
+            let e = out.check().unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "--output-dir writes Parquet partitions: use --format parquet with it, \
+                     or --output FILE for --format {format}"
+                )
+            );
+        }
+        for (args, needle) in [
+            (&["--output-dir", "d", "-o", "f"][..], "cannot be used with"),
+            (&["--output-dir", "d", "--force"], "cannot be used with"),
+            (&["-o", "f", "--max-file-size", "1M"], "cannot be used with"),
+            (&["--max-file-size", "1M"], "--output"),
+            (
+                &["--output-dir", "d", "--max-file-size", "0"],
+                "must be positive",
+            ),
+            (&[], "--output"),
+        ] {
+            let all: Vec<&str> = ["--format", "parquet"]
+                .iter()
+                .chain(args)
+                .copied()
+                .collect();
+            let e = export(&all).unwrap_err().to_string();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
     }
 }

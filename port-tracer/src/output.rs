@@ -5,6 +5,10 @@
 //!
 //! A new format: a file with its printer and its [`Spec`], a variant of [`Format`] and its
 //! arm in [`Format::spec`].
+//!
+//! A [`Destination`] is a format and where it goes ([`Target`]): standard output, one file
+//! (`--output`), or, for a format that can (Parquet), a directory of Hive-style partitions
+//! for many hosts' exports (`export --output-dir`, [`parquet::partitioned`]).
 
 use std::{
     io::{self, BufWriter, Write},
@@ -41,6 +45,10 @@ pub struct RunInfo {
     /// `/proc/sys/kernel/random/boot_id` of that boot; None: unknown (traces recorded
     /// before it was).
     pub boot_id: Option<String>,
+    /// When tracing started (CLOCK_MONOTONIC ns), when the sockets held at start were
+    /// seen; None: not known (live tracing does not need it). Partitions by date take it
+    /// for lifetimes that no time of their own places.
+    pub started_ns: Option<u64>,
 }
 
 impl RunInfo {
@@ -55,6 +63,7 @@ impl RunInfo {
         RunInfo {
             host: host.or_else(|| read("/proc/sys/kernel/hostname")),
             boot_id: read("/proc/sys/kernel/random/boot_id"),
+            started_ns: None,
         }
     }
 }
@@ -98,6 +107,22 @@ pub struct Spec {
     /// A printer writing to `Out`, times of day from the clock, owners' cgroups named from
     /// the table.
     pub printer: fn(Out, WallClock, Cgroups) -> Box<dyn Printer + Send>,
+    /// For a format that can be written as a directory of partitions (`--output-dir`): a
+    /// printer writing them, made ready (the directory opened) before anything is read.
+    pub partitioned: Option<PartitionedPrinter>,
+}
+
+/// A printer writing partitions as `Partitioning` says, times from the clock, owners'
+/// cgroups named from the table.
+pub type PartitionedPrinter =
+    fn(&Partitioning, WallClock, Cgroups) -> anyhow::Result<Box<dyn Printer + Send>>;
+
+/// `--output-dir DIR`: Hive-style partitions under `dir`, part files of about
+/// `max_file_size` bytes (see [`parquet::partitioned`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partitioning {
+    pub dir: PathBuf,
+    pub max_file_size: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,27 +169,48 @@ pub fn buffered(out: Box<dyn Write + Send>) -> Out {
     BufWriter::with_capacity(1 << 16, out)
 }
 
-/// What is written, and where: `--output FILE` or standard output.
+/// Where output goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Stdout,
+    /// `--output FILE`.
+    File(PathBuf),
+    /// `--output-dir DIR`.
+    Partitions(Partitioning),
+}
+
+/// What is written, and where: `--output FILE`, standard output, or (`export`) a directory
+/// of partitions.
 #[derive(Clone, Debug)]
 pub struct Destination {
     pub format: Format,
-    pub path: Option<PathBuf>,
+    pub target: Target,
     /// Replace an existing file (see [`file::create`]).
     pub force: bool,
 }
 
 impl Destination {
     /// Refuses, before anything is traced or read, what cannot be written: a binary file
-    /// is not something for a terminal or a pipe.
+    /// is not something for a terminal or a pipe; only some formats make partitions.
     pub fn check(&self) -> anyhow::Result<()> {
         let spec = self.format.spec();
-        if spec.binary && self.path.is_none() {
-            anyhow::bail!(
+        match &self.target {
+            Target::Stdout if spec.binary => anyhow::bail!(
                 "--format {} writes a binary file: name it with --output FILE",
                 spec.name
-            );
+            ),
+            Target::Partitions(_) if spec.partitioned.is_none() => anyhow::bail!(
+                "--output-dir writes Parquet partitions: use --format parquet with it, or \
+                 --output FILE for --format {}",
+                spec.name
+            ),
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Standard output (a terminal, a pipe) is where it goes.
+    pub fn to_stdout(&self) -> bool {
+        self.target == Target::Stdout
     }
 
     /// A printer writing there, and the file it created, if it did.
@@ -174,13 +220,20 @@ impl Destination {
         cgroups: Cgroups,
         run: &RunInfo,
     ) -> anyhow::Result<(Box<dyn Printer + Send>, Option<file::Created>)> {
-        let (out, created): (Box<dyn Write + Send>, _) = match &self.path {
-            Some(path) => {
+        let (out, created): (Box<dyn Write + Send>, _) = match &self.target {
+            Target::File(path) => {
                 let f = file::create(path, self.force, "output file")?;
                 let created = file::Created::of(path, &f);
                 (Box::new(f), created)
             }
-            None => (Box::new(io::stdout()), None),
+            Target::Stdout => (Box::new(io::stdout()), None),
+            Target::Partitions(partitioning) => {
+                self.check()?;
+                let open = self.format.spec().partitioned.expect("checked");
+                let mut printer = open(partitioning, clock, cgroups)?;
+                printer.set_run(run);
+                return Ok((printer, None));
+            }
         };
         let mut printer = self.format.printer(buffered(out), clock, cgroups);
         printer.set_run(run);
@@ -192,9 +245,12 @@ impl Destination {
     pub fn result(&self, error: Option<io::Error>) -> anyhow::Result<()> {
         match error {
             Some(e) if e.kind() != io::ErrorKind::BrokenPipe => {
-                Err(anyhow::Error::new(e).context(match &self.path {
-                    Some(path) => format!("writing to {}", path.display()),
-                    None => "writing to standard output".to_string(),
+                Err(anyhow::Error::new(e).context(match &self.target {
+                    Target::File(path) => format!("writing to {}", path.display()),
+                    Target::Stdout => "writing to standard output".to_string(),
+                    Target::Partitions(p) => {
+                        format!("writing Parquet partitions under {}", p.dir.display())
+                    }
                 }))
             }
             _ => Ok(()),

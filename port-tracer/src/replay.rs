@@ -49,6 +49,7 @@ pub fn run(config: ReportConfig) -> Result<()> {
             .clone()
             .or_else(|| Some(meta.host.clone()).filter(|h| !h.is_empty())),
         boot_id: meta.boot_id.clone(),
+        started_ns: Some(meta.started_ns).filter(|&ns| ns != 0),
     };
     let (mut printer, _) = config.output.open(clock, cgroups.clone(), &run)?;
     // Which file the damage, if any, is in: the set's reader stops there.

@@ -205,6 +205,12 @@ fn trace_holding_one_listener(path: &std::path::Path) {
 
 /// [`trace_holding_one_listener`], with its end mark or without (a recorder killed).
 fn trace_holding_one_listener_ending(path: &std::path::Path, end_mark: bool) {
+    trace_holding_one_listener_on(path, end_mark, "h");
+}
+
+/// [`trace_holding_one_listener_ending`] recorded on a host of name `host`, tracing started
+/// at 2026-12-31 23:59:59 UTC.
+fn trace_holding_one_listener_on(path: &std::path::Path, end_mark: bool, host: &str) {
     use port_tracer::{
         event::{Comm, Endpoints, Family, Proto, Task},
         lifetime::HeldAtStart,
@@ -213,14 +219,14 @@ fn trace_holding_one_listener_ending(path: &std::path::Path, end_mark: bool) {
     let meta = Metadata {
         boot_id: None,
         part: None,
-        host: "h".into(),
+        host: host.into(),
         kernel_release: "6.18.0".into(),
         tier: "tracepoint".into(),
         port_tracer_version: env!("CARGO_PKG_VERSION").into(),
         record_size: RECORD_SIZE_VARIABLE,
         lost_reasons: Vec::new(),
-        realtime_offset_ns: 0,
-        started_ns: 0,
+        realtime_offset_ns: 1_798_761_598_000_000_000,
+        started_ns: 1_000_000_000,
         port_ranges: Vec::new(),
     };
     let mut w = TraceWriter::new(std::fs::File::create(path).unwrap(), &meta).unwrap();
@@ -506,4 +512,178 @@ fn report_names_the_host_recorded_or_the_one_given() {
         .output()
         .unwrap();
     assert_clean_error(&out, 2, "is not a host name");
+}
+
+/// Files under `dir`, relative to it, sorted.
+fn files_under(dir: &std::path::Path) -> Vec<String> {
+    let out = Command::new("find")
+        .arg(dir)
+        .args(["-mindepth", "1", "-type", "f", "-printf", "%P\\n"])
+        .output()
+        .unwrap();
+    let mut files: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn output_dir_takes_parquet_only_and_keeps_a_recorded_host_under_it() {
+    let dir = std::env::temp_dir().join(format!("port-tracer-cli-fleet-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("hostile.ptrace");
+    // Whatever the traced host called itself (sethostname takes any bytes but NUL).
+    trace_holding_one_listener_on(&trace, true, "../../x=y/z\n");
+    let fleet = dir.join("fleet");
+    let export = |args: &[&str]| {
+        tracer()
+            .arg("export")
+            .arg(&trace)
+            .args(args)
+            .args(["--output-dir", fleet.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+
+    // Other formats: one line, before anything is made.
+    for format in ["jsonl", "csv", "chrome-trace"] {
+        let out = export(&["--format", format]);
+        assert_clean_error(
+            &out,
+            1,
+            &format!(
+                "--output-dir writes Parquet partitions: use --format parquet with it, or \
+                 --output FILE for --format {format}"
+            ),
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+        assert!(!fleet.exists());
+    }
+    let out = export(&["--format", "parquet", "--output", "x.parquet"]);
+    assert_clean_error(&out, 2, "cannot be used with");
+
+    // The recorded name escaped, under DIR; the held listener dated by the start.
+    let out = export(&["--format", "parquet"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        files_under(&fleet),
+        ["host=..%2F..%2Fx%3Dy%2Fz%0A/date=2026-12-31/part-0.parquet"]
+    );
+    assert_eq!(files_under(&dir.join("x=y")), Vec::<String>::new());
+    // Named instead: the name given.
+    let out = export(&["--format", "parquet", "--host", "db-7.example"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(fleet
+        .join("host=db-7.example/date=2026-12-31/part-0.parquet")
+        .is_file());
+
+    // --help says the layout.
+    let help = tracer().args(["export", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for needle in [
+        "--output-dir <DIR>",
+        "--max-file-size <SIZE>",
+        "DIR/host=HOST/date=YYYY-MM-DD/part-N.parquet",
+        "__HIVE_DEFAULT_PARTITION__",
+        "hive_partitioning = true",
+        "basePath",
+    ] {
+        assert!(help.contains(needle), "no `{needle}` in:\n{help}");
+    }
+
+    // DIR: a symbolic link is refused.
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(&fleet, &link).unwrap();
+    let out = tracer()
+        .arg("export")
+        .arg(&trace)
+        .args([
+            "--format",
+            "parquet",
+            "--output-dir",
+            link.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_clean_error(&out, 1, "link is a symbolic link: not followed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_partitioned_export_that_fails_leaves_no_part() {
+    require_root!();
+    let dir = std::env::temp_dir().join(format!("port-tracer-cli-full-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cgroup.ptrace");
+    // A file system of 32K, mounted in a mount namespace of its own: parts of about 4K
+    // fill it after a few closed ones; and one mounted read-only.
+    let run = |options: &str| {
+        let script = format!(
+            "mount -t tmpfs -o {options} fleet-test \"$1\" && \"$2\" export \"$3\" --format \
+             parquet --output-dir \"$1\" --max-file-size 4K; echo \"exit $?\" >&2; \
+             find \"$1\" -mindepth 1 -type f -printf 'left %P\\n' >&2"
+        );
+        Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &script,
+                "sh",
+            ])
+            .arg(&dir)
+            .arg(env!("CARGO_BIN_EXE_port-tracer"))
+            .arg(&trace)
+            .output()
+            .unwrap()
+    };
+    let out = run("size=32k");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("exit 1"), "{stderr}");
+    let error = format!(
+        "port-tracer: writing Parquet partitions under {}: ",
+        dir.display()
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with(&error))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        line.contains(".parquet.tmp: No space left on device"),
+        "names the part: {line}"
+    );
+    // Parts closed before the disk filled, then taken back with the one that failed.
+    assert!(!line.contains("/.part-0.parquet.tmp"), "{line}");
+    assert!(
+        !stderr.lines().any(|l| l.starts_with("left ")),
+        "nothing left: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let out = run("ro");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "port-tracer: cannot write in output directory {}: Read-only file system",
+            dir.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("exit 1"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -263,11 +263,18 @@ fn setup() -> Result<()> {
     // `top`'s end-to-end test drives it in a terminal multiplexer; the real-container test
     // runs podman, with runc: Debian's crun refuses this machine kind's hybrid cgroup
     // hierarchy (a controller on cgroup v2); the metrics are scraped by a real Prometheus
-    // and the shipped rules checked by its promtool.
-    let test_tools: Vec<&str> = ["tmux", "podman", "runc", "prometheus"]
-        .into_iter()
-        .filter(|p| !dpkg_installed(p))
-        .collect();
+    // and the shipped rules checked by its promtool; Spark (pyspark) reads the fleet's
+    // partitions on a Java runtime.
+    let test_tools: Vec<&str> = [
+        "tmux",
+        "podman",
+        "runc",
+        "prometheus",
+        "openjdk-17-jre-headless",
+    ]
+    .into_iter()
+    .filter(|p| !dpkg_installed(p))
+    .collect();
     ensure_apt_packages(&test_tools)?;
 
     if succeeds(Command::new("bpf-linker").arg("--version")) {
@@ -288,13 +295,16 @@ fn setup() -> Result<()> {
 }
 
 /// Python packages the tests read our outputs back with: other tools' readers, not ours
-/// (Parquet through pyarrow and DuckDB, metrics through the Prometheus text parser).
+/// (Parquet through pyarrow, DuckDB and Spark, metrics through the Prometheus text
+/// parser). pyspark 3.5 runs on Debian 12's Java 17 (openjdk-17-jre-headless, below) in
+/// local mode; it brings Spark's jars, about 350 MB installed.
 const PYTHON_PACKAGES: &[&str] = &[
     "pyarrow==26.0.1",
     "duckdb==2.0.1",
     "prometheus-client==0.26.0",
+    "pyspark==3.5.9",
 ];
-const PYTHON_IMPORTS: &str = "import pyarrow.parquet, duckdb, prometheus_client.parser";
+const PYTHON_IMPORTS: &str = "import pyarrow.parquet, duckdb, prometheus_client.parser, pyspark";
 
 /// The virtualenv holding [`PYTHON_PACKAGES`]; tests find it through `PORT_TRACER_PYTHON`.
 pub(crate) fn python_tools_path() -> PathBuf {

@@ -404,7 +404,7 @@ pub async fn run_with(config: LiveConfig, screen: Option<Feed>) -> Result<()> {
     drop_privileges()?;
     let start_ns = monotonic_ns();
     let limit = config.output_buffer.unwrap_or_else(|| {
-        let terminal = config.output.path.is_none() && io::stdout().is_terminal();
+        let terminal = config.output.to_stdout() && io::stdout().is_terminal();
         if terminal {
             TERMINAL_OUTPUT_BUFFER
         } else {

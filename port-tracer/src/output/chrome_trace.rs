@@ -22,6 +22,7 @@ pub const SPEC: Spec = Spec {
     binary: false,
     for_tools: true,
     printer: |out, clock, _| Box::new(ChromeTracePrinter::new(out, clock)),
+    partitioned: None,
 };
 
 pub struct ChromeTracePrinter<W: Write> {

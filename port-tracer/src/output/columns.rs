@@ -19,6 +19,7 @@ pub struct Row<'a> {
 static UNKNOWN_RUN: RunInfo = RunInfo {
     host: None,
     boot_id: None,
+    started_ns: None,
 };
 
 impl<'a> Row<'a> {

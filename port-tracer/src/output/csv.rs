@@ -22,6 +22,7 @@ pub const SPEC: Spec = Spec {
     binary: false,
     for_tools: true,
     printer: |out, _, cgroups| Box::new(Csv::new(out).with_cgroups(cgroups)),
+    partitioned: None,
 };
 
 pub struct Csv<W: Write> {
@@ -140,6 +141,7 @@ mod tests {
         let run = RunInfo {
             host: Some("web-1".into()),
             boot_id: Some("4f0c2e6a-6d1b-4c8e-9a57-1f2b3c4d5e6f".into()),
+            started_ns: None,
         };
         let one = lt();
         let row = csv_row(&Row {

@@ -22,6 +22,7 @@ pub const SPEC: Spec = Spec {
     binary: false,
     for_tools: true,
     printer: |out, clock, cgroups| Box::new(Jsonl::new(out, clock).with_cgroups(cgroups)),
+    partitioned: None,
 };
 
 pub struct Jsonl<W: Write> {
@@ -512,6 +513,7 @@ mod tests {
             let run = RunInfo {
                 host: Some("web-\"7\"\n".into()),
                 boot_id: Some("4f0c2e6a-6d1b-4c8e-9a57-1f2b3c4d5e6f".into()),
+                started_ns: None,
             };
             j.set_run(&run);
             j.lifetime(&lt).unwrap();

@@ -4,7 +4,11 @@
 //! Rows are buffered column by column and written as a row group every
 //! [`ROW_GROUP_ROWS`], so memory stays bounded however long the trace. The parquet writer
 //! writes into a byte buffer that is handed to the real output after each row group: its
-//! errors are then plain I/O errors of that output, and the writer never owns it.
+//! errors are then plain I/O errors of that output, and the writer never owns it. Pages are
+//! zstd-compressed (every Parquet reader of note reads zstd).
+//!
+//! One file (`--output`) is [`Parquet`]; a directory of Hive-style partitions for many
+//! hosts (`export --output-dir`) is [`partitioned::Partitioned`], of the same tables.
 
 use std::{
     io::{self, Write},
@@ -12,7 +16,7 @@ use std::{
 };
 
 use ::parquet::{
-    basic::{LogicalType, Repetition, Type as PhysicalType},
+    basic::{Compression, LogicalType, Repetition, Type as PhysicalType, ZstdLevel},
     data_type::{BoolType, ByteArray, ByteArrayType, Int32Type, Int64Type},
     errors::ParquetError,
     file::{properties::WriterProperties, writer::SerializedFileWriter},
@@ -30,12 +34,21 @@ use crate::{
 
 pub const SPEC: Spec = Spec {
     name: "parquet",
-    help: "Parquet (needs --output): one row per lifetime, the JSONL lifetime fields as typed \
-           columns, for DuckDB, pandas or Spark",
+    help: "Parquet (needs --output; export also --output-dir): one row per lifetime, the JSONL \
+           lifetime fields as typed columns, zstd-compressed, for DuckDB, pandas or Spark",
     binary: true,
     for_tools: true,
     printer: |out, _, cgroups| Box::new(Parquet::new(out).with_cgroups(cgroups)),
+    partitioned: Some(|partitioning, clock, cgroups| {
+        Ok(Box::new(partitioned::Partitioned::open(
+            partitioning,
+            clock,
+            cgroups,
+        )?))
+    }),
 };
+
+pub mod partitioned;
 
 /// Writes lifetimes as a Parquet file, a row group at a time.
 pub struct Parquet<W: Write> {
@@ -148,7 +161,15 @@ impl Cells {
         }
     }
 
-    fn push(&mut self, value: Value) {
+    /// Adds a cell; returns what it takes unencoded (a text's bytes and its length, an
+    /// integer's width; nulls and booleans 1), for estimates of a file's size.
+    fn push(&mut self, value: Value) -> u64 {
+        let raw = match (&*self, &value) {
+            (_, Value::Text(s)) => s.len() as u64 + 4,
+            (Cells::Int32 { .. }, Value::Uint(_)) => 4,
+            (Cells::Int64 { .. }, Value::Uint(_)) => 8,
+            _ => 1,
+        };
         match (self, value) {
             (Cells::Text { values, defs }, Value::Text(s)) => {
                 values.push(s.into_owned().into_bytes().into());
@@ -189,6 +210,7 @@ impl Cells {
             (Cells::Bool(v), Value::Bool(b)) => v.push(b),
             (_, value) => unreachable!("{value:?} does not fit its column's declared type"),
         }
+        raw
     }
 
     fn clear(&mut self) {
@@ -264,6 +286,21 @@ pub struct ParquetTable {
     /// Started with the first row group (or at the end of an empty run).
     writer: Option<SerializedFileWriter<Vec<u8>>>,
     finished: bool,
+    sizes: TableSizes,
+}
+
+/// How much a table wrote, and what its cells take unencoded: what a file's size is
+/// estimated from before its rows are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableSizes {
+    /// Bytes handed to the output (row groups written, and the footer once finished).
+    pub written: u64,
+    /// The unencoded size of the rows in those row groups.
+    pub written_raw: u64,
+    /// The unencoded size of the rows buffered, not written yet.
+    pub buffered_raw: u64,
+    /// Rows taken, written or not.
+    pub rows: u64,
 }
 
 impl ParquetTable {
@@ -275,15 +312,22 @@ impl ParquetTable {
             cells: LIFETIME_COLUMNS.iter().map(|c| Cells::new(c.ty)).collect(),
             writer: None,
             finished: false,
+            sizes: TableSizes::default(),
         }
+    }
+
+    /// What it wrote and holds so far.
+    pub fn sizes(&self) -> TableSizes {
+        self.sizes
     }
 
     /// Adds a lifetime's row; writes the row group to `out` when it is full.
     pub fn push(&mut self, row: &Row<'_>, out: &mut impl Write) -> io::Result<()> {
         for (column, cells) in LIFETIME_COLUMNS.iter().zip(&mut self.cells) {
-            cells.push((column.value)(row));
+            self.sizes.buffered_raw += cells.push((column.value)(row));
         }
         self.rows += 1;
+        self.sizes.rows += 1;
         if self.rows >= self.max_rows {
             self.write_row_group(out)?;
         }
@@ -301,7 +345,8 @@ impl ParquetTable {
         }
         let writer = started(&mut self.writer)?;
         writer.finish()?;
-        hand_over(writer, out)
+        self.sizes.written += hand_over(writer, out)?;
+        Ok(())
     }
 
     fn write_row_group(&mut self, out: &mut impl Write) -> io::Result<()> {
@@ -334,7 +379,9 @@ impl ParquetTable {
         }
         group.close()?;
         self.rows = 0;
-        hand_over(writer, out)
+        self.sizes.written += hand_over(writer, out)?;
+        self.sizes.written_raw += std::mem::take(&mut self.sizes.buffered_raw);
+        Ok(())
     }
 }
 
@@ -347,20 +394,26 @@ fn started(
         None => SerializedFileWriter::new(
             Vec::new(),
             Arc::new(schema()?),
-            Arc::new(WriterProperties::builder().build()),
+            Arc::new(
+                WriterProperties::builder()
+                    .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                    .build(),
+            ),
         )?,
     };
     Ok(writer.insert(w))
 }
 
-/// Moves what the writer produced so far to `out`. Taking bytes out of its buffer leaves
-/// its own count of bytes written, which the footer's offsets come from, untouched.
-fn hand_over(writer: &mut SerializedFileWriter<Vec<u8>>, out: &mut impl Write) -> io::Result<()> {
+/// Moves what the writer produced so far to `out`; returns how many bytes. Taking bytes
+/// out of its buffer leaves its own count of bytes written, which the footer's offsets
+/// come from, untouched.
+fn hand_over(writer: &mut SerializedFileWriter<Vec<u8>>, out: &mut impl Write) -> io::Result<u64> {
     writer.flush()?;
     let bytes = writer.inner_mut();
     out.write_all(bytes)?;
+    let n = bytes.len() as u64;
     bytes.clear();
-    Ok(())
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub const SPEC: Spec = Spec {
     binary: false,
     for_tools: false,
     printer: |out, clock, cgroups| Box::new(Text::new(out, clock).with_cgroups(cgroups)),
+    partitioned: None,
 };
 
 pub struct Text<W: Write> {

@@ -216,9 +216,29 @@ fn row_groups_are_split_at_the_bound_and_written_as_they_fill() {
     assert_eq!(written[3], written[4]);
     assert!(written[5] > written[4]);
     assert_eq!(written[6], written[5]);
+    // What it wrote, and what its unwritten row takes unencoded.
+    let sizes = table.sizes();
+    assert_eq!(sizes.written, out.len() as u64);
+    assert_eq!(sizes.rows, 7);
+    assert!(
+        sizes.buffered_raw > 100 && sizes.written_raw > 6 * 100,
+        "{sizes:?}"
+    );
     table.finish(&mut out).unwrap();
+    assert_eq!(table.sizes().written, out.len() as u64, "the footer too");
+    assert_eq!(table.sizes().buffered_raw, 0);
 
     let r = reader(out.clone());
+    // zstd, every column chunk.
+    for g in r.metadata().row_groups() {
+        for c in g.columns() {
+            assert!(
+                matches!(c.compression(), ::parquet::basic::Compression::ZSTD(_)),
+                "{:?}",
+                c.compression()
+            );
+        }
+    }
     let sizes: Vec<i64> = r
         .metadata()
         .row_groups()
