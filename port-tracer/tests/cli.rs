@@ -506,3 +506,78 @@ fn report_names_the_host_recorded_or_the_one_given() {
         .unwrap();
     assert_clean_error(&out, 2, "is not a host name");
 }
+
+/// `completions SHELL` prints a script for each shell the package ships one for; the
+/// hidden `man-pages DIR` writes one page per command, which --help does not list.
+#[test]
+fn completions_and_manual_pages_come_from_the_binary() {
+    for (shell, first) in [
+        ("bash", "_port__tracer() {"),
+        ("zsh", "#compdef port-tracer"),
+        ("fish", "# Print an optspec for argparse"),
+    ] {
+        let out = tracer().args(["completions", shell]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{shell}: {out:?}");
+        assert!(text.contains(first), "{shell}: {text}");
+        assert!(
+            text.contains("record") && text.contains("report"),
+            "{shell}"
+        );
+    }
+    // A closed pipe (`| head`) ends it quietly.
+    let mut child = tracer()
+        .args(["completions", "bash"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tracer().args(["completions", "tcsh"]).output().unwrap();
+    assert_clean_error(&out, 2, "tcsh");
+
+    let dir = std::env::temp_dir().join(format!("port-tracer-cli-man-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let out = tracer().arg("man-pages").arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut written: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(
+        written,
+        [
+            "port-tracer-completions.1",
+            "port-tracer-export.1",
+            "port-tracer-record.1",
+            "port-tracer-report.1",
+            "port-tracer-top.1",
+            "port-tracer.1",
+        ]
+    );
+    // Its stdout names them, one a line.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 6);
+    let page = std::fs::read_to_string(dir.join("port-tracer.1")).unwrap();
+    assert!(page.contains("\n.TH port-tracer 1 "), "{page}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    // A directory that does not exist: one line, status 1.
+    let out = tracer()
+        .args(["man-pages", "/nonexistent/port-tracer-man"])
+        .output()
+        .unwrap();
+    assert_clean_error(&out, 1, "/nonexistent/port-tracer-man");
+
+    let help = tracer().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("completions"), "{help}");
+    assert!(!help.contains("man-pages"), "{help}");
+}
