@@ -581,3 +581,102 @@ fn completions_and_manual_pages_come_from_the_binary() {
     assert!(help.contains("completions"), "{help}");
     assert!(!help.contains("man-pages"), "{help}");
 }
+
+/// The completion script of `shell`, in a file of its own (named as zsh wants it) in a
+/// fresh directory.
+fn completion_file(shell: &str, name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("port-tracer-cli-{shell}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let out = tracer().args(["completions", shell]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let path = dir.join(name);
+    std::fs::write(&path, out.stdout).unwrap();
+    path
+}
+
+fn shell_found(shell: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {shell}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// bash, with the script loaded, completes a command and a flag.
+#[test]
+fn bash_completes_commands_and_flags() {
+    let file = completion_file("bash", "port-tracer");
+    let complete = |words: &str| {
+        let script = format!(
+            "source {} && COMP_WORDS=({words}) && COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)) \
+             && _port__tracer port-tracer \"${{COMP_WORDS[COMP_CWORD]}}\" \
+             \"${{COMP_WORDS[COMP_CWORD-1]}}\" && printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            file.display()
+        );
+        let out = Command::new("bash")
+            .args(["--norc", "--noprofile", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(complete("port-tracer rep").trim(), "report");
+    let flags = complete("port-tracer --fo");
+    assert!(flags.lines().any(|l| l == "--format"), "{flags}");
+    assert!(flags.lines().any(|l| l == "--force"), "{flags}");
+    let values = complete("port-tracer --format j");
+    assert_eq!(values.trim(), "jsonl");
+    std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+}
+
+/// zsh parses the script, and its completion system takes it for port-tracer. Skipped
+/// where zsh is not installed.
+#[test]
+fn zsh_takes_the_completion_for_port_tracer() {
+    if !shell_found("zsh") {
+        support::skip("zsh is not installed");
+        return;
+    }
+    let file = completion_file("zsh", "_port-tracer");
+    let dir = file.parent().unwrap();
+    let out = Command::new("zsh").arg("-n").arg(&file).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let script = format!(
+        "fpath=({} $fpath); autoload -Uz compinit && compinit -u -d {}/zcompdump; \
+         print -r -- $_comps[port-tracer]",
+        dir.display(),
+        dir.display()
+    );
+    let out = Command::new("zsh")
+        .args(["-f", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "_port-tracer");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// fish, with the script loaded, completes a command and a flag. Skipped where fish is
+/// not installed.
+#[test]
+fn fish_completes_commands_and_flags() {
+    if !shell_found("fish") {
+        support::skip("fish is not installed");
+        return;
+    }
+    let file = completion_file("fish", "port-tracer.fish");
+    let script = format!(
+        "source {}; complete -C 'port-tracer rep'; complete -C 'port-tracer --form'",
+        file.display()
+    );
+    let out = Command::new("fish")
+        .args(["--no-config", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.starts_with("report\t")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("--format\t")), "{text}");
+    std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+}
