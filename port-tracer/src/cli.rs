@@ -1,12 +1,18 @@
 //! Command line: flags become the library's plain configs ([`LiveConfig`], [`RecordConfig`],
 //! [`ReportConfig`]) before it sees them.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    io::{self, Write},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use clap::{
     builder::{PossibleValue, PossibleValuesParser, TypedValueParser},
-    Parser,
+    CommandFactory, FromArgMatches, Parser,
 };
+use clap_complete::Shell;
 use port_tracer::{
     event::Proto,
     filter::Filter,
@@ -104,6 +110,140 @@ pub enum Cmd {
     /// changes the sort (rate, total, name), arrows, PgUp and PgDn scroll. It needs a
     /// terminal on standard output; `--once --format json` prints one view for scripts.
     Top(TopArgs),
+    /// Print the completion script of a shell for port-tracer.
+    ///
+    /// The Debian package installs bash's, zsh's and fish's already. Otherwise, for
+    /// example: `port-tracer completions bash > /etc/bash_completion.d/port-tracer`,
+    /// `port-tracer completions zsh > /usr/local/share/zsh/site-functions/_port-tracer`,
+    /// `port-tracer completions fish > ~/.config/fish/completions/port-tracer.fish`.
+    Completions(CompletionsArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CompletionsArgs {
+    /// The shell to complete port-tracer in.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: Shell,
+}
+
+/// The hidden command that writes the manual pages (`cargo xtask package` runs it). It is
+/// added to the parser only, not to [`Cli`]: clap's completion generators offer hidden
+/// commands too, and neither the completions nor the pages should.
+const MAN_PAGES: &str = "man-pages";
+
+/// What the command line asks for.
+pub enum Invocation {
+    Cli(Box<Cli>),
+    /// Write the manual pages into this directory.
+    ManPages(PathBuf),
+}
+
+/// Parses the process's arguments (exits with clap's message and status 2 on a bad one).
+pub fn parse() -> Invocation {
+    let man_pages = clap::Command::new(MAN_PAGES)
+        .hide(true)
+        .about("Write the manual pages (roff) into DIR, which must exist")
+        .arg(
+            clap::Arg::new("dir")
+                .value_name("DIR")
+                .required(true)
+                .value_parser(clap::value_parser!(PathBuf)),
+        );
+    let matches = command().subcommand(man_pages).get_matches();
+    if let Some((MAN_PAGES, m)) = matches.subcommand() {
+        let dir = m.get_one::<PathBuf>("dir").expect("required").clone();
+        return Invocation::ManPages(dir);
+    }
+    match Cli::from_arg_matches(&matches) {
+        Ok(cli) => Invocation::Cli(Box::new(cli)),
+        Err(e) => e.exit(),
+    }
+}
+
+/// The command line as clap describes it: what --help, the completions and the manual
+/// pages are made from.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// Writes `shell`'s completion script to `out`.
+pub fn completions(shell: Shell, out: &mut dyn Write) {
+    clap_complete::generate(shell, &mut command(), "port-tracer", out);
+}
+
+/// The manual pages: file name (`port-tracer.1`, `port-tracer-record.1`, ...) and roff text,
+/// the program's first. Each command's page is what its --help says, with SEE ALSO
+/// pointing to the others; the program's also names the files the Debian package installs.
+pub fn man_pages() -> io::Result<Vec<(String, Vec<u8>)>> {
+    let mut root = command().disable_help_subcommand(true);
+    root.build();
+    let subs: Vec<clap::Command> = root
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .cloned()
+        .collect();
+    let names: Vec<String> = subs
+        .iter()
+        .map(|c| format!("port-tracer-{}", c.get_name()))
+        .collect();
+    let mut pages = Vec::new();
+    let mut main = Vec::new();
+    clap_mangen::Man::new(root).render(&mut main)?;
+    let mut see_also: Vec<String> = names.iter().map(|n| format!("{n}(1)")).collect();
+    see_also.extend(["systemctl(1)", "ss(8)"].map(String::from));
+    main.extend_from_slice(MAN_FILES.as_bytes());
+    main.extend_from_slice(see_also_section(&see_also).as_bytes());
+    pages.push(("port-tracer.1".to_string(), main));
+    for (sub, name) in subs.into_iter().zip(&names) {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(sub)
+            .source(format!("port-tracer {}", env!("CARGO_PKG_VERSION")))
+            .render(&mut page)?;
+        let others = std::iter::once("port-tracer(1)".to_string()).chain(
+            names
+                .iter()
+                .filter(|n| *n != name)
+                .map(|n| format!("{n}(1)")),
+        );
+        page.extend_from_slice(see_also_section(&others.collect::<Vec<_>>()).as_bytes());
+        pages.push((format!("{name}.1"), page));
+    }
+    Ok(pages)
+}
+
+/// What the Debian package installs besides the program, in port-tracer(1).
+const MAN_FILES: &str = r#".SH FILES
+.TP
+\fI/lib/systemd/system/port\-tracer.service\fR
+The systemd unit: live tracing as the Prometheus metrics exporter (127.0.0.1:9464) with the flight recorder. Not enabled on install: \fBsystemctl enable \-\-now port\-tracer\fR.
+.TP
+\fI/var/lib/port\-tracer/flight\fR
+The flight recorder's ring of trace files (the unit's state directory, mode 0700); read one with \fBport\-tracer report\fR.
+.SH EXIT STATUS
+0 when tracing or the command ended normally (a closed pipe included); 1 on an error, named in one line on standard error; 2 for a command line it cannot parse.
+"#;
+
+/// A SEE ALSO section naming `pages` (`name(section)`).
+fn see_also_section(pages: &[String]) -> String {
+    let refs: Vec<String> = pages
+        .iter()
+        .map(|p| {
+            let (name, section) = p.split_once('(').expect("name(section)");
+            format!("\\fB{}\\fR({section}", name.replace('-', "\\-"))
+        })
+        .collect();
+    format!(".SH \"SEE ALSO\"\n{}\n", refs.join(", "))
+}
+
+/// Writes [`man_pages`] into `dir` and prints their names.
+pub fn write_man_pages(dir: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    for (name, text) in man_pages().context("rendering the manual pages")? {
+        let path = dir.join(&name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -884,6 +1024,93 @@ mod tests {
         let c = Cli::try_parse_from(["port-tracer", "report", "t.ptrace", "--format", "jsonl"])
             .unwrap();
         assert!(matches!(c.cmd, Some(Cmd::Report(r)) if r.view.format == Format::Jsonl));
+    }
+
+    fn completion(shell: Shell) -> String {
+        let mut out = Vec::new();
+        completions(shell, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    /// Each shell's script names the commands and the flags, and hides the hidden command.
+    #[test]
+    fn completions_name_the_commands_and_flags() {
+        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+            let text = completion(shell);
+            for word in [
+                "record",
+                "report",
+                "export",
+                "top",
+                "completions",
+                "--format",
+                "--duration",
+                "--metrics",
+                "--attach",
+                "jsonl",
+            ] {
+                // fish names a long flag `-l format`.
+                let flag = match word.strip_prefix("--") {
+                    Some(long) if shell == Shell::Fish => format!("-l {long}"),
+                    _ => word.to_string(),
+                };
+                assert!(text.contains(&flag), "{shell} completion lacks {flag}");
+            }
+            assert!(
+                !text.contains("man-pages"),
+                "{shell} completes a hidden command"
+            );
+        }
+        assert!(completion(Shell::Bash).contains("complete -F _port__tracer"));
+        assert!(completion(Shell::Zsh).starts_with("#compdef port-tracer"));
+        assert!(completion(Shell::Fish).contains("complete -c port-tracer"));
+        let c = Cli::try_parse_from(["port-tracer", "completions", "zsh"]).unwrap();
+        assert!(matches!(c.cmd, Some(Cmd::Completions(a)) if a.shell == Shell::Zsh));
+        let e = Cli::try_parse_from(["port-tracer", "completions", "tcsh"]).unwrap_err();
+        assert!(e.to_string().contains("tcsh"), "{e}");
+    }
+
+    /// One page per visible command, each a roff page with its options; the program's
+    /// names the others.
+    #[test]
+    fn man_pages_render_every_command_and_its_options() {
+        let pages = man_pages().unwrap();
+        let names: Vec<&str> = pages.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "port-tracer.1",
+                "port-tracer-record.1",
+                "port-tracer-report.1",
+                "port-tracer-export.1",
+                "port-tracer-top.1",
+                "port-tracer-completions.1",
+            ]
+        );
+        let text = |i: usize| String::from_utf8(pages[i].1.clone()).unwrap();
+        let main = text(0);
+        assert!(main.contains("\n.TH port-tracer 1 "), "{}", &main[..120]);
+        for needle in [
+            ".SH NAME",
+            ".SH SYNOPSIS",
+            ".SH OPTIONS",
+            ".SH SUBCOMMANDS",
+            "port\\-tracer\\-record(1)",
+            "\\-\\-metrics",
+            "\\-\\-duration",
+            ".SH FILES",
+            "/var/lib/port\\-tracer/flight",
+            ".SH \"SEE ALSO\"",
+        ] {
+            assert!(main.contains(needle), "port-tracer.1 lacks {needle}");
+        }
+        assert!(
+            !main.contains("man\\-pages"),
+            "the hidden command is documented"
+        );
+        let record = text(1);
+        assert!(record.contains("\n.TH port-tracer-record 1 "));
+        assert!(record.contains("\\-\\-output") && record.contains("port\\-tracer\\fR(1)"));
     }
 
     #[test]

@@ -1,22 +1,32 @@
-use std::process::ExitCode;
+use std::{io::Write, process::ExitCode};
 
-use clap::Parser;
 use port_tracer::{live, replay, top};
 
 mod cli;
 
-use cli::{Cli, Cmd};
+use cli::{Cmd, Invocation};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match cli::parse() {
+        Invocation::Cli(cli) => *cli,
+        Invocation::ManPages(dir) => return exit(cli::write_man_pages(&dir)),
+    };
+    // Needs no runtime (and no kernel).
+    if let Some(Cmd::Completions(args)) = &cli.cmd {
+        // Made whole first: clap's generator panics on a failed write, and a closed pipe
+        // (`| head`) ends quietly.
+        let mut script = Vec::new();
+        cli::completions(args.shell, &mut script);
+        return match std::io::stdout().lock().write_all(&script) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                exit(Err(anyhow::Error::new(e).context("writing the completions")))
+            }
+            _ => ExitCode::SUCCESS,
+        };
+    }
     if cli.cmd.is_none() && cli.live.ring.rotate.is_some() && cli.live.record.is_none() {
-        use clap::CommandFactory;
-        Cli::command()
-            .error(
-                clap::error::ErrorKind::MissingRequiredArgument,
-                "--rotate needs --record PATH (the directory of the ring of trace files)",
-            )
-            .exit();
+        eprintln!("error: --rotate needs --record PATH (the directory of the ring of trace files)");
+        return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -34,7 +44,12 @@ fn main() -> ExitCode {
         Some(Cmd::Report(args)) => replay::run(args.config()),
         Some(Cmd::Export(args)) => replay::run(args.config()),
         Some(Cmd::Top(args)) => runtime.block_on(top::run(args.config())),
+        Some(Cmd::Completions(_)) => unreachable!("handled above"),
     };
+    exit(done)
+}
+
+fn exit(done: anyhow::Result<()>) -> ExitCode {
     match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -687,3 +687,177 @@ fn a_partitioned_export_that_fails_leaves_no_part() {
     assert!(stderr.contains("exit 1"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `completions SHELL` prints a script for each shell the package ships one for; the
+/// hidden `man-pages DIR` writes one page per command, which --help does not list.
+#[test]
+fn completions_and_manual_pages_come_from_the_binary() {
+    for (shell, first) in [
+        ("bash", "_port__tracer() {"),
+        ("zsh", "#compdef port-tracer"),
+        ("fish", "# Print an optspec for argparse"),
+    ] {
+        let out = tracer().args(["completions", shell]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{shell}: {out:?}");
+        assert!(text.contains(first), "{shell}: {text}");
+        assert!(
+            text.contains("record") && text.contains("report"),
+            "{shell}"
+        );
+    }
+    // A closed pipe (`| head`) ends it quietly.
+    let mut child = tracer()
+        .args(["completions", "bash"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tracer().args(["completions", "tcsh"]).output().unwrap();
+    assert_clean_error(&out, 2, "tcsh");
+
+    let dir = std::env::temp_dir().join(format!("port-tracer-cli-man-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let out = tracer().arg("man-pages").arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut written: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(
+        written,
+        [
+            "port-tracer-completions.1",
+            "port-tracer-export.1",
+            "port-tracer-record.1",
+            "port-tracer-report.1",
+            "port-tracer-top.1",
+            "port-tracer.1",
+        ]
+    );
+    // Its stdout names them, one a line.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 6);
+    let page = std::fs::read_to_string(dir.join("port-tracer.1")).unwrap();
+    assert!(page.contains("\n.TH port-tracer 1 "), "{page}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    // A directory that does not exist: one line, status 1.
+    let out = tracer()
+        .args(["man-pages", "/nonexistent/port-tracer-man"])
+        .output()
+        .unwrap();
+    assert_clean_error(&out, 1, "/nonexistent/port-tracer-man");
+
+    let help = tracer().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("completions"), "{help}");
+    assert!(!help.contains("man-pages"), "{help}");
+}
+
+/// The completion script of `shell`, in a file of its own (named as zsh wants it) in a
+/// fresh directory.
+fn completion_file(shell: &str, name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("port-tracer-cli-{shell}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let out = tracer().args(["completions", shell]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let path = dir.join(name);
+    std::fs::write(&path, out.stdout).unwrap();
+    path
+}
+
+fn shell_found(shell: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {shell}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// bash, with the script loaded, completes a command and a flag.
+#[test]
+fn bash_completes_commands_and_flags() {
+    let file = completion_file("bash", "port-tracer");
+    let complete = |words: &str| {
+        let script = format!(
+            "source {} && COMP_WORDS=({words}) && COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)) \
+             && _port__tracer port-tracer \"${{COMP_WORDS[COMP_CWORD]}}\" \
+             \"${{COMP_WORDS[COMP_CWORD-1]}}\" && printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            file.display()
+        );
+        let out = Command::new("bash")
+            .args(["--norc", "--noprofile", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(complete("port-tracer rep").trim(), "report");
+    let flags = complete("port-tracer --fo");
+    assert!(flags.lines().any(|l| l == "--format"), "{flags}");
+    assert!(flags.lines().any(|l| l == "--force"), "{flags}");
+    let values = complete("port-tracer --format j");
+    assert_eq!(values.trim(), "jsonl");
+    std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+}
+
+/// zsh parses the script, and its completion system takes it for port-tracer. Skipped
+/// where zsh is not installed.
+#[test]
+fn zsh_takes_the_completion_for_port_tracer() {
+    if !shell_found("zsh") {
+        support::skip("zsh is not installed");
+        return;
+    }
+    let file = completion_file("zsh", "_port-tracer");
+    let dir = file.parent().unwrap();
+    let out = Command::new("zsh").arg("-n").arg(&file).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let script = format!(
+        "fpath=({} $fpath); autoload -Uz compinit && compinit -u -d {}/zcompdump; \
+         print -r -- $_comps[port-tracer]",
+        dir.display(),
+        dir.display()
+    );
+    let out = Command::new("zsh")
+        .args(["-f", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "_port-tracer");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// fish, with the script loaded, completes a command and a flag. Skipped where fish is
+/// not installed.
+#[test]
+fn fish_completes_commands_and_flags() {
+    if !shell_found("fish") {
+        support::skip("fish is not installed");
+        return;
+    }
+    let file = completion_file("fish", "port-tracer.fish");
+    let script = format!(
+        "source {}; complete -C 'port-tracer rep'; complete -C 'port-tracer --form'",
+        file.display()
+    );
+    let out = Command::new("fish")
+        .args(["--no-config", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.starts_with("report\t")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("--format\t")), "{text}");
+    std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+}

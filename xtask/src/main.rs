@@ -5,6 +5,7 @@
 
 mod bench;
 mod fuzz;
+mod package;
 mod vm;
 
 use std::{
@@ -53,6 +54,11 @@ enum Cmd {
     /// alternating rounds; prints a table (also in target/bench/). `--soak SECONDS`: port-tracer's
     /// memory through a long TIME_WAIT storm instead.
     Bench(bench::Options),
+    /// Set up, build the release binary and make a Debian package of it
+    /// (target/package/port-tracer_VERSION_ARCH.deb): the program, its manual pages, bash,
+    /// zsh and fish completions and the systemd unit (not enabled on install). Prints its
+    /// path.
+    Package(package::Options),
     /// Set up, then fuzz the trace decoder and the reconstruction behind it (cargo-fuzz on
     /// the nightly toolchain, installed if missing; one job, bounded time per target).
     Fuzz(fuzz::Options),
@@ -130,6 +136,12 @@ fn xtask(cli: Cli) -> Result<()> {
             setup()?;
             bench::run_bench(&opts)
         }
+        Cmd::Package(opts) => {
+            build_tools()?;
+            let deb = package::run_package(&opts)?;
+            println!("{}", deb.display());
+            Ok(())
+        }
         Cmd::Fuzz(opts) => {
             setup()?;
             fuzz::run_fuzz(&opts)
@@ -169,7 +181,7 @@ fn as_root(program: &Path, args: &[String]) -> Command {
     }
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: running {cmd:?}");
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
@@ -227,9 +239,36 @@ fn cargo_bin() -> PathBuf {
     home.join("bin")
 }
 
-/// Installs, only where missing: the Debian LLVM packages, the nightly toolchain with
-/// rust-src, bpf-linker, and the Python readers the tests use.
+/// Installs, only where missing: what the build needs ([`build_tools`]), the Python
+/// readers and the programs the tests use.
 fn setup() -> Result<()> {
+    build_tools()?;
+    python_tools()?;
+    // `top`'s end-to-end test drives it in a terminal multiplexer; the real-container test
+    // runs podman, with runc: Debian's crun refuses this machine kind's hybrid cgroup
+    // hierarchy (a controller on cgroup v2); the metrics are scraped by a real Prometheus
+    // and the shipped rules checked by its promtool; the package test installs the Debian
+    // package and reads its manual page with man (man-db) and checks its unit with
+    // systemd-analyze (systemd; the package's tools are `cargo xtask package`'s); Spark
+    // (pyspark) reads the fleet's partitions on a Java runtime.
+    let test_tools: Vec<&str> = [
+        "tmux",
+        "podman",
+        "runc",
+        "prometheus",
+        "man-db",
+        "systemd",
+        "openjdk-17-jre-headless",
+    ]
+    .into_iter()
+    .filter(|p| !dpkg_installed(p))
+    .collect();
+    ensure_apt_packages(&test_tools)
+}
+
+/// Installs, only where missing: the Debian LLVM packages, the nightly toolchain with
+/// rust-src, bpf-linker.
+fn build_tools() -> Result<()> {
     // rustup's proxies and cargo-installed tools live here; a bare CI shell may lack it.
     let path = env::var_os("PATH").unwrap_or_default();
     let mut dirs: Vec<PathBuf> = env::split_paths(&path).collect();
@@ -258,24 +297,6 @@ fn setup() -> Result<()> {
     {
         run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
     }
-
-    python_tools()?;
-    // `top`'s end-to-end test drives it in a terminal multiplexer; the real-container test
-    // runs podman, with runc: Debian's crun refuses this machine kind's hybrid cgroup
-    // hierarchy (a controller on cgroup v2); the metrics are scraped by a real Prometheus
-    // and the shipped rules checked by its promtool; Spark (pyspark) reads the fleet's
-    // partitions on a Java runtime.
-    let test_tools: Vec<&str> = [
-        "tmux",
-        "podman",
-        "runc",
-        "prometheus",
-        "openjdk-17-jre-headless",
-    ]
-    .into_iter()
-    .filter(|p| !dpkg_installed(p))
-    .collect();
-    ensure_apt_packages(&test_tools)?;
 
     if succeeds(Command::new("bpf-linker").arg("--version")) {
         return Ok(());
@@ -331,7 +352,7 @@ fn python_tools() -> Result<()> {
 }
 
 /// Whether Debian package `p` is installed (not merely known, or removed with its config).
-fn dpkg_installed(p: &str) -> bool {
+pub(crate) fn dpkg_installed(p: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", p])
         .output()
