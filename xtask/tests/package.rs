@@ -313,6 +313,87 @@ fn trace_briefly() {
     );
 }
 
+/// The unit's own command line, run by the installed program for a few seconds: its
+/// flags parse, it serves metrics, and the flight recorder's ring reads back as a trace
+/// with this process's connection in it (the state directory and the metrics port are
+/// swapped for a temporary directory and a free port).
+fn run_the_units_command(unit: &str) {
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("the unit has an ExecStart= line");
+    let mut words: Vec<String> = exec.split_whitespace().map(String::from).collect();
+    assert_eq!(words[0], "/usr/bin/port-tracer", "{exec}");
+    let ring = std::env::temp_dir().join(format!("port-tracer-unit-ring-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&ring);
+    for (flag, value) in [
+        ("--record", ring.to_str().unwrap()),
+        ("--metrics", "127.0.0.1:0"),
+    ] {
+        let at = words
+            .iter()
+            .position(|w| w == flag)
+            .unwrap_or_else(|| panic!("no {flag} in {exec}"));
+        words[at + 1] = value.to_string();
+    }
+    let mut tracer = Command::new(&words[0])
+        .args(&words[1..])
+        .args(["-d", "3"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the unit's command");
+    let mut stderr = BufReader::new(tracer.stderr.take().unwrap());
+    let mut said = Vec::new();
+    loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            let status = tracer.wait().unwrap();
+            panic!("the unit's command ended before tracing ({status}): {said:?}");
+        }
+        said.push(line.trim().to_string());
+        if line.contains("tracing with") {
+            break;
+        }
+    }
+    assert!(
+        said.iter().any(|l| l.contains("serving metrics at")),
+        "{said:?}"
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(TcpStream::connect(listener.local_addr().unwrap()).unwrap());
+    drop(listener);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = tracer.wait().unwrap();
+    assert!(status.success(), "{status}: {said:?} {rest}");
+    assert!(rest.contains("recorded"), "{rest}");
+    let files: Vec<PathBuf> = std::fs::read_dir(&ring)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        !files.is_empty()
+            && files
+                .iter()
+                .all(|f| f.extension().is_some_and(|x| x == "ptrace")),
+        "{files:?}"
+    );
+    let report = ok(Command::new("/usr/bin/port-tracer")
+        .arg("report")
+        .arg(&ring)
+        .args(["--format", "jsonl", "--pid"])
+        .arg(std::process::id().to_string()));
+    assert!(
+        report.lines().any(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            r["type"] == "lifetime" && r["lport"] == port && r["origin"] == "bind_ephemeral"
+        }),
+        "port {port} not in the ring's report"
+    );
+    std::fs::remove_dir_all(&ring).unwrap();
+}
+
 #[test]
 fn the_package_installs_runs_and_purges_leaving_the_machine_as_it_was() {
     if !is_root() {
@@ -465,6 +546,10 @@ fn the_package_installs_runs_and_purges_leaving_the_machine_as_it_was() {
         );
     }
     trace_briefly();
+    run_the_units_command(
+        &std::fs::read_to_string("/lib/systemd/system/port-tracer.service")
+            .expect("the installed unit"),
+    );
 
     // `man port-tracer`, where dpkg installs manual pages; else the page in the package.
     let excluded = man_pages_excluded();
