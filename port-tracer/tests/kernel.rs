@@ -3599,3 +3599,80 @@ fn record_rotate_keeps_the_newest_files_and_says_what_is_gone() {
     std::fs::remove_file(&other).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_recording_that_fills_its_disk_stops_and_tracing_goes_on() {
+    require_root!();
+    host_only!();
+    let dir = std::env::temp_dir().join(format!("port-tracer-full-{}", my_pid()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("mnt")).unwrap();
+    let out = dir.join("live.jsonl");
+    // A 256K file system in a mount namespace of its own: uncompressed, 3,000 connections'
+    // records (some 600K) overflow it. The trace is reported inside, before the mount goes.
+    let script = "mount -t tmpfs -o size=256k full-test \"$1/mnt\" || exit 9; \
+                  \"$2\" --pid \"$3\" --format jsonl --output \"$1/live.jsonl\" \
+                  --record \"$1/mnt/t.ptrace\" --compression none; echo \"exit $?\" >&2; \
+                  \"$2\" report \"$1/mnt/t.ptrace\" --format jsonl --pid \"$3\" \
+                  > \"$1/report.jsonl\"; echo \"report $?\" >&2";
+    let pid = my_pid().to_string();
+    let mut child = std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(&dir)
+        .arg(env!("CARGO_BIN_EXE_port-tracer"))
+        .arg(&pid)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (_, later) = wait_until_tracing_keeping(&mut child);
+    connections(3000, true);
+    std::thread::sleep(Duration::from_millis(300));
+    // The tracer is the shell's child.
+    let tracer =
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id()))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .map(|p| p.parse::<i32>().unwrap())
+            .expect("the tracer runs under the shell");
+    unsafe { libc::kill(tracer, libc::SIGINT) };
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let said = later.lock().unwrap().join("\n");
+    assert!(said.contains("exit 1"), "{said}");
+    assert!(
+        said.contains("the recording stopped: writing to")
+            && said.contains("No space left on device (os error 28); tracing goes on"),
+        "{said}"
+    );
+    assert!(said.contains("the recording stopped early"), "{said}");
+    // Live output went on: every connection, nothing lost.
+    let live: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lifetimes = live.iter().filter(|r| r["type"] == "lifetime").count();
+    assert!(lifetimes >= 6000, "{lifetimes}");
+    assert_eq!(live.last().unwrap()["lost"]["total"], 0);
+    // The trace reads up to where the disk filled, and says it has no end.
+    assert!(said.contains("report 1"), "{said}");
+    let reported = std::fs::read_to_string(dir.join("report.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"type\":\"lifetime\""))
+        .count();
+    assert!(
+        reported > 0 && reported < lifetimes,
+        "{reported} of {lifetimes}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
