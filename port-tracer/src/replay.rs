@@ -51,6 +51,15 @@ pub fn run(config: ReportConfig) -> Result<()> {
         boot_id: meta.boot_id.clone(),
         started_ns: Some(meta.started_ns).filter(|&ns| ns != 0),
     };
+    if let Some(kept) = &meta.recorded_only {
+        eprintln!(
+            "port-tracer: this trace holds only the sockets `record {}` kept",
+            kept.flags()
+        );
+        for line in kept.excluded_by(&config.rebuild.filter) {
+            eprintln!("port-tracer: {line}");
+        }
+    }
     let (mut printer, _) = config.output.open(clock, cgroups.clone(), &run)?;
     // Which file the damage, if any, is in: the set's reader stops there.
     let mut set = set;
@@ -266,6 +275,7 @@ pub fn replay_with(
     });
     let mut summary = engine.finish(&lost_counts, newest, &mut |o| w.take(o));
     summary.cgroups = cgroups.counts();
+    summary.recorded_only = r.meta().recorded_only.clone();
     if w.error.is_none() {
         w.error = w
             .printer

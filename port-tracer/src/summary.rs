@@ -87,6 +87,9 @@ pub struct Summary {
     pub output_dropped: u64,
     /// Owners' cgroups named, and those that could not be (see [`crate::cgroups`]).
     pub cgroups: CgroupCounts,
+    /// A trace's: the sockets `record` kept (absent: every socket, and live).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded_only: Option<crate::trace_file::RecordedFilter>,
     #[serde(flatten)]
     pub analysis: AnalysisReport,
 }
@@ -113,6 +116,7 @@ impl Summary {
             time_wait_histogram: stats.time_waits.buckets(),
             output_dropped: 0,
             cgroups: CgroupCounts::default(),
+            recorded_only: None,
             analysis,
         }
     }

@@ -128,6 +128,87 @@ pub struct Metadata {
     /// file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part: Option<Part>,
+    /// The sockets `record` kept (its `--port`, `--proto`, `--netns`): the trace holds
+    /// nothing else, sockets held at start included. Absent: every socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_only: Option<RecordedFilter>,
+}
+
+/// What `record` was told to keep.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<(u16, u16)>,
+    /// "tcp" or "udp".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
+}
+
+impl RecordedFilter {
+    /// The socket part of `f`, or None when it keeps every socket.
+    pub fn of(f: &crate::filter::Filter) -> Option<RecordedFilter> {
+        let r = RecordedFilter {
+            ports: f.ports,
+            proto: f.proto.map(|p| p.as_str().to_string()),
+            netns: f.netns,
+        };
+        (r != RecordedFilter::default()).then_some(r)
+    }
+
+    /// As the flags that asked for it: `--port 8000-8099 --proto tcp --netns 4026531840`.
+    pub fn flags(&self) -> String {
+        let mut out = Vec::new();
+        match self.ports {
+            Some((lo, hi)) if lo == hi => out.push(format!("--port {lo}")),
+            Some((lo, hi)) => out.push(format!("--port {lo}-{hi}")),
+            None => {}
+        }
+        if let Some(p) = &self.proto {
+            out.push(format!("--proto {p}"));
+        }
+        if let Some(n) = self.netns {
+            out.push(format!("--netns {n}"));
+        }
+        out.join(" ")
+    }
+
+    /// What in `f` asks for sockets this recording did not keep: one line each.
+    pub fn excluded_by(&self, f: &crate::filter::Filter) -> Vec<String> {
+        let mut out = Vec::new();
+        if let (Some((lo, hi)), Some((a, b))) = (self.ports, f.ports) {
+            if b < lo || a > hi {
+                out.push(format!(
+                    "--port {} selects nothing here: the trace was recorded with {}",
+                    if a == b {
+                        a.to_string()
+                    } else {
+                        format!("{a}-{b}")
+                    },
+                    self.flags()
+                ));
+            }
+        }
+        if let (Some(p), Some(q)) = (&self.proto, f.proto) {
+            if p != q.as_str() {
+                out.push(format!(
+                    "--proto {} selects nothing here: the trace was recorded with {}",
+                    q.as_str(),
+                    self.flags()
+                ));
+            }
+        }
+        if let (Some(n), Some(m)) = (self.netns, f.netns) {
+            if n != m {
+                out.push(format!(
+                    "--netns {m} selects nothing here: the trace was recorded with {}",
+                    self.flags()
+                ));
+            }
+        }
+        out
+    }
 }
 
 /// One file of a recording kept as a ring of files.

@@ -219,6 +219,7 @@ fn trace_holding_one_listener_on(path: &std::path::Path, end_mark: bool, host: &
     let meta = Metadata {
         boot_id: None,
         part: None,
+        recorded_only: None,
         host: host.into(),
         kernel_release: "6.18.0".into(),
         tier: "tracepoint".into(),

@@ -3507,6 +3507,13 @@ fn live_record_keeps_a_ring_that_reports_as_the_live_output() {
     let keys = lifetime_keys(&live, true);
     assert!(keys.len() >= 6000, "{}", keys.len());
     assert_eq!(keys, lifetime_keys(&ring, true));
+    // Whole lifetime rows, field for field.
+    let rows = |t: &Trace| {
+        let mut v: Vec<String> = t.of_type("lifetime").map(|l| l.to_string()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(rows(&live), rows(&ring));
     assert_eq!(live.summary()["counters"], ring.summary()["counters"]);
     // The files named one by one, in any order, are the same trace.
     let mut shuffled = files.clone();
@@ -3675,4 +3682,88 @@ fn a_recording_that_fills_its_disk_stops_and_tracing_goes_on() {
         "{reported} of {lifetimes}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Issue 26's finding: `record --netns N` kept a socket held at start in another
+/// namespace. Its filters now apply to everything it writes, the trace says what it kept,
+/// and a report asking for what it did not keep says so.
+#[test]
+fn record_filters_keep_sockets_held_at_start_too_and_the_trace_names_them() {
+    require_root!();
+    let host = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = host.local_addr().unwrap().port();
+    let (to_thread, from_main) = std::sync::mpsc::channel::<()>();
+    let (to_main, from_thread) = std::sync::mpsc::channel::<(u64, u16)>();
+    let worker = std::thread::spawn(move || {
+        let netns = enter_new_netns();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        to_main
+            .send((netns, l.local_addr().unwrap().port()))
+            .unwrap();
+        from_main.recv().unwrap();
+        drop(l);
+    });
+    let (netns, inner_port) = from_thread.recv().unwrap();
+    let path = std::env::temp_dir().join(format!("port-tracer-netns-held-{}.ptrace", my_pid()));
+    let ns = netns.to_string();
+    record_with(&path, &["--netns", &ns], || {
+        let c = TcpStream::connect(host.local_addr().unwrap()).unwrap();
+        drop(c);
+    });
+    to_thread.send(()).unwrap();
+    worker.join().unwrap();
+    let out = report(&[path.as_os_str(), "--format".as_ref(), "jsonl".as_ref()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lifetimes: Vec<&serde_json::Value> =
+        records.iter().filter(|r| r["type"] == "lifetime").collect();
+    assert!(
+        lifetimes.iter().all(|l| l["netns"] == netns),
+        "only namespace {netns}: {lifetimes:#?}"
+    );
+    assert!(
+        !lifetimes.iter().any(|l| l["lport"] == host_port),
+        "the host's listener, held at start in another namespace, is not in the trace"
+    );
+    assert!(
+        lifetimes
+            .iter()
+            .any(|l| l["lport"] == inner_port && l["origin"] == "preexisting"),
+        "the namespace's own listener, held at start: {lifetimes:#?}"
+    );
+    let summary = records.last().unwrap();
+    assert_eq!(summary["recorded_only"]["netns"], netns, "{summary}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "holds only the sockets `record --netns {netns}` kept"
+        )),
+        "{stderr}"
+    );
+    // The text summary names it too; a report asking for another namespace says why it
+    // finds nothing.
+    let other = netns_of("/proc/self/ns/net").to_string();
+    let out = report(&[path.as_os_str(), "--netns".as_ref(), other.as_ref()]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("recorded only: --netns {netns}")),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "--netns {other} selects nothing here: the trace was recorded with --netns {netns}"
+        )),
+        "{stderr}"
+    );
+    drop(host);
+    std::fs::remove_file(&path).unwrap();
 }

@@ -368,12 +368,12 @@ pub async fn run_with(config: LiveConfig, screen: Option<Feed>) -> Result<()> {
         .clone()
         .map(recorder::Opened::open)
         .transpose()?;
+    // One clock for the output and the recording: times render alike in both.
+    let clock = WallClock::now();
     let (printer, created) = match screen {
         None => {
             let run = RunInfo::this_host(config.host.clone());
-            let (p, created) = config
-                .output
-                .open(WallClock::now(), cgroups.clone(), &run)?;
+            let (p, created) = config.output.open(clock, cgroups.clone(), &run)?;
             (Some(p), created)
         }
         Some(_) => (None, None),
@@ -398,7 +398,12 @@ pub async fn run_with(config: LiveConfig, screen: Option<Feed>) -> Result<()> {
     warn_if_absent(config.rebuild.filter.netns);
     let mut ranges = RangeFinder::new()?;
     let held_ranges = held_ranges(&mut ranges, &held_at_start);
-    let record_meta = record::metadata(config.host.clone(), &kernel.tier, held_ranges.clone());
+    let record_meta = record::metadata(
+        clock,
+        config.host.clone(),
+        &kernel.tier,
+        held_ranges.clone(),
+    );
     // Before the output's and the rebuild's threads start: they take the capabilities
     // their creator has.
     drop_privileges()?;

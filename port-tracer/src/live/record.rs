@@ -20,7 +20,7 @@ use crate::{
     filter::Filter,
     kernel::{self, ranges::RangeFinder, LoadOptions},
     output::{RunInfo, WallClock},
-    trace_file::{Metadata, RECORD_SIZE_VARIABLE},
+    trace_file::{Metadata, RecordedFilter, RECORD_SIZE_VARIABLE},
 };
 
 /// What `record` does.
@@ -41,8 +41,11 @@ pub struct RecordConfig {
     pub host: Option<String>,
 }
 
-/// The trace's header for a recording starting now on this host.
+/// The trace's header for a recording starting now on this host, its wall times read
+/// with `clock` (live `--record` passes its output's: report of the trace renders times
+/// as the live output did).
 pub(crate) fn metadata(
+    clock: WallClock,
     host: Option<String>,
     tier: &kernel::Tier,
     port_ranges: Vec<crate::trace_file::PortRange>,
@@ -56,10 +59,11 @@ pub(crate) fn metadata(
         port_tracer_version: env!("CARGO_PKG_VERSION").into(),
         record_size: RECORD_SIZE_VARIABLE,
         lost_reasons: lost::NAMES.iter().map(|n| n.to_string()).collect(),
-        realtime_offset_ns: WallClock::now().offset_ns as i64,
+        realtime_offset_ns: clock.offset_ns as i64,
         started_ns: monotonic_ns(),
         port_ranges,
         part: None,
+        recorded_only: None,
     }
 }
 
@@ -78,15 +82,21 @@ pub async fn run(args: RecordConfig) -> Result<()> {
     };
     warn_if_absent(args.keep.as_ref().and_then(|f| f.netns));
     let (kernel, mut ring, mut lost_counters) = (traced.kernel, traced.ring, traced.lost);
-    let held_at_start = traced.held_at_start;
+    // The filters keep what the trace holds, sockets held at start included.
+    let mut held_at_start = traced.held_at_start;
+    if let Some(f) = &args.keep {
+        held_at_start.retain(|h| f.matches(&h.ends, &h.owner));
+    }
 
     let mut finder = RangeFinder::new()?;
     let keep = args.keep.as_ref();
-    let meta = metadata(
+    let mut meta = metadata(
+        WallClock::now(),
         args.host.clone(),
         &kernel.tier,
         held_ranges(&mut finder, &held_at_start),
     );
+    meta.recorded_only = keep.and_then(RecordedFilter::of);
     drop_privileges()?;
     // Their owners' cgroups first, which no record will name.
     for h in &held_at_start {

@@ -432,7 +432,10 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, ["mine.txt".to_string(), names[3].clone(), names[4].clone()]);
+        assert_eq!(
+            left,
+            ["mine.txt".to_string(), names[3].clone(), names[4].clone()]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

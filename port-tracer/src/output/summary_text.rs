@@ -166,6 +166,13 @@ fn totals(out: &mut impl Write, s: &Summary, clock: &WallClock) -> io::Result<()
         clock.time_of_day(span.end_ns),
         human_duration(span.end_ns.saturating_sub(span.start_ns))
     )?;
+    if let Some(kept) = &s.recorded_only {
+        writeln!(
+            out,
+            "  recorded only: {} (the trace holds no other socket)",
+            kept.flags()
+        )?;
+    }
     writeln!(
         out,
         "  events: {} (assign {}, release {}, time-wait {}, alloc-failure {})",

@@ -143,6 +143,7 @@ fn metadata() -> Metadata {
     Metadata {
         boot_id: None,
         part: None,
+        recorded_only: None,
         host: "fuzz".into(),
         kernel_release: "6.18.0".into(),
         tier: "tracepoint".into(),

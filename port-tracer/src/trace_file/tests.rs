@@ -7,6 +7,7 @@ fn meta() -> Metadata {
     Metadata {
         boot_id: None,
         part: None,
+        recorded_only: None,
         host: "h".into(),
         kernel_release: "6.1.0".into(),
         tier: "tracepoint".into(),
