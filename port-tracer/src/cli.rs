@@ -523,8 +523,8 @@ pub struct RecordArgs {
 /// How a recording is kept on disk.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RingArgs {
-    /// Flight recorder: write a ring of trace files in the --output directory, a new file
-    /// once the current one holds SIZE bytes (`64M`, `1G`, or bytes), named
+    /// Flight recorder: write a ring of trace files in a directory (`record --output DIR`,
+    /// `--record DIR`), a new file once the current one holds SIZE bytes (`64M`, `1G`, or bytes), named
     /// `trace-<start, UTC>-<number>.ptrace`; each file reads alone, and `report DIR` reads
     /// them all as one trace. As `tcpdump -C`.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -536,7 +536,8 @@ pub struct RingArgs {
     pub keep: usize,
 
     /// How trace blocks are stored: `zstd` (about 7x smaller, the default) or `none`
-    /// (what port-tracer before 0.1's format version 6 wrote; for comparison).
+    /// (uncompressed, as trace format versions before 6 stored every block; for
+    /// comparison).
     #[arg(long, value_enum, default_value = "zstd")]
     pub compression: CompressionArg,
 }
